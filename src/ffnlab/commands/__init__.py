@@ -1,0 +1,1 @@
+"""Small CLI subcommands (the lab's commands live in ``ffnlab.lab``)."""

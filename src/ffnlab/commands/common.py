@@ -1,0 +1,92 @@
+"""Options and helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UsageError, check_choice
+from ..variants import parse_variant_list
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def add_common(
+    p: argparse.ArgumentParser,
+    *,
+    out: str | None = None,
+    variants: bool = True,
+    device: bool = True,
+    dtype: str | None = None,
+    seed: bool = False,
+    json_flag: bool = True,
+) -> None:
+    """Add the options DESIGN.md lists as common (only those a command uses)."""
+    if out is not None:
+        p.add_argument("--out", default=out, help=f"output folder (default: {out})")
+    if variants:
+        p.add_argument("--variants", default="all", help="comma-separated variant names, or all")
+    if device:
+        p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    if dtype is not None:
+        p.add_argument("--dtype", default=dtype, help=f"float32, bfloat16, float16, float64 (default: {dtype})")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def parse_variants(text: str | None) -> list[str]:
+    return parse_variant_list(text)
+
+
+def parse_dtype(text: str) -> torch.dtype:
+    check_choice("dtype", text, DTYPES)
+    return DTYPES[text]
+
+
+def parse_device(text: str) -> torch.device:
+    """A usable torch.device, or a UsageError saying why not (e.g. cuda with no GPU)."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"unknown device {text!r} (use cpu or cuda)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but no CUDA GPU is available here")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {text!r} is not supported (use cpu or cuda)")
+    return dev
+
+
+def prepare_out_dir(path: str | Path) -> Path:
+    """Create the output folder, or a UsageError if it is a file or not writable."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".ffnlab-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write to output folder {str(out)!r}: {exc.strerror}") from None
+    return out
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")

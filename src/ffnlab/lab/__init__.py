@@ -1,0 +1,1 @@
+"""The lab: benchmarks, a small language model per variant, and the report."""

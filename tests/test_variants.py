@@ -1,0 +1,43 @@
+import pytest
+
+import ffnlab
+from ffnlab.variants import parse_variant_list
+
+DESIGN_TABLE = {
+    "relu": (False, "relu"),
+    "gelu": (False, "gelu"),
+    "gelu_tanh": (False, "gelu_tanh"),
+    "swish": (False, "swish"),
+    "sigmoid": (False, "sigmoid"),
+    "tanh": (False, "tanh"),
+    "relu2": (False, "relu2"),
+    "glu": (True, "sigmoid"),
+    "bilinear": (True, "identity"),
+    "reglu": (True, "relu"),
+    "geglu": (True, "gelu"),
+    "geglu_tanh": (True, "gelu_tanh"),
+    "swiglu": (True, "swish"),
+}
+
+
+def test_registry_is_design_table():
+    assert list(ffnlab.VARIANTS) == list(DESIGN_TABLE)
+    for name, (gated, act) in DESIGN_TABLE.items():
+        v = ffnlab.get_variant(name)
+        assert (v.name, v.gated, v.activation) == (name, gated, act)
+        assert v.formula and v.source and callable(v.reference)
+
+
+def test_alias_and_errors():
+    assert ffnlab.get_variant("silu") is ffnlab.VARIANTS["swish"]
+    with pytest.raises(ValueError, match="did you mean 'swiglu'"):
+        ffnlab.get_variant("swiglue")
+    with pytest.raises(ValueError, match="unknown variant"):
+        ffnlab.get_variant("zzzz")
+
+
+def test_parse_variant_list():
+    assert parse_variant_list("all") == list(ffnlab.VARIANTS)
+    assert parse_variant_list(" relu, silu,relu ") == ["relu", "swish"]
+    with pytest.raises(ValueError, match="gelux"):
+        parse_variant_list("relu,gelux")
