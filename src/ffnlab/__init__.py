@@ -6,9 +6,10 @@
 torch.Size([2, 5, 64])
 """
 
-from . import activations
+from . import activations, parallel
 from .errors import UsageError
 from .ffn import FeedForward
+from .interop.hf import patch_hf, unpatch_hf
 from .sizing import default_hidden_dim, ffn_flops_per_token, ffn_params, llama_hidden_dim
 from .variants import ALIASES, VARIANTS, Variant, get_variant
 
@@ -26,4 +27,7 @@ __all__ = [
     "ffn_params",
     "get_variant",
     "llama_hidden_dim",
+    "parallel",
+    "patch_hf",
+    "unpatch_hf",
 ]

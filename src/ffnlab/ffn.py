@@ -177,6 +177,13 @@ class FeedForward(nn.Module):
         )
         return self.dropout(y)
 
+    @classmethod
+    def from_hf(cls, module: nn.Module, **kwargs) -> FeedForward:
+        """A FeedForward sharing the weights of a transformers MLP module (see ``interop.hf``)."""
+        from .interop.hf import feed_forward_from_hf
+
+        return feed_forward_from_hf(module, **kwargs)
+
     def extra_repr(self) -> str:
         parts = [
             f"dim={self.dim}",
