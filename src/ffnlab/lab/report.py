@@ -1,0 +1,257 @@
+"""The lab report: ``report.md``, a self-contained ``report.html`` and the PNG figures.
+
+:func:`write_report` is what ``ffnlab compare`` calls at the end of a run (also for a partial
+run after an interruption). The report is first built as a short list of blocks (heading,
+paragraph, list, table, image), then rendered twice, as Markdown and as HTML, so the two never
+disagree. Every file is written atomically: a temporary file in the same folder, fsync, then
+``os.replace``, so a reader never sees half a report.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import re
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from . import analysis as A
+from .plots import PLOTS, render_plots
+
+__all__ = ["write_report", "build_blocks", "render_markdown", "render_html", "atomic_write"]
+
+# A block is a tuple: ("h1"|"h2"|"p", text) | ("ul", [text]) | ("table", headers, rows)
+# | ("img", stem, caption). Text may use **bold** and `code`, rendered by both outputs.
+Block = tuple
+
+
+def atomic_write(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
+    path = Path(path)
+    # Opened with "xb" rather than mkstemp so the file gets the usual umask-based mode (0644),
+    # not mkstemp's 0600.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _f(x, spec: str = ".3f", na: str = "n/a") -> str:
+    x = A._num(x)
+    return na if math.isnan(x) else format(x, spec)
+
+
+def _config_lines(results: Mapping) -> list[str]:
+    cfg = results.get("config") or {}
+    model = cfg.get("model") or {}
+    corpus = results.get("corpus") or {}
+    versions = cfg.get("versions") or {}
+    seeds = cfg.get("seeds") or []
+    lines = [
+        f"Preset **{cfg.get('preset', '?')}**: {cfg.get('steps', '?')} steps, seeds "
+        f"{', '.join(map(str, seeds)) or '?'}, lr {cfg.get('lr', '?')}, warmup "
+        f"{cfg.get('warmup', '?')}, {cfg.get('tokens_per_run', '?')} tokens per run, "
+        f"evaluation every {cfg.get('eval_every', '?')} steps.",
+        f"Model: dim {model.get('dim', '?')}, {model.get('n_layers', '?')} layers, "
+        f"{model.get('n_heads', '?')} heads, context {model.get('seq_len', '?')}, batch "
+        f"{model.get('batch_size', '?')}, vocabulary {model.get('vocab', '?')} (bytes); FFN "
+        f"hidden {model.get('plain_hidden', '?')} plain / {model.get('gated_hidden', '?')} "
+        "gated (equal FFN parameters).",
+        f"Corpus: `{corpus.get('name', '?')}`, {corpus.get('bytes', '?')} bytes "
+        f"({corpus.get('train_bytes', '?')} train / {corpus.get('val_bytes', '?')} validation), "
+        f"sha256 `{corpus.get('sha256', '?')}`.",
+        f"Device `{cfg.get('device', '?')}`, dtype `{cfg.get('dtype', '?')}`; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + f"; started {cfg.get('started', '?')}, finished {cfg.get('finished', '?')}.",
+    ]
+    return lines
+
+
+def _ranking_table(results: Mapping) -> tuple[list[str], list[list[str]]]:
+    paired = A.paired_vs_baseline(results, "relu")
+    headers = ["rank", "variant", "gated", "FFN params", "val bpb (mean ± std)",
+               "Δ vs ReLU, paired (mean ± std)", "tokens/s", "saved B/token", "dead %"]
+    rows = []
+    for i, v in enumerate(A.ranking(results), 1):
+        name = v["name"]
+        mean = A._num(v.get("val_bpb_mean"))
+        bpb = "diverged" if math.isnan(mean) else f"{mean:.4f} ± {_f(v.get('val_bpb_std'), '.4f')}"
+        if name == "relu":
+            delta = "baseline"
+        elif name not in paired or paired[name].n == 0:
+            delta = "n/a"
+        else:
+            pd = paired[name]
+            spread = f" ± {pd.std:.4f}" if pd.n >= 2 else " (1 seed)"
+            delta = f"{pd.mean:+.4f}{spread}" + (" *" if pd.distinguishable else "")
+        params = v.get("params")
+        rows.append([str(i) if not math.isnan(mean) else "–", f"`{name}`",
+                     "yes" if v.get("gated") else "no",
+                     f"{params:,}" if isinstance(params, int) else "n/a", bpb, delta,
+                     _f(v.get("tokens_per_s"), ",.0f"), _f(v.get("saved_bytes_per_token"), ",.0f"),
+                     _f(A._num(v.get("dead_fraction")) * 100, ".1f")])
+    return headers, rows
+
+
+def _best_paragraph(results: Mapping) -> str:
+    best, runner, pd = A.best_variant(results)
+    by = A.variants_by_name(results)
+    if best is None:
+        return "No variant finished with a finite validation loss, so none can be named best."
+    text = f"Best variant: **{best}** ({_f(by[best].get('val_bpb_mean'), '.4f')} bpb)."
+    if runner is None:
+        return text + " It is the only variant with a result, so nothing was compared."
+    gap = f"{best} − {runner} = {pd.mean:+.4f} bpb" if pd.n else f"{best} vs {runner}"
+    if pd.n >= 2:
+        gap += f" ± {pd.std:.4f} over {pd.n} paired seeds"
+    if pd.distinguishable:
+        text += f" Runner-up **{runner}**: {gap}, beyond seed noise."
+    else:
+        text += (f" Caution: the runner-up **{runner}** is not distinguishable from it "
+                 f"({gap}); treat them as tied on this run.")
+    if pd.caution:
+        text += f" ({pd.caution}.)"
+    return text
+
+
+def _missing_lines(results: Mapping) -> list[str]:
+    miss = A.missing_runs(results)
+    lines = []
+    if results.get("status") == "partial":
+        lines.append("This run is **partial** (interrupted): the numbers above come from the "
+                     "runs that finished; resume the run to complete it.")
+    if miss["absent"]:
+        lines.append(f"Variants with no finished run: {', '.join(miss['absent'])}.")
+    if miss["missing"]:
+        pairs = ", ".join(f"{n} seed {s}" for n, s in miss["missing"])
+        lines.append(f"Missing (variant, seed) runs: {pairs}.")
+    if miss["diverged"]:
+        pairs = ", ".join(f"{n} seed {s}" for n, s in miss["diverged"])
+        lines.append(f"Diverged or non-finite runs (left out of every mean and difference): "
+                     f"{pairs}.")
+    return lines
+
+
+def build_blocks(results: Mapping, plots: Mapping[str, bytes]) -> list[Block]:
+    """The report's content as blocks (see the module docstring); ``plots`` are the PNGs."""
+    blocks: list[Block] = [("h1", "ffnlab: feed-forward variants compared on this machine")]
+    status = results.get("status", "complete")
+    blocks.append(("p", f"Status: **{status}**. Lower bits per byte (bpb) is better."))
+    blocks += [("h2", "Configuration"), ("ul", _config_lines(results))]
+    headers, rows = _ranking_table(results)
+    blocks += [("h2", "Ranking"), ("table", headers, rows), ("p", _best_paragraph(results))]
+    baseline = ("Δ vs ReLU is paired by seed: each seed gives every variant the same batches "
+                "and the same non-FFN initialisation, so the difference is taken seed by seed "
+                "and its std is over those per-seed differences. `*` marks a difference beyond "
+                "seed noise (|mean| > 2·standard error, at least 2 seeds).")
+    if "relu" not in A.variants_by_name(results):
+        baseline = "ReLU is not in this run, so there is no paired baseline column."
+    blocks.append(("p", baseline))
+    blocks.append(("h2", "The sources' claims, checked"))
+    blocks.append(("ul", [f"**{v.claim}** — **{v.verdict}**. {v.explanation} "
+                          f"(source: 「{v.source}」)" for v in A.check_claims(results)]))
+    if plots:
+        blocks.append(("h2", "Figures"))
+        blocks += [("img", stem, PLOTS[stem][1]) for stem in plots]
+    missing = _missing_lines(results)
+    if missing:
+        blocks += [("h2", "Missing or failed runs"), ("ul", missing)]
+    return blocks
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: list[Block]) -> str:
+    out = []
+    for b in blocks:
+        if b[0] == "h1":
+            out.append(f"# {b[1]}\n")
+        elif b[0] == "h2":
+            out.append(f"## {b[1]}\n")
+        elif b[0] == "p":
+            out.append(f"{b[1]}\n")
+        elif b[0] == "ul":
+            out.append("\n".join(f"- {item}" for item in b[1]) + "\n")
+        elif b[0] == "table":
+            _, headers, rows = b
+            lines = ["| " + " | ".join(map(_md_cell, headers)) + " |",
+                     "|" + "---|" * len(headers)]
+            lines += ["| " + " | ".join(map(_md_cell, r)) + " |" for r in rows]
+            out.append("\n".join(lines) + "\n")
+        elif b[0] == "img":
+            out.append(f"![{b[2]}]({b[1]}.png)\n")
+    return "\n".join(out)
+
+
+def _inline_html(text: str) -> str:
+    text = html.escape(text, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:70rem;margin:2rem auto;
+padding:0 1rem;line-height:1.5;color:#222}
+table{border-collapse:collapse;font-size:.9rem}th,td{border:1px solid #ccc;padding:.25rem .5rem;
+text-align:right}td:nth-child(2),th:nth-child(2){text-align:left}th{background:#f2f2f2}
+code{background:#f4f4f4;padding:0 .2rem}figure{margin:1.5rem 0}img{max-width:100%}
+li{margin:.4rem 0}figcaption{color:#555;font-size:.9rem}
+"""
+
+
+def render_html(blocks: list[Block], plots: Mapping[str, bytes]) -> str:
+    """A self-contained page: inline CSS, figures as ``data:image/png;base64`` URIs."""
+    title = next((b[1] for b in blocks if b[0] == "h1"), "ffnlab report")
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"]
+    for b in blocks:
+        if b[0] in ("h1", "h2"):
+            out.append(f"<{b[0]}>{_inline_html(b[1])}</{b[0]}>")
+        elif b[0] == "p":
+            out.append(f"<p>{_inline_html(b[1])}</p>")
+        elif b[0] == "ul":
+            out.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in b[1]) + "</ul>")
+        elif b[0] == "table":
+            _, headers, rows = b
+            head = "".join(f"<th>{_inline_html(h)}</th>" for h in headers)
+            body = "".join("<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>"
+                           for r in rows)
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif b[0] == "img" and b[1] in plots:
+            data = base64.b64encode(plots[b[1]]).decode("ascii")
+            out.append(f'<figure><img alt="{html.escape(b[2])}" '
+                       f'src="data:image/png;base64,{data}"><figcaption>'
+                       f"{html.escape(b[2])}</figcaption></figure>")
+    out.append("</body></html>\n")
+    return "\n".join(out)
+
+
+def write_report(results: dict, out_dir: Path) -> list[Path]:
+    """Write ``report.md``, ``report.html`` and one PNG per figure into ``out_dir``.
+
+    ``results`` is the dict of ``results.json`` (complete or partial). Returns the paths
+    written, Markdown first. Raises ValueError if ``results`` is not a results dict at all;
+    degenerate content (one variant or seed, no ReLU, diverged runs, empty curves) is reported,
+    not fatal.
+    """
+    results = A.check_results(results)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = render_plots(results)
+    blocks = build_blocks(results, plots)
+    written = [atomic_write(out_dir / "report.md", render_markdown(blocks).encode("utf-8")),
+               atomic_write(out_dir / "report.html", render_html(blocks, plots).encode("utf-8"))]
+    written += [atomic_write(out_dir / f"{stem}.png", png) for stem, png in plots.items()]
+    return written
