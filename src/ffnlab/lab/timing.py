@@ -1,0 +1,158 @@
+"""Timing helpers for the benchmarks: one timed call, device ceilings, and the machine's identity.
+
+Times are wall-clock seconds of one call. On CUDA they come from a pair of CUDA events around
+the call (the GPU's own clock, no host overhead after the launch); on the CPU from
+``time.perf_counter``. Either way the device is synchronised before the call starts, so a
+previous call's queued work is never billed to this one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+__all__ = [
+    "synchronize",
+    "time_call",
+    "median",
+    "copy_bandwidth",
+    "matmul_rate",
+    "device_ceilings",
+    "machine_info",
+]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for every queued kernel on ``device`` (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``fn()`` takes on ``device``."""
+    synchronize(device)
+    if device.type == "cuda":
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def median(values: Sequence[float]) -> float:
+    """The median; the benchmarks report it because one slow outlier (a page fault, another
+    process on a shared machine) moves a mean but not a median."""
+    if not values:
+        raise ValueError("median of no values")
+    return float(statistics.median(values))
+
+
+def _best_of(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    fn()  # warm-up: first-touch page faults, cuBLAS heuristics, allocator growth
+    return min(time_call(fn, device) for _ in range(repeats))
+
+
+def copy_bandwidth(
+    device: torch.device, *, nbytes: int | None = None, repeats: int = 5
+) -> dict[str, float]:
+    """Bytes per second of ``dst.copy_(src)`` (read + written) on a large buffer.
+
+    The buffer is 256 MiB on CUDA and 64 MiB on the CPU: both far larger than any cache
+    (an H100's L2 is 50 MiB), so this is DRAM/HBM bandwidth, the ceiling for an elementwise kernel.
+    Uses the fastest of ``repeats`` calls: a ceiling, not a typical value.
+    """
+    if nbytes is None:
+        nbytes = (256 if device.type == "cuda" else 64) * 2**20
+    n = nbytes // 4
+    src = torch.ones(n, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    seconds = _best_of(lambda: dst.copy_(src), device, repeats)
+    moved = 2 * n * 4  # every byte is read once and written once
+    return {"bytes_per_s": moved / seconds, "buffer_bytes": n * 4, "seconds": seconds}
+
+
+def matmul_rate(
+    device: torch.device, dtype: torch.dtype, *, n: int | None = None, repeats: int = 5
+) -> dict[str, float]:
+    """FLOP/s of one square ``[n, n] @ [n, n]`` product in ``dtype`` (``2 n^3`` FLOPs).
+
+    ``n`` defaults to 8192 on CUDA (about 1.1 TFLOP, long enough for the GPU to reach its
+    sustained clock) and 1024 on the CPU (2.1 GFLOP: tens of milliseconds on a few cores).
+    """
+    if n is None:
+        n = 8192 if device.type == "cuda" else 1024
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, generator=gen, device=device).to(dtype)
+    b = torch.randn(n, n, generator=gen, device=device).to(dtype)
+    seconds = _best_of(lambda: torch.mm(a, b), device, repeats)
+    return {"flops_per_s": 2 * n**3 / seconds, "n": n, "seconds": seconds}
+
+
+def device_ceilings(device: torch.device, dtype: torch.dtype) -> dict[str, float]:
+    """This device's copy bandwidth (bytes/s) and matmul rate (FLOP/s in ``dtype``)."""
+    copy = copy_bandwidth(device)
+    mm = matmul_rate(device, dtype)
+    return {
+        "copy_bytes_per_s": copy["bytes_per_s"],
+        "copy_buffer_bytes": copy["buffer_bytes"],
+        "matmul_flops_per_s": mm["flops_per_s"],
+        "matmul_n": mm["n"],
+        "matmul_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(distribution: str) -> str | None:
+    """The installed version of a distribution, without importing it (None if absent)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info(device: torch.device) -> dict[str, object]:
+    """Where a measurement was taken: device, CPU, GPU, library versions and the date (UTC)."""
+    info: dict[str, object] = {
+        "device": device.type,
+        "device_name": _cpu_model(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": None,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "liger_kernel": _version("liger-kernel"),
+        "cuda": torch.version.cuda,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["gpu"] = props.name
+        info["device_name"] = props.name
+        info["gpu_memory_bytes"] = props.total_memory
+    return info
