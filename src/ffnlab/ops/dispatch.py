@@ -1,38 +1,118 @@
 """Choose and run an FFN backend.
 
-Backends are tried in order for ``backend="auto"``; the first whose constraints hold runs, and
-the reference is always last. Forcing a backend that cannot run raises a clear error.
+Each backend declares what it needs; :func:`why_not` says in a sentence why one cannot run:
+
+=============  ===========================================================================
+backend         runs when
+=============  ===========================================================================
+``reference``   always (plain torch ops and autograd: the oracle)
+``fused``       always: the custom autograd op of :mod:`ffnlab.ops.function`; its
+                elementwise part uses the Triton kernels on CUDA when they can run, the
+                torch engine (:mod:`ffnlab.ops.cpu`) elsewhere
+``triton``      triton imports, ``x`` is on CUDA (or on CPU with ``TRITON_INTERPRET=1``,
+                Triton's interpreter, which is how CI tests the kernels), the activation
+                has a kernel and the dtype is float32, float16 or bfloat16
+=============  ===========================================================================
+
+``auto`` picks ``triton`` on CUDA when it can run, else ``fused``, else ``reference``. It never
+picks the interpreter on CPU: interpreted kernels are orders of magnitude slower than the torch
+engine. Forcing a backend that cannot run raises ``NotImplementedError`` with the reason.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
 
+from ..activations import get_activation
 from ..errors import check_choice
+from .function import RECOMPUTE_MODES, fused_feed_forward
 from .reference import ffn_reference
 
-__all__ = ["BACKENDS", "RECOMPUTE_MODES", "feed_forward", "resolve_backend", "why_not"]
+__all__ = [
+    "BACKENDS",
+    "RECOMPUTE_MODES",
+    "TRITON_ACTIVATIONS",
+    "TRITON_DTYPES",
+    "feed_forward",
+    "resolve_backend",
+    "why_not",
+]
 
 BACKENDS = ("auto", "reference", "fused", "triton")
-RECOMPUTE_MODES = ("none", "activation", "full")
+
+# Activations with a Triton kernel (ffnlab.ops.triton_kernels.ACT_IDS; a test keeps them equal).
+# Listed here so that asking does not import triton.
+TRITON_ACTIVATIONS = frozenset(
+    {"identity", "relu", "gelu", "gelu_tanh", "swish", "sigmoid", "tanh", "relu2"}
+)
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def why_not(backend: str, x: torch.Tensor) -> str | None:
-    """Why ``backend`` cannot run on ``x`` (a sentence), or None if it can."""
-    if backend == "reference":
+@torch.compiler.assume_constant_result
+def _triton_import_error() -> str:
+    """'' if triton imports, else why not (checked once per process)."""
+    return _import_error_cached()
+
+
+@functools.cache
+def _import_error_cached() -> str:
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install raising anything else
+        return f"triton cannot be imported ({type(e).__name__}: {e})"
+    return ""
+
+
+@torch.compiler.assume_constant_result
+def _interpret_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def why_not(
+    backend: str,
+    x: torch.Tensor,
+    *,
+    activation: str | None = None,
+) -> str | None:
+    """Why ``backend`` cannot run on ``x`` (with ``activation``, when given): a sentence, or None.
+
+    ``"auto"`` can always run (it falls back to the reference).
+    """
+    check_choice("backend", backend, BACKENDS)
+    if backend in ("auto", "reference", "fused"):
         return None
-    return f"the {backend!r} backend is not implemented yet"
+    # triton
+    if activation is not None:
+        name = get_activation(activation).name
+        if name not in TRITON_ACTIVATIONS:
+            return f"there is no Triton kernel for activation {name!r}"
+    if x.dtype not in TRITON_DTYPES:
+        return f"the Triton kernels take float32, float16 or bfloat16, not {x.dtype}"
+    if x.device.type == "cpu":
+        if not _interpret_enabled():
+            return (
+                "the input is on CPU and TRITON_INTERPRET=1 is not set "
+                "(Triton runs on CUDA, or on CPU through its interpreter)"
+            )
+    elif x.device.type != "cuda":
+        return f"Triton runs on CUDA (or CPU with TRITON_INTERPRET=1), not on {x.device.type}"
+    err = _triton_import_error()
+    return err or None
 
 
-def resolve_backend(backend: str, x: torch.Tensor) -> str:
-    """The concrete backend that runs for ``backend`` on input ``x``."""
+def resolve_backend(backend: str, x: torch.Tensor, *, activation: str | None = None) -> str:
+    """The concrete backend (``reference``, ``fused`` or ``triton``) that runs ``backend``."""
     check_choice("backend", backend, BACKENDS)
     if backend == "auto":
-        for candidate in ("triton", "fused"):
-            if why_not(candidate, x) is None:
-                return candidate
+        if x.device.type == "cuda" and why_not("triton", x, activation=activation) is None:
+            return "triton"
+        if why_not("fused", x, activation=activation) is None:
+            return "fused"
         return "reference"
-    reason = why_not(backend, x)
+    reason = why_not(backend, x, activation=activation)
     if reason is not None:
         raise NotImplementedError(f"backend={backend!r} cannot run here: {reason}")
     return backend
@@ -52,7 +132,21 @@ def feed_forward(
     backend: str = "auto",
     recompute: str = "activation",
 ) -> torch.Tensor:
-    """Run the FFN with the chosen backend. Shapes as :func:`ffn_reference`."""
+    """Run the FFN with the chosen backend. Shapes as :func:`ffn_reference`.
+
+    ``recompute`` applies to the fused backends; the reference keeps what eager autograd keeps.
+    """
     check_choice("recompute mode", recompute, RECOMPUTE_MODES)
-    resolve_backend(backend, x)
-    return ffn_reference(x, w1, w2, w3, b1, b2, b3, activation=activation, beta=beta)
+    chosen = resolve_backend(backend, x, activation=activation)
+    if chosen == "reference":
+        return ffn_reference(x, w1, w2, w3, b1, b2, b3, activation=activation, beta=beta)
+    if chosen == "triton":
+        kernel = "triton"
+    else:
+        # fused: the Triton kernels on CUDA when they can run, the torch engine elsewhere.
+        on_cuda = x.device.type == "cuda"
+        kernel = "triton" if on_cuda and why_not("triton", x, activation=activation) is None else "torch"
+    return fused_feed_forward(
+        x, w1, w2, w3, b1, b2, b3,
+        activation=activation, beta=beta, recompute=recompute, kernel=kernel,
+    )  # fmt: skip
