@@ -1,13 +1,229 @@
-"""ffnlab advise (not implemented yet)."""
+"""Recommend an FFN variant from a lab run's measurements on this machine.
+
+Reads a ``results.json`` written by ``ffnlab compare`` (``--results PATH``; by default
+``runs/demo/results.json`` or ``runs/compare/results.json``) and names the variant that best
+fits ``--priority``, with the trade-off in measured numbers and the runner-up.
+
+Rules (ties are decided by the next criterion, never by order in the file):
+
+* quality: lowest validation bits per byte;
+* speed: highest training tokens/s; variants within the 5 % timing noise of the fastest are
+  treated as equally fast and the best quality among them wins;
+* memory: fewest bytes saved for backward per token; equal byte counts (within 1 %) are
+  decided by quality.
+
+``--dim N`` adds what the pick and the runner-up cost per layer at model width N.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..errors import UsageError, check_choice, check_positive_int
+from . import analysis as A
+
+PRIORITIES = ("quality", "speed", "memory")
+DEFAULT_RESULTS = (Path("runs/demo/results.json"), Path("runs/compare/results.json"))
+MEMORY_TIE = 0.01  # byte counts are deterministic; 1 % only absorbs rounding
+
+__all__ = ["add_arguments", "run", "recommend", "load_results", "find_results", "PRIORITIES"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    pass
+    p.add_argument("--results", default=None, metavar="PATH",
+                   help="results.json of a lab run (default: runs/demo or runs/compare)")
+    p.add_argument("--priority", default="quality",
+                   help="quality, speed or memory (default: quality)")
+    p.add_argument("--dim", type=int, default=None,
+                   help="also show parameters, FLOPs and memory at this model width")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def find_results(path: str | None) -> Path:
+    """The results file to read: ``path``, or the first default that exists."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"--results {path!r}: no such file")
+        return p
+    for p in DEFAULT_RESULTS:
+        if p.is_file():
+            return p
+    raise UsageError("no lab results found (looked for runs/demo/results.json and "
+                     "runs/compare/results.json); run `ffnlab compare --preset smoke --out "
+                     "runs/compare` first, or pass --results PATH")
+
+
+def load_results(path: Path) -> dict:
+    """The parsed results dict, or a UsageError saying what is wrong with the file."""
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    try:
+        return A.check_results(results)
+    except ValueError as exc:
+        raise UsageError(f"{path} is not a lab results file: {exc}") from None
+
+
+def _order(usable: list[Mapping], priority: str) -> list[Mapping]:
+    """Variants best-first for ``priority`` (see the module docstring)."""
+    bpb = lambda v: A._num(v["val_bpb_mean"])
+    if priority == "quality":
+        return sorted(usable, key=lambda v: (bpb(v), v["name"]))
+    if priority == "speed":
+        key, best, tol, sign = "tokens_per_s", max, A.TIMING_NOISE, -1
+    else:
+        key, best, tol, sign = "saved_bytes_per_token", min, MEMORY_TIE, 1
+    top = best(A._num(v[key]) for v in usable)
+    tied = lambda v: abs(A._num(v[key]) - top) <= tol * abs(top)
+    return sorted(usable, key=lambda v: (not tied(v), bpb(v) if tied(v) else sign * A._num(v[key]),
+                                         v["name"]))
+
+
+def _pct(a: float, b: float) -> str:
+    return f"{(a / b - 1) * 100:+.1f}%"
+
+
+def _versus(results: Mapping, a: Mapping, b: Mapping) -> dict:
+    """What ``a`` gains or loses against ``b``, in measured numbers."""
+    pd = A.paired_difference(results, a["name"], b["name"])
+    return {"other": b["name"], "bpb_diff": pd.mean if pd.n else
+            A._num(a["val_bpb_mean"]) - A._num(b["val_bpb_mean"]),
+            "bpb_distinguishable": pd.distinguishable, "paired_seeds": pd.n,
+            "tokens_per_s_change": _pct(A._num(a.get("tokens_per_s")), A._num(b.get("tokens_per_s"))),
+            "saved_bytes_change": _pct(A._num(a.get("saved_bytes_per_token")),
+                                       A._num(b.get("saved_bytes_per_token")))}
+
+
+def _vs_text(v: dict) -> str:
+    noise = "beyond seed noise" if v["bpb_distinguishable"] else "within seed noise"
+    parts = [f"{v['bpb_diff']:+.4f} bpb ({noise})"]
+    for key, unit in (("tokens_per_s_change", "tokens/s"), ("saved_bytes_change", "saved bytes/token")):
+        if v[key] not in ("+0.0%", "-0.0%", "+nan%"):
+            parts.append(f"{v[key]} {unit}")
+    return ", ".join(parts) + f" vs {v['other']}"
+
+
+def _at_dim(results: Mapping, v: Mapping, dim: int) -> dict | None:
+    from ..sizing import default_hidden_dim, ffn_flops_per_token, ffn_params
+
+    measured_dim = ((results.get("config") or {}).get("model") or {}).get("dim")
+    try:
+        hidden = default_hidden_dim(v["name"], dim)
+        flops = ffn_flops_per_token(v["name"], dim, hidden)
+        out = {"dim": dim, "hidden": hidden, "params": ffn_params(v["name"], dim, hidden),
+               "matmul_flops_per_token": flops["matmul"],
+               "elementwise_share": flops["elementwise"] / flops["total"]}
+    except (ValueError, KeyError):
+        return None
+    saved = A._num(v.get("saved_bytes_per_token"))
+    if isinstance(measured_dim, int) and measured_dim > 0 and not math.isnan(saved):
+        # Saved tensors are [tokens, dim] and [tokens, hidden] with hidden ∝ dim.
+        out["saved_bytes_per_token_est"] = round(saved * dim / measured_dim)
+    return out
+
+
+def recommend(results: Mapping, priority: str, dim: int | None = None) -> dict:
+    """The recommendation as a dict: ``pick``, ``runner_up``, ``reasons`` and numbers."""
+    check_choice("priority", priority, PRIORITIES)
+    need = {"quality": "val_bpb_mean", "speed": "tokens_per_s",
+            "memory": "saved_bytes_per_token"}[priority]
+    usable = [v for v in results.get("variants", [])
+              if not math.isnan(A._num(v.get("val_bpb_mean"))) and not math.isnan(A._num(v.get(need)))]
+    if not usable:
+        raise UsageError(f"the results hold no variant with both a finite val_bpb_mean and "
+                         f"{need}; nothing to recommend")
+    ordered = _order(usable, priority)
+    pick, runner = ordered[0], (ordered[1] if len(ordered) > 1 else None)
+    by_quality = _order(usable, "quality")[0]
+    fastest = _order(usable, "speed")[0] if all(
+        not math.isnan(A._num(v.get("tokens_per_s"))) for v in usable) else None
+    reasons = []
+    if priority == "quality":
+        reasons.append(f"{pick['name']} has the lowest validation loss: "
+                       f"{A._num(pick['val_bpb_mean']):.4f} bpb.")
+        other = fastest
+    else:
+        unit = "tokens/s" if priority == "speed" else "saved bytes/token"
+        word = "fastest" if priority == "speed" else "leanest"
+        top = (max if priority == "speed" else min)(usable, key=lambda v: A._num(v[need]))
+        tol = A.TIMING_NOISE if priority == "speed" else MEMORY_TIE
+        if A._num(top[need]) == A._num(pick[need]):
+            reasons.append(f"{pick['name']} is the {word}: {A._num(pick[need]):,.0f} {unit}.")
+        else:
+            reasons.append(f"{pick['name']} ({A._num(pick[need]):,.0f} {unit}) is within {tol:.0%}"
+                           f" of the {word}, {top['name']} ({A._num(top[need]):,.0f}), and the "
+                           "best in quality among those that close.")
+        other = by_quality
+    if other is not None and other["name"] != pick["name"]:
+        reasons.append(f"Trade-off: {_vs_text(_versus(results, pick, other))}.")
+    rec = {"priority": priority, "pick": pick["name"], "reasons": reasons,
+           "runner_up": None, "measured_on": {k: (results.get("config") or {}).get(k)
+                                              for k in ("device", "dtype", "preset", "steps")}}
+    if runner is not None:
+        vs = _versus(results, runner, pick)
+        better = []
+        if vs["bpb_diff"] < 0 and vs["bpb_distinguishable"]:
+            better.append("quality matters more")
+        if A._num(runner.get("tokens_per_s")) > (1 + A.TIMING_NOISE) * A._num(pick.get("tokens_per_s")):
+            better.append("throughput matters more")
+        if A._num(runner.get("saved_bytes_per_token")) < A._num(pick.get("saved_bytes_per_token")):
+            better.append("activation memory is tight")
+        tie = "" if vs["bpb_distinguishable"] else "; tied on quality with the pick"
+        when = tie + ("; prefer it when " + " or ".join(better) if better else
+                      ("; either will do" if tie else "; no measured advantage over the pick"))
+        rec["runner_up"] = {"name": runner["name"], "versus_pick": vs,
+                            "text": f"Runner-up {runner['name']}: {_vs_text(vs)}{when}."}
+    if dim is not None:
+        rec["at_dim"] = {v["name"]: _at_dim(results, v, dim) for v in (pick, runner) if v}
+    return rec
+
+
+def _print_text(rec: dict, path: Path) -> None:
+    m = rec["measured_on"]
+    print(f"Recommended for {rec['priority']}: {rec['pick']}")
+    for r in rec["reasons"]:
+        print(f"  {r}")
+    if rec["runner_up"]:
+        print(f"  {rec['runner_up']['text']}")
+    for name, d in (rec.get("at_dim") or {}).items():
+        if d is None:
+            continue
+        est = d.get("saved_bytes_per_token_est")
+        mem = f", ~{est:,} saved bytes/token (scaled from the run)" if est is not None else ""
+        print(f"  At dim {d['dim']}: {name} hidden {d['hidden']}, {d['params']:,} params per "
+              f"layer, {d['matmul_flops_per_token']:,} matmul FLOPs/token, elementwise "
+              f"{d['elementwise_share']:.2%} of FLOPs{mem}.")
+    print(f"  Measured: {path} ({m.get('preset')} preset, {m.get('steps')} steps, "
+          f"{m.get('device')}, {m.get('dtype')}). Small runs; re-check at your scale.")
+
+
+def _json_safe(obj):
+    """NaN/inf -> None, recursively: strict JSON has no NaN."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
 
 
 def run(args: argparse.Namespace) -> int:
-    raise NotImplementedError("ffnlab advise is not implemented yet")
+    check_choice("priority", args.priority, PRIORITIES)
+    if args.dim is not None:
+        check_positive_int("--dim", args.dim)
+    path = find_results(args.results)
+    rec = recommend(load_results(path), args.priority, args.dim)
+    if args.json:
+        print(json.dumps(_json_safe({"results": str(path), **rec}), indent=2, allow_nan=False))
+    else:
+        _print_text(rec, path)
+    return 0

@@ -86,7 +86,7 @@ def plot_learning_curves(results: Mapping) -> bytes | None:
                 continue
             steps, mean = [p[0] for p in pts], [p[1] for p in pts]
         ax.plot(steps, mean, lw=1.5, label=v["name"], ls="--" if v.get("gated") else "-")
-        tail += list(zip(steps, mean))
+        tail += list(zip(steps, mean, strict=True))
         drawn += 1
     if not drawn:
         return None
