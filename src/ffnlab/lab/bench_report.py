@@ -277,11 +277,12 @@ def write_chart(result: dict, path: Path) -> None:
         fig.subplots(1, 2),
         ("fwd_bwd_vs_reference", "saved_vs_reference"),
         ("fwd+bwd time / reference (lower is better)", "bytes saved for backward / reference"),
+        strict=True,
     ):
         for i, p in enumerate(providers):
             ys = [pick[v].get(p, {}).get(key) for v in variants]
             xs = [j + (i - (len(providers) - 1) / 2) * width for j in range(len(variants))]
-            ax.bar([x for x, y in zip(xs, ys) if y is not None],
+            ax.bar([x for x, y in zip(xs, ys, strict=True) if y is not None],
                    [y for y in ys if y is not None], width, label=p)
         ax.axhline(1.0, color="0.3", lw=0.8, ls="--")
         ax.set_xticks(range(len(variants)), variants)
