@@ -391,6 +391,8 @@ def claim_relu_dies(results: Mapping) -> Verdict:
             "set" if not math.isnan(thr) else "dead threshold not recorded")
     dead = {n: _metric(by, n, "dead_fraction") for n in ("relu", "gelu", "swish") if n in by}
     nums = {"dead_fraction": dead, "dead_threshold": thr, "min_share": DEAD_MIN}
+    if "runs" in by["relu"] and not _good_runs(by["relu"]):
+        return Verdict(cid, claim, src, INCONCLUSIVE, "No ReLU run finished.", nums)
     if math.isnan(dead["relu"]):
         return Verdict(cid, claim, src, INCONCLUSIVE, "No dead-unit count was recorded.", nums)
     others = {n: d for n, d in dead.items() if n != "relu" and not math.isnan(d)}

@@ -1,0 +1,271 @@
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ffnlab.lab import analysis as A
+
+FIXTURE = Path(__file__).parent / "fixtures" / "results_small.json"
+
+PLAIN = {"gated": False, "hidden": 96, "params": 2 * 32 * 96 + 96 + 32}
+GATED = {"gated": True, "hidden": 64, "params": 3 * 32 * 64}
+
+
+def make_results(bpb, extra=None, *, seeds=None, dead_threshold=0.0):
+    """A results dict: ``bpb`` maps variant -> per-seed final bpb (None = run missing)."""
+    extra = extra or {}
+    n = max(len(v) for v in bpb.values())
+    seeds = list(range(n)) if seeds is None else seeds
+    variants = []
+    for name, vals in bpb.items():
+        runs = [{"seed": s, "val_bpb": x, "curve": [[0, 8.0], [10, x]], "diverged": False}
+                for s, x in zip(seeds, vals, strict=False) if x is not None]
+        good = [r["val_bpb"] for r in runs]
+        mean = sum(good) / len(good) if good else math.nan
+        std = (math.sqrt(sum((x - mean) ** 2 for x in good) / (len(good) - 1))
+               if len(good) > 1 else 0.0)
+        v = {"name": name, **(GATED if name in A.GATED_TWINS or name == "bilinear" else PLAIN),
+             "val_bpb_mean": mean, "val_bpb_std": std, "tokens_per_s": 1000.0, "ffn_ms": 1.0,
+             "act_ns_per_element": 1.0, "saved_bytes_per_token": 1024, "dead_fraction": 0.0,
+             "curve": [[0, 8.0], [10, mean]], "runs": runs}
+        v.update(extra.get(name, {}))
+        variants.append(v)
+    return {"schema_version": 1, "status": "complete",
+            "config": {"seeds": seeds, "dead_threshold": dead_threshold,
+                       "model": {"dim": 32, "plain_hidden": 96, "gated_hidden": 64}},
+            "corpus": {"name": "test", "bytes": 1, "sha256": "0"}, "variants": variants}
+
+
+def test_t_quantiles():
+    assert A.t_quantile_975(1) == 12.706
+    assert A.t_quantile_975(2) == 4.303
+    assert A.t_quantile_975(1000) == 1.96
+    assert math.isnan(A.t_quantile_975(0))
+
+
+def test_paired_difference_is_per_seed():
+    r = make_results({"relu": [2.50, 2.40, 2.60], "gelu": [2.48, 2.39, 2.57]})
+    pd = A.paired_difference(r, "gelu", "relu")
+    assert pd.seeds == (0, 1, 2)
+    assert pd.diffs == pytest.approx((-0.02, -0.01, -0.03))
+    assert pd.mean == pytest.approx(-0.02)
+    assert pd.std == pytest.approx(0.01)
+    assert pd.sem == pytest.approx(0.01 / math.sqrt(3))
+    lo, hi = pd.ci95
+    assert lo == pytest.approx(-0.02 - 4.303 * 0.01 / math.sqrt(3))
+    assert hi == pytest.approx(-0.02 + 4.303 * 0.01 / math.sqrt(3))
+    assert pd.min_max == pytest.approx((-0.03, -0.01))
+    assert pd.distinguishable and pd.caution == ""
+
+
+def test_paired_and_unpaired_conclusions_differ():
+    # Seed-to-seed variation (±0.1) is shared by both variants and dwarfs the 0.02 effect:
+    # pairing removes it, the unpaired comparison drowns in it.
+    r = make_results({"relu": [2.50, 2.40, 2.60], "gelu": [2.48, 2.39, 2.57]})
+    assert A.paired_difference(r, "gelu", "relu").distinguishable
+    unpaired = A.unpaired_difference(r, "gelu", "relu")
+    assert unpaired.mean == pytest.approx(-0.02)
+    assert not unpaired.distinguishable
+
+
+def test_pairing_uses_seed_not_position_and_drops_unusable_runs():
+    r = make_results({"relu": [2.5, 2.4, 2.6, 2.7], "gelu": [2.4, 2.3, 2.5, None]})
+    relu = A.variants_by_name(r)["relu"]
+    relu["runs"].reverse()  # order in the file must not matter
+    relu["runs"][0]["diverged"] = True  # seed 3
+    A.variants_by_name(r)["gelu"]["runs"][1]["val_bpb"] = float("nan")  # seed 1
+    pd = A.paired_difference(r, "gelu", "relu")
+    assert pd.seeds == (0, 2)
+    assert pd.diffs == pytest.approx((-0.1, -0.1))
+    assert pd.dropped == (1, 3)
+    assert "only 2 seeds" in pd.caution
+
+
+@given(offsets=st.lists(st.floats(-1, 1), min_size=3, max_size=3),
+       effect=st.lists(st.floats(-0.1, 0.1), min_size=3, max_size=3))
+def test_paired_difference_ignores_shared_seed_offsets(offsets, effect):
+    base = [2.0 + o for o in offsets]
+    r = make_results({"relu": base, "swish": [b + e for b, e in zip(base, effect, strict=True)]})
+    pd = A.paired_difference(r, "swish", "relu")
+    assert pd.diffs == pytest.approx(tuple(effect), abs=1e-9)
+
+
+def test_one_seed_is_never_distinguishable():
+    r = make_results({"relu": [2.5], "gelu": [2.0]})
+    pd = A.paired_difference(r, "gelu", "relu")
+    assert pd.n == 1 and pd.mean == pytest.approx(-0.5)
+    assert not pd.distinguishable and "one seed" in pd.caution
+    assert math.isnan(pd.std) and all(math.isnan(x) for x in pd.ci95)
+
+
+def test_ranking_puts_diverged_last():
+    r = make_results({"relu": [2.5], "gelu": [2.4], "swish": [None]})
+    assert [v["name"] for v in A.ranking(r)] == ["gelu", "relu", "swish"]
+    best, runner, pd = A.best_variant(r)
+    assert (best, runner) == ("gelu", "relu") and pd.n == 1
+
+
+def test_missing_runs():
+    r = make_results({"relu": [2.5, 2.4, None], "gelu": [2.4, 2.3, 2.2]}, seeds=[0, 1, 2])
+    r["config"]["variants"] = ["relu", "gelu", "swiglu"]
+    A.variants_by_name(r)["gelu"]["runs"][0]["diverged"] = True
+    miss = A.missing_runs(r)
+    assert ("relu", 2) in miss["missing"] and ("swiglu", 0) in miss["missing"]
+    assert miss["diverged"] == [("gelu", 0)] and miss["absent"] == ["swiglu"]
+
+
+@pytest.mark.parametrize("bad, needle", [([], "JSON object"), ({}, "'variants'"),
+                                         ({"variants": [{"x": 1}]}, "variants[0]")])
+def test_check_results_rejects(bad, needle):
+    with pytest.raises(ValueError) as e:
+        A.check_results(bad)
+    assert needle in str(e.value)
+
+
+# --- the claims ---------------------------------------------------------------------------
+
+def _verdict(results, claim_id):
+    (v,) = [v for v in A.check_claims(results) if v.claim_id == claim_id]
+    return v
+
+
+def _speed(relu, swish, gelu, ffn=(1.0, 1.0, 1.0)):
+    r = make_results({"relu": [2.5], "swish": [2.5], "gelu": [2.5]})
+    for name, t, f in zip(("relu", "swish", "gelu"), (relu, swish, gelu), ffn, strict=True):
+        A.variants_by_name(r)[name].update(act_ns_per_element=t, ffn_ms=f)
+    return _verdict(r, "speed_order")
+
+
+def test_speed_order_claim():
+    v = _speed(1.0, 2.0, 3.0)
+    assert v.verdict == A.SUPPORTED
+    assert "invisible" in v.explanation  # whole-FFN times identical: matmuls dominate
+    assert _speed(3.0, 2.0, 1.0).verdict == A.NOT_SUPPORTED
+    v = _speed(1.0, 2.0, 2.04)  # 2 % apart: inside the 5 % timing noise
+    assert v.verdict == A.INCONCLUSIVE and "noise" in v.explanation
+    assert "invisible" not in _speed(1.0, 2.0, 3.0, ffn=(1.0, 1.2, 1.5)).explanation
+    r = make_results({"relu": [2.5], "swish": [2.5]})
+    v = _verdict(r, "speed_order")
+    assert v.verdict == A.INCONCLUSIVE and "Not measured" in v.explanation and "gelu" in v.explanation
+
+
+@pytest.mark.parametrize("gelu, swish, expected", [
+    ([2.48, 2.38, 2.58], [2.47, 2.39, 2.58], A.SUPPORTED),       # both ~0.02 better every seed
+    ([2.53, 2.43, 2.62], [2.47, 2.39, 2.58], A.NOT_SUPPORTED),   # GELU worse every seed
+    ([2.45, 2.45, 2.55], [2.55, 2.35, 2.65], A.INCONCLUSIVE),    # signs flip between seeds
+])
+def test_smooth_beats_relu_claim(gelu, swish, expected):
+    r = make_results({"relu": [2.50, 2.40, 2.60], "gelu": gelu, "swish": swish})
+    v = _verdict(r, "smooth_beats_relu")
+    assert v.verdict == expected
+    assert v.numbers["gelu_minus_relu"]["n"] == 3
+
+
+def test_smooth_beats_relu_one_seed_is_inconclusive():
+    v = _verdict(make_results({"relu": [2.5], "gelu": [2.0], "swish": [2.0]}), "smooth_beats_relu")
+    assert v.verdict == A.INCONCLUSIVE and "one seed" in v.explanation
+
+
+@pytest.mark.parametrize("dead, expected", [
+    ({"relu": 0.12, "gelu": 0.0, "swish": 0.0}, A.SUPPORTED),
+    ({"relu": 0.002, "gelu": 0.0, "swish": 0.0}, A.NOT_SUPPORTED),
+    ({"relu": 0.10, "gelu": 0.15, "swish": 0.0}, A.NOT_SUPPORTED),
+    ({"relu": float("nan"), "gelu": 0.0, "swish": 0.0}, A.INCONCLUSIVE),
+])
+def test_relu_dies_claim(dead, expected):
+    r = make_results({n: [2.5] for n in dead}, {n: {"dead_fraction": d} for n, d in dead.items()},
+                     dead_threshold=0.0)
+    v = _verdict(r, "relu_dies")
+    assert v.verdict == expected
+    if expected != A.INCONCLUSIVE:
+        assert "never exceeds 0" in v.explanation  # the threshold is stated
+
+
+def test_relu_dies_without_relu_is_not_measured():
+    v = _verdict(make_results({"gelu": [2.5]}), "relu_dies")
+    assert v.verdict == A.INCONCLUSIVE and "Not measured" in v.explanation
+
+
+@pytest.mark.parametrize("swiglu, expected", [
+    ([2.45, 2.36, 2.55], A.SUPPORTED), ([2.55, 2.44, 2.66], A.NOT_SUPPORTED),
+    ([2.45, 2.45, 2.55], A.INCONCLUSIVE)])
+def test_glu_quality_claim(swiglu, expected):
+    r = make_results({"swish": [2.50, 2.40, 2.60], "swiglu": swiglu})
+    v = _verdict(r, "glu_quality")
+    assert v.verdict == expected
+    assert v.numbers["pairs"]["swiglu"]["param_ratio"] == pytest.approx(6144 / 6272)
+
+
+def test_glu_quality_without_twins_is_not_measured():
+    v = _verdict(make_results({"relu": [2.5], "swiglu": [2.4]}), "glu_quality")
+    assert v.verdict == A.INCONCLUSIVE and "Not measured" in v.explanation
+
+
+@pytest.mark.parametrize("ratio, expected", [(1.25, A.SUPPORTED), (1.02, A.NOT_SUPPORTED)])
+def test_glu_compute_claim(ratio, expected):
+    r = make_results({"gelu": [2.5], "geglu": [2.4]}, {"geglu": {"ffn_ms": ratio}})
+    v = _verdict(r, "glu_compute")
+    assert v.verdict == expected
+    # hidden 64 = 2/3 of 96: three [32x64] matmuls cost what two [32x96] ones do.
+    assert v.numbers["pairs"]["geglu"]["matmul_flops_ratio"] == pytest.approx(1.0)
+    assert v.numbers["pairs"]["geglu"]["ffn_ms_ratio"] == pytest.approx(ratio)
+
+
+def test_glu_compute_mixed_pairs_is_inconclusive():
+    r = make_results({"gelu": [2.5], "geglu": [2.4], "relu": [2.5], "reglu": [2.4]},
+                     {"geglu": {"ffn_ms": 1.3}, "reglu": {"ffn_ms": 1.0}})
+    assert _verdict(r, "glu_compute").verdict == A.INCONCLUSIVE
+
+
+@pytest.mark.parametrize("best, expected", [
+    ("swiglu", A.SUPPORTED), ("relu", A.NOT_SUPPORTED), (None, A.INCONCLUSIVE)])
+def test_glu_best_claim(best, expected):
+    base = [2.50, 2.40, 2.60]
+    bpb = {n: base for n in ("relu", "gelu", "swiglu")}
+    if best is not None:
+        bpb[best] = [x - 0.05 for x in base]
+    v = _verdict(make_results(bpb), "glu_best")
+    assert v.verdict == expected
+    assert "1.942" in v.explanation and "1.997" in v.explanation  # Shazeer 2020 quoted
+
+
+def test_glu_best_absent_is_not_measured():
+    v = _verdict(make_results({"relu": [2.5], "gelu": [2.4]}), "glu_best")
+    assert v.verdict == A.INCONCLUSIVE and "Not measured" in v.explanation
+
+
+def test_every_claim_survives_degenerate_results():
+    for r in (make_results({"relu": [None]}), make_results({"swiglu": [2.4]}),
+              {"variants": []}, {"variants": [{"name": "relu"}]}):
+        verdicts = A.check_claims(r)
+        assert len(verdicts) == len(A.ALL_CLAIMS)
+        assert all(v.verdict == A.INCONCLUSIVE for v in verdicts)
+        json.dumps([v.to_dict() for v in verdicts])
+
+
+# --- the fixture ----------------------------------------------------------------------------
+
+def test_fixture_is_self_consistent():
+    r = json.loads(FIXTURE.read_text())
+    assert r["schema_version"] == 1 and 5 <= len(r["variants"]) <= 13
+    for v in r["variants"]:
+        xs = [run["val_bpb"] for run in v["runs"]]
+        assert len(xs) == len(r["config"]["seeds"])
+        mean = sum(xs) / len(xs)
+        assert v["val_bpb_mean"] == pytest.approx(mean, abs=1e-4)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
+        assert v["val_bpb_std"] == pytest.approx(sd, abs=1e-4)
+
+
+def test_fixture_verdicts():
+    r = json.loads(FIXTURE.read_text())
+    got = {v.claim_id: v.verdict for v in A.check_claims(copy.deepcopy(r))}
+    assert got == {"speed_order": A.INCONCLUSIVE, "smooth_beats_relu": A.SUPPORTED,
+                   "relu_dies": A.SUPPORTED, "glu_quality": A.SUPPORTED,
+                   "glu_compute": A.SUPPORTED, "glu_best": A.SUPPORTED}
+    best, runner, pd = A.best_variant(r)
+    assert (best, runner) == ("geglu", "swiglu") and not pd.distinguishable
