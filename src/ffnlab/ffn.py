@@ -9,6 +9,7 @@ from torch import nn
 
 from .errors import UsageError, check_choice, check_positive_int
 from .ops.dispatch import BACKENDS, RECOMPUTE_MODES, feed_forward
+from .parallel import is_sharded, sharded_forward
 from .sizing import default_hidden_dim
 from .variants import get_variant
 
@@ -162,6 +163,8 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., dim]`` -> ``[..., dim]``."""
         self._check_input(x)
+        if is_sharded(self):  # DTensor weights (ffnlab.parallel): compute on the local shards
+            return self.dropout(sharded_forward(self, x))
         y = feed_forward(
             x,
             self.w1.weight,

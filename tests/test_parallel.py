@@ -1,0 +1,249 @@
+"""Tensor parallelism (ffnlab.parallel) over 2 CPU processes with the gloo backend.
+
+The test launches this file as a script once (module-scoped fixture); the script spawns two
+ranks on 127.0.0.1, each checks every case against an unsharded float64 copy and rank 0
+writes the outcome per case to a JSON file that the tests below read. Running every case in
+one launch keeps the cost of starting torch three times (~5 s) paid once.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import ffnlab
+from ffnlab import FeedForward
+from ffnlab.parallel import tensor_parallel, tp_plan
+
+WORLD = 2
+DIM, HIDDEN = 12, 20  # HIDDEN even: splits over 2 ranks; 15 does not
+
+
+# --- the worker side -----------------------------------------------------------------------
+
+
+def _compare_forward_backward(ref: nn.Module, sharded: nn.Module, x: torch.Tensor) -> None:
+    """Same output, input grad and (gathered) parameter grads as the unsharded ``ref``."""
+    from torch.distributed.tensor import DTensor
+
+    g = torch.randn(*x.shape[:-1], DIM, dtype=x.dtype)  # same on both ranks (same seed)
+    x_ref, x_tp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y_tp = ref(x_ref), sharded(x_tp)
+    assert not isinstance(y_tp, DTensor)
+    torch.testing.assert_close(y_tp, y_ref, rtol=1e-10, atol=1e-10)
+    y_ref.backward(g)
+    y_tp.backward(g)
+    torch.testing.assert_close(x_tp.grad, x_ref.grad, rtol=1e-10, atol=1e-10)
+    ref_params = dict(ref.named_parameters())
+    tp_params = dict(sharded.named_parameters())
+    assert ref_params.keys() == tp_params.keys(), (ref_params.keys(), tp_params.keys())
+    for name, p in tp_params.items():
+        grad = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+        torch.testing.assert_close(grad, ref_params[name].grad, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def _ffn(variant: str, **kw) -> FeedForward:
+    torch.manual_seed(1)
+    ffn = FeedForward(DIM, HIDDEN, variant, dtype=torch.float64, **kw)
+    if ffn.beta is not None:  # a non-trivial beta, different per unit when per-unit
+        with torch.no_grad():
+            ffn.beta.copy_(torch.rand(ffn.beta.shape, dtype=torch.float64) + 0.5)
+    return ffn
+
+
+def case_gated(mesh):
+    ref = _ffn("swiglu", backend="auto")
+    sharded = tensor_parallel(copy.deepcopy(ref), mesh)
+    from torch.distributed.tensor import DTensor
+
+    assert isinstance(sharded.w1.weight, DTensor)
+    assert sharded.w1.weight.to_local().shape == (HIDDEN // WORLD, DIM)
+    assert sharded.w2.weight.to_local().shape == (DIM, HIDDEN // WORLD)
+    _compare_forward_backward(ref, sharded, torch.randn(3, 5, DIM, dtype=torch.float64))
+
+
+def case_plain_bias(mesh):
+    ref = _ffn("gelu", backend="reference")  # plain variants have biases on by default
+    sharded = tensor_parallel(copy.deepcopy(ref), mesh)
+    _compare_forward_backward(ref, sharded, torch.randn(7, DIM, dtype=torch.float64))
+
+
+def case_scalar_beta(mesh):
+    ref = _ffn("swiglu", learnable_beta=True, backend="reference")
+    _compare_forward_backward(ref, tensor_parallel(copy.deepcopy(ref), mesh),
+                              torch.randn(4, DIM, dtype=torch.float64))  # fmt: skip
+
+
+def case_per_unit_beta(mesh):
+    ref = _ffn("swish", learnable_beta="per_unit", backend="reference")
+    sharded = tensor_parallel(copy.deepcopy(ref), mesh)
+    assert sharded.beta.to_local().shape == (HIDDEN // WORLD,)
+    _compare_forward_backward(ref, sharded, torch.randn(4, DIM, dtype=torch.float64))
+
+
+def case_per_unit_beta_unsharded_refused(mesh):
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    ffn = _ffn("swiglu", learnable_beta="per_unit", backend="reference")
+    plan = {"w1": ColwiseParallel(), "w3": ColwiseParallel(), "w2": RowwiseParallel()}
+    parallelize_module(ffn, mesh, plan)  # no PrepareFeedForward: beta stays whole
+    try:
+        ffn(torch.randn(2, DIM, dtype=torch.float64))
+    except ffnlab.UsageError as e:
+        assert "per-unit learnable beta" in str(e), e
+    else:
+        raise AssertionError("an unsharded per-unit beta was accepted")
+
+
+def case_indivisible(mesh):
+    ffn = FeedForward(DIM, 15, "swiglu")
+    try:
+        tensor_parallel(ffn, mesh)
+    except ffnlab.UsageError as e:
+        assert "15" in str(e) and "does not divide" in str(e), e
+    else:
+        raise AssertionError("hidden 15 over 2 ranks was accepted")
+    try:
+        tensor_parallel(nn.Linear(4, 4), mesh)
+    except TypeError as e:
+        assert "FeedForward" in str(e), e
+    else:
+        raise AssertionError("a Linear was accepted")
+
+
+class _Block(nn.Module):
+    def __init__(self, variant: str):
+        super().__init__()
+        self.ffn = _ffn(variant, backend="reference")
+
+    def forward(self, x):
+        return x + self.ffn(x)
+
+
+class _Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([_Block("geglu"), _Block("relu"), _Block("swiglu")])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def case_plan_with_wildcard(mesh):
+    import warnings
+
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    ref = _Model()
+    sharded = copy.deepcopy(ref)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the w[13] glob must not warn for the plain layer
+        parallelize_module(sharded, mesh, tp_plan("layers.*.ffn"))
+    for layer in sharded.layers:
+        assert isinstance(layer.ffn.w1.weight, DTensor)
+    _compare_forward_backward(ref, sharded, torch.randn(2, 3, DIM, dtype=torch.float64))
+
+
+CASES = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith("case_")}
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
+    )
+    try:
+        mesh = init_device_mesh("cpu", (WORLD,))
+        results = {}
+        for name, fn in CASES.items():
+            torch.manual_seed(0)
+            try:
+                fn(mesh)
+                results[name] = "ok"
+            except Exception:  # reported per case by the test below
+                results[name] = traceback.format_exc()
+        if rank == 0:
+            Path(out).write_text(json.dumps(results))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    port, out = int(sys.argv[1]), sys.argv[2]
+    torch.set_num_threads(1)
+    importlib.import_module("torch.distributed.tensor.parallel")  # once, before the fork
+    # fork: the ranks inherit the imported modules instead of importing torch again (about
+    # 8 s each on a busy 2-core machine); no torch work has run yet, so no thread pool exists.
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    torch.multiprocessing.start_processes(
+        _worker, args=(port, out), nprocs=WORLD, join=True, start_method=method
+    )
+
+
+# --- the pytest side -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tp_results(tmp_path_factory):
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    out = tmp_path_factory.mktemp("tp") / "results.json"
+    env = dict(os.environ)
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # stay on loopback
+    proc = subprocess.run(
+        [sys.executable, __file__, str(_free_port()), str(out)],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0 and out.exists(), proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_tensor_parallel_case(tp_results, case):
+    assert tp_results[case] == "ok", tp_results[case]
+
+
+def test_tp_plan_keys():
+    plan = tp_plan("layers.*.ffn")
+    assert list(plan) == ["layers.*.ffn", "layers.*.ffn.w[13]", "layers.*.ffn.w2"]
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    assert isinstance(plan["layers.*.ffn.w[13]"], ColwiseParallel)
+    assert isinstance(plan["layers.*.ffn.w2"], RowwiseParallel)
+    assert list(tp_plan()) == ["", "w[13]", "w2"]
+    with pytest.raises(TypeError):
+        tp_plan(3)
+
+
+def test_unsharded_ffn_is_not_sharded():
+    assert not ffnlab.parallel.is_sharded(FeedForward(8, 16))
+
+
+if __name__ == "__main__":
+    main()
