@@ -179,6 +179,14 @@ def _peak_bytes(runner, inp, device: torch.device) -> int | None:
     return int(torch.cuda.max_memory_allocated(device) - base)
 
 
+def _max_rel_err(runner, inp, y_ref: torch.Tensor) -> float | None:
+    """``max|y - y_ref| / max|y_ref|`` of one forward: a fast wrong kernel must not go unseen."""
+    if isinstance(runner, P.MatmulFloor):
+        return None
+    y = runner.forward(inp.x).detach().double()
+    return float((y - y_ref.double()).abs().max() / y_ref.double().abs().max().clamp_min(1e-30))
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
@@ -187,6 +195,7 @@ def _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp, ceilings
     flops = ffn_flops_per_token(setup.variant, setup.dim, setup.hidden)["matmul"] * tokens
     med = {n: {k: median(v) for k, v in t.items()} for n, t in times.items()}
     saved = {n: runners[n].saved_bytes(inp) for n in med}
+    y_ref = setup.module(inp.x).detach()  # the oracle, to check every provider's output
     rows = []
     for name in cfg.providers:
         row = {"kind": "ffn", "variant": setup.variant, "dim": setup.dim, "hidden": setup.hidden,
@@ -209,6 +218,7 @@ def _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp, ceilings
         row["saved_bytes_per_token"] = None if s is None else s / tokens
         row["saved_vs_reference"] = _ratio(s, saved.get("reference"))
         row["peak_bytes"] = _peak_bytes(runners[name], inp, cfg.device)
+        row["max_rel_err"] = _max_rel_err(runners[name], inp, y_ref)
         rows.append(row)
     return rows
 

@@ -37,6 +37,7 @@ __all__ = [
     "PROVIDERS",
     "DEFAULT_PROVIDERS",
     "ELEMENTWISE_PROVIDERS",
+    "MatmulFloor",
     "Skip",
     "Setup",
     "Inputs",

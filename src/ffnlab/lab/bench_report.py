@@ -147,6 +147,7 @@ FFN_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
                                   else 100 * r["fwd_bwd_matmul_share"], ".0f", "%")),
     ("saved B/tok", lambda r: _f(r.get("saved_bytes_per_token"), ",.0f")),
     ("saved ×ref", lambda r: _f(r.get("saved_vs_reference"), ".2f", "×")),
+    ("rel err", lambda r: _f(r.get("max_rel_err"), ".0e")),
 ]
 PEAK_COLUMN = ("peak MiB", lambda r: _f(None if r.get("peak_bytes") is None
                                         else r["peak_bytes"] / 2**20, ",.0f"))

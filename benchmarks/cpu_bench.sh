@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The CPU benchmark behind docs/benchmarks.md: every default variant at dim 512, 2048 tokens,
+# float32, reference vs the fused op (three recompute modes) vs the matmul-only floor, with
+# the CPU targets evaluated from the same run.
+#
+#   benchmarks/cpu_bench.sh                 # writes benchmarks/results/cpu-<date>.{json,md,png}
+#   WITH_COMPILE=1 benchmarks/cpu_bench.sh  # also torch.compile (inductor C++; minutes per shape)
+#   benchmarks/cpu_bench.sh --repeats 3     # extra arguments go to `ffnlab bench`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PY:-.venv/bin/python}
+DATE=$(date -u +%Y-%m-%d)
+RESULTS=${RESULTS:-benchmarks/results}
+WORK=${WORK:-runs/bench-cpu-$DATE}
+PROVIDERS=reference,fused,matmul
+if [[ "${WITH_COMPILE:-0}" != 0 ]]; then PROVIDERS=$PROVIDERS,compile; fi
+
+mkdir -p "$RESULTS"
+"$PY" -m ffnlab bench \
+    --device cpu --dtype float32 --dim 512 --tokens 2048 \
+    --variants relu,gelu,swish,geglu,swiglu --providers "$PROVIDERS" \
+    --repeats 7 --warmup 2 --out "$WORK" "$@" | tee "$WORK.txt"
+
+for ext in json md png; do
+    cp "$WORK/bench.$ext" "$RESULTS/cpu-$DATE.$ext"
+done
+echo "results: $RESULTS/cpu-$DATE.{json,md,png}"

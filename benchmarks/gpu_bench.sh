@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The whole GPU measurement in one call: SwiGLU and GeGLU-tanh FFNs at LLaMA sizes (dim 4096,
+# hidden 11008 and 14336), 8k-32k tokens, bfloat16, forward and forward+backward, against eager
+# PyTorch, Liger-Kernel (when its wheel is present) and the matmul-only floor; the elementwise
+# kernels alone against the copy bandwidth; the GPU targets evaluated from the same run.
+#
+# Installs nothing from the internet. Needs torch with CUDA and triton on the machine. To compare
+# against Liger-Kernel, put its wheel next to this script (benchmarks/wheels/liger_kernel-*.whl)
+# or point LIGER_WHEEL at it: it is unpacked with `pip install --no-index --no-deps --target`
+# into a temporary folder, nothing else changes.
+#
+#   benchmarks/gpu_bench.sh                    # -> $OUT/gpu-<date>.* if OUT is set, else benchmarks/results/
+#   WITH_COMPILE=1 benchmarks/gpu_bench.sh     # also torch.compile of the reference (slow to build)
+#   QUICK=1 benchmarks/gpu_bench.sh            # one hidden size, 8192 tokens: a smoke run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PY:-python3}  # the GPU machine's python with CUDA torch and triton
+DATE=$(date -u +%Y-%m-%d)
+DEST=${OUT:-benchmarks/results}
+WORK=$(mktemp -d)
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+
+"$PY" - <<'PY'
+import sys, torch
+if not torch.cuda.is_available():
+    sys.exit("gpu_bench.sh: no CUDA GPU visible to torch " + torch.__version__)
+print("torch", torch.__version__, "on", torch.cuda.get_device_name())
+PY
+
+wheel=${LIGER_WHEEL:-$(ls benchmarks/wheels/liger_kernel-*.whl 2>/dev/null | head -n1 || true)}
+if [[ -n "$wheel" ]]; then
+    "$PY" -m pip install --quiet --no-index --no-deps --target "$WORK/site" "$wheel"
+    export PYTHONPATH="$WORK/site:$PYTHONPATH"
+    echo "liger-kernel from $wheel"
+else
+    echo "no liger-kernel wheel: the liger rows will be reported as skipped"
+fi
+
+PROVIDERS=reference,fused,triton,liger,matmul
+if [[ "${WITH_COMPILE:-0}" != 0 ]]; then PROVIDERS=$PROVIDERS,compile; fi
+HIDDEN=11008,14336; TOKENS=8192,16384,32768; REPEATS=10
+if [[ "${QUICK:-0}" != 0 ]]; then HIDDEN=11008; TOKENS=8192; REPEATS=3; fi
+
+mkdir -p "$DEST"
+"$PY" -m ffnlab bench \
+    --device cuda --dtype bfloat16 --dim 4096 --hidden "$HIDDEN" --tokens "$TOKENS" \
+    --variants swiglu,geglu_tanh --providers "$PROVIDERS" \
+    --repeats "$REPEATS" --warmup 3 --out "$WORK/bench" "$@" | tee "$DEST/gpu-$DATE.txt"
+
+for ext in json md png; do
+    cp "$WORK/bench/bench.$ext" "$DEST/gpu-$DATE.$ext"
+done
+rm -rf "$WORK"
+echo "results: $DEST/gpu-$DATE.{json,md,png,txt}"
