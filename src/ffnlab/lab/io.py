@@ -1,0 +1,177 @@
+"""Crash-safe files for the lab: atomic writes and training checkpoints.
+
+Every file the lab writes goes through :func:`atomic_write_bytes`: write a temporary file in
+the same folder, fsync it, then ``os.replace`` it over the target. A crash at any moment leaves
+either the old file or the new one, never half of one (``os.replace`` is atomic on POSIX and
+Windows when both paths are on the same file system, which the same folder guarantees).
+
+A checkpoint is two files next to each other:
+
+``<stem>.safetensors``
+    every tensor: the model's state dict (``model.<key>``), the optimizer's per-parameter
+    state (``optim.<index>.<name>``) and the RNG states (``rng.<name>``, as uint8 tensors).
+``<stem>.json``
+    small metadata (step, curve so far, ...) and the sha256 of the ``.safetensors`` file.
+
+Loading recomputes the sha256 and refuses a file that does not match (truncated, tampered
+with, or from a different save than the metadata): :class:`CheckpointError`. Nothing is ever
+pickled; ``safetensors`` stores raw tensors only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+__all__ = [
+    "CheckpointError",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "read_json",
+    "save_checkpoint",
+    "load_checkpoint",
+    "remove_checkpoint",
+    "sha256_bytes",
+]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be trusted (missing part, bad hash, unreadable)."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Includes KeyboardInterrupt: never leave temp files behind.
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """``obj`` as indented JSON (strict: NaN/inf are refused, they are not JSON)."""
+    text = json.dumps(obj, indent=2, allow_nan=False)
+    return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+def _paths(stem: Path) -> tuple[Path, Path]:
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def _flatten_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors and the JSON-able rest."""
+    tensors: dict[str, torch.Tensor] = {}
+    per_param: dict[str, dict[str, Any]] = {}
+    for idx, st in opt_state["state"].items():
+        scalars: dict[str, Any] = {}
+        for name, value in st.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[name] = value
+        per_param[str(idx)] = scalars
+    return tensors, {"param_groups": opt_state["param_groups"], "scalars": per_param}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, t in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = t
+    for idx, scalars in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(scalars)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    stem: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    rng: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+) -> None:
+    """Write ``<stem>.safetensors`` then ``<stem>.json`` (each atomically).
+
+    ``rng`` maps a name to a ``torch.Generator.get_state()`` tensor (uint8). ``meta`` must be
+    JSON-able; the sha256 of the tensor file and the optimizer's non-tensor state are added.
+    """
+    st_path, meta_path = _paths(Path(stem))
+    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    tensors.update(opt_tensors)
+    tensors.update({f"rng.{k}": v.contiguous().cpu() for k, v in rng.items()})
+    blob = st_save(tensors)
+    atomic_write_bytes(st_path, blob)
+    atomic_write_json(meta_path, {**meta, "optimizer": opt_meta, "sha256": sha256_bytes(blob)})
+
+
+def load_checkpoint(
+    stem: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore ``model`` and ``optimizer`` in place; return ``(meta, rng states)``.
+
+    Raises :class:`CheckpointError` if either file is missing or unreadable, or the tensor
+    file's sha256 differs from the one in the metadata; nothing is loaded in that case.
+    """
+    st_path, meta_path = _paths(Path(stem))
+    try:
+        meta = read_json(meta_path)
+        blob = st_path.read_bytes()
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {stem} is unreadable: {exc}") from None
+    if not isinstance(meta, dict) or meta.get("sha256") != sha256_bytes(blob):
+        raise CheckpointError(f"checkpoint {st_path.name} does not match its sha256")
+    try:
+        tensors = st_load(blob)
+    except (SafetensorError, ValueError) as exc:  # pragma: no cover - hash checked above
+        raise CheckpointError(f"checkpoint {st_path.name} cannot be parsed: {exc}") from None
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {stem} does not fit this model: {exc}") from None
+    rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return meta, rng
+
+
+def remove_checkpoint(stem: str | Path) -> None:
+    for p in _paths(Path(stem)):
+        p.unlink(missing_ok=True)

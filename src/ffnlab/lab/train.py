@@ -1,0 +1,430 @@
+"""Train one (variant, seed) run of the lab's model, resumably, and measure it.
+
+A run is: paired initialisation (``model.init_parameters``), AdamW with linear warm-up then
+cosine decay to 10% of the peak rate, gradient clipping at norm 1.0, a fixed token budget
+(``steps * batch_size * seq_len``), batches from a generator seeded by the seed alone
+(``data.BatchSampler``), and evaluation on a fixed validation subset every ``eval_every``
+steps. Validation loss is reported in bits per byte: mean cross-entropy in nats / ln 2.
+
+Checkpoints (``io.save_checkpoint``) hold the model, the optimizer, the batch generator's
+state, the step and everything accumulated so far, so a resumed run replays exactly the steps
+an uninterrupted one would have done and ends with the same numbers.
+
+Dead units (:func:`dead_fraction`): a hidden unit of the activation (gate, for gated variants)
+branch is dead when ``|act(h1)|`` never exceeds a threshold on any validation token, with
+``h1 = W1 x``. For ReLU-type activations (relu, relu2 and so reglu) the threshold is 0: exact
+zeros, i.e. ``h1 <= 0`` everywhere. Smooth activations are never exactly zero, so they use
+``DEAD_THRESHOLD`` (1e-3) times the largest ``|act(h1)|`` of that layer. The absolute value
+matters for tanh, identity and the negative lobes of GELU/Swish: a unit whose output is always
+negative still passes information.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..activations import get_activation
+from ..errors import UsageError, check_positive_int
+from ..ffn import FeedForward
+from ..ops.memory import saved_tensor_bytes
+from ..ops.reference import hidden_activation
+from ..variants import get_variant
+from . import io
+from .data import BatchSampler, Corpus, val_windows
+from .model import ModelConfig, TinyGPT, ffn_hidden, init_parameters
+
+__all__ = [
+    "TrainConfig",
+    "train_run",
+    "evaluate_bpb",
+    "dead_fraction",
+    "lr_at",
+    "saved_bytes_per_token",
+    "ffn_timings",
+    "activation_timings",
+    "estimate_memory_bytes",
+    "available_memory_bytes",
+    "DEAD_THRESHOLD",
+    "RELU_TYPE",
+]
+
+DEAD_THRESHOLD = 1e-3
+RELU_TYPE = frozenset({"relu", "relu2"})  # activations with exact zeros (reglu uses relu)
+LOSS_WINDOW = 10  # final_train_loss = mean of the last 10 steps' losses
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one run (keyword arguments, validated)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: int
+    eval_every: int
+    eval_tokens: int
+    ckpt_every: int = 50
+    grad_clip: float = 1.0
+    weight_decay: float = 0.1
+    min_lr_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "eval_tokens", "ckpt_every"):
+            check_positive_int(name, getattr(self, name))
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
+            raise UsageError(f"warmup must be a non-negative integer, got {self.warmup!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"lr must be a positive number, got {self.lr!r}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of step ``step`` (0-based): linear warm-up, then cosine to min_lr_ratio."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    span = max(1, cfg.steps - cfg.warmup)
+    progress = min(1.0, (step - cfg.warmup) / span)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    """Half dtypes train with float32 master weights under autocast; others natively."""
+    if dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast(device.type, dtype=dtype)
+    return nullcontext()
+
+
+def _param_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.no_grad()
+def evaluate_bpb(model: TinyGPT, windows: torch.Tensor, *, batch_size: int, dtype: torch.dtype) -> float:
+    """Validation bits per byte on ``windows [N, T+1]`` (all of them, in order)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, windows.shape[0], batch_size):
+        w = windows[i : i + batch_size].to(device)
+        with _autocast(device, dtype):
+            logits = model(w[:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten(), reduction="sum")
+        total += float(loss)
+        count += w[:, 1:].numel()
+    model.train(was_training)
+    return total / count / math.log(2)
+
+
+@torch.no_grad()
+def dead_fraction(model: TinyGPT, windows: torch.Tensor, *, batch_size: int, dtype: torch.dtype) -> float:
+    """Share of FFN hidden units (gate branch for gated variants) dead on ``windows``.
+
+    See the module docstring for the rule. Returns a fraction in [0, 1] over all layers' units.
+    """
+    act = get_activation(get_variant(model.variant).activation)
+    relu_type = act.name in RELU_TYPE
+    device = next(model.parameters()).device
+    peak = [torch.zeros(f.hidden_dim, dtype=torch.float64, device=device) for f in model.ffns()]
+    was_training = model.training
+    model.eval()
+    with model.capture_gate_preactivations() as store:
+        for i in range(0, windows.shape[0], batch_size):
+            with _autocast(device, dtype):
+                model(windows[i : i + batch_size, :-1].to(device))
+            for layer, hs in enumerate(store):
+                for h1 in hs:
+                    a = act.fn(h1.float()).abs().flatten(0, -2).amax(0).double()
+                    peak[layer] = torch.maximum(peak[layer], a)
+                hs.clear()
+    model.train(was_training)
+    dead = 0
+    for p in peak:
+        threshold = 0.0 if relu_type else DEAD_THRESHOLD * float(p.max())
+        dead += int((p <= threshold).sum())
+    return dead / sum(p.numel() for p in peak)
+
+
+def _config_key(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict:
+    return {"model": model_cfg.as_dict(), "train": train_cfg.as_dict()}
+
+
+def train_run(
+    variant: str,
+    seed: int,
+    corpus: Corpus,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
+    checkpoint: str | Path | None = None,
+    fingerprint: dict | None = None,
+    on_step: Callable[[dict], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``variant`` with ``seed``; return the run's record (results.json's ``runs`` item).
+
+    ``checkpoint``: a path stem; when given, the run resumes from ``<stem>.safetensors/.json``
+    if they exist, match ``fingerprint`` and pass their sha256 check (otherwise it starts from
+    scratch, saying why through ``log``), and saves there every ``ckpt_every`` steps.
+    ``on_step({"step", "loss", "lr"})`` runs after every optimizer step (``step`` counts done
+    steps); an exception from it (KeyboardInterrupt) stops the run, leaving the last checkpoint.
+    A non-finite training loss stops the run and marks it ``diverged`` instead of raising.
+    """
+    device = torch.device(device)
+    v = get_variant(variant)
+    key = {**_config_key(model_cfg, train_cfg), **(fingerprint or {}),
+           "variant": v.name, "seed": int(seed)}
+    model = TinyGPT(model_cfg, v.name, backend=backend).to(device=device, dtype=_param_dtype(dtype))
+    init_parameters(model, seed)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": train_cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=train_cfg.lr, betas=(0.9, 0.95),
+    )
+    sampler = BatchSampler(corpus.train, batch_size=train_cfg.batch_size,
+                           seq_len=model_cfg.seq_len, seed=seed)
+    windows = val_windows(corpus.val, seq_len=model_cfg.seq_len, max_tokens=train_cfg.eval_tokens)
+    ev = {"batch_size": train_cfg.batch_size, "dtype": dtype}
+
+    state = {"step": 0, "curve": [], "recent_losses": [], "train_s": 0.0, "wall_s": 0.0,
+             "diverged": False}
+    if checkpoint is not None:
+        state = _try_resume(checkpoint, model, opt, sampler, key, state, log)
+
+    t_start = time.perf_counter()
+    wall_before = state["wall_s"]
+    if state["step"] == 0 and not state["curve"]:
+        state["curve"].append([0, evaluate_bpb(model, windows, **ev)])
+    model.train()
+    tokens_per_step = train_cfg.batch_size * model_cfg.seq_len
+    while state["step"] < train_cfg.steps and not state["diverged"]:
+        step = state["step"]
+        lr = lr_at(step, train_cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y = sampler.next()
+        t0 = time.perf_counter()
+        with _autocast(device, dtype):
+            logits = model(x.to(device))
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten())
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            state["diverged"] = True
+            if log:
+                log(f"{v.name} seed {seed}: loss became {loss_value} at step {step}; diverged")
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        state["train_s"] += time.perf_counter() - t0
+        state["step"] = step + 1
+        state["recent_losses"] = (state["recent_losses"] + [loss_value])[-LOSS_WINDOW:]
+        done = state["step"]
+        if done % train_cfg.eval_every == 0 or done == train_cfg.steps:
+            bpb = evaluate_bpb(model, windows, **ev)
+            state["curve"].append([done, bpb if math.isfinite(bpb) else None])
+            if not math.isfinite(bpb):
+                state["diverged"] = True
+        if checkpoint is not None and (done % train_cfg.ckpt_every == 0) and done < train_cfg.steps:
+            state["wall_s"] = wall_before + time.perf_counter() - t_start
+            io.save_checkpoint(checkpoint, model=model, optimizer=opt,
+                               rng={"batch": sampler.state()}, meta={**state, "key": key})
+        if on_step is not None:
+            on_step({"step": done, "loss": loss_value, "lr": lr})
+
+    diverged = state["diverged"]
+    final = None if diverged else state["curve"][-1][1]
+    return {
+        "seed": int(seed),
+        "val_bpb": final,
+        "curve": state["curve"],
+        "tokens_per_s": (state["step"] * tokens_per_step / state["train_s"]) if state["train_s"] else 0.0,
+        "dead_fraction": None if diverged else dead_fraction(model, windows, **ev),
+        "final_train_loss": (statistics.fmean(state["recent_losses"])
+                             if state["recent_losses"] and not diverged else None),
+        "wall_s": wall_before + time.perf_counter() - t_start,
+        "diverged": diverged,
+        "steps_done": state["step"],
+        "resumed_from": state.get("resumed_from", 0),
+        "key": key,
+    }
+
+
+def _try_resume(checkpoint, model, opt, sampler, key, state, log) -> dict:
+    stem = Path(checkpoint)
+    if not stem.with_name(stem.name + ".json").exists():
+        return state
+    try:
+        meta, rng = io.load_checkpoint(stem, model=model, optimizer=opt)
+        if meta.get("key") != key:
+            raise io.CheckpointError(f"checkpoint {stem.name} was made with another configuration")
+        sampler.set_state(rng["batch"])
+    except (io.CheckpointError, KeyError) as exc:
+        if log:
+            log(f"{exc}; restarting this run from scratch")
+        # The model or optimizer may be half-loaded: rebuild them from the paired init.
+        init_parameters(model, key["seed"])
+        opt.state.clear()
+        sampler.generator.manual_seed(int(key["seed"]))
+        io.remove_checkpoint(stem)
+        return state
+    restored = {k: meta[k] for k in state}
+    restored["resumed_from"] = meta["step"]
+    return restored
+
+
+# --- side-by-side measurements ---------------------------------------------------------------
+
+
+def saved_bytes_per_token(variant: str, model_cfg: ModelConfig, *, batch_size: int,
+                          backend: str = "auto", device: torch.device | str = "cpu",
+                          dtype: torch.dtype = torch.float32) -> float:
+    """Bytes the model's FFNs save for backward, per token (parameters excluded).
+
+    One FFN call on a training-shaped input ``[batch_size, seq_len, dim]``, times ``n_layers``,
+    divided by ``batch_size * seq_len``.
+    """
+    ffn = FeedForward(model_cfg.dim, ffn_hidden(variant, model_cfg.dim), variant, bias=False,
+                      backend=backend, device=device, dtype=_param_dtype(dtype))
+    x = torch.randn(batch_size, model_cfg.seq_len, model_cfg.dim, device=device,
+                    dtype=_param_dtype(dtype), requires_grad=True)
+    with _autocast(torch.device(device), dtype):
+        nbytes, _ = saved_tensor_bytes(lambda: ffn(x), exclude=list(ffn.parameters()))
+    return nbytes * model_cfg.n_layers / (batch_size * model_cfg.seq_len)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_ms_side_by_side(fns: dict[str, Callable[[], None]], reps: int, device) -> dict[str, float]:
+    """Median wall time of each fn; rounds interleave all fns so drift hits them equally."""
+    device = torch.device(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():  # warm-up (allocator, kernel caches)
+        fn()
+    _sync(device)
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def ffn_timings(variants: list[str], model_cfg: ModelConfig, *, batch_size: int, reps: int = 10,
+                backend: str = "auto", device: torch.device | str = "cpu",
+                dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """FFN-only forward+backward time in ms (median) at the model's size, for each variant.
+
+    Equivalent PyTorch per call: ``y = ffn(x); y.backward(g)`` with ``x [B, T, dim]``.
+    """
+    device = torch.device(device)
+    fns = {}
+    for v in variants:
+        ffn = FeedForward(model_cfg.dim, ffn_hidden(v, model_cfg.dim), v, bias=False,
+                          backend=backend, device=device, dtype=_param_dtype(dtype))
+        x = torch.randn(batch_size, model_cfg.seq_len, model_cfg.dim, device=device,
+                        dtype=_param_dtype(dtype), requires_grad=True)
+        g = torch.randn_like(x)
+
+        def fn(ffn=ffn, x=x, g=g) -> None:
+            with _autocast(device, dtype):
+                y = ffn(x)
+            y.backward(g.to(y.dtype))
+            x.grad = None
+            ffn.zero_grad(set_to_none=True)
+
+        fns[v] = fn
+    return _median_ms_side_by_side(fns, reps, device)
+
+
+def activation_timings(variants: list[str], *, numel: int = 1 << 21, reps: int = 10,
+                       device: torch.device | str = "cpu",
+                       dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """The elementwise part alone, forward+backward, in ns per hidden element.
+
+    Equivalent PyTorch: ``a = act(h1)`` (plain) or ``a = act(h1) * h3`` (gated, the product is
+    part of a GLU's elementwise cost), then ``a.backward(g)``; ``h1, h3, g`` of ``numel``
+    elements. The default 2M elements (8 MB in fp32) is far above any CPU cache.
+    """
+    device = torch.device(device)
+    fns = {}
+    for v in variants:
+        var = get_variant(v)
+        h1 = torch.randn(numel, device=device, dtype=dtype, requires_grad=True)
+        h3 = torch.randn(numel, device=device, dtype=dtype, requires_grad=True) if var.gated else None
+        g = torch.randn(numel, device=device, dtype=dtype)
+
+        def fn(act=var.activation, h1=h1, h3=h3, g=g) -> None:
+            hidden_activation(act, h1, h3).backward(g)
+            h1.grad = None
+            if h3 is not None:
+                h3.grad = None
+
+        fns[v] = fn
+    ms = _median_ms_side_by_side(fns, reps, device)
+    return {k: t * 1e6 / numel for k, t in ms.items()}
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+def estimate_memory_bytes(model_cfg: ModelConfig, *, batch_size: int, dtype: torch.dtype) -> int:
+    """A generous upper estimate of one run's peak memory (the largest variant).
+
+    Parameters x 4 (weights, gradients, two AdamW moments) in the master dtype, plus per layer
+    the activations autograd keeps: ~12 dim-wide and 3 hidden-wide tensors per token and the
+    attention matrix (the CPU kernel materialises ``[B, H, T, T]``), plus logits, their softmax
+    and gradient (``3 * vocab`` per token); then x 1.5 for allocator slack and temporaries.
+    """
+    d, L, T, B = model_cfg.dim, model_cfg.n_layers, model_cfg.seq_len, batch_size
+    hidden = 4 * d
+    params = model_cfg.vocab * d + T * d + L * (4 * d * d + 2 * d * hidden + 2 * d) + d
+    w = 8 if dtype == torch.float64 else 4
+    per_layer = B * T * (12 * d + 3 * hidden) + 2 * B * model_cfg.n_heads * T * T
+    acts = L * per_layer + 3 * B * T * model_cfg.vocab
+    return int(1.5 * (4 * params + acts) * w)
+
+
+def available_memory_bytes(device: torch.device | str = "cpu") -> int | None:
+    """Free memory on ``device`` in bytes (MemAvailable on Linux CPUs), or None if unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
