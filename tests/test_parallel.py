@@ -93,7 +93,11 @@ def case_per_unit_beta(mesh):
 
 
 def case_per_unit_beta_unsharded_refused(mesh):
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
 
     ffn = _ffn("swiglu", learnable_beta="per_unit", backend="reference")
     plan = {"w1": ColwiseParallel(), "w3": ColwiseParallel(), "w2": RowwiseParallel()}

@@ -1,0 +1,257 @@
+"""ffnlab.patch_hf / unpatch_hf on tiny random-weight transformers models of every family."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import ffnlab
+from ffnlab.interop.hf import hf_activation
+from ffnlab.interop.hf_modules import HFFeedForward
+
+pytest.importorskip("transformers")
+
+FAMILIES = ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "t5", "t5_gated", "bert"]
+# What each family's MLP must become: wrapper class and ffnlab activation.
+EXPECT = {
+    "llama": ("HFGatedMLP", "swish"),
+    "mistral": ("HFGatedMLP", "swish"),
+    "qwen2": ("HFGatedMLP", "swish"),
+    "gemma": ("HFGatedMLP", "gelu_tanh"),  # hidden_act="gelu_pytorch_tanh"
+    "phi3": ("HFPackedGatedMLP", "swish"),
+    "gpt2": ("HFConv1DMLP", "gelu_tanh"),  # "gelu_new"
+    "t5": ("HFT5Dense", "relu"),
+    "t5_gated": ("HFT5Dense", "gelu_tanh"),  # "gated-gelu" is gelu_new
+    "bert": ("HFBertFeedForward", "gelu"),
+}
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def _wrappers(model):
+    return [m for m in model.modules() if isinstance(m, HFFeedForward) and m.counts_as_mlp]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_same_outputs_and_count(hf_models, family):
+    model, inputs, n_mlp = hf_models.build(family)
+    with torch.no_grad():
+        before = hf_models.output(model, inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every MLP of these models is recognised: no warning
+        assert ffnlab.patch_hf(model) == n_mlp
+    wrappers = _wrappers(model)
+    assert len(wrappers) == n_mlp
+    cls, act = EXPECT[family]
+    assert {type(w).__name__ for w in wrappers} == {cls}
+    assert {w.activation for w in wrappers} == {act}
+    with torch.no_grad():
+        after = hf_models.output(model, inputs)
+    torch.testing.assert_close(after, before, **TOL)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_step_gives_same_gradients_on_original_parameters(hf_models, family):
+    model, inputs, _ = hf_models.build(family)
+    model.train()  # dropout is 0 in these configs, so train mode is deterministic
+    params_before = dict(model.named_parameters())
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        hf_models.output(model, inputs).pow(2).mean().backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    want = grads()
+    ffnlab.patch_hf(model)
+    got = grads()
+    # the same Parameter objects, under the same names
+    assert {k: id(p) for k, p in model.named_parameters()} == {
+        k: id(p) for k, p in params_before.items()
+    }
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_state_dict_unchanged_and_shared(hf_models, family):
+    model, _, _ = hf_models.build(family)
+    before = model.state_dict()
+    ffnlab.patch_hf(model)
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for k in before:
+        assert after[k].data_ptr() == before[k].data_ptr(), k  # shared, not copied
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3", "gpt2", "t5_gated", "bert"])
+def test_save_pretrained_round_trip(hf_models, family, tmp_path):
+    model, inputs, n_mlp = hf_models.build(family)
+    ffnlab.patch_hf(model)
+    with torch.no_grad():
+        want = hf_models.output(model, inputs)
+    model.save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = type(model).from_pretrained(tmp_path).float().eval()
+    assert list(loaded.state_dict()) == list(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(hf_models.output(loaded, inputs), want, **TOL)
+    assert ffnlab.patch_hf(loaded) == n_mlp
+    with torch.no_grad():
+        torch.testing.assert_close(hf_models.output(loaded, inputs), want, **TOL)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unpatch_restores_original_instances(hf_models, family):
+    model, inputs, n_mlp = hf_models.build(family)
+    originals = {name: m for name, m in model.named_modules()}
+    ffnlab.patch_hf(model)
+    model.train()
+    assert ffnlab.unpatch_hf(model) == n_mlp
+    restored = dict(model.named_modules())
+    assert restored.keys() == originals.keys()
+    for name, m in restored.items():
+        assert m is originals[name], name
+        assert m.training, name  # the mode set while patched carries over
+    assert not any(isinstance(m, HFFeedForward) for m in model.modules())
+    assert ffnlab.unpatch_hf(model) == 0
+
+
+def test_training_through_patch_updates_the_original(hf_models):
+    model, inputs, _ = hf_models.build("phi3")  # packed weight: updated through slices
+    packed = model.model.layers[0].mlp.gate_up_proj.weight
+    ffnlab.patch_hf(model)
+    old = packed.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hf_models.output(model, inputs).pow(2).mean().backward()
+    opt.step()
+    assert packed.grad is not None and packed.grad[:64].abs().sum() > 0  # gate half
+    assert packed.grad[64:].abs().sum() > 0  # up half
+    assert not torch.equal(packed, old)
+    ffnlab.unpatch_hf(model)
+    assert model.model.layers[0].mlp.gate_up_proj.weight is packed
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5", "t5_gated", "bert"])
+def test_dropout_in_train_mode_matches(hf_models, family):
+    """Dropout stays where transformers has it (T5: hidden units; GPT-2/BERT: output), and
+    consumes the random stream in the same order, so a seeded train-mode forward agrees."""
+    model, inputs, _ = hf_models.build(family, dropout=0.3)
+    model.train()
+    torch.manual_seed(5)
+    want = hf_models.output(model, inputs)
+    ffnlab.patch_hf(model)
+    torch.manual_seed(5)
+    got = hf_models.output(model, inputs)
+    torch.testing.assert_close(got, want, **TOL)
+
+
+def test_t5_keeps_wo_in_its_own_dtype(hf_models):
+    """T5 may keep ``wo`` in float32 while the rest is bfloat16; it casts the hidden units."""
+    model, inputs, _ = hf_models.build("t5_gated")
+    model.to(torch.bfloat16)
+    for m in model.modules():
+        if type(m).__name__ == "T5DenseGatedActDense":
+            m.wo.float()
+    with torch.no_grad():
+        want = hf_models.output(model, inputs)
+        ffnlab.patch_hf(model)
+        got = hf_models.output(model, inputs)
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_patching_twice_changes_nothing(hf_models):
+    model, inputs, n_mlp = hf_models.build("llama")
+    assert ffnlab.patch_hf(model) == n_mlp
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ffnlab.patch_hf(model) == 0
+    assert len(_wrappers(model)) == n_mlp
+
+
+class MyMLP(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return torch.tanh(self.fc(x))
+
+
+def test_unrecognised_mlp_is_left_alone_and_listed_once(hf_models):
+    model, inputs, n_mlp = hf_models.build("llama")
+    odd = MyMLP(32)
+    model.model.layers[1].mlp = odd
+    with pytest.warns(UserWarning) as record:
+        assert ffnlab.patch_hf(model) == n_mlp - 1
+    msgs = [str(w.message) for w in record if "ffnlab.patch_hf" in str(w.message)]
+    assert len(msgs) == 1
+    assert "model.layers.1.mlp (MyMLP" in msgs[0]
+    assert model.model.layers[1].mlp is odd
+
+
+def test_activation_without_ffnlab_equivalent_is_left_alone(hf_models):
+    model, inputs, n_mlp = hf_models.build("llama", hidden_act="mish")
+    with torch.no_grad():
+        before = hf_models.output(model, inputs)
+    with pytest.warns(UserWarning, match=r"left 2 MLP.*MishActivation") as record:
+        assert ffnlab.patch_hf(model) == 0
+    assert sum("ffnlab.patch_hf" in str(w.message) for w in record) == 1
+    assert not _wrappers(model)
+    with torch.no_grad():
+        torch.testing.assert_close(hf_models.output(model, inputs), before, rtol=0, atol=0)
+
+
+def test_bad_arguments(hf_models):
+    model, _, _ = hf_models.build("llama")
+    with pytest.raises(ValueError, match="did you mean 'fused'"):
+        ffnlab.patch_hf(model, backend="fuse")
+    with pytest.raises(TypeError, match="nn.Module"):
+        ffnlab.patch_hf("llama")
+    with pytest.raises(TypeError, match="nn.Module"):
+        ffnlab.unpatch_hf(None)
+
+
+def test_reference_backend_matches_in_float64(hf_models):
+    model, inputs, _ = hf_models.build("llama")
+    model.double()
+    with torch.no_grad():
+        want = hf_models.output(model, inputs)
+        ffnlab.patch_hf(model, backend="reference")
+        got = hf_models.output(model, inputs)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+# transformers ACT2FN names -> what hf_activation must say (None: ffnlab has no equivalent).
+ACT_NAMES = {
+    "silu": "swish", "swish": "swish", "gelu": "gelu", "gelu_python": "gelu",
+    "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+    "quick_gelu": "quick_gelu", "relu": "relu", "relu2": "relu2", "sigmoid": "sigmoid",
+    "tanh": "tanh", "linear": "identity",
+    "mish": None, "gelu_10": None, "relu6": None, "leaky_relu": None, "gelu_accurate": None,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(ACT_NAMES))
+def test_activation_map_computes_the_same_function(name):
+    from transformers.activations import ACT2FN
+
+    act = ACT2FN[name]
+    assert hf_activation(act) == ACT_NAMES[name]
+    if ACT_NAMES[name] is not None:
+        x = torch.linspace(-8, 8, 1001, dtype=torch.float64)
+        mine = ffnlab.activations.get_activation(ACT_NAMES[name]).fn(x)
+        torch.testing.assert_close(mine, act(x), rtol=1e-6, atol=1e-7)
+
+
+def test_activation_map_plain_functions_and_strangers():
+    assert hf_activation(torch.nn.functional.silu) == "swish"
+    assert hf_activation(nn.GELU(approximate="tanh")) == "gelu_tanh"
+    assert hf_activation(nn.GELU()) == "gelu"
+    assert hf_activation(MyMLP(2)) is None  # a module from elsewhere is not trusted
+    assert hf_activation(lambda x: x) is None
+    assert hf_activation([1]) is None  # unhashable
