@@ -35,7 +35,14 @@ from .ops.dispatch import feed_forward
 if TYPE_CHECKING:  # pragma: no cover
     from torch.distributed.device_mesh import DeviceMesh
 
-__all__ = ["tensor_parallel", "tp_plan", "is_sharded", "sharded_forward", "check_divisible", "check_mesh"]
+__all__ = [
+    "tensor_parallel",
+    "tp_plan",
+    "is_sharded",
+    "sharded_forward",
+    "check_divisible",
+    "check_mesh",
+]
 
 
 def _dtensor_module():

@@ -149,7 +149,14 @@ class HFConv1DMLP(HFFeedForward):
         self.dropout = original.dropout
 
     def ffn_weights(self) -> Weights:
-        return self.c_fc.weight.t(), self.c_proj.weight.t(), None, self.c_fc.bias, self.c_proj.bias, None
+        return (
+            self.c_fc.weight.t(),
+            self.c_proj.weight.t(),
+            None,
+            self.c_fc.bias,
+            self.c_proj.bias,
+            None,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., dim]`` -> ``[..., dim]``."""
