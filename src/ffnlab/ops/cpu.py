@@ -132,7 +132,7 @@ def hidden_backward(
 
     Returns ``(dh1, dh3, m, dbeta)``: ``dh1, dh3 [N, hidden]`` in ``h1``'s dtype (``dh3`` None
     for plain variants), ``m`` (recomputed when ``need_m`` and not given, else as given) and
-    ``dbeta`` (float32 ``[hidden]``, summed over rows; None unless ``need_dbeta``).
+    ``dbeta`` (``[hidden]`` in the compute dtype, summed over rows; None unless ``need_dbeta``).
 
     Equivalent PyTorch (gated)::
 
@@ -160,8 +160,8 @@ def hidden_backward(
     dbeta = None
     if need_dbeta:
         b = beta.to(x.dtype) if isinstance(beta, torch.Tensor) else beta
-        # Summed in float32 over every row: the reduction over all leading dims.
-        dbeta = (t * swish_grad_beta(x, b)).sum(0, dtype=torch.float32)
+        # Summed over every row (all leading dims), in float32 for half inputs.
+        dbeta = (t * swish_grad_beta(x, b)).sum(0)
     dh1 = _act_backward_(activation, t, x, beta, a_c)
     dh1 = dh1.to(dt)
     if need_m and m is None:
