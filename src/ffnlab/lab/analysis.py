@@ -345,11 +345,12 @@ def claim_speed_order(results: Mapping) -> Verdict:
 
 
 def _fmt_pd(pd: PairedDiff) -> str:
+    """The paired difference in bpb, as text: mean, and std over seeds where there are 2+."""
     if pd.n == 0:
-        return "no paired seeds"
+        return "n/a (no seed where both runs finished)"
     if pd.n == 1:
-        return f"{pd.mean:+.4f} (1 seed)"
-    return f"{pd.mean:+.4f} ± {pd.std:.4f} (std over {pd.n} seeds)"
+        return f"{pd.mean:+.4f} bpb (1 seed)"
+    return f"{pd.mean:+.4f} bpb ± {pd.std:.4f} (std over {pd.n} seeds)"
 
 
 def _pd_call(pds: Mapping[str, PairedDiff]) -> str:
@@ -371,7 +372,8 @@ def claim_smooth_beats_relu(results: Mapping) -> Verdict:
     pds = {n: paired_difference(results, n, "relu") for n in ("gelu", "swish")}
     nums = {f"{n}_minus_relu": p.to_dict() for n, p in pds.items()}
     verdict = _pd_call(pds)
-    text = "; ".join(f"{n.upper()} − ReLU = {_fmt_pd(p)} bpb" for n, p in pds.items())
+    label = {"gelu": "GELU", "swish": "Swish"}
+    text = "; ".join(f"{label[n]} − ReLU = {_fmt_pd(p)}" for n, p in pds.items())
     caution = next((p.caution for p in pds.values() if p.caution), "")
     tail = {SUPPORTED: "both lower than ReLU beyond seed noise",
             NOT_SUPPORTED: "at least one is worse than ReLU beyond seed noise",
@@ -432,7 +434,7 @@ def claim_glu_quality(results: Mapping) -> Verdict:
         verdict = NOT_SUPPORTED
     else:
         verdict = INCONCLUSIVE
-    text = "; ".join(f"{g} − {p} = {_fmt_pd(pds[g])} bpb at {ratio[g]:.3f}× the params"
+    text = "; ".join(f"{g} − {p} = {_fmt_pd(pds[g])} at {ratio[g]:.3f}× the params"
                      for g, p in pairs)
     why = (f"Paired by seed: {text}. Better beyond seed noise: {len(better)} of {len(pairs)}"
            f" pairs; worse: {len(worse)}.")
@@ -500,7 +502,7 @@ def claim_glu_best(results: Mapping) -> Verdict:
     nums["diff"] = pd.to_dict()
     top = ranked[0]
     text = (f"top-ranked: {top}; {best_fam} − {best_other} (best outside the family) = "
-            f"{_fmt_pd(pd)} bpb")
+            f"{_fmt_pd(pd)}")
     if top in fam and pd.distinguishable:
         verdict, tail = SUPPORTED, "ahead beyond seed noise"
     elif top not in fam and pd.distinguishable:
