@@ -269,3 +269,18 @@ def test_fixture_verdicts():
                    "glu_compute": A.SUPPORTED, "glu_best": A.SUPPORTED}
     best, runner, pd = A.best_variant(r)
     assert (best, runner) == ("geglu", "swiglu") and not pd.distinguishable
+
+
+def test_missing_runs_merges_the_training_sides_list():
+    r = make_results({"relu": [2.5, 2.4]}, seeds=[0, 1])
+    r["missing"] = [{"variant": "swiglu", "seed": 0}, {"variant": "swiglu", "seed": 1}]
+    miss = A.missing_runs(r)
+    assert miss["missing"] == [("swiglu", 0), ("swiglu", 1)] and miss["absent"] == ["swiglu"]
+
+
+def test_relu_dies_quotes_the_recorded_dead_rule():
+    r = make_results({"relu": [2.5]}, {"relu": {"dead_fraction": 0.2}}, dead_threshold=1e-3)
+    r["config"]["dead_rule"] = "a unit is dead if |act| <= threshold on every token"
+    v = _verdict(r, "relu_dies")
+    assert v.verdict == A.SUPPORTED
+    assert "dead threshold 0.001: a unit is dead if |act| <= threshold" in v.explanation

@@ -229,8 +229,8 @@ def best_variant(results: Mapping) -> tuple[str | None, str | None, PairedDiff |
 def missing_runs(results: Mapping) -> dict[str, list]:
     """``{"missing": [(variant, seed)], "diverged": [(variant, seed)], "absent": [variant]}``.
 
-    Expected seeds come from ``config.seeds``; expected variants from ``config.variants`` when
-    the training side records it.
+    Expected seeds come from ``config.seeds``, expected variants from ``config.variants``; the
+    results' own ``missing`` list (unfinished runs, when recorded) is merged in.
     """
     cfg = results.get("config") or {}
     seeds = [s for s in cfg.get("seeds") or [] if isinstance(s, int)]
@@ -244,6 +244,14 @@ def missing_runs(results: Mapping) -> dict[str, list]:
     wanted = [n for n in cfg.get("variants") or [] if isinstance(n, str)]
     absent = [n for n in wanted if n not in by]
     missing += [(n, s) for n in absent for s in seeds]
+    # The training side also lists the runs it did not finish, as {"variant", "seed"} objects.
+    for m in results.get("missing") or []:
+        if isinstance(m, Mapping) and isinstance(m.get("variant"), str):
+            pair = (m["variant"], m.get("seed"))
+            if pair not in missing:
+                missing.append(pair)
+            if m["variant"] not in by and m["variant"] not in absent:
+                absent.append(m["variant"])
     return {"missing": missing, "diverged": diverged, "absent": absent}
 
 
@@ -388,9 +396,12 @@ def claim_relu_dies(results: Mapping) -> Verdict:
     by = variants_by_name(results)
     if (v := _not_measured(cid, claim, src, ("relu",), by)) is not None:
         return v
-    thr = _num((results.get("config") or {}).get("dead_threshold"))
+    cfg = results.get("config") or {}
+    thr = _num(cfg.get("dead_threshold"))
     rule = (f"a unit counts as dead if its activation never exceeds {thr:g} on the validation "
             "set" if not math.isnan(thr) else "dead threshold not recorded")
+    if isinstance(cfg.get("dead_rule"), str):  # the training side's own wording, when given
+        rule = f"dead threshold {thr:g}: {cfg['dead_rule']}"
     dead = {n: _metric(by, n, "dead_fraction") for n in ("relu", "gelu", "swish") if n in by}
     nums = {"dead_fraction": dead, "dead_threshold": thr, "min_share": DEAD_MIN}
     if "runs" in by["relu"] and not _good_runs(by["relu"]):
