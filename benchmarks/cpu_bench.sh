@@ -16,7 +16,7 @@ WORK=${WORK:-runs/bench-cpu-$DATE}
 PROVIDERS=reference,fused,matmul
 if [[ "${WITH_COMPILE:-0}" != 0 ]]; then PROVIDERS=$PROVIDERS,compile; fi
 
-mkdir -p "$RESULTS"
+mkdir -p "$RESULTS" "$(dirname "$WORK")"
 "$PY" -m ffnlab bench \
     --device cpu --dtype float32 --dim 512 --tokens 2048 \
     --variants relu,gelu,swish,geglu,swiglu --providers "$PROVIDERS" \

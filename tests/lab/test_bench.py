@@ -1,9 +1,13 @@
 import contextlib
+import importlib
 import io
 import json
+import os
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ffnlab.cli import main
 from ffnlab.lab import bench_providers as P
@@ -244,3 +248,21 @@ def test_bad_input_exits_2_with_one_line(extra, needle, tmp_path, capsys):
 def test_cuda_without_gpu_exits_2(tmp_path, capsys):
     assert main(["bench", *TINY, "--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("engine_name", ["cpu", "triton_kernels"])
+def test_engine_runner_computes_the_middle(engine_name):
+    # The same runner times the Triton kernels on CUDA; here they run in the interpreter.
+    if engine_name == "triton_kernels":
+        pytest.importorskip("triton")
+        if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
+            pytest.skip("needs TRITON_INTERPRET=1 on a machine without CUDA")
+    engine = importlib.import_module(f"ffnlab.ops.{engine_name}")
+    runner = P.EngineRunner(engine, "swish")
+    h1, h3, g = (torch.randn(6, 40) for _ in range(3))
+    inp = SimpleNamespace(h1=h1.requires_grad_(), h3=h3.requires_grad_(), g=g)
+    m = runner.fwd(inp)
+    m = m[0] if isinstance(m, tuple) else m
+    torch.testing.assert_close(m, F.silu(h1.detach()) * h3.detach())
+    runner.fwd_bwd(inp)  # runs without autograd: the engine's own backward
+    assert h1.grad is None
