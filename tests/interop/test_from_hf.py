@@ -1,0 +1,103 @@
+"""FeedForward.from_hf: a standalone FeedForward from one transformers MLP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import ffnlab
+from ffnlab import FeedForward
+
+pytest.importorskip("transformers")
+
+
+def _mlp(model, family):
+    if family == "t5" or family == "t5_gated":
+        return model.encoder.block[0].layer[-1].DenseReluDense
+    if family == "gpt2":
+        return model.transformer.h[0].mlp
+    if family == "bert":
+        return model.encoder.layer[0]  # the layer holds the intermediate/output pair
+    return model.model.layers[0].mlp
+
+
+def _hf_ffn(family, module, x):
+    """What the FeedForward must equal: the module's FFN, BERT's without residual/LayerNorm."""
+    if family == "bert":
+        return module.output.dense(module.intermediate(x))
+    return module(x)
+
+
+SHARED = {  # family -> (variant, FeedForward attribute -> module attribute path)
+    "llama": ("swiglu", {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}),
+    "gemma": ("geglu_tanh", {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}),
+    "t5": ("relu", {"w1": "wi", "w2": "wo"}),
+    "t5_gated": ("geglu_tanh", {"w1": "wi_0", "w2": "wo", "w3": "wi_1"}),
+    "bert": ("gelu", {"w1": "intermediate.dense", "w2": "output.dense"}),
+}
+
+
+@pytest.mark.parametrize("family", list(SHARED))
+def test_shares_linear_layers(hf_models, family):
+    model, _, _ = hf_models.build(family)
+    module = _mlp(model, family)
+    ffn = FeedForward.from_hf(module)
+    variant, layers = SHARED[family]
+    assert isinstance(ffn, FeedForward) and ffn.variant == variant
+    for attr, path in layers.items():
+        assert getattr(ffn, attr) is module.get_submodule(path), attr
+    assert not ffn.gated or ffn.w3 is not None
+    x = torch.randn(3, 4, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ffn(x), _hf_ffn(family, module, x), rtol=1e-5, atol=1e-6)
+    assert all(not p.is_meta for p in ffn.parameters())
+
+
+@pytest.mark.parametrize("family", ["phi3", "gpt2"])
+def test_packed_and_conv1d_need_copy(hf_models, family):
+    model, _, _ = hf_models.build(family)
+    module = _mlp(model, family)
+    with pytest.raises(ValueError, match="copy=True"):
+        FeedForward.from_hf(module)
+    ffn = FeedForward.from_hf(module, copy=True, backend="reference")
+    x = torch.randn(5, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ffn(x), module(x), rtol=1e-5, atol=1e-6)
+        ffn.w1.weight.zero_()  # a copy: the module keeps its weights
+    assert all(p.abs().sum() > 0 for p in module.parameters() if p.dim() == 2)  # (biases are 0)
+    if family == "gpt2":
+        assert ffn.w1.bias is not None and ffn.variant == "gelu_tanh"
+
+
+def test_copy_for_linear_families_copies(hf_models):
+    model, _, _ = hf_models.build("llama")
+    module = _mlp(model, "llama")
+    ffn = FeedForward.from_hf(module, copy=True)
+    assert ffn.w1 is not module.gate_proj
+    assert ffn.w1.weight.data_ptr() != module.gate_proj.weight.data_ptr()
+    torch.testing.assert_close(ffn.w1.weight, module.gate_proj.weight, rtol=0, atol=0)
+
+
+def test_from_patched_wrapper_and_options(hf_models):
+    model, _, _ = hf_models.build("qwen2")
+    module = _mlp(model, "qwen2")
+    ffnlab.patch_hf(model)
+    ffn = FeedForward.from_hf(model.model.layers[0].mlp, backend="reference", recompute="full")
+    assert ffn.w1 is module.gate_proj
+    assert (ffn.backend, ffn.recompute) == ("reference", "full")
+
+
+def test_errors(hf_models):
+    with pytest.raises(ValueError, match="does not recognise Linear"):
+        FeedForward.from_hf(nn.Linear(3, 3))
+    with pytest.raises(TypeError):
+        FeedForward.from_hf("LlamaMLP")
+    model, _, _ = hf_models.build("llama", hidden_act="mish")
+    with pytest.raises(ValueError, match="MishActivation"):
+        FeedForward.from_hf(_mlp(model, "llama"))
+    model, _, _ = hf_models.build("llama", hidden_act="quick_gelu")  # no gated quick_gelu variant
+    with pytest.raises(
+        ValueError, match="no ffnlab variant is a gated FFN with activation 'quick_gelu'"
+    ):
+        FeedForward.from_hf(_mlp(model, "llama"))
