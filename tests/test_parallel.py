@@ -71,6 +71,13 @@ def case_gated(mesh):
     assert sharded.w1.weight.to_local().shape == (HIDDEN // WORLD, DIM)
     assert sharded.w2.weight.to_local().shape == (DIM, HIDDEN // WORLD)
     _compare_forward_backward(ref, sharded, torch.randn(3, 5, DIM, dtype=torch.float64))
+    # a DTensor input (here sharded over the batch) comes back as a replicated DTensor
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    x = torch.randn(4, DIM, dtype=torch.float64)
+    y = sharded(distribute_tensor(x, sharded.w1.weight.device_mesh, [Shard(0)]))
+    assert isinstance(y, DTensor) and y.placements[0].is_replicate()
+    torch.testing.assert_close(y.to_local(), ref(x), rtol=1e-10, atol=1e-10)
 
 
 def case_plain_bias(mesh):
