@@ -166,6 +166,7 @@ def test_degenerate_results_do_not_crash(case, results, tmp_path):
         assert "only variant" in md
     if case == "one_seed":
         assert "one seed only" in md
+        assert "| 2.4222 (1 seed) |" in md and "± 0.0000" not in md
     if case == "diverged":
         assert "diverged" in md and "gelu seed 1" in md and "swish seed 0" in md
     if case == "empty_curves":

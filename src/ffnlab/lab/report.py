@@ -85,7 +85,13 @@ def _ranking_table(results: Mapping) -> tuple[list[str], list[list[str]]]:
     for i, v in enumerate(A.ranking(results), 1):
         name = v["name"]
         mean = A._num(v.get("val_bpb_mean"))
-        bpb = "diverged" if math.isnan(mean) else f"{mean:.4f} ± {_f(v.get('val_bpb_std'), '.4f')}"
+        n_ok = len(A._good_runs(v)) if v.get("runs") else 0
+        if math.isnan(mean):
+            bpb = "diverged"
+        elif n_ok == 1:
+            bpb = f"{mean:.4f} (1 seed)"  # a std of 0.0 from one run would read as certainty
+        else:
+            bpb = f"{mean:.4f} ± {_f(v.get('val_bpb_std'), '.4f')}"
         if name == "relu":
             delta = "baseline"
         elif name not in paired or paired[name].n == 0:
