@@ -284,3 +284,12 @@ def test_relu_dies_quotes_the_recorded_dead_rule():
     v = _verdict(r, "relu_dies")
     assert v.verdict == A.SUPPORTED
     assert "dead threshold 0.001: a unit is dead if |act| <= threshold" in v.explanation
+
+
+def test_glu_quality_flags_unmatched_parameters():
+    r = make_results({"swish": [2.5, 2.4, 2.6], "swiglu": [2.45, 2.36, 2.55]},
+                     {"swiglu": {"params": 3 * 32 * 96}})  # equal hidden: 1.5x the params
+    v = _verdict(r, "glu_quality")
+    assert "more than 5% between swiglu and the plain twin" in v.explanation
+    assert "Caution" not in _verdict(make_results({"swish": [2.5], "swiglu": [2.4]}),
+                                     "glu_quality").explanation

@@ -38,6 +38,10 @@ machine commonly move by a few percent between runs, so 5 % is the smallest gap 
 DEAD_MIN = 0.01
 """Dead-unit share below which we say units did not die (1 % of the hidden units)."""
 
+PARAM_MATCH = 0.05
+"""Largest relative FFN-parameter gap for a gated/plain pair to count as parameter-matched
+(2/3-hidden rounding leaves well under 1 %)."""
+
 # Shazeer 2020, "GLU Variants Improve Transformer", table 1: log-perplexity on C4 after
 # 65,536 steps (T5-base sized models). Quoted for scale; the lab's runs are far smaller.
 SHAZEER_2020 = {"geglu": 1.942, "swiglu": 1.944, "relu": 1.997}
@@ -449,6 +453,10 @@ def claim_glu_quality(results: Mapping) -> Verdict:
                      for g, p in pairs)
     why = (f"Paired by seed: {text}. Better beyond seed noise: {len(better)} of {len(pairs)}"
            f" pairs; worse: {len(worse)}.")
+    unmatched = [g for g, x in ratio.items() if not abs(x - 1) <= PARAM_MATCH]
+    if unmatched:  # then "per parameter" does not hold for those pairs
+        why += (f" Caution: FFN parameters differ by more than {PARAM_MATCH:.0%} between "
+                f"{', '.join(unmatched)} and the plain twin.")
     return Verdict(cid, claim, src, verdict, why, nums)
 
 
