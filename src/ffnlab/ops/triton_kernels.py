@@ -53,9 +53,19 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _tanh_sech2(x):
+    """(tanh(x), 1 - tanh(x)^2) from e = exp(-2|x|) in (0, 1]: never overflows, and sech^2 =
+    4e / (1 + e)^2 has no cancellation (1 - t*t loses all digits where t rounds to +-1)."""
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    t = tl.where(x < 0.0, -t, t)
+    return t, 4.0 * e / ((1.0 + e) * (1.0 + e))
+
+
+@triton.jit
 def _tanh(x):
-    # tanh(x) = 1 - 2 / (exp(2x) + 1): exp overflows to inf for x > 44, giving exactly 1.
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+    t, _ = _tanh_sech2(x)
+    return t
 
 
 @triton.jit
@@ -92,9 +102,10 @@ def _act_grad(x, beta, ACT: tl.constexpr):
         cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
         d = cdf + x * (tl.exp(-0.5 * x * x) * 0.3989422804014327)
     elif ACT == 3:
-        t = _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))
+        t, sech2 = _tanh_sech2(0.7978845608028654 * (x + 0.044715 * x * x * x))
         du = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
-        d = 0.5 * (1.0 + t) + 0.5 * (x * (1.0 - t * t)) * du
+        # (x * sech2) first: sech2 underflows to 0 before du (~x^2) can matter.
+        d = 0.5 * (1.0 + t) + 0.5 * (x * sech2) * du
     elif ACT == 4:
         s = _sigmoid(beta * x)
         d = s + beta * (x * (s * (1.0 - s)))
@@ -102,8 +113,7 @@ def _act_grad(x, beta, ACT: tl.constexpr):
         s = _sigmoid(x)
         d = s * (1.0 - s)
     elif ACT == 6:
-        t = _tanh(x)
-        d = 1.0 - t * t
+        _, d = _tanh_sech2(x)
     else:
         d = 2.0 * tl.where(x > 0.0, x, 0.0)
     return d
