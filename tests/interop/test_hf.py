@@ -255,3 +255,20 @@ def test_activation_map_plain_functions_and_strangers():
     assert hf_activation(MyMLP(2)) is None  # a module from elsewhere is not trusted
     assert hf_activation(lambda x: x) is None
     assert hf_activation([1]) is None  # unhashable
+
+
+def test_deepcopy_of_patched_model_keeps_sharing(hf_models):
+    import copy
+
+    model, inputs, n_mlp = hf_models.build("gpt2")
+    ffnlab.patch_hf(model)
+    clone = copy.deepcopy(model)
+    wrapper = clone.transformer.h[0].mlp
+    assert wrapper.c_fc is wrapper.original.c_fc  # the copy's wrapper and original share too
+    assert wrapper.c_fc is not model.transformer.h[0].mlp.c_fc
+    with torch.no_grad():
+        torch.testing.assert_close(
+            hf_models.output(clone, inputs), hf_models.output(model, inputs), rtol=0, atol=0
+        )
+    assert ffnlab.unpatch_hf(clone) == n_mlp
+    assert type(clone.transformer.h[0].mlp).__name__ == "GPT2MLP"
