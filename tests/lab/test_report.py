@@ -6,7 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from ffnlab.errors import UsageError
+from ffnlab.lab import advise
+from ffnlab.lab import analysis as A
 from ffnlab.lab import report as R
 from ffnlab.lab.plots import render_plots
 
@@ -187,3 +192,46 @@ def test_plots_skip_what_has_no_data(results):
     stems = set(render_plots(r))
     assert "memory" not in stems and "dead_units" not in stems
     assert {"learning_curves", "final_bpb", "speed"} <= stems
+
+
+_maybe = st.one_of(st.none(), st.just(float("nan")), st.floats(0.0, 1e5, allow_nan=False))
+
+
+@st.composite
+def _messy_results(draw):
+    """Results dicts as an interrupted or failing run might leave them."""
+    names = draw(st.lists(st.sampled_from(["relu", "gelu", "swish", "swiglu", "geglu", "reglu",
+                                           "odd_name"]), unique=True, max_size=5))
+    seeds = draw(st.lists(st.integers(0, 3), unique=True, max_size=3))
+    variants = []
+    for name in names:
+        ran = draw(st.lists(st.sampled_from(seeds), unique=True)) if seeds else []
+        runs = [{"seed": s, "val_bpb": draw(_maybe), "diverged": draw(st.booleans()),
+                 "curve": draw(st.lists(st.tuples(st.integers(0, 50), _maybe), max_size=3))}
+                for s in ran]
+        v = {"name": name, "runs": runs, "curve": draw(st.lists(st.tuples(st.integers(0, 9),
+                                                                          _maybe), max_size=3))}
+        for key in ("val_bpb_mean", "val_bpb_std", "tokens_per_s", "ffn_ms",
+                    "act_ns_per_element", "saved_bytes_per_token", "dead_fraction", "hidden"):
+            if draw(st.booleans()):
+                v[key] = draw(_maybe)
+        variants.append(v)
+    config = {"seeds": seeds, "model": {"dim": draw(st.sampled_from([None, 0, 32]))}}
+    return {"status": draw(st.sampled_from(["complete", "partial"])), "config": config,
+            "variants": variants, "missing": [{"variant": "geglu", "seed": 0}]}
+
+
+@given(_messy_results())
+def test_messy_results_never_crash_the_text(results):
+    # The figures are covered above; here the analysis and both renderings, which is fast.
+    blocks = R.build_blocks(results, {})
+    md, page = R.render_markdown(blocks), R.render_html(blocks, {})
+    assert "## Ranking" in md and "</html>" in page
+    assert len(A.check_claims(results)) == len(A.ALL_CLAIMS)
+    for priority in advise.PRIORITIES:  # a pick, or a one-line usage error; nothing else
+        try:
+            rec = advise.recommend(results, priority, 64)
+        except UsageError as exc:
+            assert "nothing to recommend" in str(exc)
+        else:
+            assert rec["pick"] in {v["name"] for v in results["variants"]}
