@@ -93,6 +93,7 @@ def test_text_output(capsys):
     out = capsys.readouterr().out
     assert out.startswith("Recommended for speed: relu2")
     assert "Runner-up gelu_tanh" in out and "At dim 512" in out and "tokens/s" in out
+    assert "For other priorities: quality -> geglu, memory -> relu2." in out
 
 
 def test_default_results_location(tmp_path, monkeypatch, capsys):

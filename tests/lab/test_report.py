@@ -80,6 +80,8 @@ def test_html_is_self_contained(written):
     assert {base64.b64decode(u) for u in uris} == pngs
     assert all(p.startswith(PNG_MAGIC) for p in pngs)
     assert "<strong>geglu</strong>" in page  # inline markup rendered, not left as **
+    assert '<strong class="ok">supported</strong>' in page
+    assert '<strong class="maybe">inconclusive</strong>' in page
 
 
 def test_html_escapes_text():

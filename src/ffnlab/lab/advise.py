@@ -181,6 +181,14 @@ def recommend(results: Mapping, priority: str, dim: int | None = None) -> dict:
                       ("; either will do" if tie else "; no measured advantage over the pick"))
         rec["runner_up"] = {"name": runner["name"], "versus_pick": vs,
                             "text": f"Runner-up {runner['name']}: {_vs_text(vs)}{when}."}
+    others = {}
+    for p in PRIORITIES:
+        key = {"quality": "val_bpb_mean", "speed": "tokens_per_s",
+               "memory": "saved_bytes_per_token"}[p]
+        ok = [v for v in usable if not math.isnan(A._num(v.get(key)))]
+        if p != priority and ok:
+            others[p] = _order(ok, p)[0]["name"]
+    rec["other_priorities"] = others
     if dim is not None:
         rec["at_dim"] = {v["name"]: _at_dim(results, v, dim) for v in (pick, runner) if v}
     return rec
@@ -201,6 +209,9 @@ def _print_text(rec: dict, path: Path) -> None:
         print(f"  At dim {d['dim']}: {name} hidden {d['hidden']}, {d['params']:,} params per "
               f"layer, {d['matmul_flops_per_token']:,} matmul FLOPs/token, elementwise "
               f"{d['elementwise_share']:.2%} of FLOPs{mem}.")
+    if rec.get("other_priorities"):
+        print("  For other priorities: " + ", ".join(
+            f"{p} -> {name}" for p, name in rec["other_priorities"].items()) + ".")
     print(f"  Measured: {path} ({m.get('preset')} preset, {m.get('steps')} steps, "
           f"{m.get('device')}, {m.get('dtype')}). Small runs; re-check at your scale.")
 

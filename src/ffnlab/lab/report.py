@@ -204,8 +204,12 @@ def render_markdown(blocks: list[Block]) -> str:
 def _inline_html(text: str) -> str:
     text = html.escape(text, quote=False)
     text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+    text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+    return re.sub(r"<strong>(supported|not supported|inconclusive)</strong>",
+                  lambda m: f'<strong class="{_VERDICT_CLASS[m[1]]}">{m[1]}</strong>', text)
 
+
+_VERDICT_CLASS = {"supported": "ok", "not supported": "no", "inconclusive": "maybe"}
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:70rem;margin:2rem auto;
@@ -214,6 +218,7 @@ table{border-collapse:collapse;font-size:.9rem}th,td{border:1px solid #ccc;paddi
 text-align:right}td:nth-child(2),th:nth-child(2){text-align:left}th{background:#f2f2f2}
 code{background:#f4f4f4;padding:0 .2rem}figure{margin:1.5rem 0}img{max-width:100%}
 li{margin:.4rem 0}figcaption{color:#555;font-size:.9rem}
+strong.ok{color:#17703a}strong.no{color:#a8201a}strong.maybe{color:#8a6d00}
 """
 
 
