@@ -13,6 +13,7 @@ from ffnlab.cli import main
 from ffnlab.lab import bench_providers as P
 from ffnlab.lab.bench import Config, _time_round_robin
 from ffnlab.lab.bench_report import evaluate_targets, to_markdown
+from ffnlab.lab.timing import best_ceilings
 
 TINY = ["--dim", "16", "--hidden", "40", "--tokens", "32", "--repeats", "2", "--warmup", "1"]
 
@@ -48,6 +49,8 @@ def test_json_structure_and_files(tiny_run):
             assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0
             assert r["fwd_bwd_flops_per_s"] == pytest.approx(
                 3 * r["fwd_flops_per_s"] * r["fwd_ms"] / r["fwd_bwd_ms"])
+            assert r["fwd_bwd_matmul_share"] == pytest.approx(
+                r["fwd_bwd_flops_per_s"] / result["ceilings"]["matmul_flops_per_s"])
             assert r["peak_bytes"] is None  # CPU: no allocator statistics
             if r["provider"] != "matmul":  # every provider computes the reference's output
                 assert r["max_rel_err"] < 1e-5
@@ -90,9 +93,20 @@ def test_saved_bytes_per_token(tiny_run):
         assert act["reason"] and full["reason"]
 
 
+def test_best_ceilings_keeps_the_higher_of_each():
+    a = {"copy_bytes_per_s": 5.0, "matmul_flops_per_s": 9.0, "matmul_n": 8}
+    b = {"copy_bytes_per_s": 7.0, "matmul_flops_per_s": 3.0, "matmul_n": 8}
+    assert best_ceilings(a, b) == {"copy_bytes_per_s": 7.0, "matmul_flops_per_s": 9.0,
+                                   "matmul_n": 8}
+
+
 def test_elementwise_rows_count_bytes(tiny_run):
     _, out = tiny_run
     result = json.loads((out / "bench.json").read_text())
+    for r in result["elementwise"]:
+        if r["status"] == "ok":
+            assert r["fwd_copy_share"] == pytest.approx(
+                r["fwd_bytes"] / (r["fwd_ms"] / 1e3) / result["ceilings"]["copy_bytes_per_s"])
     ref = {r["variant"]: r for r in result["elementwise"] if r["provider"] == "reference"}
     # gated: fwd reads h1, h3 and writes m; backward reads g, h1, h3 and writes dh1, dh3.
     assert ref["swiglu"]["fwd_bytes"] == 3 * 32 * 40 * 4

@@ -32,7 +32,7 @@ from ..errors import UsageError, check_positive_int
 from ..sizing import default_hidden_dim, ffn_flops_per_token
 from ..variants import get_variant
 from . import bench_providers as P
-from .timing import device_ceilings, machine_info, median, synchronize, time_call
+from .timing import best_ceilings, device_ceilings, machine_info, median, synchronize, time_call
 
 DEFAULT_VARIANTS = "relu,gelu,swish,geglu,swiglu"
 
@@ -191,7 +191,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
-def _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp, ceilings) -> list[dict]:
+def _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp) -> list[dict]:
     flops = ffn_flops_per_token(setup.variant, setup.dim, setup.hidden)["matmul"] * tokens
     med = {n: {k: median(v) for k, v in t.items()} for n, t in times.items()}
     saved = {n: runners[n].saved_bytes(inp) for n in med}
@@ -211,7 +211,6 @@ def _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp, ceilings
         for k, mult in (("fwd", 1), ("fwd_bwd", 3)):
             rate = mult * flops / m[k]
             row[f"{k}_flops_per_s"] = rate
-            row[f"{k}_matmul_share"] = rate / ceilings["matmul_flops_per_s"]
             row[f"{k}_vs_reference"] = _ratio(m[k], ref and ref[k])
             row[f"{k}_vs_matmul"] = _ratio(m[k], floor and floor[k])
         s = saved[name]
@@ -223,7 +222,7 @@ def _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp, ceilings
     return rows
 
 
-def _elementwise_rows(cfg, setup, tokens, ceilings, tick) -> list[dict]:
+def _elementwise_rows(cfg, setup, tokens, tick) -> list[dict]:
     names = list(dict.fromkeys(n for n in map(P.elementwise_provider, cfg.providers) if n))
     if not names:
         return []
@@ -261,15 +260,26 @@ def _elementwise_rows(cfg, setup, tokens, ceilings, tick) -> list[dict]:
             row[f"{k}_ms"] = sec * 1e3
             row[f"{k}_bytes"] = moved[k]
             row[f"{k}_bytes_per_s"] = moved[k] / sec
-            row[f"{k}_copy_share"] = moved[k] / sec / ceilings["copy_bytes_per_s"]
             row[f"{k}_vs_reference"] = _ratio(sec, ref and median(ref[k]))
         rows.append(row)
     return rows
 
 
+def _add_shares(rows: list[dict], elementwise: list[dict], ceilings: dict) -> None:
+    """Each row's rate as a share of this device's ceiling (matmul FLOP/s, copy bytes/s)."""
+    for r in rows:
+        for k in ("fwd", "fwd_bwd"):
+            if f"{k}_flops_per_s" in r:
+                r[f"{k}_matmul_share"] = r[f"{k}_flops_per_s"] / ceilings["matmul_flops_per_s"]
+    for r in elementwise:
+        for k in ("fwd", "fwd_bwd"):
+            if f"{k}_bytes_per_s" in r:
+                r[f"{k}_copy_share"] = r[f"{k}_bytes_per_s"] / ceilings["copy_bytes_per_s"]
+
+
 def measure(cfg: Config, tick: Callable[[], None] = lambda: None) -> dict:
     """Run the whole benchmark; returns the bench.json object (without targets)."""
-    ceilings = device_ceilings(cfg.device, cfg.dtype)
+    before = device_ceilings(cfg.device, cfg.dtype)
     rows: list[dict] = []
     elementwise: list[dict] = []
     for variant in cfg.variants:
@@ -285,10 +295,12 @@ def measure(cfg: Config, tick: Callable[[], None] = lambda: None) -> dict:
             for tokens in cfg.tokens:
                 inp = P.make_inputs(setup, tokens, seed=cfg.seed)
                 times, failed = _time_round_robin(runners, inp, cfg, tick)
-                rows += _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp, ceilings)
+                rows += _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp)
                 if cfg.elementwise:
-                    elementwise += _elementwise_rows(cfg, setup, tokens, ceilings, tick)
+                    elementwise += _elementwise_rows(cfg, setup, tokens, tick)
                 del inp
+    ceilings = best_ceilings(before, device_ceilings(cfg.device, cfg.dtype))
+    _add_shares(rows, elementwise, ceilings)
     return {"machine": machine_info(cfg.device), "config": cfg.to_json(), "ceilings": ceilings,
             "rows": rows, "elementwise": elementwise}
 

@@ -282,7 +282,7 @@ def build_runner(name: str, setup: Setup) -> Runner:
             except Exception as exc:
                 raise Skip(f"torch.compile failed: {type(exc).__name__}: {exc}") from None
             setup.cache["compile"] = compiled
-        return Runner(name, compiled, list(ref.parameters()), "reference")
+        return Runner(name, compiled, list(ref.parameters()), "inductor")
     # liger
     if not cuda:
         raise Skip("Liger-Kernel runs on CUDA only")
