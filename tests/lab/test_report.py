@@ -60,6 +60,9 @@ def test_markdown_content(written, results):
     assert len(rows) == len(results["variants"])
     assert rows[0].startswith("| 1 | `geglu` |") and rows[-1].startswith("| 8 | `relu` |")
     assert "| baseline |" in rows[-1]
+    lo, hi = A.paired_difference(results, "gelu", "relu").ci95
+    (gelu,) = [row for row in rows if "`gelu`" in row]
+    assert f"| [{lo:+.4f}, {hi:+.4f}] |" in gelu and " * |" in gelu
     assert "Best variant: **geglu**" in md and "not distinguishable" in md
     for verdict in ("**supported**", "**inconclusive**"):
         assert verdict in md

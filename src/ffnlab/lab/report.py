@@ -80,7 +80,8 @@ def _config_lines(results: Mapping) -> list[str]:
 def _ranking_table(results: Mapping) -> tuple[list[str], list[list[str]]]:
     paired = A.paired_vs_baseline(results, "relu")
     headers = ["rank", "variant", "gated", "FFN params", "val bpb (mean ± std)",
-               "Δ vs ReLU, paired (mean ± std)", "tokens/s", "saved B/token", "dead %"]
+               "Δ vs ReLU, paired (mean ± std)", "Δ 95% t-interval", "tokens/s",
+               "saved B/token", "dead %"]
     rows = []
     for i, v in enumerate(A.ranking(results), 1):
         name = v["name"]
@@ -92,18 +93,22 @@ def _ranking_table(results: Mapping) -> tuple[list[str], list[list[str]]]:
             bpb = f"{mean:.4f} (1 seed)"  # a std of 0.0 from one run would read as certainty
         else:
             bpb = f"{mean:.4f} ± {_f(v.get('val_bpb_std'), '.4f')}"
+        interval = "n/a"
         if name == "relu":
-            delta = "baseline"
+            delta = interval = "baseline"
         elif name not in paired or paired[name].n == 0:
             delta = "n/a"
         else:
             pd = paired[name]
             spread = f" ± {pd.std:.4f}" if pd.n >= 2 else " (1 seed)"
             delta = f"{pd.mean:+.4f}{spread}" + (" *" if pd.distinguishable else "")
+            if pd.n >= 2:
+                lo, hi = pd.ci95
+                interval = f"[{lo:+.4f}, {hi:+.4f}]"
         params = v.get("params")
         rows.append([str(i) if not math.isnan(mean) else "–", f"`{name}`",
                      "yes" if v.get("gated") else "no",
-                     f"{params:,}" if isinstance(params, int) else "n/a", bpb, delta,
+                     f"{params:,}" if isinstance(params, int) else "n/a", bpb, delta, interval,
                      _f(v.get("tokens_per_s"), ",.0f"), _f(v.get("saved_bytes_per_token"), ",.0f"),
                      _f(A._num(v.get("dead_fraction")) * 100, ".1f")])
     return headers, rows
@@ -158,8 +163,10 @@ def build_blocks(results: Mapping, plots: Mapping[str, bytes]) -> list[Block]:
     blocks += [("h2", "Ranking"), ("table", headers, rows), ("p", _best_paragraph(results))]
     baseline = ("Δ vs ReLU is paired by seed: each seed gives every variant the same batches "
                 "and the same non-FFN initialisation, so the difference is taken seed by seed "
-                "and its std is over those per-seed differences. `*` marks a difference beyond "
-                "seed noise (|mean| > 2·standard error, at least 2 seeds).")
+                "and its std is over those per-seed differences; the interval is the Student-t 95 % "
+                "interval of the mean (wide with few seeds: t = 12.7 for 2, 4.3 for 3). `*` "
+                "marks a difference beyond seed noise (|mean| > 2·standard error, at least 2 "
+                "seeds).")
     if "relu" not in A.variants_by_name(results):
         baseline = "ReLU is not in this run, so there is no paired baseline column."
     blocks.append(("p", baseline))
