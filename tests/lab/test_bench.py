@@ -280,3 +280,18 @@ def test_engine_runner_computes_the_middle(engine_name):
     torch.testing.assert_close(m, F.silu(h1.detach()) * h3.detach())
     runner.fwd_bwd(inp)  # runs without autograd: the engine's own backward
     assert h1.grad is None
+
+
+def test_private_inputs_protect_shared_tensors():
+    # A runner whose backward overwrites its inputs (as Liger's does) gets its own copy.
+    from ffnlab.lab.bench import _HiddenInputs
+
+    class Mutating(P.ElementwiseRunner):
+        def fwd_bwd(self, inp):
+            inp.h1.data.fill_(7.0)
+
+    shared = _HiddenInputs(torch.ones(3, 4, requires_grad=True), None, torch.ones(3, 4))
+    runner = P._PrivateInputs(Mutating(lambda h1, h3: h1 * 2))
+    runner.fwd_bwd(shared)
+    assert torch.equal(shared.h1, torch.ones(3, 4))
+    assert torch.equal(runner.fwd(shared), torch.full((3, 4), 14.0))  # runs on the copy

@@ -340,7 +340,7 @@ def elementwise_provider(name: str) -> str | None:
     return base if base in ELEMENTWISE_PROVIDERS else None
 
 
-def build_elementwise(name: str, setup: Setup) -> ElementwiseRunner:
+def build_elementwise(name: str, setup: Setup):
     """A runner for the elementwise middle with provider ``name``; :class:`Skip` when it
     cannot run here."""
     check_choice("elementwise provider", name, ELEMENTWISE_PROVIDERS)
@@ -378,4 +378,32 @@ def build_elementwise(name: str, setup: Setup) -> ElementwiseRunner:
     if not cuda:
         raise Skip("Liger-Kernel runs on CUDA only")
     fn = _liger_function(setup.variant)
-    return ElementwiseRunner(lambda h1, h3: fn.apply(h1, h3))
+    return _PrivateInputs(ElementwiseRunner(lambda h1, h3: fn.apply(h1, h3)))
+
+
+class _PrivateInputs:
+    """Runs ``runner`` on its own copy of the inputs.
+
+    Liger's backward writes the two input gradients into the storage of its inputs (saving
+    two allocations): inside its MLP those are temporaries, but here the inputs are shared by
+    every provider, so Liger gets a copy, made on the first (untimed, warm-up) call.
+    """
+
+    def __init__(self, runner: ElementwiseRunner) -> None:
+        self.runner = runner
+        self._src: object | None = None
+        self._own: object | None = None
+
+    def _inputs(self, inp):
+        if self._src is not inp:
+            self._own = None  # drop the previous copy before making the next one
+            clone = lambda t: None if t is None else t.detach().clone().requires_grad_(t.requires_grad)
+            self._own = type(inp)(clone(inp.h1), clone(inp.h3), inp.g)
+            self._src = inp
+        return self._own
+
+    def fwd(self, inp) -> object:
+        return self.runner.fwd(self._inputs(inp))
+
+    def fwd_bwd(self, inp) -> None:
+        self.runner.fwd_bwd(self._inputs(inp))
