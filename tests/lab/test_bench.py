@@ -148,15 +148,23 @@ class _Count:
     fwd_bwd = fwd
 
 
+class _FailsLater(_Count):
+    def fwd_bwd(self, inp):
+        self.calls += 1
+        if self.calls > 4:
+            raise MemoryError("out of memory")
+
+
 def test_failing_provider_is_reported_not_raised():
     cfg = Config(variants=["relu"], dim=4, hidden=None, multiple_of=1, tokens=[2],
                  dtype=torch.float32, device=torch.device("cpu"), providers=["reference"],
                  repeats=3, warmup=2, seed=0)
     good = _Count()
     ticks = []
-    times, failed = _time_round_robin({"boom": _Boom(), "good": good}, None, cfg,
-                                      lambda: ticks.append(1))
-    assert failed == {"boom": "RuntimeError: no kernel for this"}
+    runners = {"boom": _Boom(), "good": good, "later": _FailsLater()}
+    times, failed = _time_round_robin(runners, None, cfg, lambda: ticks.append(1))
+    assert failed == {"boom": "RuntimeError: no kernel for this",
+                      "later": "MemoryError: out of memory"}
     assert list(times) == ["good"] and len(times["good"]["fwd"]) == 3
     assert good.calls == 2 * 2 + 2 * 3 and len(ticks) == 3
 

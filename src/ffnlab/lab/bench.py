@@ -159,9 +159,15 @@ def _time_round_robin(runners: dict, inp, cfg: Config, tick: Callable[[], None])
     for rep in range(cfg.repeats):
         k = rep % len(names) if names else 0
         for name in names[k:] + names[:k]:  # rotate who goes first
+            if name in failed:
+                continue
             r = live[name]
-            times[name]["fwd"].append(time_call(lambda r=r: r.fwd(inp), cfg.device))
-            times[name]["fwd_bwd"].append(time_call(lambda r=r: r.fwd_bwd(inp), cfg.device))
+            try:
+                times[name]["fwd"].append(time_call(lambda r=r: r.fwd(inp), cfg.device))
+                times[name]["fwd_bwd"].append(time_call(lambda r=r: r.fwd_bwd(inp), cfg.device))
+            except Exception as exc:  # e.g. out of memory on a later call
+                failed[name] = _reason(exc)
+                del times[name]
         tick()
     return times, failed
 
