@@ -8,7 +8,8 @@ Tolerance (per element: |error| <= tol * (1 + |expected| + |factor|), ``factor``
 multiplier of act' in a gradient, see ``_check``): float32 1e-5 (fp32 maths, a few
 roundings of 2^-24, and exp/erf implementations differing by a few ulps); bfloat16 1e-2 and
 float16 2e-3: the inputs are exact in both, the maths runs in float32, and each output is
-rounded once (half an ulp: 2^-9 and 2^-12 relative), with a margin for the float32 maths.
+rounded once (half an ulp: 2^-9 and 2^-12 relative), with a margin for the float32 maths;
+float64 1e-12: float64 maths throughout (erf/exp a few ulps of 2^-53 apart).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ tk = pytest.importorskip("ffnlab.ops.triton_kernels", reason="triton is not impo
 # the interpreter evaluates exp with numpy, which warns about it.
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 DTYPES = list(TOL)
 ACTS = list(tk.ACT_IDS)
 
@@ -104,7 +105,7 @@ def test_gelu_is_erf_not_tanh():
 
 
 @pytest.mark.parametrize("beta", [0.6, "scalar", "per_unit"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("gated", [True, False])
 def test_swish_beta_and_its_gradient(beta, dtype, gated):
     # 300 rows x 33 units: five row blocks, so the per-block partial sums are exercised.
@@ -209,3 +210,20 @@ def test_fused_op_triton_bf16_against_float64():
     assert (y.double() - y64).abs().max() / scale(y64) < 4e-2
     for t, t64 in zip(args, a64):
         assert (t.grad.double() - t64.grad).abs().max() / scale(t64.grad) < 4e-2
+
+
+def test_compile_fullgraph_with_triton_backend():
+    # The dispatch code (environment and import checks) is traced too: no graph break.
+    torch._dynamo.reset()
+    ffn = ffnlab.FeedForward(16, 24, "swiglu", backend="triton", learnable_beta="scalar",
+                             device=DEVICE)  # fmt: skip
+    compiled = torch.compile(ffn, fullgraph=True)
+    x = torch.randn(2, 5, 16, device=DEVICE, requires_grad=True)
+    y = compiled(x)
+    y.sum().backward()
+    gx, gb = x.grad.clone(), ffn.beta.grad.clone()
+    x.grad, ffn.beta.grad = None, None
+    ffn(x).sum().backward()
+    torch.testing.assert_close(y, ffn(x))
+    torch.testing.assert_close(gx, x.grad)
+    torch.testing.assert_close(gb, ffn.beta.grad)

@@ -11,7 +11,7 @@ backend         runs when
                 torch engine (:mod:`ffnlab.ops.cpu`) elsewhere
 ``triton``      triton imports, ``x`` is on CUDA (or on CPU with ``TRITON_INTERPRET=1``,
                 Triton's interpreter, which is how CI tests the kernels), the activation
-                has a kernel and the dtype is float32, float16 or bfloat16
+                has a kernel and the dtype is float32, float16, bfloat16 or float64
 =============  ===========================================================================
 
 ``auto`` picks ``triton`` on CUDA when it can run, else ``fused``, else ``reference``. It never
@@ -21,7 +21,6 @@ engine. Forcing a backend that cannot run raises ``NotImplementedError`` with th
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -48,25 +47,27 @@ BACKENDS = ("auto", "reference", "fused", "triton")
 TRITON_ACTIVATIONS = frozenset(
     {"identity", "relu", "gelu", "gelu_tanh", "swish", "sigmoid", "tanh", "relu2"}
 )
-TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-@torch.compiler.assume_constant_result
+# Whether triton imports: '' if it does, else the reason; None until first asked. A plain module
+# global rather than functools.cache, so that torch.compile reads it as a constant.
+_triton_error: str | None = None
+
+
 def _triton_import_error() -> str:
-    """'' if triton imports, else why not (checked once per process)."""
-    return _import_error_cached()
+    """'' if triton imports, else why not (tried once per process, on first need)."""
+    global _triton_error
+    if _triton_error is None:
+        try:
+            import triton  # noqa: F401
+
+            _triton_error = ""
+        except Exception as e:  # ImportError, or a broken install raising anything else
+            _triton_error = f"triton cannot be imported ({type(e).__name__}: {e})"
+    return _triton_error
 
 
-@functools.cache
-def _import_error_cached() -> str:
-    try:
-        import triton  # noqa: F401
-    except Exception as e:  # ImportError, or a broken install raising anything else
-        return f"triton cannot be imported ({type(e).__name__}: {e})"
-    return ""
-
-
-@torch.compiler.assume_constant_result
 def _interpret_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -90,7 +91,7 @@ def why_not(
         if name not in TRITON_ACTIVATIONS:
             return f"there is no Triton kernel for activation {name!r}"
     if x.dtype not in TRITON_DTYPES:
-        return f"the Triton kernels take float32, float16 or bfloat16, not {x.dtype}"
+        return f"the Triton kernels take float32, float16, bfloat16 or float64, not {x.dtype}"
     if x.device.type == "cpu":
         if not _interpret_enabled():
             return (

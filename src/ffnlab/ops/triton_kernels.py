@@ -7,7 +7,8 @@ through Triton's interpreter (how the tests check them without a GPU).
 
 It is the ``"triton"`` engine of the fused op, with the contract of :mod:`ffnlab.ops.cpu`:
 ``hidden_forward`` and ``hidden_backward`` over 2-D ``[N, hidden]`` tensors (made contiguous
-here), float32 / float16 / bfloat16 in, all maths in float32 registers, every result rounded
+here), float32 / float16 / bfloat16 in, all maths in float32 registers (float64 inputs: in
+float64), every result rounded
 once to the input dtype. Each program handles a ``BLOCK_R x BLOCK_C`` tile; the tails of both
 dimensions are masked, so any row count and hidden size work.
 
@@ -40,7 +41,7 @@ ACT_IDS = {
     "tanh": 6,
     "relu2": 7,
 }
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 # beta modes: a Python float (compile-time argument), one learnable value, one per unit.
 _BETA_CONST, _BETA_SCALAR, _BETA_PER_UNIT = 0, 1, 2
@@ -70,7 +71,7 @@ def _tanh(x):
 
 @triton.jit
 def _act(x, beta, ACT: tl.constexpr):
-    """act(x), float32."""
+    """act(x), in x's (float32 or float64) dtype."""
     if ACT == 0:
         y = x
     elif ACT == 1:
@@ -93,9 +94,9 @@ def _act(x, beta, ACT: tl.constexpr):
 
 @triton.jit
 def _act_grad(x, beta, ACT: tl.constexpr):
-    """act'(x), float32; the formulas of ffnlab.activations.*_grad, same operation order."""
+    """act'(x) in x's dtype; the formulas of ffnlab.activations.*_grad, same operation order."""
     if ACT == 0:
-        d = tl.full(x.shape, 1.0, tl.float32)
+        d = tl.full(x.shape, 1.0, x.dtype)
     elif ACT == 1:
         d = tl.where(x > 0.0, 1.0, 0.0)
     elif ACT == 2:
@@ -120,13 +121,13 @@ def _act_grad(x, beta, ACT: tl.constexpr):
 
 
 @triton.jit
-def _load_beta(BETA, cols, n_cols, beta_value, BETA_MODE: tl.constexpr):
+def _load_beta(BETA, cols, n_cols, beta_value, BETA_MODE: tl.constexpr, CT: tl.constexpr):
     if BETA_MODE == 0:
-        b = beta_value
+        b = beta_value  # float32 (float64 inputs pass beta as a tensor)
     elif BETA_MODE == 1:
-        b = tl.load(BETA).to(tl.float32)
+        b = tl.load(BETA).to(CT)
     else:
-        b = tl.load(BETA + cols, mask=cols < n_cols, other=1.0).to(tl.float32)[None, :]
+        b = tl.load(BETA + cols, mask=cols < n_cols, other=1.0).to(CT)[None, :]
     return b
 
 
@@ -134,19 +135,19 @@ def _load_beta(BETA, cols, n_cols, beta_value, BETA_MODE: tl.constexpr):
 def _forward_kernel(
     H1, H3, BETA, OUT, A_OUT, n_rows, n_cols, beta_value,
     ACT: tl.constexpr, GATED: tl.constexpr, BETA_MODE: tl.constexpr, STORE_A: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    CT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     offs = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
-    x = tl.load(H1 + offs, mask=mask, other=0.0).to(tl.float32)
-    beta = _load_beta(BETA, cols, n_cols, beta_value, BETA_MODE)
+    x = tl.load(H1 + offs, mask=mask, other=0.0).to(CT)
+    beta = _load_beta(BETA, cols, n_cols, beta_value, BETA_MODE, CT)
     a = _act(x, beta, ACT)
     if STORE_A:
         tl.store(A_OUT + offs, a.to(A_OUT.dtype.element_ty), mask=mask)
     if GATED:
-        a = a * tl.load(H3 + offs, mask=mask, other=0.0).to(tl.float32)
+        a = a * tl.load(H3 + offs, mask=mask, other=0.0).to(CT)
     tl.store(OUT + offs, a.to(OUT.dtype.element_ty), mask=mask)
 
 
@@ -154,19 +155,19 @@ def _forward_kernel(
 def _backward_kernel(
     G, H1, H3, BETA, DH1, DH3, M, DBETA, n_rows, n_cols, beta_value,
     ACT: tl.constexpr, GATED: tl.constexpr, BETA_MODE: tl.constexpr, NEED_M: tl.constexpr,
-    NEED_DBETA: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    NEED_DBETA: tl.constexpr, CT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
     pid_r = tl.program_id(0)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (rows[:, None] < n_rows) & (cols[None, :] < n_cols)
     offs = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
-    g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(H1 + offs, mask=mask, other=0.0).to(tl.float32)
-    beta = _load_beta(BETA, cols, n_cols, beta_value, BETA_MODE)
+    g = tl.load(G + offs, mask=mask, other=0.0).to(CT)
+    x = tl.load(H1 + offs, mask=mask, other=0.0).to(CT)
+    beta = _load_beta(BETA, cols, n_cols, beta_value, BETA_MODE, CT)
     a = _act(x, beta, ACT)
     if GATED:
-        v = tl.load(H3 + offs, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(H3 + offs, mask=mask, other=0.0).to(CT)
         tl.store(DH3 + offs, (g * a).to(DH3.dtype.element_ty), mask=mask)
         gv = g * v
         if NEED_M:
@@ -189,6 +190,14 @@ def interpreted() -> bool:
     return type(_forward_kernel).__name__ == "InterpretedFunction"
 
 
+def _compute_type(t: torch.Tensor):
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
+def _partial_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def _blocks(n_rows: int, n_cols: int) -> tuple[int, int]:
     # 4096-element tiles: enough work per program on a GPU, and few programs under the
     # interpreter (which runs each program in Python: fewer, larger tiles are faster there).
@@ -201,7 +210,10 @@ def _beta_args(
     beta: float | torch.Tensor, like: torch.Tensor
 ) -> tuple[torch.Tensor, float, int]:
     if not isinstance(beta, torch.Tensor):
-        return like, float(beta), _BETA_CONST
+        if like.dtype != torch.float64:
+            return like, float(beta), _BETA_CONST
+        # A float argument reaches the kernel as float32: float64 needs beta in a tensor.
+        beta = torch.tensor(float(beta), dtype=torch.float64)
     b = beta.detach().to(device=like.device).contiguous()
     return b, 1.0, _BETA_SCALAR if b.dim() == 0 else _BETA_PER_UNIT
 
@@ -244,6 +256,7 @@ def hidden_forward(
         h1, h1 if h3 is None else h3, b, out, out if a is None else a,
         n_rows, n_cols, beta_value,
         ACT=act_id, GATED=h3 is not None, BETA_MODE=beta_mode, STORE_A=a is not None,
+        CT=_compute_type(h1),
         BLOCK_R=br, BLOCK_C=bc,
     )  # fmt: skip
     return out, a
@@ -280,7 +293,7 @@ def hidden_backward(
     br, bc = _blocks(n_rows, n_cols)
     n_row_blocks = triton.cdiv(n_rows, br)
     partial = (
-        torch.zeros(max(n_row_blocks, 1), n_cols, device=h1.device, dtype=torch.float32)
+        torch.zeros(max(n_row_blocks, 1), n_cols, device=h1.device, dtype=_partial_dtype(h1))
         if need_dbeta
         else None
     )
@@ -291,7 +304,7 @@ def hidden_backward(
             m_out if store_m else dh1, h1 if partial is None else partial,
             n_rows, n_cols, beta_value,
             ACT=act_id, GATED=gated, BETA_MODE=beta_mode, NEED_M=store_m,
-            NEED_DBETA=need_dbeta, BLOCK_R=br, BLOCK_C=bc,
+            NEED_DBETA=need_dbeta, CT=_compute_type(h1), BLOCK_R=br, BLOCK_C=bc,
         )  # fmt: skip
     dbeta = partial.sum(0) if partial is not None else None
     return dh1, dh3, m_out, dbeta
