@@ -75,7 +75,7 @@ def _act(x, beta, ACT: tl.constexpr):
     if ACT == 0:
         y = x
     elif ACT == 1:
-        y = tl.where(x > 0.0, x, 0.0)
+        y = tl.where(x < 0.0, 0.0, x)  # not (x > 0 ? x : 0): NaN must stay NaN, as in torch.relu
     elif ACT == 2:
         y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
     elif ACT == 3:
@@ -87,7 +87,7 @@ def _act(x, beta, ACT: tl.constexpr):
     elif ACT == 6:
         y = _tanh(x)
     else:
-        r = tl.where(x > 0.0, x, 0.0)
+        r = tl.where(x < 0.0, 0.0, x)
         y = r * r
     return y
 
@@ -98,7 +98,7 @@ def _act_grad(x, beta, ACT: tl.constexpr):
     if ACT == 0:
         d = tl.full(x.shape, 1.0, x.dtype)
     elif ACT == 1:
-        d = tl.where(x > 0.0, 1.0, 0.0)
+        d = tl.where(x <= 0.0, 0.0, 1.0)  # torch's threshold_backward: 0 only where x <= 0
     elif ACT == 2:
         cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
         d = cdf + x * (tl.exp(-0.5 * x * x) * 0.3989422804014327)
@@ -116,7 +116,7 @@ def _act_grad(x, beta, ACT: tl.constexpr):
     elif ACT == 6:
         _, d = _tanh_sech2(x)
     else:
-        d = 2.0 * tl.where(x > 0.0, x, 0.0)
+        d = 2.0 * tl.where(x < 0.0, 0.0, x)
     return d
 
 
