@@ -130,7 +130,7 @@ def test_feedforward_backends_match_reference(backend, recompute, variant, kw):
     y.backward(gy)
     yr.backward(gy)
     torch.testing.assert_close(x.grad, x2.grad, rtol=2e-5, atol=2e-6)
-    for (name, p), q in zip(ffn.named_parameters(), ref.parameters()):
+    for (name, p), q in zip(ffn.named_parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 

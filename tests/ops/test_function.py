@@ -70,7 +70,7 @@ def run(fn, args, variant, **kw):
     y = fn(*args[:7], activation=act, beta=args[7], **kw)
     gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     y.backward(gy.to(y.dtype))
-    grads = {n: t.grad for n, t in zip(GRAD_NAMES, args) if isinstance(t, torch.Tensor)}
+    grads = {n: t.grad for n, t in zip(GRAD_NAMES, args, strict=True) if isinstance(t, torch.Tensor)}
     return y.detach(), grads
 
 
@@ -193,7 +193,7 @@ def test_empty_batch(mode, variant):
     args = make_args(variant, lead=(0, 3), dtype=torch.float32, beta="per_unit")
     y, g = run(fused_feed_forward, args, variant, recompute=mode)
     assert y.shape == (0, 3, 5)
-    for name, t in zip(GRAD_NAMES, args):
+    for name, t in zip(GRAD_NAMES, args, strict=True):
         if isinstance(t, torch.Tensor):
             assert g[name].shape == t.shape and not g[name].any(), name
 
@@ -284,7 +284,7 @@ def test_checkpoint(reentrant):
     y.square().sum().backward()
     ref(x2).square().sum().backward()
     torch.testing.assert_close(x.grad, x2.grad)
-    for (name, p), q in zip(ffn.named_parameters(), ref.parameters()):
+    for (name, p), q in zip(ffn.named_parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, msg=name)
 
 
@@ -303,7 +303,7 @@ def test_compile_fullgraph_matches_eager():
     ye.square().sum().backward()
     torch.testing.assert_close(y, ye)
     torch.testing.assert_close(gx, x.grad)
-    for g, p in zip(grads, ffn.parameters()):
+    for g, p in zip(grads, ffn.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad)
 
 

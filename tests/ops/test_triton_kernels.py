@@ -192,7 +192,7 @@ def test_fused_op_with_triton_kernels(mode, variant, learn):
     y.backward(gy)
     yr.backward(gy)
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
-    for (name, p), q in zip(ffn.named_parameters(), ref.parameters()):
+    for (name, p), q in zip(ffn.named_parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
@@ -208,7 +208,7 @@ def test_fused_op_triton_bf16_against_float64():
     y64.square().sum().backward()
     scale = lambda t: max(1.0, t.abs().max().item())
     assert (y.double() - y64).abs().max() / scale(y64) < 4e-2
-    for t, t64 in zip(args, a64):
+    for t, t64 in zip(args, a64, strict=True):
         assert (t.grad.double() - t64.grad).abs().max() / scale(t64.grad) < 4e-2
 
 
