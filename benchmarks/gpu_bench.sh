@@ -4,10 +4,10 @@
 # PyTorch, Liger-Kernel (when its wheel is present) and the matmul-only floor; the elementwise
 # kernels alone against the copy bandwidth; the GPU targets evaluated from the same run.
 #
-# Installs nothing from the internet. Needs torch with CUDA and triton on the machine. To compare
-# against Liger-Kernel, put its wheel next to this script (benchmarks/wheels/liger_kernel-*.whl)
-# or point LIGER_WHEEL at it: it is unpacked with `pip install --no-index --no-deps --target`
-# into a temporary folder, nothing else changes.
+# Installs nothing from the internet. Needs torch with CUDA, triton and rich on the machine
+# (matplotlib for the chart). To compare against Liger-Kernel, put its wheel in
+# benchmarks/wheels/ (or point LIGER_WHEEL at it): wheels there are unpacked with
+# `pip install --no-index --no-deps --target` into a temporary folder, nothing else changes.
 #
 #   benchmarks/gpu_bench.sh                    # -> $OUT/gpu-<date>.* if OUT is set, else benchmarks/results/
 #   WITH_COMPILE=1 benchmarks/gpu_bench.sh     # also torch.compile of the reference (slow to build)
@@ -28,14 +28,25 @@ if not torch.cuda.is_available():
 print("torch", torch.__version__, "on", torch.cuda.get_device_name())
 PY
 
-wheel=${LIGER_WHEEL:-$(ls benchmarks/wheels/liger_kernel-*.whl 2>/dev/null | head -n1 || true)}
-if [[ -n "$wheel" ]]; then
-    "$PY" -m pip install --quiet --no-index --no-deps --target "$WORK/site" "$wheel"
+# Offline wheels: benchmarks/wheels/*.whl (e.g. liger_kernel, rich, matplotlib when the machine
+# lacks them) and LIGER_WHEEL are unpacked into a temporary folder; nothing is downloaded.
+wheels=()
+for w in ${LIGER_WHEEL:-} benchmarks/wheels/*.whl; do
+    if [[ -f "$w" ]]; then wheels+=("$w"); fi
+done
+if (( ${#wheels[@]} )); then
+    "$PY" -m pip install --quiet --no-index --no-deps --target "$WORK/site" "${wheels[@]}"
     export PYTHONPATH="$WORK/site:$PYTHONPATH"
-    echo "liger-kernel from $wheel"
-else
-    echo "no liger-kernel wheel: the liger rows will be reported as skipped"
+    echo "offline wheels: ${wheels[*]}"
 fi
+"$PY" - <<'PY'
+import importlib.util, sys
+if importlib.util.find_spec("rich") is None:
+    sys.exit("gpu_bench.sh: ffnlab bench needs rich; put its wheel in benchmarks/wheels/")
+for name, why in (("liger_kernel", "liger rows will be skipped"), ("matplotlib", "no chart")):
+    if importlib.util.find_spec(name) is None:
+        print(f"{name} not installed: {why}")
+PY
 
 PROVIDERS=reference,fused,triton,liger,matmul
 if [[ "${WITH_COMPILE:-0}" != 0 ]]; then PROVIDERS=$PROVIDERS,compile; fi
@@ -49,7 +60,7 @@ mkdir -p "$DEST"
     --repeats "$REPEATS" --warmup 3 --out "$WORK/bench" "$@" | tee "$DEST/gpu-$DATE.txt"
 
 for ext in json md png; do
-    cp "$WORK/bench/bench.$ext" "$DEST/gpu-$DATE.$ext"
+    if [[ -f "$WORK/bench/bench.$ext" ]]; then cp "$WORK/bench/bench.$ext" "$DEST/gpu-$DATE.$ext"; fi
 done
 rm -rf "$WORK"
 echo "results: $DEST/gpu-$DATE.{json,md,png,txt}"

@@ -333,7 +333,11 @@ def run(args: argparse.Namespace) -> int:
     result["targets"] = R.evaluate_targets(result)
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (out / "bench.md").write_text(R.to_markdown(result), encoding="utf-8")
-    R.write_chart(result, out / "bench.png")
+    try:
+        R.write_chart(result, out / "bench.png")
+        chart = "bench.png"
+    except ImportError as exc:  # a bare GPU machine without matplotlib: keep the numbers
+        chart = f"no chart ({exc.name} is not installed)"
     if args.json:
         print_json(result)
         return 0
@@ -341,5 +345,5 @@ def run(args: argparse.Namespace) -> int:
     if not console.is_terminal:  # piped into a file: do not squeeze the tables to 80 columns
         console = Console(width=140)
     R.print_report(result, console)
-    console.print(f"wrote {Path(out) / 'bench.json'}, bench.md, bench.png")
+    console.print(f"wrote {Path(out) / 'bench.json'}, bench.md, {chart}")
     return 0
