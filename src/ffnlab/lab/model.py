@@ -164,20 +164,29 @@ def _seed_from(*parts: object) -> int:
 
 
 @torch.no_grad()
-def init_parameters(model: TinyGPT, seed: int, *, std: float = 0.02) -> None:
-    """GPT-2-style init, paired across variants (see the module docstring).
+def init_parameters(model: TinyGPT, seed: int, *, embed_std: float = 0.02) -> None:
+    """Paired initialisation (see the module docstring), fan-in scaled.
 
-    Weights ~ N(0, std); the output projections of attention and FFN (``attn.proj``, ``w2``)
-    ~ N(0, std / sqrt(2 * n_layers)) (GPT-2's residual scaling); norm gains = 1.
+    Embeddings ~ N(0, embed_std); every Linear weight ~ N(0, 1/fan_in), so that ``h1 = W1 x``
+    of a normalised ``x`` has unit variance and each activation works in its interesting range
+    (GPT-2's fixed 0.02 would give std 0.16 at dim 64, where every activation is nearly linear
+    and a GLU's product of two small branches starts near zero and learns slowly: measured
+    3.53 vs 2.66 bits/byte for swiglu vs relu after 400 steps at dim 128). The output
+    projections (``attn.proj``, ``w2``) are further scaled by 1/sqrt(2 * n_layers), GPT-2's
+    residual scaling. Norm gains are 1.
     """
     base = torch.Generator().manual_seed(_seed_from("ffnlab.lab", seed))
     ffn_gen = torch.Generator().manual_seed(_seed_from("ffnlab.lab.ffn", seed, model.variant))
-    small = std / math.sqrt(2 * model.cfg.n_layers)
+    residual = 1.0 / math.sqrt(2 * model.cfg.n_layers)
     for name, p in sorted(model.named_parameters()):
         g = ffn_gen if is_ffn_param(name) else base
         if "norm" in name:
             p.fill_(1.0)
-        elif name.endswith(("attn.proj.weight", "ffn.w2.weight")):
-            p.copy_(torch.randn(p.shape, generator=g) * small)
+            continue
+        if name in ("tok.weight", "pos.weight"):
+            std = embed_std
         else:
-            p.copy_(torch.randn(p.shape, generator=g) * std)
+            std = p.shape[1] ** -0.5
+            if name.endswith(("attn.proj.weight", "ffn.w2.weight")):
+                std *= residual
+        p.copy_(torch.randn(p.shape, generator=g) * std)

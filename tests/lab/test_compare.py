@@ -1,0 +1,158 @@
+import json
+import math
+
+import pytest
+
+import ffnlab
+from ffnlab.cli import main
+from ffnlab.lab import compare
+
+TEXT = (
+    "It was the best of times, it was the worst of times; a feed-forward block maps every "
+    "token alone, while attention mixes them. The five boxing wizards jump quickly. "
+) * 40
+
+VARIANT_FIELDS = {
+    "name", "gated", "activation", "hidden", "params", "val_bpb_mean", "val_bpb_std",
+    "tokens_per_s", "ffn_ms", "act_ns_per_element", "saved_bytes_per_token", "dead_fraction",
+    "curve", "runs",
+}
+RUN_FIELDS = {"seed", "val_bpb", "curve", "tokens_per_s", "dead_fraction", "final_train_loss",
+              "wall_s", "diverged"}
+
+
+@pytest.fixture
+def argv(tmp_path):
+    data = tmp_path / "corpus.txt"
+    data.write_text(TEXT)
+
+    def make(*extra, out="out"):
+        # --backend reference: under TRITON_INTERPRET=1 "auto" would run the (slow) interpreter
+        return ["compare", "--preset", "smoke", "--steps", "4", "--data", str(data),
+                "--backend", "reference", "--out", str(tmp_path / out), *extra]
+
+    return make
+
+
+def _results(tmp_path, out="out"):
+    return json.loads((tmp_path / out / "results.json").read_text())
+
+
+def test_end_to_end_schema(argv, tmp_path, capsys):
+    assert main(argv("--variants", "relu,swiglu", "--seeds", "2", "--json")) == 0
+    printed = json.loads(capsys.readouterr().out)
+    res = _results(tmp_path)
+    assert printed == res
+    assert res["schema_version"] == 1 and res["status"] == "complete" and res["missing"] == []
+    cfg = res["config"]
+    for key in ("preset", "steps", "seeds", "device", "dtype", "model", "lr", "warmup",
+                "tokens_per_run", "eval_every", "dead_threshold", "versions", "started", "finished"):
+        assert key in cfg, key
+    assert cfg["preset"] == "smoke" and cfg["steps"] == 4 and cfg["seeds"] == [0, 1]
+    assert set(cfg["model"]) >= {"dim", "n_layers", "n_heads", "seq_len", "batch_size",
+                                 "plain_hidden", "gated_hidden", "vocab"}
+    m = cfg["model"]
+    assert cfg["tokens_per_run"] == 4 * m["batch_size"] * m["seq_len"]
+    assert set(cfg["versions"]) == {"ffnlab", "torch", "python"}
+    assert res["corpus"]["name"] == "corpus.txt" and res["corpus"]["bytes"] == len(TEXT)
+    assert len(res["corpus"]["sha256"]) == 64
+    assert [v["name"] for v in res["variants"]] == ["relu", "swiglu"]
+    for v in res["variants"]:
+        assert set(v) >= VARIANT_FIELDS
+        assert v["params"] == ffnlab.ffn_params(v["name"], m["dim"], v["hidden"], bias=False)
+        assert [r["seed"] for r in v["runs"]] == [0, 1]
+        for r in v["runs"]:
+            assert set(r) >= RUN_FIELDS and r["diverged"] is False
+        bpbs = [r["val_bpb"] for r in v["runs"]]
+        assert v["val_bpb_mean"] == pytest.approx(sum(bpbs) / 2)
+        assert v["val_bpb_std"] == pytest.approx(abs(bpbs[0] - bpbs[1]) / math.sqrt(2))
+        assert v["curve"][0][0] == 0 and v["curve"][-1][0] == 4
+        assert v["ffn_ms"] > 0 and v["act_ns_per_element"] > 0 and v["saved_bytes_per_token"] > 0
+        assert 0.0 <= v["dead_fraction"] <= 1.0
+    assert (tmp_path / "out" / "report.md").stat().st_size > 0
+    assert (tmp_path / "out" / "runs" / "swiglu-s1.json").exists()
+    assert not list((tmp_path / "out" / "checkpoints").glob("*.safetensors"))
+
+
+def test_rerun_skips_finished_runs_and_adds_new_ones(argv, tmp_path):
+    assert main(argv("--variants", "relu")) == 0
+    first = (tmp_path / "out" / "runs" / "relu-s0.json").read_bytes()
+    assert main(argv("--variants", "relu,gelu")) == 0
+    assert (tmp_path / "out" / "runs" / "relu-s0.json").read_bytes() == first
+    assert [v["name"] for v in _results(tmp_path)["variants"]] == ["relu", "gelu"]
+
+
+def test_config_mismatch_is_refused(argv, tmp_path, capsys):
+    assert main(argv("--variants", "relu")) == 0
+    capsys.readouterr()
+    bad = argv("--variants", "relu")
+    bad[bad.index("--steps") + 1] = "6"
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert "different train" in err and len(err.strip().splitlines()) == 1
+
+
+def test_interrupt_writes_partial_results_then_resumes(argv, tmp_path, monkeypatch, capsys):
+    import ffnlab.lab.train as train_mod
+
+    real = train_mod.train_run
+    calls = []
+
+    def flaky(variant, seed, *a, **kw):
+        calls.append((variant, seed))
+        if variant == "gelu":
+            raise KeyboardInterrupt
+        return real(variant, seed, *a, **kw)
+
+    monkeypatch.setattr(train_mod, "train_run", flaky)
+    assert main(argv("--variants", "relu,gelu")) == 130
+    res = _results(tmp_path)
+    assert res["status"] == "partial"
+    assert res["missing"] == [{"variant": "gelu", "seed": 0}]
+    assert [v["name"] for v in res["variants"]] == ["relu"]
+    assert (tmp_path / "out" / "report.md").exists()
+    monkeypatch.setattr(train_mod, "train_run", real)
+    assert main(argv("--variants", "relu,gelu")) == 0
+    assert _results(tmp_path)["status"] == "complete"
+
+
+def test_memory_check_refuses(argv, monkeypatch, capsys):
+    import ffnlab.lab.train as train_mod
+
+    monkeypatch.setattr(train_mod, "available_memory_bytes", lambda device: 1024)
+    assert main(argv()) == 2
+    err = capsys.readouterr().err
+    assert "GiB but only" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag, value, needle", [
+    ("--preset", "quik", "did you mean 'quick'"),
+    ("--variants", "swigl", "did you mean 'swiglu'"),
+    ("--backend", "fast", "unknown backend"),
+    ("--seeds", "0", "--seeds must be a positive integer"),
+])
+def test_usage_errors(argv, capsys, flag, value, needle):
+    args = argv()
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def test_minimal_report_without_report_module():
+    res = {"status": "partial", "variants": [
+        {"name": "relu", "val_bpb_mean": 3.0, "val_bpb_std": 0.1, "tokens_per_s": 10.0,
+         "dead_fraction": 0.2}], "missing": [{"variant": "gelu", "seed": 1}]}
+    text = compare.minimal_report(res)
+    assert "| relu | 3.000 |" in text and "gelu seed 1" in text
+
+
+def test_presets_fit_the_budget():
+    for name in compare.PRESETS:
+        preset, model, train = compare.resolve_config(name)
+        assert train.warmup < train.steps and train.eval_every <= train.steps
+    _, _, t = compare.resolve_config("quick", steps=8)
+    assert t.steps == 8 and t.warmup == 0 and t.eval_every == 2
