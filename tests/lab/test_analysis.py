@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ffnlab.lab import analysis as A
+from ffnlab.lab import claims as C
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_small.json"
 
@@ -28,7 +29,7 @@ def make_results(bpb, extra=None, *, seeds=None, dead_threshold=0.0):
         mean = sum(good) / len(good) if good else math.nan
         std = (math.sqrt(sum((x - mean) ** 2 for x in good) / (len(good) - 1))
                if len(good) > 1 else 0.0)
-        v = {"name": name, **(GATED if name in A.GATED_TWINS or name == "bilinear" else PLAIN),
+        v = {"name": name, **(GATED if name in C.GATED_TWINS or name == "bilinear" else PLAIN),
              "val_bpb_mean": mean, "val_bpb_std": std, "tokens_per_s": 1000.0, "ffn_ms": 1.0,
              "act_ns_per_element": 1.0, "saved_bytes_per_token": 1024, "dead_fraction": 0.0,
              "curve": [[0, 8.0], [10, mean]], "runs": runs}
@@ -129,7 +130,7 @@ def test_check_results_rejects(bad, needle):
 # --- the claims ---------------------------------------------------------------------------
 
 def _verdict(results, claim_id):
-    (v,) = [v for v in A.check_claims(results) if v.claim_id == claim_id]
+    (v,) = [v for v in C.check_claims(results) if v.claim_id == claim_id]
     return v
 
 
@@ -142,21 +143,21 @@ def _speed(relu, swish, gelu, ffn=(1.0, 1.0, 1.0)):
 
 def test_speed_order_claim():
     v = _speed(1.0, 2.0, 3.0)
-    assert v.verdict == A.SUPPORTED
+    assert v.verdict == C.SUPPORTED
     assert "invisible" in v.explanation  # whole-FFN times identical: matmuls dominate
-    assert _speed(3.0, 2.0, 1.0).verdict == A.NOT_SUPPORTED
+    assert _speed(3.0, 2.0, 1.0).verdict == C.NOT_SUPPORTED
     v = _speed(1.0, 2.0, 2.04)  # 2 % apart: inside the 5 % timing noise
-    assert v.verdict == A.INCONCLUSIVE and "noise" in v.explanation
+    assert v.verdict == C.INCONCLUSIVE and "noise" in v.explanation
     assert "invisible" not in _speed(1.0, 2.0, 3.0, ffn=(1.0, 1.2, 1.5)).explanation
     r = make_results({"relu": [2.5], "swish": [2.5]})
     v = _verdict(r, "speed_order")
-    assert v.verdict == A.INCONCLUSIVE and "Not measured" in v.explanation and "gelu" in v.explanation
+    assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation and "gelu" in v.explanation
 
 
 @pytest.mark.parametrize("gelu, swish, expected", [
-    ([2.48, 2.38, 2.58], [2.47, 2.39, 2.58], A.SUPPORTED),       # both ~0.02 better every seed
-    ([2.53, 2.43, 2.62], [2.47, 2.39, 2.58], A.NOT_SUPPORTED),   # GELU worse every seed
-    ([2.45, 2.45, 2.55], [2.55, 2.35, 2.65], A.INCONCLUSIVE),    # signs flip between seeds
+    ([2.48, 2.38, 2.58], [2.47, 2.39, 2.58], C.SUPPORTED),       # both ~0.02 better every seed
+    ([2.53, 2.43, 2.62], [2.47, 2.39, 2.58], C.NOT_SUPPORTED),   # GELU worse every seed
+    ([2.45, 2.45, 2.55], [2.55, 2.35, 2.65], C.INCONCLUSIVE),    # signs flip between seeds
 ])
 def test_smooth_beats_relu_claim(gelu, swish, expected):
     r = make_results({"relu": [2.50, 2.40, 2.60], "gelu": gelu, "swish": swish})
@@ -167,32 +168,32 @@ def test_smooth_beats_relu_claim(gelu, swish, expected):
 
 def test_smooth_beats_relu_one_seed_is_inconclusive():
     v = _verdict(make_results({"relu": [2.5], "gelu": [2.0], "swish": [2.0]}), "smooth_beats_relu")
-    assert v.verdict == A.INCONCLUSIVE and "one seed" in v.explanation
+    assert v.verdict == C.INCONCLUSIVE and "one seed" in v.explanation
 
 
 @pytest.mark.parametrize("dead, expected", [
-    ({"relu": 0.12, "gelu": 0.0, "swish": 0.0}, A.SUPPORTED),
-    ({"relu": 0.002, "gelu": 0.0, "swish": 0.0}, A.NOT_SUPPORTED),
-    ({"relu": 0.10, "gelu": 0.15, "swish": 0.0}, A.NOT_SUPPORTED),
-    ({"relu": float("nan"), "gelu": 0.0, "swish": 0.0}, A.INCONCLUSIVE),
+    ({"relu": 0.12, "gelu": 0.0, "swish": 0.0}, C.SUPPORTED),
+    ({"relu": 0.002, "gelu": 0.0, "swish": 0.0}, C.NOT_SUPPORTED),
+    ({"relu": 0.10, "gelu": 0.15, "swish": 0.0}, C.NOT_SUPPORTED),
+    ({"relu": float("nan"), "gelu": 0.0, "swish": 0.0}, C.INCONCLUSIVE),
 ])
 def test_relu_dies_claim(dead, expected):
     r = make_results({n: [2.5] for n in dead}, {n: {"dead_fraction": d} for n, d in dead.items()},
                      dead_threshold=0.0)
     v = _verdict(r, "relu_dies")
     assert v.verdict == expected
-    if expected != A.INCONCLUSIVE:
+    if expected != C.INCONCLUSIVE:
         assert "never exceeds 0" in v.explanation  # the threshold is stated
 
 
 def test_relu_dies_without_relu_is_not_measured():
     v = _verdict(make_results({"gelu": [2.5]}), "relu_dies")
-    assert v.verdict == A.INCONCLUSIVE and "Not measured" in v.explanation
+    assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation
 
 
 @pytest.mark.parametrize("swiglu, expected", [
-    ([2.45, 2.36, 2.55], A.SUPPORTED), ([2.55, 2.44, 2.66], A.NOT_SUPPORTED),
-    ([2.45, 2.45, 2.55], A.INCONCLUSIVE)])
+    ([2.45, 2.36, 2.55], C.SUPPORTED), ([2.55, 2.44, 2.66], C.NOT_SUPPORTED),
+    ([2.45, 2.45, 2.55], C.INCONCLUSIVE)])
 def test_glu_quality_claim(swiglu, expected):
     r = make_results({"swish": [2.50, 2.40, 2.60], "swiglu": swiglu})
     v = _verdict(r, "glu_quality")
@@ -202,10 +203,10 @@ def test_glu_quality_claim(swiglu, expected):
 
 def test_glu_quality_without_twins_is_not_measured():
     v = _verdict(make_results({"relu": [2.5], "swiglu": [2.4]}), "glu_quality")
-    assert v.verdict == A.INCONCLUSIVE and "Not measured" in v.explanation
+    assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation
 
 
-@pytest.mark.parametrize("ratio, expected", [(1.25, A.SUPPORTED), (1.02, A.NOT_SUPPORTED)])
+@pytest.mark.parametrize("ratio, expected", [(1.25, C.SUPPORTED), (1.02, C.NOT_SUPPORTED)])
 def test_glu_compute_claim(ratio, expected):
     r = make_results({"gelu": [2.5], "geglu": [2.4]}, {"geglu": {"ffn_ms": ratio}})
     v = _verdict(r, "glu_compute")
@@ -218,11 +219,11 @@ def test_glu_compute_claim(ratio, expected):
 def test_glu_compute_mixed_pairs_is_inconclusive():
     r = make_results({"gelu": [2.5], "geglu": [2.4], "relu": [2.5], "reglu": [2.4]},
                      {"geglu": {"ffn_ms": 1.3}, "reglu": {"ffn_ms": 1.0}})
-    assert _verdict(r, "glu_compute").verdict == A.INCONCLUSIVE
+    assert _verdict(r, "glu_compute").verdict == C.INCONCLUSIVE
 
 
 @pytest.mark.parametrize("best, expected", [
-    ("swiglu", A.SUPPORTED), ("relu", A.NOT_SUPPORTED), (None, A.INCONCLUSIVE)])
+    ("swiglu", C.SUPPORTED), ("relu", C.NOT_SUPPORTED), (None, C.INCONCLUSIVE)])
 def test_glu_best_claim(best, expected):
     base = [2.50, 2.40, 2.60]
     bpb = {n: base for n in ("relu", "gelu", "swiglu")}
@@ -235,15 +236,15 @@ def test_glu_best_claim(best, expected):
 
 def test_glu_best_absent_is_not_measured():
     v = _verdict(make_results({"relu": [2.5], "gelu": [2.4]}), "glu_best")
-    assert v.verdict == A.INCONCLUSIVE and "Not measured" in v.explanation
+    assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation
 
 
 def test_every_claim_survives_degenerate_results():
     for r in (make_results({"relu": [None]}), make_results({"swiglu": [2.4]}),
               {"variants": []}, {"variants": [{"name": "relu"}]}):
-        verdicts = A.check_claims(r)
-        assert len(verdicts) == len(A.ALL_CLAIMS)
-        assert all(v.verdict == A.INCONCLUSIVE for v in verdicts)
+        verdicts = C.check_claims(r)
+        assert len(verdicts) == len(C.ALL_CLAIMS)
+        assert all(v.verdict == C.INCONCLUSIVE for v in verdicts)
         json.dumps([v.to_dict() for v in verdicts])
 
 
@@ -263,10 +264,10 @@ def test_fixture_is_self_consistent():
 
 def test_fixture_verdicts():
     r = json.loads(FIXTURE.read_text())
-    got = {v.claim_id: v.verdict for v in A.check_claims(copy.deepcopy(r))}
-    assert got == {"speed_order": A.INCONCLUSIVE, "smooth_beats_relu": A.SUPPORTED,
-                   "relu_dies": A.SUPPORTED, "glu_quality": A.SUPPORTED,
-                   "glu_compute": A.SUPPORTED, "glu_best": A.SUPPORTED}
+    got = {v.claim_id: v.verdict for v in C.check_claims(copy.deepcopy(r))}
+    assert got == {"speed_order": C.INCONCLUSIVE, "smooth_beats_relu": C.SUPPORTED,
+                   "relu_dies": C.SUPPORTED, "glu_quality": C.SUPPORTED,
+                   "glu_compute": C.SUPPORTED, "glu_best": C.SUPPORTED}
     best, runner, pd = A.best_variant(r)
     assert (best, runner) == ("geglu", "swiglu") and not pd.distinguishable
 
@@ -282,7 +283,7 @@ def test_relu_dies_quotes_the_recorded_dead_rule():
     r = make_results({"relu": [2.5]}, {"relu": {"dead_fraction": 0.2}}, dead_threshold=1e-3)
     r["config"]["dead_rule"] = "a unit is dead if |act| <= threshold on every token"
     v = _verdict(r, "relu_dies")
-    assert v.verdict == A.SUPPORTED
+    assert v.verdict == C.SUPPORTED
     assert "dead threshold 0.001: a unit is dead if |act| <= threshold" in v.explanation
 
 

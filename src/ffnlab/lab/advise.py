@@ -74,16 +74,16 @@ def load_results(path: Path) -> dict:
 
 def _order(usable: list[Mapping], priority: str) -> list[Mapping]:
     """Variants best-first for ``priority`` (see the module docstring)."""
-    bpb = lambda v: A._num(v["val_bpb_mean"])
+    bpb = lambda v: A.as_float(v["val_bpb_mean"])
     if priority == "quality":
         return sorted(usable, key=lambda v: (bpb(v), v["name"]))
     if priority == "speed":
         key, best, tol, sign = "tokens_per_s", max, A.TIMING_NOISE, -1
     else:
         key, best, tol, sign = "saved_bytes_per_token", min, MEMORY_TIE, 1
-    top = best(A._num(v[key]) for v in usable)
-    tied = lambda v: abs(A._num(v[key]) - top) <= tol * abs(top)
-    return sorted(usable, key=lambda v: (not tied(v), bpb(v) if tied(v) else sign * A._num(v[key]),
+    top = best(A.as_float(v[key]) for v in usable)
+    tied = lambda v: abs(A.as_float(v[key]) - top) <= tol * abs(top)
+    return sorted(usable, key=lambda v: (not tied(v), bpb(v) if tied(v) else sign * A.as_float(v[key]),
                                          v["name"]))
 
 
@@ -95,11 +95,11 @@ def _versus(results: Mapping, a: Mapping, b: Mapping) -> dict:
     """What ``a`` gains or loses against ``b``, in measured numbers."""
     pd = A.paired_difference(results, a["name"], b["name"])
     return {"other": b["name"], "bpb_diff": pd.mean if pd.n else
-            A._num(a["val_bpb_mean"]) - A._num(b["val_bpb_mean"]),
+            A.as_float(a["val_bpb_mean"]) - A.as_float(b["val_bpb_mean"]),
             "bpb_distinguishable": pd.distinguishable, "paired_seeds": pd.n,
-            "tokens_per_s_change": _pct(A._num(a.get("tokens_per_s")), A._num(b.get("tokens_per_s"))),
-            "saved_bytes_change": _pct(A._num(a.get("saved_bytes_per_token")),
-                                       A._num(b.get("saved_bytes_per_token")))}
+            "tokens_per_s_change": _pct(A.as_float(a.get("tokens_per_s")), A.as_float(b.get("tokens_per_s"))),
+            "saved_bytes_change": _pct(A.as_float(a.get("saved_bytes_per_token")),
+                                       A.as_float(b.get("saved_bytes_per_token")))}
 
 
 def _vs_text(v: dict) -> str:
@@ -123,7 +123,7 @@ def _at_dim(results: Mapping, v: Mapping, dim: int) -> dict | None:
                "elementwise_share": flops["elementwise"] / flops["total"]}
     except (ValueError, KeyError):
         return None
-    saved = A._num(v.get("saved_bytes_per_token"))
+    saved = A.as_float(v.get("saved_bytes_per_token"))
     if isinstance(measured_dim, int) and measured_dim > 0 and not math.isnan(saved):
         # Saved tensors are [tokens, dim] and [tokens, hidden] with hidden ∝ dim.
         out["saved_bytes_per_token_est"] = round(saved * dim / measured_dim)
@@ -136,7 +136,7 @@ def recommend(results: Mapping, priority: str, dim: int | None = None) -> dict:
     need = {"quality": "val_bpb_mean", "speed": "tokens_per_s",
             "memory": "saved_bytes_per_token"}[priority]
     usable = [v for v in results.get("variants", [])
-              if not math.isnan(A._num(v.get("val_bpb_mean"))) and not math.isnan(A._num(v.get(need)))]
+              if not math.isnan(A.as_float(v.get("val_bpb_mean"))) and not math.isnan(A.as_float(v.get(need)))]
     if not usable:
         raise UsageError(f"the results hold no variant with both a finite val_bpb_mean and "
                          f"{need}; nothing to recommend")
@@ -144,22 +144,22 @@ def recommend(results: Mapping, priority: str, dim: int | None = None) -> dict:
     pick, runner = ordered[0], (ordered[1] if len(ordered) > 1 else None)
     by_quality = _order(usable, "quality")[0]
     fastest = _order(usable, "speed")[0] if all(
-        not math.isnan(A._num(v.get("tokens_per_s"))) for v in usable) else None
+        not math.isnan(A.as_float(v.get("tokens_per_s"))) for v in usable) else None
     reasons = []
     if priority == "quality":
         reasons.append(f"{pick['name']} has the lowest validation loss: "
-                       f"{A._num(pick['val_bpb_mean']):.4f} bpb.")
+                       f"{A.as_float(pick['val_bpb_mean']):.4f} bpb.")
         other = fastest
     else:
         unit = "tokens/s" if priority == "speed" else "saved bytes/token"
         word = "fastest" if priority == "speed" else "leanest"
-        top = (max if priority == "speed" else min)(usable, key=lambda v: A._num(v[need]))
+        top = (max if priority == "speed" else min)(usable, key=lambda v: A.as_float(v[need]))
         tol = A.TIMING_NOISE if priority == "speed" else MEMORY_TIE
-        if A._num(top[need]) == A._num(pick[need]):
-            reasons.append(f"{pick['name']} is the {word}: {A._num(pick[need]):,.0f} {unit}.")
+        if A.as_float(top[need]) == A.as_float(pick[need]):
+            reasons.append(f"{pick['name']} is the {word}: {A.as_float(pick[need]):,.0f} {unit}.")
         else:
-            reasons.append(f"{pick['name']} ({A._num(pick[need]):,.0f} {unit}) is within {tol:.0%}"
-                           f" of the {word}, {top['name']} ({A._num(top[need]):,.0f}), and the "
+            reasons.append(f"{pick['name']} ({A.as_float(pick[need]):,.0f} {unit}) is within {tol:.0%}"
+                           f" of the {word}, {top['name']} ({A.as_float(top[need]):,.0f}), and the "
                            "best in quality among those that close.")
         other = by_quality
     if other is not None and other["name"] != pick["name"]:
@@ -172,9 +172,9 @@ def recommend(results: Mapping, priority: str, dim: int | None = None) -> dict:
         better = []
         if vs["bpb_diff"] < 0 and vs["bpb_distinguishable"]:
             better.append("quality matters more")
-        if A._num(runner.get("tokens_per_s")) > (1 + A.TIMING_NOISE) * A._num(pick.get("tokens_per_s")):
+        if A.as_float(runner.get("tokens_per_s")) > (1 + A.TIMING_NOISE) * A.as_float(pick.get("tokens_per_s")):
             better.append("throughput matters more")
-        if A._num(runner.get("saved_bytes_per_token")) < A._num(pick.get("saved_bytes_per_token")):
+        if A.as_float(runner.get("saved_bytes_per_token")) < A.as_float(pick.get("saved_bytes_per_token")):
             better.append("activation memory is tight")
         tie = "" if vs["bpb_distinguishable"] else "; tied on quality with the pick"
         when = tie + ("; prefer it when " + " or ".join(better) if better else
@@ -185,7 +185,7 @@ def recommend(results: Mapping, priority: str, dim: int | None = None) -> dict:
     for p in PRIORITIES:
         key = {"quality": "val_bpb_mean", "speed": "tokens_per_s",
                "memory": "saved_bytes_per_token"}[p]
-        ok = [v for v in usable if not math.isnan(A._num(v.get(key)))]
+        ok = [v for v in usable if not math.isnan(A.as_float(v.get(key)))]
         if p != priority and ok:
             others[p] = _order(ok, p)[0]["name"]
     rec["other_priorities"] = others

@@ -23,7 +23,7 @@ __all__ = ["render_plots", "plot_learning_curves", "plot_final_bpb", "plot_speed
 PLAIN_COLOR, GATED_COLOR = "tab:blue", "tab:orange"
 
 
-def _num(x) -> float:
+def as_float(x) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
         return math.nan
     return float(x) if math.isfinite(x) else math.nan
@@ -51,7 +51,7 @@ def _points(curve) -> list[tuple[float, float]]:
     out = []
     for p in curve or []:
         if isinstance(p, (list, tuple)) and len(p) == 2:
-            s, y = _num(p[0]), _num(p[1])
+            s, y = as_float(p[0]), as_float(p[1])
             if not (math.isnan(s) or math.isnan(y)):
                 out.append((s, y))
     return out
@@ -103,7 +103,7 @@ def plot_learning_curves(results: Mapping) -> bytes | None:
 
 
 def _bars(results: Mapping, key: str, *, scale: float = 1.0, reverse: bool = False):
-    rows = [(v["name"], _num(v.get(key)) * scale, bool(v.get("gated")))
+    rows = [(v["name"], as_float(v.get(key)) * scale, bool(v.get("gated")))
             for v in results.get("variants", [])]
     rows = [r for r in rows if not math.isnan(r[1])]
     return sorted(rows, key=lambda r: r[1], reverse=reverse)
@@ -123,16 +123,16 @@ def _barh(ax, rows, xlabel: str, fmt: str) -> None:
 
 def plot_final_bpb(results: Mapping) -> bytes | None:
     """Final validation bpb per variant, mean with ±std error bars and each seed as a dot."""
-    ranked = [v for v in ranking(results) if not math.isnan(_num(v.get("val_bpb_mean")))]
+    ranked = [v for v in ranking(results) if not math.isnan(as_float(v.get("val_bpb_mean")))]
     if not ranked:
         return None
     fig, (ax,) = _figure("Final validation bits per byte (mean ± std over seeds; dots: seeds)")
     for i, v in enumerate(ranked):
-        std = _num(v.get("val_bpb_std"))
+        std = as_float(v.get("val_bpb_std"))
         color = GATED_COLOR if v.get("gated") else PLAIN_COLOR
-        ax.errorbar(_num(v["val_bpb_mean"]), i, xerr=0.0 if math.isnan(std) else std, fmt="o",
+        ax.errorbar(as_float(v["val_bpb_mean"]), i, xerr=0.0 if math.isnan(std) else std, fmt="o",
                     color=color, capsize=4, ms=7)
-        seeds = [_num(r.get("val_bpb")) for r in v.get("runs") or [] if not r.get("diverged")]
+        seeds = [as_float(r.get("val_bpb")) for r in v.get("runs") or [] if not r.get("diverged")]
         seeds = [s for s in seeds if not math.isnan(s)]
         ax.plot(seeds, [i + 0.18] * len(seeds), ".", color="0.4", ms=4)
     ax.set_yticks(range(len(ranked)), [v["name"] for v in ranked])
@@ -170,7 +170,7 @@ def plot_dead_units(results: Mapping) -> bytes | None:
     rows = _bars(results, "dead_fraction", scale=100.0, reverse=True)
     if not rows:
         return None
-    thr = _num((results.get("config") or {}).get("dead_threshold"))
+    thr = as_float((results.get("config") or {}).get("dead_threshold"))
     note = f" (activation never > {thr:g})" if not math.isnan(thr) else ""
     fig, (ax,) = _figure(f"Dead hidden units{note}")
     _barh(ax, rows, "% of hidden units (orange: gated, gate branch)", ".1f")

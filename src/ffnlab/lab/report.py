@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from . import analysis as A
+from . import claims as C
 from .plots import PLOTS, render_plots
 
 __all__ = ["write_report", "build_blocks", "render_markdown", "render_html", "atomic_write"]
@@ -47,7 +48,7 @@ def atomic_write(path: Path, data: bytes) -> Path:
 
 
 def _f(x, spec: str = ".3f", na: str = "n/a") -> str:
-    x = A._num(x)
+    x = A.as_float(x)
     return na if math.isnan(x) else format(x, spec)
 
 
@@ -85,8 +86,8 @@ def _ranking_table(results: Mapping) -> tuple[list[str], list[list[str]]]:
     rows = []
     for i, v in enumerate(A.ranking(results), 1):
         name = v["name"]
-        mean = A._num(v.get("val_bpb_mean"))
-        n_ok = len(A._good_runs(v)) if v.get("runs") else 0
+        mean = A.as_float(v.get("val_bpb_mean"))
+        n_ok = len(A.good_runs(v)) if v.get("runs") else 0
         if math.isnan(mean):
             bpb = "diverged"
         elif n_ok == 1:
@@ -110,7 +111,7 @@ def _ranking_table(results: Mapping) -> tuple[list[str], list[list[str]]]:
                      "yes" if v.get("gated") else "no",
                      f"{params:,}" if isinstance(params, int) else "n/a", bpb, delta, interval,
                      _f(v.get("tokens_per_s"), ",.0f"), _f(v.get("saved_bytes_per_token"), ",.0f"),
-                     _f(A._num(v.get("dead_fraction")) * 100, ".1f")])
+                     _f(A.as_float(v.get("dead_fraction")) * 100, ".1f")])
     return headers, rows
 
 
@@ -172,7 +173,7 @@ def build_blocks(results: Mapping, plots: Mapping[str, bytes]) -> list[Block]:
     blocks.append(("p", baseline))
     blocks.append(("h2", "The sources' claims, checked"))
     blocks.append(("ul", [f"**{v.claim}** — **{v.verdict}**. {v.explanation} "
-                          f"(source: 「{v.source}」)" for v in A.check_claims(results)]))
+                          f"(source: 「{v.source}」)" for v in C.check_claims(results)]))
     if plots:
         blocks.append(("h2", "Figures"))
         blocks += [("img", stem, PLOTS[stem][1]) for stem in plots]
