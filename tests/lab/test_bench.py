@@ -13,7 +13,7 @@ from ffnlab.cli import main
 from ffnlab.lab import bench_providers as P
 from ffnlab.lab.bench import Config, _time_round_robin
 from ffnlab.lab.bench_report import evaluate_targets, to_markdown
-from ffnlab.lab.timing import best_ceilings
+from ffnlab.lab.timing import best_ceilings, spread
 
 TINY = ["--dim", "16", "--hidden", "40", "--tokens", "32", "--repeats", "2", "--warmup", "1"]
 
@@ -91,6 +91,12 @@ def test_saved_bytes_per_token(tiny_run):
         assert full["saved_vs_reference"] == pytest.approx(16 / 176)
     else:
         assert act["reason"] and full["reason"]
+
+
+def test_spread_is_iqr_over_median():
+    assert spread([1.0, 1.0, 1.0]) == 0.0  # too few to say
+    assert spread([10.0] * 8) == 0.0
+    assert spread([8.0, 9.0, 10.0, 11.0, 12.0]) == pytest.approx((11.5 - 8.5) / 10.0)
 
 
 def test_best_ceilings_keeps_the_higher_of_each():
@@ -195,8 +201,11 @@ def test_cpu_targets_pass_fail_and_missing():
         _row("fused:full", 12.0, 8.0),
         _row("matmul", 8.0, None),
     ]}
+    result["rows"][0].update(fwd_bwd_ms_min=8.0, fwd_bwd_spread=0.25)
+    result["rows"][1].update(fwd_bwd_ms_min=8.8, fwd_bwd_spread=0.05)
     t = {x["name"]: x for x in evaluate_targets(result)}
     assert t["fused fwd+bwd time / reference"]["status"] == "PASS"
+    assert "fastest calls 1.100, spread 5% / 25%" in t["fused fwd+bwd time / reference"]["note"]
     assert t["fused fwd+bwd time / reference"]["value"] == pytest.approx(0.9)
     assert t["fused fwd+bwd time / matmul floor"]["status"] == "FAIL"  # 9/8 > 1.05
     assert t["saved bytes, recompute=activation / reference"]["status"] == "FAIL"  # 0.60

@@ -32,7 +32,15 @@ from ..errors import UsageError, check_positive_int
 from ..sizing import default_hidden_dim, ffn_flops_per_token
 from ..variants import get_variant
 from . import bench_providers as P
-from .timing import best_ceilings, device_ceilings, machine_info, median, synchronize, time_call
+from .timing import (
+    best_ceilings,
+    device_ceilings,
+    machine_info,
+    median,
+    spread,
+    synchronize,
+    time_call,
+)
 
 DEFAULT_VARIANTS = "relu,gelu,swish,geglu,swiglu"
 
@@ -212,8 +220,13 @@ def _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp) -> list[
             continue
         m = med[name]
         ref, floor = med.get("reference"), med.get("matmul")
+        t = times[name]
         row.update(status="ok", backend=runners[name].backend,
-                   fwd_ms=m["fwd"] * 1e3, fwd_bwd_ms=m["fwd_bwd"] * 1e3)
+                   fwd_ms=m["fwd"] * 1e3, fwd_bwd_ms=m["fwd_bwd"] * 1e3,
+                   # the fastest call and the spread: on a shared machine contention only ever
+                   # adds time, so a wide spread says how far to trust the median
+                   fwd_ms_min=min(t["fwd"]) * 1e3, fwd_bwd_ms_min=min(t["fwd_bwd"]) * 1e3,
+                   fwd_spread=spread(t["fwd"]), fwd_bwd_spread=spread(t["fwd_bwd"]))
         for k, mult in (("fwd", 1), ("fwd_bwd", 3)):
             rate = mult * flops / m[k]
             row[f"{k}_flops_per_s"] = rate

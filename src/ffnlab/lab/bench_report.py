@@ -71,10 +71,25 @@ def _cpu_targets(result: dict) -> list[dict]:
     out = []
     for name, a, b, key, limit in specs:
         value = _ratio(ok, a, b, key)
-        note = where if value is not None else (
-            _missing_note(ok, skipped, (a, b), where) if rows else f"not in this run ({where})")
+        if value is None:
+            note = _missing_note(ok, skipped, (a, b), where) if rows else f"not in this run ({where})"
+        else:
+            note = where + _noise_note(ok, a, b, key)
         out.append(_target(name, value, "<=", limit, note))
     return out
+
+
+def _noise_note(ok: dict, a: str, b: str, key: str) -> str:
+    """For a time ratio: the same ratio of the fastest calls, and the spreads behind it."""
+    if not key.endswith("_ms"):
+        return ""
+    base = key[: -len("_ms")]
+    fast = _ratio(ok, a, b, f"{key}_min")
+    spreads = [ok[n].get(f"{base}_spread") for n in (a, b)]
+    if fast is None or None in spreads:
+        return ""
+    return (f"; fastest calls {fast:.3f}, spread {100 * spreads[0]:.0f}% / "
+            f"{100 * spreads[1]:.0f}%")
 
 
 def _gpu_targets(result: dict) -> list[dict]:
@@ -98,7 +113,8 @@ def _gpu_targets(result: dict) -> list[dict]:
             ("saved bytes, fused / Liger", "liger", "saved_bytes_per_token", "<=", 1.0, False),
         ):
             value = _ratio(ok, FUSED_DEFAULT, b, key, invert=inv)
-            note = where if value is not None else _missing_note(ok, skipped, (FUSED_DEFAULT, b), where)
+            note = (where + _noise_note(ok, b, FUSED_DEFAULT, key) if value is not None
+                    else _missing_note(ok, skipped, (FUSED_DEFAULT, b), where))
             out.append(_target(name, value, op, limit, note))
     if not shapes:
         out.append(_target("FFN fwd+bwd vs eager and Liger", None, ">=", 1.1,
@@ -148,6 +164,8 @@ FFN_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("saved B/tok", lambda r: _f(r.get("saved_bytes_per_token"), ",.0f")),
     ("saved ×ref", lambda r: _f(r.get("saved_vs_reference"), ".2f", "×")),
     ("rel err", lambda r: _f(r.get("max_rel_err"), ".0e")),
+    ("f+b spread", lambda r: _f(None if r.get("fwd_bwd_spread") is None
+                               else 100 * r["fwd_bwd_spread"], ".0f", "%")),
 ]
 PEAK_COLUMN = ("peak MiB", lambda r: _f(None if r.get("peak_bytes") is None
                                         else r["peak_bytes"] / 2**20, ",.0f"))

@@ -23,6 +23,7 @@ __all__ = [
     "synchronize",
     "time_call",
     "median",
+    "spread",
     "copy_bandwidth",
     "matmul_rate",
     "device_ceilings",
@@ -59,6 +60,18 @@ def median(values: Sequence[float]) -> float:
     if not values:
         raise ValueError("median of no values")
     return float(statistics.median(values))
+
+
+def spread(values: Sequence[float]) -> float:
+    """Interquartile range / median: how noisy a set of timings is (0 for fewer than 4).
+
+    A CPU shared with other work shows it here first: on the 2-core development machine,
+    under a load average of 3 to 6, repeated FFN timings spread 10-40 %.
+    """
+    if len(values) < 4:
+        return 0.0
+    q = statistics.quantiles(values, n=4)
+    return float((q[2] - q[0]) / statistics.median(values))
 
 
 def _best_of(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
