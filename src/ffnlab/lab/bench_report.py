@@ -13,8 +13,8 @@ __all__ = ["evaluate_targets", "print_report", "to_markdown", "write_chart", "FU
 
 # The fused provider the targets hold to account: FeedForward's default recompute mode.
 FUSED_DEFAULT = "fused:activation"
-# Elementwise providers that are fused kernels (the GPU bandwidth target applies to them).
-FUSED_ELEMENTWISE = ("fused", "triton")
+# Elementwise providers that are fused GPU kernels (the bandwidth target applies to them).
+FUSED_ELEMENTWISE = ("triton",)
 
 CPU_POINT = {"variant": "swiglu", "dim": 512, "tokens": 2048, "dtype": "float32"}
 GPU_POINT = {"variant": "swiglu", "dim": 4096, "hidden": (11008, 14336),
