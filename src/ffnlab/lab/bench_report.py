@@ -307,9 +307,11 @@ def write_chart(result: dict, path: Path) -> None:
         ax.set_xticks(range(len(variants)), variants)
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    fig.axes[0].legend(fontsize=8)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=8,
+               frameon=False)
     cfg = result["config"]
     fig.suptitle(f"ffnlab bench: {result['machine']['device_name']}, {cfg['dtype']}, dim {cfg['dim']}",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))  # room for the legend below the panels
     fig.savefig(path)
