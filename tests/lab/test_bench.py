@@ -133,6 +133,19 @@ def test_table_output(tmp_path, capsys):
     assert result["elementwise"] == []
 
 
+def test_default_hidden_sizes():
+    args = SimpleNamespace(variants="relu,swiglu", dim=16, hidden=None, multiple_of=256,
+                           tokens="8", dtype="float32", device="cpu", providers=None,
+                           repeats=1, warmup=0, seed=0, elementwise=True)
+    cfg = Config.from_args(args)
+    assert cfg.hiddens("relu") == [64]  # 4 * dim, not rounded
+    assert cfg.hiddens("swiglu") == [256]  # int(2 * 64 / 3) = 42, rounded up to 256
+    assert Config.from_args(SimpleNamespace(**{**vars(args), "multiple_of": 16})).hiddens(
+        "swiglu") == [48]
+    assert Config.from_args(SimpleNamespace(**{**vars(args), "hidden": "40,24"})).hiddens(
+        "relu") == [40, 24]
+
+
 class _Boom:
     backend = None
 

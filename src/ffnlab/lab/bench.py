@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", default=None,
                    help="hidden size(s), comma list (default: 4*dim plain, LLaMA rule gated)")
     p.add_argument("--multiple-of", type=int, default=256,
-                   help="rounding of the default gated hidden size (default: 256)")
+                   help="the default gated hidden size is rounded up to this (default: 256)")
     p.add_argument("--tokens", default="2048", help="tokens per batch, comma list (default: 2048)")
     p.add_argument("--providers", default=None,
                    help=f"comma list from {', '.join(P.PROVIDERS)}; 'fused' = the three modes; "
@@ -117,7 +117,9 @@ class Config:
     def hiddens(self, variant: str) -> list[int]:
         if self.hidden is not None:
             return self.hidden
-        return [default_hidden_dim(variant, self.dim, multiple_of=self.multiple_of)]
+        # plain: exactly 4*dim; gated: LLaMA's rule, rounded up to --multiple-of
+        multiple_of = self.multiple_of if get_variant(variant).gated else 1
+        return [default_hidden_dim(variant, self.dim, multiple_of=multiple_of)]
 
     def to_json(self) -> dict:
         return {
