@@ -104,10 +104,12 @@ def matmul_rate(
     """FLOP/s of one square ``[n, n] @ [n, n]`` product in ``dtype`` (``2 n^3`` FLOPs).
 
     ``n`` defaults to 8192 on CUDA (about 1.1 TFLOP, long enough for the GPU to reach its
-    sustained clock) and 1024 on the CPU (2.1 GFLOP: tens of milliseconds on a few cores).
+    sustained clock) and 2048 on the CPU (17 GFLOP, ~0.2 s on 2 cores). With n = 1024 the
+    2-core development machine reported a rate below what its dim-512 FFN rows then reached
+    (the rows' matmuls showed 103-116 % of it).
     """
     if n is None:
-        n = 8192 if device.type == "cuda" else 1024
+        n = 8192 if device.type == "cuda" else 2048
     gen = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(n, n, generator=gen, device=device).to(dtype)
     b = torch.randn(n, n, generator=gen, device=device).to(dtype)
