@@ -33,10 +33,24 @@ TRAIN = TrainConfig(steps=12, batch_size=4, lr=1e-2, warmup=2, eval_every=4,
                     eval_tokens=256, ckpt_every=3)
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    (tmp_path / "t.txt").write_text(TEXT)
-    return load_corpus(tmp_path / "t.txt", seq_len=MODEL.seq_len)
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "t.txt"
+    path.write_text(TEXT)
+    return load_corpus(path, seq_len=MODEL.seq_len)
+
+
+@pytest.fixture(scope="module")
+def straight(corpus):
+    """Uninterrupted runs, computed once per (variant, seed) for the module."""
+    cache = {}
+
+    def get(variant, seed):
+        if (variant, seed) not in cache:
+            cache[variant, seed] = run(variant, seed, corpus, MODEL, TRAIN)
+        return cache[variant, seed]
+
+    return get
 
 
 def _comparable(rec):
@@ -74,8 +88,7 @@ def test_loss_decreases_and_record_fields(corpus):
     assert rec["final_train_loss"] / math.log(2) < first
 
 
-def test_resume_after_interrupt_matches_uninterrupted(corpus, tmp_path):
-    straight = run("reglu", 1, corpus, MODEL, TRAIN)
+def test_resume_after_interrupt_matches_uninterrupted(corpus, straight, tmp_path):
     stem = tmp_path / "ck" / "reglu-s1"
 
     def stop(ev):
@@ -86,14 +99,15 @@ def test_resume_after_interrupt_matches_uninterrupted(corpus, tmp_path):
         run("reglu", 1, corpus, MODEL, TRAIN, checkpoint=stem, on_step=stop)
     meta = io.read_json(stem.with_name("reglu-s1.json"))
     assert meta["step"] == 6  # the last checkpoint before the interruption
+    # only the latest tensor file is kept
+    assert [p.name for p in stem.parent.glob("*.safetensors")] == ["reglu-s1.6.safetensors"]
     resumed = run("reglu", 1, corpus, MODEL, TRAIN, checkpoint=stem)
     assert resumed["resumed_from"] == 6
-    assert _comparable(resumed) == _comparable(straight)
+    assert _comparable(resumed) == _comparable(straight("reglu", 1))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "meta_sha"])
-def test_corrupted_checkpoint_is_detected_and_retrained(corpus, tmp_path, damage):
-    straight = run("gelu", 0, corpus, MODEL, TRAIN)
+def test_corrupted_checkpoint_is_detected_and_retrained(corpus, straight, tmp_path, damage):
     stem = tmp_path / "gelu-s0"
 
     def stop(ev):
@@ -102,7 +116,7 @@ def test_corrupted_checkpoint_is_detected_and_retrained(corpus, tmp_path, damage
 
     with pytest.raises(KeyboardInterrupt):
         run("gelu", 0, corpus, MODEL, TRAIN, checkpoint=stem, on_step=stop)
-    st = tmp_path / "gelu-s0.safetensors"
+    (st,) = tmp_path.glob("gelu-s0.*.safetensors")
     blob = bytearray(st.read_bytes())
     if damage == "truncate":
         st.write_bytes(bytes(blob[: len(blob) // 2]))
@@ -117,7 +131,7 @@ def test_corrupted_checkpoint_is_detected_and_retrained(corpus, tmp_path, damage
     rec = run("gelu", 0, corpus, MODEL, TRAIN, checkpoint=stem, log=messages.append)
     assert rec["resumed_from"] == 0
     assert any("sha256" in m and "from scratch" in m for m in messages), messages
-    assert _comparable(rec) == _comparable(straight)
+    assert _comparable(rec) == _comparable(straight("gelu", 0))
 
 
 def test_checkpoint_from_other_config_is_not_loaded(corpus, tmp_path):
@@ -187,3 +201,13 @@ def test_variants_see_the_same_batches(corpus, monkeypatch):
         run(variant, 5, corpus, MODEL, TrainConfig(**{**TRAIN.as_dict(), "steps": 4}))
     assert len(seen["relu"]) == 4
     assert all(torch.equal(a, b) for a, b in zip(seen["relu"], seen["swiglu"], strict=True))
+
+
+def test_atomic_json_write(tmp_path):
+    path = io.atomic_write_json(tmp_path / "a" / "r.json", {"x": [1, 2.5]})
+    assert io.read_json(path) == {"x": [1, 2.5]}
+    assert (path.stat().st_mode & 0o777) == 0o644
+    with pytest.raises(ValueError):
+        io.atomic_write_json(path, {"x": float("nan")})  # not JSON: refused, old file kept
+    assert io.read_json(path) == {"x": [1, 2.5]}
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp files left

@@ -7,11 +7,14 @@ Windows when both paths are on the same file system, which the same folder guara
 
 A checkpoint is two files next to each other:
 
-``<stem>.safetensors``
+``<stem>.<step>.safetensors``
     every tensor: the model's state dict (``model.<key>``), the optimizer's per-parameter
     state (``optim.<index>.<name>``) and the RNG states (``rng.<name>``, as uint8 tensors).
 ``<stem>.json``
-    small metadata (step, curve so far, ...) and the sha256 of the ``.safetensors`` file.
+    small metadata (step, curve so far, ...), the tensor file's name and its sha256.
+
+The tensor file is written first under a new name, then the JSON that points to it, then the
+previous tensor file is deleted: a crash between any two steps leaves a consistent pair.
 
 Loading recomputes the sha256 and refuses a file that does not match (truncated, tampered
 with, or from a different save than the metadata): :class:`CheckpointError`. Nothing is ever
@@ -40,6 +43,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "remove_checkpoint",
+    "checkpoint_exists",
     "sha256_bytes",
 ]
 
@@ -88,8 +92,12 @@ def read_json(path: str | Path) -> Any:
 # --- checkpoints ---------------------------------------------------------------------------
 
 
-def _paths(stem: Path) -> tuple[Path, Path]:
-    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+def _meta_path(stem: Path) -> Path:
+    return stem.with_name(stem.name + ".json")
+
+
+def _tensor_files(stem: Path) -> list[Path]:
+    return sorted(stem.parent.glob(f"{stem.name}.*.safetensors"))
 
 
 def _flatten_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -126,19 +134,24 @@ def save_checkpoint(
     rng: dict[str, torch.Tensor],
     meta: dict[str, Any],
 ) -> None:
-    """Write ``<stem>.safetensors`` then ``<stem>.json`` (each atomically).
+    """Write ``<stem>.<step>.safetensors`` then ``<stem>.json`` (each atomically).
 
     ``rng`` maps a name to a ``torch.Generator.get_state()`` tensor (uint8). ``meta`` must be
     JSON-able; the sha256 of the tensor file and the optimizer's non-tensor state are added.
     """
-    st_path, meta_path = _paths(Path(stem))
+    stem = Path(stem)
+    st_path = stem.with_name(f"{stem.name}.{int(meta['step'])}.safetensors")
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     tensors.update(opt_tensors)
     tensors.update({f"rng.{k}": v.contiguous().cpu() for k, v in rng.items()})
     blob = st_save(tensors)
     atomic_write_bytes(st_path, blob)
-    atomic_write_json(meta_path, {**meta, "optimizer": opt_meta, "sha256": sha256_bytes(blob)})
+    atomic_write_json(_meta_path(stem), {**meta, "optimizer": opt_meta, "tensors": st_path.name,
+                                         "sha256": sha256_bytes(blob)})
+    for old in _tensor_files(stem):
+        if old != st_path:
+            old.unlink(missing_ok=True)
 
 
 def load_checkpoint(
@@ -152,11 +165,12 @@ def load_checkpoint(
     Raises :class:`CheckpointError` if either file is missing or unreadable, or the tensor
     file's sha256 differs from the one in the metadata; nothing is loaded in that case.
     """
-    st_path, meta_path = _paths(Path(stem))
+    stem = Path(stem)
     try:
-        meta = read_json(meta_path)
+        meta = read_json(_meta_path(stem))
+        st_path = stem.parent / Path(str(meta["tensors"])).name
         blob = st_path.read_bytes()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {stem} is unreadable: {exc}") from None
     if not isinstance(meta, dict) or meta.get("sha256") != sha256_bytes(blob):
         raise CheckpointError(f"checkpoint {st_path.name} does not match its sha256")
@@ -174,6 +188,12 @@ def load_checkpoint(
     return meta, rng
 
 
+def checkpoint_exists(stem: str | Path) -> bool:
+    return _meta_path(Path(stem)).exists()
+
+
 def remove_checkpoint(stem: str | Path) -> None:
-    for p in _paths(Path(stem)):
+    stem = Path(stem)
+    _meta_path(stem).unlink(missing_ok=True)
+    for p in _tensor_files(stem):
         p.unlink(missing_ok=True)

@@ -273,7 +273,7 @@ def train_run(
 
 def _try_resume(checkpoint, model, opt, sampler, key, state, log) -> dict:
     stem = Path(checkpoint)
-    if not stem.with_name(stem.name + ".json").exists():
+    if not io.checkpoint_exists(stem):
         return state
     try:
         meta, rng = io.load_checkpoint(stem, model=model, optimizer=opt)
