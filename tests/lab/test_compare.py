@@ -130,6 +130,7 @@ def test_memory_check_refuses(argv, monkeypatch, capsys):
     ("--variants", "swigl", "did you mean 'swiglu'"),
     ("--backend", "fast", "unknown backend"),
     ("--seeds", "0", "--seeds must be a positive integer"),
+    ("--seed", "-1", "--seed must be a non-negative integer"),
 ])
 def test_usage_errors(argv, capsys, flag, value, needle):
     args = argv()

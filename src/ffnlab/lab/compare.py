@@ -137,12 +137,14 @@ def run(args: argparse.Namespace) -> int:
     variants = parse_variants(args.variants)
     device, dtype = parse_device(args.device), parse_dtype(args.dtype)
     n_seeds = preset.seeds if args.seeds is None else check_positive_int("--seeds", args.seeds)
+    if args.seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {args.seed}")
     seeds = [args.seed + i for i in range(n_seeds)]
     from ..ops.dispatch import BACKENDS
 
     check_choice("backend", args.backend, BACKENDS)
-    need, free = estimate_memory_bytes(model_cfg, batch_size=train_cfg.batch_size, dtype=dtype), \
-        available_memory_bytes(device)
+    need = estimate_memory_bytes(model_cfg, batch_size=train_cfg.batch_size, dtype=dtype)
+    free = available_memory_bytes(device)
     if free is not None and need > free:
         raise UsageError(
             f"preset {args.preset!r} needs about {need / 2**30:.1f} GiB but only "
