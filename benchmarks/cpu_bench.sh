@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU benchmark behind docs/benchmarks.md: every default variant at dim 512, 2048 tokens,
 # float32: reference vs the fused op (three recompute modes) vs torch.compile vs the
-# matmul-only floor, with the CPU targets evaluated from the same run. About 6 minutes on
+# matmul-only floor, with the CPU targets evaluated from the same run. About 7 minutes on
 # 2 cores (inductor's C++ build is ~40 s of it per variant).
 #
 #   benchmarks/cpu_bench.sh                 # writes benchmarks/results/cpu-<date>.{json,md,png}
@@ -21,7 +21,7 @@ mkdir -p "$RESULTS" "$(dirname "$WORK")"
 "$PY" -m ffnlab bench \
     --device cpu --dtype float32 --dim 512 --tokens 2048 \
     --variants relu,gelu,swish,geglu,swiglu --providers "$PROVIDERS" \
-    --repeats 9 --warmup 2 --out "$WORK" "$@" | tee "$WORK.txt"
+    --repeats 15 --warmup 2 --out "$WORK" "$@" | tee "$WORK.txt"
 
 for ext in json md png; do
     cp "$WORK/bench.$ext" "$RESULTS/cpu-$DATE.$ext"
