@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ffnlab.cli import main
+from ffnlab.lab import bench_elementwise as E
 from ffnlab.lab import bench_providers as P
 from ffnlab.lab.bench import Config, _time_round_robin
 from ffnlab.lab.bench_report import evaluate_targets, to_markdown
@@ -302,7 +303,7 @@ def test_engine_runner_computes_the_middle(engine_name):
         if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
             pytest.skip("needs TRITON_INTERPRET=1 on a machine without CUDA")
     engine = importlib.import_module(f"ffnlab.ops.{engine_name}")
-    runner = P.EngineRunner(engine, "swish")
+    runner = E.EngineRunner(engine, "swish")
     h1, h3, g = (torch.randn(6, 40) for _ in range(3))
     inp = SimpleNamespace(h1=h1.requires_grad_(), h3=h3.requires_grad_(), g=g)
     m = runner.fwd(inp)
@@ -316,12 +317,12 @@ def test_private_inputs_protect_shared_tensors():
     # A runner whose backward overwrites its inputs (as Liger's does) gets its own copy.
     from ffnlab.lab.bench import _HiddenInputs
 
-    class Mutating(P.ElementwiseRunner):
+    class Mutating(E.ElementwiseRunner):
         def fwd_bwd(self, inp):
             inp.h1.data.fill_(7.0)
 
     shared = _HiddenInputs(torch.ones(3, 4, requires_grad=True), None, torch.ones(3, 4))
-    runner = P._PrivateInputs(Mutating(lambda h1, h3: h1 * 2))
+    runner = E._PrivateInputs(Mutating(lambda h1, h3: h1 * 2))
     runner.fwd_bwd(shared)
     assert torch.equal(shared.h1, torch.ones(3, 4))
     assert torch.equal(runner.fwd(shared), torch.full((3, 4), 14.0))  # runs on the copy

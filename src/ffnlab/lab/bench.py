@@ -31,6 +31,7 @@ from ..commands.common import (
 from ..errors import UsageError, check_positive_int
 from ..sizing import default_hidden_dim, ffn_flops_per_token
 from ..variants import get_variant
+from . import bench_elementwise as E
 from . import bench_providers as P
 from .timing import (
     best_ceilings,
@@ -244,13 +245,13 @@ def _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp) -> list[
 
 
 def _elementwise_rows(cfg, setup, tokens, tick) -> list[dict]:
-    names = list(dict.fromkeys(n for n in map(P.elementwise_provider, cfg.providers) if n))
+    names = list(dict.fromkeys(n for n in map(E.elementwise_provider, cfg.providers) if n))
     if not names:
         return []
     runners, skipped = {}, {}
     for name in names:
         try:
-            runners[name] = P.build_elementwise(name, setup)
+            runners[name] = E.build_elementwise(name, setup)
         except P.Skip as exc:
             skipped[name] = str(exc)
     gated = get_variant(setup.variant).gated

@@ -1,6 +1,6 @@
 """What ``ffnlab bench`` measures: one *runner* per provider, all sharing the same weights.
 
-A provider is a way to compute the FFN (or only its elementwise middle):
+A provider is a way to compute the FFN (the elementwise middle alone: ``bench_elementwise``):
 
 =================  =====================================================================
 ``reference``      ``FeedForward(backend="reference")``: plain torch ops, autograd backward
@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -30,22 +29,20 @@ from ..errors import UsageError, check_choice
 from ..ffn import FeedForward
 from ..ops.dispatch import why_not
 from ..ops.memory import saved_tensor_bytes
-from ..ops.reference import hidden_activation
 from ..variants import get_variant
 
 __all__ = [
     "PROVIDERS",
     "DEFAULT_PROVIDERS",
-    "ELEMENTWISE_PROVIDERS",
     "MatmulFloor",
+    "TRITON_CPU_REASON",
+    "liger_function",
     "Skip",
     "Setup",
     "Inputs",
     "make_setup",
     "make_inputs",
     "build_runner",
-    "build_elementwise",
-    "elementwise_provider",
     "parse_providers",
 ]
 
@@ -62,11 +59,9 @@ PROVIDERS = (
 # torch.compile is left out of the default set: on this project's 2-core CPU machine inductor's
 # C++ build took 30 s for a single 16x16 Linear, minutes for a handful of shapes.
 DEFAULT_PROVIDERS = tuple(p for p in PROVIDERS if p != "compile")
-# Providers that also have an elementwise-only form (activation and gate, no matmuls).
-ELEMENTWISE_PROVIDERS = ("reference", "fused", "compile", "triton", "liger")
 
 
-_TRITON_CPU = ("Triton kernels are timed on CUDA only (on CPU they run only in the "
+TRITON_CPU_REASON = ("Triton kernels are timed on CUDA only (on CPU they run only in the "
                "TRITON_INTERPRET=1 interpreter, far too slow to time)")
 
 
@@ -233,7 +228,7 @@ def _ffn_copy(setup: Setup, backend: str, recompute: str) -> FeedForward:
     return m
 
 
-def _liger_function(variant: str):
+def liger_function(variant: str):
     """Liger-Kernel's autograd function for ``variant``, or :class:`Skip` saying why not."""
     if variant == "geglu":
         raise Skip("Liger's GeGLU uses the tanh approximation of GELU: it is a fair peer "
@@ -288,125 +283,10 @@ def build_runner(name: str, setup: Setup) -> Runner:
         raise Skip("Liger-Kernel runs on CUDA only")
     if get_variant(setup.variant).has_beta and ref.beta_value != 1.0:
         raise Skip("Liger's SiLU-mul has no beta (needs beta=1)")
-    fn = _liger_function(setup.variant)
+    fn = liger_function(setup.variant)
     w1, w2, w3 = ref.w1.weight, ref.w2.weight, ref.w3.weight
 
     def liger_forward(x: torch.Tensor) -> torch.Tensor:
         return F.linear(fn.apply(F.linear(x, w1), F.linear(x, w3)), w2)
 
     return Runner(name, liger_forward, list(ref.parameters()), "liger")
-
-
-class ElementwiseRunner:
-    """The elementwise middle alone, ``m = act(h1) * h3`` on ``[tokens, hidden]`` tensors, through
-    an autograd function ``fn(h1, h3)``; ``fwd``/``fwd_bwd`` take an object with ``h1``, ``h3``
-    (None for plain variants) and the upstream gradient ``g``."""
-
-    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
-        self.fn = fn
-
-    def fwd(self, inp) -> object:
-        return self.fn(inp.h1, inp.h3)
-
-    def fwd_bwd(self, inp) -> None:
-        inp.h1.grad = None
-        if inp.h3 is not None:
-            inp.h3.grad = None
-        self.fn(inp.h1, inp.h3).backward(inp.g)
-
-
-class EngineRunner(ElementwiseRunner):
-    """The fused op's elementwise engine (``ffnlab.ops.cpu`` or ``ffnlab.ops.triton_kernels``)
-    called directly: ``hidden_forward``, and for fwd+bwd also ``hidden_backward`` with
-    ``need_m=False`` (gradients only), so that the bytes moved are exactly the minimum the
-    benchmark counts (gated: 3 tensors forward, 5 backward)."""
-
-    def __init__(self, engine, activation: str) -> None:
-        self.engine, self.activation = engine, activation
-
-    def fwd(self, inp) -> object:
-        h3 = None if inp.h3 is None else inp.h3.detach()
-        return self.engine.hidden_forward(self.activation, inp.h1.detach(), h3)
-
-    def fwd_bwd(self, inp) -> None:
-        h1, h3 = inp.h1.detach(), None if inp.h3 is None else inp.h3.detach()
-        self.engine.hidden_forward(self.activation, h1, h3)
-        self.engine.hidden_backward(self.activation, inp.g, h1, h3, need_m=False)
-
-
-def elementwise_provider(name: str) -> str | None:
-    """The elementwise form of FFN provider ``name`` (``fused:*`` -> ``fused``), or None."""
-    base = "fused" if name.startswith("fused:") else name
-    return base if base in ELEMENTWISE_PROVIDERS else None
-
-
-def build_elementwise(name: str, setup: Setup):
-    """A runner for the elementwise middle with provider ``name``; :class:`Skip` when it
-    cannot run here."""
-    check_choice("elementwise provider", name, ELEMENTWISE_PROVIDERS)
-    act = get_variant(setup.variant).activation
-    ref = partial(hidden_activation, act)
-    cuda = setup.device.type == "cuda"
-    if name == "reference":
-        return ElementwiseRunner(ref)
-    if name == "fused":
-        if cuda:  # the fused backend runs the Triton kernels there: one row is enough
-            raise Skip("on CUDA the fused op's elementwise part is the Triton kernels "
-                       "(the triton row)")
-        try:
-            from ..ops import cpu as engine  # the fused op's torch engine (any device)
-        except ImportError as exc:
-            raise Skip(f"the fused elementwise engine does not import ({exc})") from None
-        return EngineRunner(engine, act)
-    if name == "triton":
-        if not cuda:
-            raise Skip(_TRITON_CPU)
-        probe = torch.empty(2, setup.hidden, dtype=setup.dtype, device=setup.device)
-        reason = why_not("triton", probe)
-        if reason is not None:
-            raise Skip(reason)
-        try:
-            from ..ops import triton_kernels as engine
-        except Exception as exc:
-            raise Skip(f"the Triton kernels do not import ({type(exc).__name__}: {exc})") from None
-        return EngineRunner(engine, act)
-    if name == "compile":
-        key = "compile:elementwise"
-        if key not in setup.cache:
-            try:
-                setup.cache[key] = torch.compile(ref)
-            except Exception as exc:
-                raise Skip(f"torch.compile failed: {type(exc).__name__}: {exc}") from None
-        return ElementwiseRunner(setup.cache[key])  # type: ignore[arg-type]
-    if not cuda:
-        raise Skip("Liger-Kernel runs on CUDA only")
-    fn = _liger_function(setup.variant)
-    return _PrivateInputs(ElementwiseRunner(lambda h1, h3: fn.apply(h1, h3)))
-
-
-class _PrivateInputs:
-    """Runs ``runner`` on its own copy of the inputs.
-
-    Liger's backward writes the two input gradients into the storage of its inputs (saving
-    two allocations): inside its MLP those are temporaries, but here the inputs are shared by
-    every provider, so Liger gets a copy, made on the first (untimed, warm-up) call.
-    """
-
-    def __init__(self, runner: ElementwiseRunner) -> None:
-        self.runner = runner
-        self._src: object | None = None
-        self._own: object | None = None
-
-    def _inputs(self, inp):
-        if self._src is not inp:
-            self._own = None  # drop the previous copy before making the next one
-            clone = lambda t: None if t is None else t.detach().clone().requires_grad_(t.requires_grad)
-            self._own = type(inp)(clone(inp.h1), clone(inp.h3), inp.g)
-            self._src = inp
-        return self._own
-
-    def fwd(self, inp) -> object:
-        return self.runner.fwd(self._inputs(inp))
-
-    def fwd_bwd(self, inp) -> None:
-        self.runner.fwd_bwd(self._inputs(inp))

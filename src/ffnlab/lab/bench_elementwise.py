@@ -1,0 +1,150 @@
+"""The elementwise middle alone, ``m = act(h1) ⊙ h3`` (plain: ``act(h1)``), as ``ffnlab bench``
+times it: on ``[tokens, hidden]`` tensors, without the matmuls, to set against copy bandwidth.
+
+==============  ==========================================================================
+``reference``   ``ffnlab.ops.reference.hidden_activation`` (torch ops), autograd backward
+``fused``       the fused op's torch engine (``ffnlab.ops.cpu``) called directly; CPU only,
+                since on CUDA the fused op runs the Triton kernels (the ``triton`` row)
+``triton``      the Triton kernels (``ffnlab.ops.triton_kernels``), CUDA only
+``compile``     ``torch.compile`` of the reference function
+``liger``       Liger-Kernel's ``LigerSiLUMulFunction`` / ``LigerGELUMulFunction``, CUDA only
+==============  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from ..errors import check_choice
+from ..ops.dispatch import why_not
+from ..ops.reference import hidden_activation
+from ..variants import get_variant
+from .bench_providers import TRITON_CPU_REASON, Setup, Skip, liger_function
+
+__all__ = [
+    "ELEMENTWISE_PROVIDERS",
+    "ElementwiseRunner",
+    "EngineRunner",
+    "build_elementwise",
+    "elementwise_provider",
+]
+
+ELEMENTWISE_PROVIDERS = ("reference", "fused", "compile", "triton", "liger")
+
+
+class ElementwiseRunner:
+    """The elementwise middle alone, ``m = act(h1) * h3`` on ``[tokens, hidden]`` tensors, through
+    an autograd function ``fn(h1, h3)``; ``fwd``/``fwd_bwd`` take an object with ``h1``, ``h3``
+    (None for plain variants) and the upstream gradient ``g``."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
+        self.fn = fn
+
+    def fwd(self, inp) -> object:
+        return self.fn(inp.h1, inp.h3)
+
+    def fwd_bwd(self, inp) -> None:
+        inp.h1.grad = None
+        if inp.h3 is not None:
+            inp.h3.grad = None
+        self.fn(inp.h1, inp.h3).backward(inp.g)
+
+
+class EngineRunner(ElementwiseRunner):
+    """The fused op's elementwise engine (``ffnlab.ops.cpu`` or ``ffnlab.ops.triton_kernels``)
+    called directly: ``hidden_forward``, and for fwd+bwd also ``hidden_backward`` with
+    ``need_m=False`` (gradients only), so that the bytes moved are exactly the minimum the
+    benchmark counts (gated: 3 tensors forward, 5 backward)."""
+
+    def __init__(self, engine, activation: str) -> None:
+        self.engine, self.activation = engine, activation
+
+    def fwd(self, inp) -> object:
+        h3 = None if inp.h3 is None else inp.h3.detach()
+        return self.engine.hidden_forward(self.activation, inp.h1.detach(), h3)
+
+    def fwd_bwd(self, inp) -> None:
+        h1, h3 = inp.h1.detach(), None if inp.h3 is None else inp.h3.detach()
+        self.engine.hidden_forward(self.activation, h1, h3)
+        self.engine.hidden_backward(self.activation, inp.g, h1, h3, need_m=False)
+
+
+def elementwise_provider(name: str) -> str | None:
+    """The elementwise form of FFN provider ``name`` (``fused:*`` -> ``fused``), or None."""
+    base = "fused" if name.startswith("fused:") else name
+    return base if base in ELEMENTWISE_PROVIDERS else None
+
+
+def build_elementwise(name: str, setup: Setup):
+    """A runner for the elementwise middle with provider ``name``; :class:`Skip` when it
+    cannot run here."""
+    check_choice("elementwise provider", name, ELEMENTWISE_PROVIDERS)
+    act = get_variant(setup.variant).activation
+    ref = partial(hidden_activation, act)
+    cuda = setup.device.type == "cuda"
+    if name == "reference":
+        return ElementwiseRunner(ref)
+    if name == "fused":
+        if cuda:  # the fused backend runs the Triton kernels there: one row is enough
+            raise Skip("on CUDA the fused op's elementwise part is the Triton kernels "
+                       "(the triton row)")
+        try:
+            from ..ops import cpu as engine  # the fused op's torch engine (any device)
+        except ImportError as exc:
+            raise Skip(f"the fused elementwise engine does not import ({exc})") from None
+        return EngineRunner(engine, act)
+    if name == "triton":
+        if not cuda:
+            raise Skip(TRITON_CPU_REASON)
+        probe = torch.empty(2, setup.hidden, dtype=setup.dtype, device=setup.device)
+        reason = why_not("triton", probe)
+        if reason is not None:
+            raise Skip(reason)
+        try:
+            from ..ops import triton_kernels as engine
+        except Exception as exc:
+            raise Skip(f"the Triton kernels do not import ({type(exc).__name__}: {exc})") from None
+        return EngineRunner(engine, act)
+    if name == "compile":
+        key = "compile:elementwise"
+        if key not in setup.cache:
+            try:
+                setup.cache[key] = torch.compile(ref)
+            except Exception as exc:
+                raise Skip(f"torch.compile failed: {type(exc).__name__}: {exc}") from None
+        return ElementwiseRunner(setup.cache[key])  # type: ignore[arg-type]
+    if not cuda:
+        raise Skip("Liger-Kernel runs on CUDA only")
+    fn = liger_function(setup.variant)
+    return _PrivateInputs(ElementwiseRunner(lambda h1, h3: fn.apply(h1, h3)))
+
+
+class _PrivateInputs:
+    """Runs ``runner`` on its own copy of the inputs.
+
+    Liger's backward writes the two input gradients into the storage of its inputs (saving
+    two allocations): inside its MLP those are temporaries, but here the inputs are shared by
+    every provider, so Liger gets a copy, made on the first (untimed, warm-up) call.
+    """
+
+    def __init__(self, runner: ElementwiseRunner) -> None:
+        self.runner = runner
+        self._src: object | None = None
+        self._own: object | None = None
+
+    def _inputs(self, inp):
+        if self._src is not inp:
+            self._own = None  # drop the previous copy before making the next one
+            clone = lambda t: None if t is None else t.detach().clone().requires_grad_(t.requires_grad)
+            self._own = type(inp)(clone(inp.h1), clone(inp.h3), inp.g)
+            self._src = inp
+        return self._own
+
+    def fwd(self, inp) -> object:
+        return self.runner.fwd(self._inputs(inp))
+
+    def fwd_bwd(self, inp) -> None:
+        self.runner.fwd_bwd(self._inputs(inp))
