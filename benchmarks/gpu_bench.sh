@@ -4,8 +4,8 @@
 # PyTorch, Liger-Kernel (when its wheel is present) and the matmul-only floor; the elementwise
 # kernels alone against the copy bandwidth; the GPU targets evaluated from the same run.
 #
-# Installs nothing from the internet. Needs torch with CUDA, triton and rich on the machine
-# (matplotlib for the chart). To compare against Liger-Kernel, put its wheel in
+# Installs nothing from the internet. Needs torch with CUDA, triton, rich, safetensors and numpy
+# on the machine (matplotlib for the chart). To compare against Liger-Kernel, put its wheel in
 # benchmarks/wheels/ (or point LIGER_WHEEL at it): wheels there are unpacked with
 # `pip install --no-index --no-deps --target` into a temporary folder, nothing else changes.
 #
@@ -41,8 +41,9 @@ if (( ${#wheels[@]} )); then
 fi
 "$PY" - <<'PY'
 import importlib.util, sys
-if importlib.util.find_spec("rich") is None:
-    sys.exit("gpu_bench.sh: ffnlab bench needs rich; put its wheel in benchmarks/wheels/")
+missing = [m for m in ("rich", "safetensors", "numpy") if importlib.util.find_spec(m) is None]
+if missing:  # the ffnlab command line needs these (rich also markdown-it-py, mdurl, pygments)
+    sys.exit(f"gpu_bench.sh: missing {', '.join(missing)}; put their wheels in benchmarks/wheels/")
 for name, why in (("liger_kernel", "liger rows will be skipped"), ("matplotlib", "no chart")):
     if importlib.util.find_spec(name) is None:
         print(f"{name} not installed: {why}")
