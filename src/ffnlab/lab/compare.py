@@ -61,7 +61,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "quick": Preset(
         model={"dim": 64, "n_layers": 2, "n_heads": 4, "seq_len": 64},
-        train={"steps": 400, "batch_size": 16, "lr": 5e-3, "warmup": 40, "eval_every": 50,
+        train={"steps": 600, "batch_size": 16, "lr": 5e-3, "warmup": 60, "eval_every": 50,
                "eval_tokens": 8192, "ckpt_every": 50},
         seeds=2, timing_reps=10, act_numel=1 << 20,
     ),

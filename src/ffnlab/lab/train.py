@@ -179,8 +179,8 @@ def train_run(
 ) -> dict[str, Any]:
     """Train ``variant`` with ``seed``; return the run's record (results.json's ``runs`` item).
 
-    ``checkpoint``: a path stem; when given, the run resumes from ``<stem>.safetensors/.json``
-    if they exist, match ``fingerprint`` and pass their sha256 check (otherwise it starts from
+    ``checkpoint``: a path stem; when given, the run resumes from the checkpoint there (``io``)
+    if it exists, matches ``fingerprint`` and passes its sha256 check (otherwise it starts from
     scratch, saying why through ``log``), and saves there every ``ckpt_every`` steps.
     ``on_step({"step", "loss", "lr"})`` runs after every optimizer step (``step`` counts done
     steps); an exception from it (KeyboardInterrupt) stops the run, leaving the last checkpoint.
