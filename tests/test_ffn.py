@@ -76,7 +76,7 @@ def test_gradcheck(name):
     params = tuple(ffn.parameters())
 
     def f(x, *ps):
-        return torch.func.functional_call(ffn, dict(zip(dict(ffn.named_parameters()), ps)), (x,))
+        return torch.func.functional_call(ffn, dict(zip(dict(ffn.named_parameters()), ps, strict=True)), (x,))
 
     assert torch.autograd.gradcheck(f, (x, *params))
 

@@ -6,11 +6,10 @@ plain ``y = W2 · act(W1 x + b1) + b2``; gated ``y = W2 · (act(W1 x + b1) ⊙ (
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
-from typing import Callable
 
 import torch
 
