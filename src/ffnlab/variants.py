@@ -14,7 +14,7 @@ from types import MappingProxyType
 import torch
 
 from .activations import get_activation
-from .errors import unknown_choice
+from .errors import UsageError, unknown_choice
 from .ops.reference import ffn_reference
 
 __all__ = ["Variant", "VARIANTS", "ALIASES", "get_variant", "variant_names"]
@@ -105,4 +105,6 @@ def parse_variant_list(text: str | None) -> list[str]:
         name = get_variant(part).name
         if name not in out:
             out.append(name)
+    if not out:  # "," or " , ": without this a command would silently run nothing
+        raise UsageError(f"no variant named in {text!r} (give names separated by commas, or all)")
     return out
