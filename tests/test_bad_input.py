@@ -165,6 +165,15 @@ def test_compare_unreadable_corpus(tmp_path, capsys):
     assert_one_line(err, "cannot read")
 
 
+@pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="needs Linux /proc")
+def test_compare_corpus_that_fails_to_read(tmp_path, capsys):
+    """Readable by permissions (even for root) but every read fails with EIO."""
+    _setup(tmp_path)
+    rc, err = run_cli(_compare(data="/proc/self/mem"), tmp_path, capsys)
+    assert rc == 2
+    assert_one_line(err, "cannot read '/proc/self/mem': Input/output error")
+
+
 def test_compare_unwritable_out(tmp_path, capsys):
     _setup(tmp_path)
     ro = tmp_path / "ro"
