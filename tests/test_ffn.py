@@ -216,3 +216,44 @@ def test_any_float_dtype():
 
 def test_repr_names_variant():
     assert "variant='swiglu'" in repr(FeedForward(8))
+
+
+class _LoRALinear(torch.nn.Linear):
+    """A Linear with a low-rank update, as adapter libraries wrap projections."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int = 2):
+        super().__init__(base.in_features, base.out_features, bias=base.bias is not None,
+                         dtype=base.weight.dtype)
+        self.load_state_dict(base.state_dict())
+        self.a = torch.nn.Parameter(torch.randn(rank, base.in_features, dtype=base.weight.dtype))
+        self.b = torch.nn.Parameter(torch.randn(base.out_features, rank, dtype=base.weight.dtype))
+
+    def forward(self, x):
+        return super().forward(x) + (x @ self.a.T) @ self.b.T
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "fused"])
+def test_replaced_projection_is_called(backend):
+    ffn = FeedForward(6, 10, "swiglu", backend=backend, dtype=torch.float64)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    base = ffn(x)
+    ffn.w3 = _LoRALinear(ffn.w3)
+    h1 = x @ ffn.w1.weight.T
+    want = (torch.nn.functional.silu(h1) * ffn.w3(x)) @ ffn.w2.weight.T
+    got = ffn(x)
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, base)
+    got.sum().backward()
+    assert ffn.w3.a.grad is not None
+
+
+def test_forward_hooks_on_projections_fire():
+    ffn = FeedForward(6, 10, "geglu", backend="auto")
+    seen = []
+    ffn.w1.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    x = torch.randn(2, 5, 6)
+    y = ffn(x)
+    assert seen == [torch.Size([2, 5, 10])]
+    ref = FeedForward(6, 10, "geglu", backend="reference")
+    ref.load_state_dict(ffn.state_dict())
+    torch.testing.assert_close(y, ref(x))

@@ -9,6 +9,7 @@ from torch import nn
 
 from .errors import UsageError, check_choice, check_positive_int
 from .ops.dispatch import BACKENDS, RECOMPUTE_MODES, feed_forward
+from .ops.reference import hidden_activation
 from .parallel import is_sharded, sharded_forward
 from .sizing import default_hidden_dim
 from .variants import get_variant
@@ -153,18 +154,45 @@ class FeedForward(nn.Module):
                 f"FeedForward(dim={self.dim}) expects input [..., {self.dim}], "
                 f"got shape {list(x.shape)}"
             )
-        w = self.w1.weight
-        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+        w = getattr(self.w1, "weight", None)
+        if (
+            isinstance(w, torch.Tensor)
+            and w.is_floating_point()
+            and x.dtype != w.dtype
+            and not torch.is_autocast_enabled(x.device.type)
+        ):
             raise TypeError(
                 f"input dtype {x.dtype} does not match the parameters' {w.dtype}; "
                 f"convert one with .to()"
             )
 
+    def _projections_are_plain(self) -> bool:
+        """Whether w1/w2/w3 are plain ``nn.Linear`` without hooks, so the backends may read
+        their weights directly instead of calling them."""
+        for lin in (self.w1, self.w2, self.w3):
+            if lin is None:
+                continue
+            if type(lin) is not nn.Linear or lin._forward_hooks or lin._forward_pre_hooks:
+                return False
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., dim]`` -> ``[..., dim]``."""
+        """``x [..., dim]`` -> ``[..., dim]``.
+
+        The projections are read as weights by the chosen backend; if one of them has been
+        replaced by another module or carries a forward hook, it is called instead (with the
+        reference elementwise maths), so adapters and hooks keep working.
+        """
         self._check_input(x)
         if is_sharded(self):  # DTensor weights (ffnlab.parallel): compute on the local shards
             return self.dropout(sharded_forward(self, x))
+        if not self._projections_are_plain():
+            # A replaced or hooked projection (a LoRA adapter, a quantised Linear, a forward
+            # hook) must see its own call, so the block runs through the modules themselves.
+            h1 = self.w1(x)
+            h3 = None if self.w3 is None else self.w3(x)
+            m = hidden_activation(self.activation, h1, h3, self.beta_tensor_or_value())
+            return self.dropout(self.w2(m))
         y = feed_forward(
             x,
             self.w1.weight,
