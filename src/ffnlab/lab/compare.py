@@ -6,6 +6,10 @@ and ``ffnlab.lab.train``). Results go to ``OUT/results.json``, one file per fini
 ``OUT/runs/<variant>-s<seed>.json``, checkpoints to ``OUT/checkpoints/``, and the report to
 ``OUT/report.md`` / ``report.html``. Re-running the same command with the same ``--out``
 skips finished runs and resumes unfinished ones; a different configuration is refused.
+
+Under torchrun (or with ``--nproc N``, which starts torchrun itself) every run trains with
+DistributedDataParallel, each process on its share of the same global batches; rank 0 alone
+writes files and shows progress (see ``ffnlab.lab.distributed``).
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from ..commands.common import (
 from ..errors import UsageError, check_choice, check_positive_int
 from ..sizing import ffn_params
 from ..variants import get_variant
-from . import io
+from . import distributed, io
 
 SCHEMA_VERSION = 1
+EXIT_USAGE = 2
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="a text file or a folder of them (default: pydoc_data.topics)")
     p.add_argument("--backend", default="auto", help="FeedForward backend (default: auto)")
     p.add_argument("--json", action="store_true", help="print results.json when done")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="train data-parallel on N local processes (starts torchrun on 127.0.0.1)")
+    p.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S,
+                   help="seconds a process waits for the others before giving up (default: 600)")
 
 
 def resolve_config(preset_name: str, *, steps: int | None = None):
@@ -130,10 +139,50 @@ def _check_fingerprint(out: Path, fingerprint: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .data import load_corpus
+    if args.nproc is not None:
+        return launch_nproc(args)
+    try:
+        settings = _settings(args, world_size=distributed.env_world_size())
+    except UsageError:
+        if distributed.env_rank() != 0:
+            return EXIT_USAGE  # every rank finds the same problem; rank 0 says it
+        raise
+    ctx = distributed.init_from_env(settings["device"], timeout_s=args.dist_timeout)
+    try:
+        return _run(args, ctx, **settings)
+    except distributed.PeerError:
+        return EXIT_USAGE  # rank 0 refused the run and printed why
+    finally:
+        distributed.shutdown(ctx)
+
+
+def launch_nproc(args: argparse.Namespace) -> int:
+    """``--nproc N``: check everything here (errors exit 2 once), then run torchrun."""
+    if distributed.env_world_size() > 1:
+        raise UsageError("--nproc starts its own processes; under torchrun leave it out")
+    check_positive_int("--nproc", args.nproc)
+    s = _settings(args, world_size=args.nproc)
+    _prepare_out(args, s["model_cfg"], s["train_cfg"], s["device"], s["dtype"])
+    argv = ["compare", "--preset", args.preset, "--out", str(Path(args.out).resolve()),
+            "--variants", args.variants, "--device", args.device, "--dtype", args.dtype,
+            "--seed", str(args.seed), "--backend", args.backend,
+            "--dist-timeout", repr(float(args.dist_timeout))]
+    for flag, value in (("--seeds", args.seeds), ("--steps", args.steps)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.data is not None:
+        argv += ["--data", str(Path(args.data).resolve())]
+    if args.json:
+        argv.append("--json")
+    return distributed.launch(args.nproc, argv)
+
+
+def _settings(args: argparse.Namespace, *, world_size: int) -> dict[str, Any]:
+    """Validate the options (no files touched); the keyword arguments of :func:`_run`."""
     from .train import available_memory_bytes, estimate_memory_bytes
 
     preset, model_cfg, train_cfg = resolve_config(args.preset, steps=args.steps)
+    distributed.check_world_size(world_size, train_cfg.batch_size)
     variants = parse_variants(args.variants)
     device, dtype = parse_device(args.device), parse_dtype(args.dtype)
     n_seeds = preset.seeds if args.seeds is None else check_positive_int("--seeds", args.seeds)
@@ -150,6 +199,14 @@ def run(args: argparse.Namespace) -> int:
             f"preset {args.preset!r} needs about {need / 2**30:.1f} GiB but only "
             f"{free / 2**30:.1f} GiB is available on {device}; try a smaller preset"
         )
+    return {"preset": preset, "model_cfg": model_cfg, "train_cfg": train_cfg,
+            "variants": variants, "device": device, "dtype": dtype, "seeds": seeds}
+
+
+def _prepare_out(args, model_cfg, train_cfg, device, dtype):
+    """Read the corpus, create ``--out`` and check its fingerprint: ``(corpus, out, fingerprint)``."""
+    from .data import load_corpus
+
     corpus = load_corpus(args.data, seq_len=model_cfg.seq_len)
     out = prepare_out_dir(args.out)
     fingerprint = {
@@ -158,16 +215,39 @@ def run(args: argparse.Namespace) -> int:
         "backend": args.backend,
     }
     _check_fingerprint(out, fingerprint)
+    return corpus, out, fingerprint
+
+
+def _run(args, ctx: distributed.DistContext, *, preset, model_cfg, train_cfg, variants, device,
+         dtype, seeds) -> int:
+    from .data import load_corpus
+
+    device = ctx.device  # under torchrun with cuda: this rank's GPU
+    if ctx.distributed:
+        # Every rank trains on its own copy of the corpus (on several machines, each reads its
+        # own --data); rank 0 alone touches --out, and all must hold the same bytes.
+        corpus = load_corpus(args.data, seq_len=model_cfg.seq_len)
+        fingerprint = ctx.agree(lambda: _prepare_out(args, model_cfg, train_cfg, device, dtype)[2])
+        if corpus.sha256 != fingerprint["corpus_sha256"]:
+            raise UsageError(f"rank {ctx.rank} reads a different corpus than rank 0 "
+                             f"(sha256 {corpus.sha256[:12]} vs {fingerprint['corpus_sha256'][:12]})")
+        out = Path(args.out)
+    else:
+        corpus, out, fingerprint = _prepare_out(args, model_cfg, train_cfg, device, dtype)
     runner = Runner(out=out, variants=variants, seeds=seeds, preset=preset, model_cfg=model_cfg,
                     train_cfg=train_cfg, corpus=corpus, device=device, dtype=dtype,
-                    backend=args.backend, fingerprint=fingerprint, preset_name=args.preset)
+                    backend=args.backend, fingerprint=fingerprint, preset_name=args.preset,
+                    dist=ctx)
     status = "complete"
     try:
         runner.run_all()
     except KeyboardInterrupt:
         status = "partial"
-        print("ffnlab compare: interrupted; writing a partial report "
-              "(run the same command again to resume)", file=sys.stderr)
+        if ctx.is_main:
+            print("ffnlab compare: interrupted; writing a partial report "
+                  "(run the same command again to resume)", file=sys.stderr)
+    if not ctx.is_main:
+        return 130 if status == "partial" else 0
     results = runner.results(status)
     io.atomic_write_json(out / "results.json", results)
     rc = write_report_safely(results, out)
@@ -257,11 +337,13 @@ class Runner:
 
     def __init__(self, *, out: Path, variants: list[str], seeds: list[int], preset: Preset,
                  preset_name: str, model_cfg, train_cfg, corpus, device: torch.device,
-                 dtype: torch.dtype, backend: str, fingerprint: dict) -> None:
+                 dtype: torch.dtype, backend: str, fingerprint: dict,
+                 dist: distributed.DistContext = distributed.SINGLE) -> None:
         self.out, self.variants, self.seeds = out, variants, seeds
         self.preset, self.preset_name = preset, preset_name
         self.model_cfg, self.train_cfg, self.corpus = model_cfg, train_cfg, corpus
         self.device, self.dtype, self.backend, self.fingerprint = device, dtype, backend, fingerprint
+        self.dist = dist
         self.measured: dict[str, dict[str, float]] = {}
         self.started = _now()
 
@@ -300,10 +382,14 @@ class Runner:
 
         from .train import train_run
 
-        console = Console(stderr=True)
-        with console.status("measuring FFN and activation speed side by side..."):
-            self.measure()
-        pending = [(v, s) for s in self.seeds for v in self.variants if not self.finished(v, s)]
+        main = self.dist.is_main
+        console = Console(stderr=True, quiet=not main)  # one progress display: rank 0's
+        if main:
+            # Rank 0 alone, while the others wait: timings without the other ranks' load.
+            with console.status("measuring FFN and activation speed side by side..."):
+                self.measure()
+        pending = self.dist.agree(lambda: [
+            [v, s] for s in self.seeds for v in self.variants if not self.finished(v, s)])
         steps = self.train_cfg.steps
         columns = (TextColumn("[bold]{task.description:<16}"), BarColumn(),
                    TextColumn("step {task.fields[step]:>5}/{task.fields[steps]}"),
@@ -325,9 +411,10 @@ class Runner:
                 rec = train_run(variant, seed, self.corpus, self.model_cfg, self.train_cfg,
                                 device=self.device, dtype=self.dtype, backend=self.backend,
                                 checkpoint=stem, fingerprint=self.fingerprint, on_step=on_step,
-                                log=progress.console.print)
-                io.atomic_write_json(self.run_path(variant, seed), rec)
-                io.remove_checkpoint(stem)
+                                log=progress.console.print, dist=self.dist)
+                if main:
+                    io.atomic_write_json(self.run_path(variant, seed), rec)
+                    io.remove_checkpoint(stem)
             progress.update(task, completed=max(1, len(pending) * steps))
 
     def results(self, status: str) -> dict[str, Any]:
@@ -344,6 +431,7 @@ class Runner:
         config = {
             "preset": self.preset_name, "steps": t.steps, "seeds": self.seeds,
             "device": self.device.type, "dtype": self.fingerprint["dtype"], "backend": self.backend,
+            "world_size": self.dist.world_size,
             "model": {**m.as_dict(), "batch_size": t.batch_size,
                       "plain_hidden": ffn_hidden("relu", m.dim),
                       "gated_hidden": ffn_hidden("swiglu", m.dim)},

@@ -41,6 +41,7 @@ from ..ops.reference import hidden_activation
 from ..variants import get_variant
 from . import io
 from .data import BatchSampler, Corpus, val_windows
+from .distributed import SINGLE, DistContext
 from .model import ModelConfig, TinyGPT, ffn_hidden, init_parameters
 
 __all__ = [
@@ -112,8 +113,14 @@ def _param_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @torch.no_grad()
-def evaluate_bpb(model: TinyGPT, windows: torch.Tensor, *, batch_size: int, dtype: torch.dtype) -> float:
-    """Validation bits per byte on ``windows [N, T+1]`` (all of them, in order)."""
+def evaluate_bpb(model: TinyGPT, windows: torch.Tensor, *, batch_size: int, dtype: torch.dtype,
+                 dist: DistContext = SINGLE) -> float:
+    """Validation bits per byte on ``windows [N, T+1]`` (all of them, in order).
+
+    In a process group each rank evaluates its share of the windows and the loss sums are
+    added over ranks, so every rank gets the same number.
+    """
+    windows = dist.split_rows(windows)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -126,6 +133,7 @@ def evaluate_bpb(model: TinyGPT, windows: torch.Tensor, *, batch_size: int, dtyp
         total += float(loss)
         count += w[:, 1:].numel()
     model.train(was_training)
+    total, count = dist.all_reduce_sum([total, count])
     return total / count / math.log(2)
 
 
@@ -176,6 +184,7 @@ def train_run(
     fingerprint: dict | None = None,
     on_step: Callable[[dict], None] | None = None,
     log: Callable[[str], None] | None = None,
+    dist: DistContext = SINGLE,
 ) -> dict[str, Any]:
     """Train ``variant`` with ``seed``; return the run's record (results.json's ``runs`` item).
 
@@ -185,6 +194,12 @@ def train_run(
     ``on_step({"step", "loss", "lr"})`` runs after every optimizer step (``step`` counts done
     steps); an exception from it (KeyboardInterrupt) stops the run, leaving the last checkpoint.
     A non-finite training loss stops the run and marks it ``diverged`` instead of raising.
+
+    ``dist`` (``ffnlab.lab.distributed``): in a process group, every rank calls this with the
+    same arguments; each trains on its shard of every global batch under
+    ``DistributedDataParallel``. Rank 0 alone reads and writes the checkpoint (the others get
+    its state by broadcast) and computes ``dead_fraction`` (None on the other ranks); the
+    loss is averaged over ranks each step, so all ranks agree on divergence and the curve.
     """
     device = torch.device(device)
     v = get_variant(variant)
@@ -206,8 +221,12 @@ def train_run(
 
     state = {"step": 0, "curve": [], "recent_losses": [], "train_s": 0.0, "wall_s": 0.0,
              "diverged": False}
-    if checkpoint is not None:
+    if checkpoint is not None and dist.is_main:
         state = _try_resume(checkpoint, model, opt, sampler, key, state, log)
+    if dist.distributed:
+        state = _share_resumed_state(dist, state, opt, sampler)
+    ddp = dist.wrap(model)  # DDP broadcasts rank 0's weights (the resumed ones) on wrapping
+    ev["dist"] = dist
 
     t_start = time.perf_counter()
     wall_before = state["wall_s"]
@@ -220,12 +239,14 @@ def train_run(
         lr = lr_at(step, train_cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y = sampler.next()
+        x, y = sampler.next()  # the global batch; each rank keeps its rows
+        x, y = dist.shard(x), dist.shard(y)
         t0 = time.perf_counter()
         with _autocast(device, dtype):
-            logits = model(x.to(device))
+            logits = ddp(x.to(device))
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten())
-        loss_value = float(loss.detach())
+        # Equal shards: the mean of the ranks' means is the global batch's mean loss.
+        loss_value = dist.all_reduce_sum([float(loss.detach())])[0] / dist.world_size
         if not math.isfinite(loss_value):
             state["diverged"] = True
             if log:
@@ -246,7 +267,8 @@ def train_run(
             state["curve"].append([done, bpb if math.isfinite(bpb) else None])
             if not math.isfinite(bpb):
                 state["diverged"] = True
-        if checkpoint is not None and (done % train_cfg.ckpt_every == 0) and done < train_cfg.steps:
+        if (checkpoint is not None and dist.is_main and done % train_cfg.ckpt_every == 0
+                and done < train_cfg.steps):
             state["wall_s"] = wall_before + time.perf_counter() - t_start
             io.save_checkpoint(checkpoint, model=model, optimizer=opt,
                                rng={"batch": sampler.state()}, meta={**state, "key": key})
@@ -260,7 +282,8 @@ def train_run(
         "val_bpb": final,
         "curve": state["curve"],
         "tokens_per_s": (state["step"] * tokens_per_step / state["train_s"]) if state["train_s"] else 0.0,
-        "dead_fraction": None if diverged else dead_fraction(model, windows, **ev),
+        "dead_fraction": (None if diverged or not dist.is_main else
+                          dead_fraction(model, windows, batch_size=train_cfg.batch_size, dtype=dtype)),
         "final_train_loss": (statistics.fmean(state["recent_losses"])
                              if state["recent_losses"] and not diverged else None),
         "wall_s": wall_before + time.perf_counter() - t_start,
@@ -269,6 +292,17 @@ def train_run(
         "resumed_from": state.get("resumed_from", 0),
         "key": key,
     }
+
+
+def _share_resumed_state(dist: DistContext, state: dict, opt, sampler: BatchSampler) -> dict:
+    """Rank 0's (possibly resumed) run state, optimizer state and batch position on every rank.
+
+    The weights travel when the model is wrapped in DDP; see ``ffnlab.lab.distributed``.
+    """
+    state = dist.broadcast_json(state)
+    dist.broadcast_optimizer_(opt)
+    sampler.set_state(dist.broadcast_tensor_(sampler.state().clone()))
+    return state
 
 
 def _try_resume(checkpoint, model, opt, sampler, key, state, log) -> dict:
