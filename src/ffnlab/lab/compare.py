@@ -215,6 +215,7 @@ def _prepare_out(args, model_cfg, train_cfg, device, dtype):
         "backend": args.backend,
     }
     _check_fingerprint(out, fingerprint)
+    io.remove_stale_temps(out)  # half-written temp files of a killed earlier invocation
     return corpus, out, fingerprint
 
 
