@@ -115,7 +115,8 @@ CLI_CASES = [
      "is not a lab results file"),
     ("advise: malformed variant entry", ["advise", "--results", "{tmp}/badvariant.json"],
      "is not a lab results file"),
-    ("advise: results is a folder", ["advise", "--results", "{tmp}/emptydir"], "no such file"),
+    ("advise: results is a folder", ["advise", "--results", "{tmp}/emptydir"],
+     "is a folder; give its results.json"),
 ]
 if not torch.cuda.is_available():
     CLI_CASES += [

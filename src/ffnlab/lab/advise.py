@@ -47,6 +47,8 @@ def find_results(path: str | None) -> Path:
     """The results file to read: ``path``, or the first default that exists."""
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise UsageError(f"--results {path!r} is a folder; give its results.json")
         if not p.is_file():
             raise UsageError(f"--results {path!r}: no such file")
         return p
