@@ -7,7 +7,6 @@ one through torchrun directly that resumes a checkpoint and records which rank w
 
 import json
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -198,7 +197,7 @@ def test_torchrun_resumes_and_only_rank_0_writes(workdir, single, tmp_path, monk
     cmd = distributed.torchrun_command(2, ["ignored"])
     cmd = cmd[: cmd.index("-m", 3)] + ["--log-dir", str(logs), "--redirects", "3", str(probe),
                                        *_argv(workdir, "resume")]
-    env = distributed._child_env(2)
+    env = distributed.child_env(2)
     env["FFNLAB_TEST_WRITES"] = str(tmp_path / "writes")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     rank_logs = {p.parent.name: p.read_text() for p in logs.rglob("stderr.log")}

@@ -50,6 +50,7 @@ __all__ = [
     "shutdown",
     "torchrun_command",
     "launch",
+    "child_env",
     "DEFAULT_TIMEOUT_S",
 ]
 
@@ -307,7 +308,8 @@ def torchrun_command(nproc: int, module_args: Sequence[str]) -> list[str]:
     ]
 
 
-def _child_env(nproc: int) -> dict[str, str]:
+def child_env(nproc: int) -> dict[str, str]:
+    """The environment for torchrun and its ``nproc`` workers (this one plus the lines below)."""
     env = dict(os.environ)
     # torchrun sets OMP_NUM_THREADS=1 (and prints a banner) when it is unset; sharing the cores
     # out is the better default: two 2-thread processes on 2 cores mostly wait for each other.
@@ -326,9 +328,16 @@ def launch(nproc: int, module_args: Sequence[str]) -> int:
 
     A worker killed by a signal gives ``128 + signal`` (130 for Ctrl-C), as a shell would.
     """
-    cmd = torchrun_command(nproc, module_args)
+    proc = subprocess.Popen(torchrun_command(nproc, module_args), env=child_env(nproc))
     try:
-        rc = subprocess.run(cmd, env=_child_env(nproc), check=False).returncode
+        rc = proc.wait()
     except KeyboardInterrupt:
+        # Ctrl-C reached torchrun and its workers too: give them time to write the partial
+        # results and stop (torchrun's own shutdown grace is 30 s) before forcing it.
+        try:
+            proc.wait(timeout=60)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            proc.terminate()
+            proc.wait()
         return 130
     return 128 - rc if rc < 0 else rc
