@@ -22,7 +22,6 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(BIN)/ffnlab compare --preset quick --out $(OUT)
-	@echo "Report: $(OUT)/report.md  (HTML: $(OUT)/report.html)"
 
 test: venv
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
