@@ -262,8 +262,7 @@ def build_runner(name: str, setup: Setup) -> Runner:
         return Runner(name, m, list(m.parameters()), "fused")
     if name == "triton":
         if not cuda:
-            raise Skip("Triton kernels are timed on CUDA only (on CPU they run only in "
-                       "the TRITON_INTERPRET=1 interpreter, far too slow to time)")
+            raise Skip(TRITON_CPU_REASON)
         reason = why_not("triton", _probe(setup))
         if reason is not None:
             raise Skip(reason)
