@@ -272,3 +272,26 @@ def test_deepcopy_of_patched_model_keeps_sharing(hf_models):
         )
     assert ffnlab.unpatch_hf(clone) == n_mlp
     assert type(clone.transformer.h[0].mlp).__name__ == "GPT2MLP"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hooked_projection_is_called_not_bypassed(hf_models, family):
+    """A hook (or an adapter replacing a projection) must act as it does on the original."""
+    model, inputs, _ = hf_models.build(family)
+    model.eval()
+    with torch.no_grad():
+        plain = hf_models.output(model, inputs)
+    ffnlab.patch_hf(model, backend="fused")
+    handles = [
+        w.projections()[0].register_forward_hook(lambda mod, inp, out: out * 0.5)
+        for w in _wrappers(model)
+    ]
+    with torch.no_grad():
+        patched = hf_models.output(model, inputs)
+    ffnlab.unpatch_hf(model)  # the hooks stay on the same (shared) projection modules
+    with torch.no_grad():
+        original = hf_models.output(model, inputs)
+    for h in handles:
+        h.remove()
+    assert not torch.allclose(original, plain, **TOL)  # the hook does change the function
+    torch.testing.assert_close(patched, original, **TOL)

@@ -21,10 +21,9 @@ W2 ``[dim, hidden]`` (after transposing or splitting).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..ops.dispatch import feed_forward
+from ..ops.dispatch import feed_forward, projections_are_plain
 from ..ops.reference import hidden_activation
 
 __all__ = [
@@ -76,7 +75,18 @@ class HFFeedForward(nn.Module):
         """``(w1, w2, w3, b1, b2, b3)`` as ffnlab expects them (w3/biases may be None)."""
         raise NotImplementedError
 
+    def projections(self) -> tuple[nn.Module, ...]:
+        """The projection modules whose weights :meth:`ffn_weights` reads."""
+        raise NotImplementedError
+
+    def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
+        """The same FFN computed by calling the projection modules (what runs when one of them
+        is replaced, e.g. by a LoRA adapter, or hooked)."""
+        raise NotImplementedError
+
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        if not projections_are_plain(*self.projections()):
+            return self.module_ffn(x)
         w1, w2, w3, b1, b2, b3 = self.ffn_weights()
         return feed_forward(
             x, w1, w2, w3, b1, b2, b3, activation=self.activation, backend=self.backend
@@ -114,6 +124,12 @@ class HFGatedMLP(HFFeedForward):
         g, u, d = self.gate_proj, self.up_proj, self.down_proj
         return g.weight, d.weight, u.weight, _bias(g), _bias(d), _bias(u)
 
+    def projections(self) -> tuple[nn.Module, ...]:
+        return self.gate_proj, self.up_proj, self.down_proj
+
+    def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(hidden_activation(self.activation, self.gate_proj(x), self.up_proj(x)))
+
 
 class HFPackedGatedMLP(HFFeedForward):
     """Phi-3's ``down_proj(up * act(gate))`` with ``gate, up = gate_up_proj(x).chunk(2, -1)``.
@@ -132,6 +148,13 @@ class HFPackedGatedMLP(HFFeedForward):
         h = packed.shape[0] // 2
         b1, b3 = (None, None) if b is None else (b[:h], b[h:])
         return packed[:h], self.down_proj.weight, packed[h:], b1, _bias(self.down_proj), b3
+
+    def projections(self) -> tuple[nn.Module, ...]:
+        return self.gate_up_proj, self.down_proj
+
+    def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(hidden_activation(self.activation, gate, up))
 
 
 class HFConv1DMLP(HFFeedForward):
@@ -157,6 +180,12 @@ class HFConv1DMLP(HFFeedForward):
             self.c_proj.bias,
             None,
         )
+
+    def projections(self) -> tuple[nn.Module, ...]:
+        return self.c_fc, self.c_proj
+
+    def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(hidden_activation(self.activation, self.c_fc(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., dim]`` -> ``[..., dim]``."""
@@ -190,19 +219,28 @@ class HFT5Dense(HFFeedForward):
         w3 = self.wi_1.weight if self.gated else None
         return w1, self.wo.weight, w3, None, None, None
 
+    def projections(self) -> tuple[nn.Module, ...]:
+        return (self.wi_0, self.wi_1, self.wo) if self.gated else (self.wi, self.wo)
+
+    def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
+        """T5's own steps: hidden dropout, then the cast to ``wo``'s dtype."""
+        if self.gated:
+            h = hidden_activation(self.activation, self.wi_0(x), self.wi_1(x))
+        else:
+            h = hidden_activation(self.activation, self.wi(x))
+        h = self.dropout(h)
+        w2 = self.wo.weight
+        if isinstance(w2, torch.Tensor) and h.dtype != w2.dtype and w2.dtype != torch.int8:
+            h = h.to(w2.dtype)
+        return self.wo(h)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., d_model]`` -> ``[..., d_model]``."""
-        w1, w2, w3, _, _, _ = self.ffn_weights()
+        w1, w2, _, _, _, _ = self.ffn_weights()
         hidden_dropout = self.training and self.dropout.p > 0
         if not hidden_dropout and x.dtype == w1.dtype == w2.dtype:
             return self._ffn(x)
-        h = hidden_activation(
-            self.activation, F.linear(x, w1), None if w3 is None else F.linear(x, w3)
-        )
-        h = self.dropout(h)
-        if h.dtype != w2.dtype and w2.dtype != torch.int8:
-            h = h.to(w2.dtype)
-        return self.wo(h)
+        return self.module_ffn(x)
 
 
 class HFBertFeedForward(HFFeedForward):
@@ -225,6 +263,12 @@ class HFBertFeedForward(HFFeedForward):
     def ffn_weights(self) -> Weights:
         down = self.__dict__["_down"]
         return self.dense.weight, down.weight, None, self.dense.bias, down.bias, None
+
+    def projections(self) -> tuple[nn.Module, ...]:
+        return self.dense, self.__dict__["_down"]
+
+    def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.__dict__["_down"](hidden_activation(self.activation, self.dense(x)))
 
 
 class HFBertOutputTail(HFFeedForward):
