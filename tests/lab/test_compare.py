@@ -157,3 +157,19 @@ def test_presets_fit_the_budget():
         assert train.warmup < train.steps and train.eval_every <= train.steps
     _, _, t = compare.resolve_config("quick", steps=8)
     assert t.steps == 8 and t.warmup == 0 and t.eval_every == 2
+
+
+def test_aggregate_leaves_diverged_runs_out_of_quality_numbers():
+    from ffnlab.lab.compare import aggregate_variant
+
+    def run(seed, bpb, curve, diverged):
+        return {"seed": seed, "val_bpb": bpb, "curve": curve, "tokens_per_s": 100.0 * (seed + 1),
+                "dead_fraction": 0.5 if diverged else 0.1, "final_train_loss": 1.0,
+                "wall_s": 1.0, "diverged": diverged}
+
+    good = run(0, 3.0, [[0, 8.0], [10, 3.0]], False)
+    bad = run(1, None, [[0, 8.0], [10, 40.0]], True)
+    v = aggregate_variant("relu", [good, bad], dim=8, measured={})
+    assert v["curve"] == [[0, 8.0], [10, 3.0]]
+    assert v["val_bpb_mean"] == 3.0 and v["dead_fraction"] == 0.1
+    assert v["diverged_runs"] == 1 and v["tokens_per_s"] == 150.0  # speed is still measured

@@ -303,9 +303,12 @@ def aggregate_variant(name: str, runs: list[dict], *, dim: int, measured: dict) 
 
     v = get_variant(name)
     hidden = ffn_hidden(name, dim)
-    bpbs = [r["val_bpb"] for r in runs if r["val_bpb"] is not None]
+    # Quality numbers (bpb, curve, dead units) come from the runs that did not diverge: a seed
+    # that blew up mid-run would otherwise shift every later point of the mean curve.
+    ok = [r for r in runs if not r["diverged"]]
+    bpbs = [r["val_bpb"] for r in ok if r["val_bpb"] is not None]
     by_step: dict[int, list[float]] = {}
-    for r in runs:
+    for r in ok:
         for step, bpb in r["curve"]:
             if bpb is not None:
                 by_step.setdefault(step, []).append(bpb)
@@ -320,7 +323,7 @@ def aggregate_variant(name: str, runs: list[dict], *, dim: int, measured: dict) 
         "ffn_ms": measured.get("ffn_ms", {}).get(name),
         "act_ns_per_element": measured.get("act_ns_per_element", {}).get(name),
         "saved_bytes_per_token": measured.get("saved_bytes_per_token", {}).get(name),
-        "dead_fraction": _mean([r["dead_fraction"] for r in runs]),
+        "dead_fraction": _mean([r["dead_fraction"] for r in ok]),
         "curve": [[s, statistics.fmean(b)] for s, b in sorted(by_step.items())],
         "diverged_runs": sum(bool(r["diverged"]) for r in runs),
         "runs": [{k: r[k] for k in public} for r in sorted(runs, key=lambda r: r["seed"])],
@@ -431,6 +434,7 @@ class Runner:
 
         config = {
             "preset": self.preset_name, "steps": t.steps, "seeds": self.seeds,
+            "variants": list(self.variants),
             "device": self.device.type, "dtype": self.fingerprint["dtype"], "backend": self.backend,
             "world_size": self.dist.world_size,
             "model": {**m.as_dict(), "batch_size": t.batch_size,

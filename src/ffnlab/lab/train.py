@@ -39,7 +39,7 @@ from ..ffn import FeedForward
 from ..ops.memory import saved_tensor_bytes
 from ..ops.reference import hidden_activation
 from ..variants import get_variant
-from . import io
+from . import io, timing
 from .data import BatchSampler, Corpus, val_windows
 from .distributed import SINGLE, DistContext
 from .model import ModelConfig, TinyGPT, ffn_hidden, init_parameters
@@ -314,6 +314,8 @@ def _try_resume(checkpoint, model, opt, sampler, key, state, log) -> dict:
         if meta.get("key") != key:
             raise io.CheckpointError(f"checkpoint {stem.name} was made with another configuration")
         sampler.set_state(rng["batch"])
+        restored = {k: meta[k] for k in state}
+        restored["resumed_from"] = meta["step"]
     except (io.CheckpointError, KeyError) as exc:
         if log:
             log(f"{exc}; restarting this run from scratch")
@@ -323,8 +325,6 @@ def _try_resume(checkpoint, model, opt, sampler, key, state, log) -> dict:
         sampler.generator.manual_seed(int(key["seed"]))
         io.remove_checkpoint(stem)
         return state
-    restored = {k: meta[k] for k in state}
-    restored["resumed_from"] = meta["step"]
     return restored
 
 
@@ -337,20 +337,16 @@ def saved_bytes_per_token(variant: str, model_cfg: ModelConfig, *, batch_size: i
     """Bytes the model's FFNs save for backward, per token (parameters excluded).
 
     One FFN call on a training-shaped input ``[batch_size, seq_len, dim]``, times ``n_layers``,
-    divided by ``batch_size * seq_len``.
+    divided by ``batch_size * seq_len``. The FFN is built in ``dtype`` and run without autocast:
+    under autocast it would also save its cast copies of the weights, which are new storages
+    that the parameter exclusion cannot see, and would bill weights as activations.
     """
     ffn = FeedForward(model_cfg.dim, ffn_hidden(variant, model_cfg.dim), variant, bias=False,
-                      backend=backend, device=device, dtype=_param_dtype(dtype))
-    x = torch.randn(batch_size, model_cfg.seq_len, model_cfg.dim, device=device,
-                    dtype=_param_dtype(dtype), requires_grad=True)
-    with _autocast(torch.device(device), dtype):
-        nbytes, _ = saved_tensor_bytes(lambda: ffn(x), exclude=list(ffn.parameters()))
+                      backend=backend, device=device, dtype=dtype)
+    x = torch.randn(batch_size, model_cfg.seq_len, model_cfg.dim, device=device, dtype=dtype,
+                    requires_grad=True)
+    nbytes, _ = saved_tensor_bytes(lambda: ffn(x), exclude=list(ffn.parameters()))
     return nbytes * model_cfg.n_layers / (batch_size * model_cfg.seq_len)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _median_ms_side_by_side(fns: dict[str, Callable[[], None]], reps: int, device) -> dict[str, float]:
@@ -359,14 +355,10 @@ def _median_ms_side_by_side(fns: dict[str, Callable[[], None]], reps: int, devic
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():  # warm-up (allocator, kernel caches)
         fn()
-    _sync(device)
     for _ in range(reps):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[name].append(timing.time_call(fn, device) * 1e3)
+    return {k: timing.median(v) for k, v in times.items()}
 
 
 def ffn_timings(variants: list[str], model_cfg: ModelConfig, *, batch_size: int, reps: int = 10,
