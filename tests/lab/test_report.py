@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ffnlab.errors import UsageError
-from ffnlab.lab import advise
+from ffnlab.lab import advise, io
 from ffnlab.lab import analysis as A
 from ffnlab.lab import claims as C
 from ffnlab.lab import report as R
@@ -95,18 +95,33 @@ def test_html_escapes_text():
     assert "x\\|y" in R.render_markdown(blocks)
 
 
-def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
+def test_write_report_keeps_old_file_on_failure(results, tmp_path, monkeypatch):
     target = tmp_path / "report.md"
     target.write_text("old")
 
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(R.os, "replace", boom)
+    monkeypatch.setattr(io.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
-        R.atomic_write(target, b"new")
+        R.write_report(copy.deepcopy(results), tmp_path)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_report_temp_files_are_the_ones_remove_stale_temps_cleans(results, tmp_path,
+                                                                  monkeypatch):
+    seen = []
+    real = io.os.replace
+
+    def spy(src, dst):
+        seen.append(Path(src))
+        real(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", spy)
+    R.write_report(copy.deepcopy(results), tmp_path)
+    assert seen and all(p.parent == tmp_path for p in seen)
+    assert all(p.match(".*.tmp") for p in seen)
 
 
 def test_partial_run_says_what_is_missing(results, tmp_path):

@@ -3,8 +3,9 @@
 :func:`write_report` is what ``ffnlab compare`` calls at the end of a run (also for a partial
 run after an interruption). The report is first built as a short list of blocks (heading,
 paragraph, list, table, image), then rendered twice, as Markdown and as HTML, so the two never
-disagree. Every file is written atomically: a temporary file in the same folder, fsync, then
-``os.replace``, so a reader never sees half a report.
+disagree. Every file is written atomically with :func:`ffnlab.lab.io.atomic_write_bytes`
+(a temporary file in the same folder, fsync, then ``os.replace``), so a reader never sees half
+a report.
 """
 
 from __future__ import annotations
@@ -12,39 +13,24 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 from . import analysis as A
 from . import claims as C
+from . import io
 from .plots import PLOTS, render_plots
 
-__all__ = ["write_report", "build_blocks", "render_markdown", "render_html", "atomic_write"]
+__all__ = ["write_report", "build_blocks", "render_markdown", "render_html"]
 
 # A block is a tuple: ("h1"|"h2"|"p", text) | ("ul", [text]) | ("table", headers, rows)
 # | ("img", stem, caption). Text may use **bold** and `code`, rendered by both outputs.
 Block = tuple
 
 
-def atomic_write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
-    path = Path(path)
-    # Opened with "xb" rather than mkstemp so the file gets the usual umask-based mode (0644),
-    # not mkstemp's 0600.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+# Old name of ``io.atomic_write_bytes``, kept for callers that still use it.
+atomic_write = io.atomic_write_bytes
 
 
 def _f(x, spec: str = ".3f", na: str = "n/a") -> str:
@@ -270,7 +256,8 @@ def write_report(results: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = render_plots(results)
     blocks = build_blocks(results, plots)
-    written = [atomic_write(out_dir / "report.md", render_markdown(blocks).encode("utf-8")),
-               atomic_write(out_dir / "report.html", render_html(blocks, plots).encode("utf-8"))]
-    written += [atomic_write(out_dir / f"{stem}.png", png) for stem, png in plots.items()]
+    write = io.atomic_write_bytes
+    written = [write(out_dir / "report.md", render_markdown(blocks).encode("utf-8")),
+               write(out_dir / "report.html", render_html(blocks, plots).encode("utf-8"))]
+    written += [write(out_dir / f"{stem}.png", png) for stem, png in plots.items()]
     return written
