@@ -326,3 +326,30 @@ def test_private_inputs_protect_shared_tensors():
     runner.fwd_bwd(shared)
     assert torch.equal(shared.h1, torch.ones(3, 4))
     assert torch.equal(runner.fwd(shared), torch.full((3, 4), 14.0))  # runs on the copy
+
+
+def test_nan_ratio_is_written_as_null(tmp_path, monkeypatch, capsys):
+    import ffnlab.lab.bench as B
+
+    real = B.measure
+
+    def nan_measure(cfg, tick=lambda: None):
+        result = real(cfg, tick)
+        ok = next(r for r in result["rows"] if r["status"] == "ok")
+        ok["fwd_vs_reference"] = float("nan")
+        ok["fwd_vs_matmul"] = float("inf")
+        return result
+
+    monkeypatch.setattr(B, "measure", nan_measure)
+    argv = ["bench", *TINY, "--variants", "relu", "--providers", "reference,matmul",
+            "--no-elementwise", "--out", str(tmp_path), "--json"]
+    assert main(argv) == 0
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
+
+    result = strict((tmp_path / "bench.json").read_text())
+    ok = next(r for r in result["rows"] if r["status"] == "ok")
+    assert ok["fwd_vs_reference"] is None and ok["fwd_vs_matmul"] is None
+    assert strict(capsys.readouterr().out) == result
+    assert [p.name for p in tmp_path.glob(".*.tmp")] == []

@@ -13,7 +13,6 @@ Writes bench.json, bench.md and bench.png into --out and prints a table and the 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from ..sizing import default_hidden_dim, ffn_flops_per_token
 from ..variants import get_variant
 from . import bench_elementwise as E
 from . import bench_providers as P
+from . import io
 from .timing import (
     best_ceilings,
     device_ceilings,
@@ -347,15 +347,16 @@ def run(args: argparse.Namespace) -> int:
         task = progress.add_task("bench", total=_steps(cfg))
         result = measure(cfg, tick=lambda: progress.advance(task))
     result["targets"] = R.evaluate_targets(result)
-    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (out / "bench.md").write_text(R.to_markdown(result), encoding="utf-8")
+    # Strict JSON: a NaN/inf measurement (a NaN output's error, say) is written as null.
+    io.atomic_write_json(out / "bench.json", io.json_safe(result))
+    io.atomic_write_bytes(out / "bench.md", R.to_markdown(result).encode("utf-8"))
     try:
         R.write_chart(result, out / "bench.png")
         chart = "bench.png"
     except ImportError as exc:  # a bare GPU machine without matplotlib: keep the numbers
         chart = f"no chart ({exc.name} is not installed)"
     if args.json:
-        print_json(result)
+        print_json(io.json_safe(result))
         return 0
     console = Console()
     if not console.is_terminal:  # piped into a file: do not squeeze the tables to 80 columns

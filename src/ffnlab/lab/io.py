@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "CheckpointError",
     "atomic_write_bytes",
     "atomic_write_json",
+    "json_safe",
     "read_json",
     "save_checkpoint",
     "load_checkpoint",
@@ -98,6 +100,17 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """``obj`` as indented JSON (strict: NaN/inf are refused, they are not JSON)."""
     text = json.dumps(obj, indent=2, allow_nan=False)
     return atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def json_safe(obj: Any) -> Any:
+    """NaN/inf -> None, recursively: strict JSON has no NaN (use before :func:`atomic_write_json`)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def read_json(path: str | Path) -> Any:
