@@ -32,7 +32,6 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 import ffnlab.lab.io as io
-import ffnlab.lab.report as report
 import ffnlab.lab.train as train
 from ffnlab.cli import main
 
@@ -62,7 +61,7 @@ if mode == "step":
 
     train.lr_at = lr_at
 elif mode in ("write", "before"):
-    for mod, name in ((io, "atomic_write_bytes"), (report, "atomic_write")):
+    for mod, name in ((io, "atomic_write_bytes"),):
         def patched(path, data, real=getattr(mod, name)):
             global count
             if matches(path):

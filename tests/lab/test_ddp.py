@@ -141,7 +141,7 @@ PROBE = textwrap.dedent("""\
 
     import torch
 
-    from ffnlab.lab import io, model, report
+    from ffnlab.lab import io, model
 
     LOG = os.environ["FFNLAB_TEST_WRITES"] + "." + os.environ["RANK"]
     ROWS = os.environ["FFNLAB_TEST_WRITES"] + "-rows." + os.environ["RANK"]
@@ -154,7 +154,6 @@ PROBE = textwrap.dedent("""\
         return write
 
     io.atomic_write_bytes = logged(io.atomic_write_bytes)
-    report.atomic_write = logged(report.atomic_write)
     forward = model.TinyGPT.forward
 
     def counted(self, tokens):

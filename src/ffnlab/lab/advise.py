@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import UsageError, check_choice, check_positive_int
 from . import analysis as A
+from . import io
 
 PRIORITIES = ("quality", "speed", "memory")
 DEFAULT_RESULTS = (Path("runs/demo/results.json"), Path("runs/compare/results.json"))
@@ -218,17 +219,6 @@ def _print_text(rec: dict, path: Path) -> None:
           f"{m.get('device')}, {m.get('dtype')}). Small runs; re-check at your scale.")
 
 
-def _json_safe(obj):
-    """NaN/inf -> None, recursively: strict JSON has no NaN."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def run(args: argparse.Namespace) -> int:
     check_choice("priority", args.priority, PRIORITIES)
     if args.dim is not None:
@@ -236,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
     path = find_results(args.results)
     rec = recommend(load_results(path), args.priority, args.dim)
     if args.json:
-        print(json.dumps(_json_safe({"results": str(path), **rec}), indent=2, allow_nan=False))
+        print(json.dumps(io.json_safe({"results": str(path), **rec}), indent=2, allow_nan=False))
     else:
         _print_text(rec, path)
     return 0

@@ -86,9 +86,9 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
     """Delete the temporary files a killed writer left under ``folder``; return them.
 
     A SIGKILL or power cut between the temp file's creation and ``os.replace`` leaves a hidden
-    ``.<name>.<random>.tmp`` next to the target (this module's and ``report.atomic_write``'s
-    naming). The target itself is intact, so the leftover is only garbage. Call this only when
-    no other process writes into ``folder`` (``compare`` does, once, before its runs).
+    ``.<name>.<random>.tmp`` next to the target (the naming of this module's writers). The
+    target itself is intact, so the leftover is only garbage. Call this only when no other
+    process writes into ``folder`` (``compare`` does, once, before its runs).
     """
     stale = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()]
     for p in stale:

@@ -29,8 +29,6 @@ __all__ = ["write_report", "build_blocks", "render_markdown", "render_html"]
 Block = tuple
 
 
-# Old name of ``io.atomic_write_bytes``, kept for callers that still use it.
-atomic_write = io.atomic_write_bytes
 
 
 def _f(x, spec: str = ".3f", na: str = "n/a") -> str:
