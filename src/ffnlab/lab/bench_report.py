@@ -148,11 +148,15 @@ def _f(value: float | None, fmt: str, suffix: str = "") -> str:
     return "-" if value is None else f"{value:{fmt}}{suffix}"
 
 
-FFN_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+# The columns that name a row, shared by both tables.
+_ID_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("variant", lambda r: r["variant"]),
     ("hidden", lambda r: str(r["hidden"])),
     ("tokens", lambda r: str(r["tokens"])),
     ("provider", lambda r: r["provider"]),
+]
+FFN_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
+    *_ID_COLUMNS,
     ("fwd ms", lambda r: _f(r.get("fwd_ms"), ".2f")),
     ("fwd+bwd ms", lambda r: _f(r.get("fwd_bwd_ms"), ".2f")),
     ("fwd ×ref", lambda r: _f(r.get("fwd_vs_reference"), ".2f", "×")),
@@ -170,10 +174,7 @@ FFN_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
 PEAK_COLUMN = ("peak MiB", lambda r: _f(None if r.get("peak_bytes") is None
                                         else r["peak_bytes"] / 2**20, ",.0f"))
 EW_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
-    ("variant", lambda r: r["variant"]),
-    ("hidden", lambda r: str(r["hidden"])),
-    ("tokens", lambda r: str(r["tokens"])),
-    ("provider", lambda r: r["provider"]),
+    *_ID_COLUMNS,
     ("fwd ms", lambda r: _f(r.get("fwd_ms"), ".3f")),
     ("fwd+bwd ms", lambda r: _f(r.get("fwd_bwd_ms"), ".3f")),
     ("fwd GB/s", lambda r: _f(None if "fwd_bytes_per_s" not in r else r["fwd_bytes_per_s"] / 1e9, ".1f")),
