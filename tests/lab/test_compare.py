@@ -143,14 +143,6 @@ def test_usage_errors(argv, capsys, flag, value, needle):
     assert needle in err and len(err.strip().splitlines()) == 1
 
 
-def test_minimal_report_without_report_module():
-    res = {"status": "partial", "variants": [
-        {"name": "relu", "val_bpb_mean": 3.0, "val_bpb_std": 0.1, "tokens_per_s": 10.0,
-         "dead_fraction": 0.2}], "missing": [{"variant": "gelu", "seed": 1}]}
-    text = compare.minimal_report(res)
-    assert "| relu | 3.000 |" in text and "gelu seed 1" in text
-
-
 def test_presets_fit_the_budget():
     for name in compare.PRESETS:
         preset, model, train = compare.resolve_config(name)

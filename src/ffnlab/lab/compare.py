@@ -249,47 +249,15 @@ def _run(args, ctx: distributed.DistContext, *, preset, model_cfg, train_cfg, va
                   "(run the same command again to resume)", file=sys.stderr)
     if not ctx.is_main:
         return 130 if status == "partial" else 0
+    from .report import write_report  # matplotlib: imported only when a report is written
+
     results = runner.results(status)
     io.atomic_write_json(out / "results.json", results)
-    rc = write_report_safely(results, out)
+    write_report(results, out)
     if args.json:
         print_json(results)
     print(f"Report: {out / 'report.md'}  (results: {out / 'results.json'})", file=sys.stderr)
-    return 130 if status == "partial" else rc
-
-
-def write_report_safely(results: dict, out: Path) -> int:
-    """Call the report side's ``write_report``; fall back to a minimal report.md if it is absent."""
-    try:
-        from .report import write_report
-    except ImportError:
-        write_report = None
-    if write_report is not None:
-        write_report(results, out)
-        return 0
-    io.atomic_write_bytes(out / "report.md", minimal_report(results).encode("utf-8"))
-    return 0
-
-
-def minimal_report(results: dict) -> str:
-    """A plain Markdown table of the results (used only without ``lab.report``)."""
-    lines = [f"# ffnlab compare ({results['status']})", "",
-             "| variant | val bpb | ± | tokens/s | dead |", "|---|---|---|---|---|"]
-    for v in sorted(results["variants"], key=lambda v: _sort_key(v["val_bpb_mean"])):
-        lines.append(f"| {v['name']} | {_fmt(v['val_bpb_mean'])} | {_fmt(v['val_bpb_std'])} | "
-                     f"{v['tokens_per_s']:.0f} | {_fmt(v['dead_fraction'])} |")
-    if results.get("missing"):
-        lines += ["", "Missing runs: " + ", ".join(f"{m['variant']} seed {m['seed']}"
-                                                   for m in results["missing"])]
-    return "\n".join(lines) + "\n"
-
-
-def _sort_key(x: float | None) -> float:
-    return math.inf if x is None else x
-
-
-def _fmt(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3f}"
+    return 130 if status == "partial" else 0
 
 
 def _mean(xs: list[float]) -> float | None:
