@@ -307,6 +307,43 @@ def test_compile_fullgraph_matches_eager():
         torch.testing.assert_close(g, p.grad)
 
 
+def _through_custom_op(x, w1, w2, w3, b1, b2, b3, *, activation, beta, recompute):
+    """The custom-op path that torch.compile takes, called eagerly."""
+    bt = beta if isinstance(beta, torch.Tensor) else None
+    bv = 1.0 if bt is not None else float(beta)
+    return torch.ops.ffnlab.ffn_forward(
+        x, w1, w2, w3, b1, b2, b3, bt, activation, bv, recompute, "torch"
+    )[0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("variant", "beta"), [("swiglu", "per_unit"), ("gelu", "fixed"),
+                                               ("swish", "scalar"), ("bilinear", "fixed")])
+def test_custom_op_path_equals_eager_function_path(variant, beta, mode):
+    # Eager calls go through an autograd.Function, compiled ones through the custom ops:
+    # both must give the same bits, forward and every gradient.
+    args = make_args(variant, n_rows=7, hidden=9, beta=beta, dtype=torch.float32)
+    y_op, g_op = run(_through_custom_op, args, variant, recompute=mode)
+    y_fn, g_fn = run(fused_feed_forward, args, variant, recompute=mode)
+    torch.testing.assert_close(y_op, y_fn, rtol=0, atol=0)
+    assert g_op.keys() == g_fn.keys()
+    for name in g_op:
+        torch.testing.assert_close(g_op[name], g_fn[name], rtol=0, atol=0, msg=name)
+
+
+def test_eager_calls_skip_the_custom_op_dispatch():
+    # The per-call cost of the custom-op wrapper is what the eager Function avoids.
+    x, w1, w2, w3, *_ = make_args("swiglu", bias=False, dtype=torch.float32)
+    with torch.profiler.profile() as prof:
+        fused_feed_forward(x, w1, w2, w3, activation="swish").sum().backward()
+    names = {e.name for e in prof.events()}
+    assert "ffnlab::ffn_forward" not in names and "ffnlab::ffn_backward" not in names
+    with torch.profiler.profile() as prof:
+        _through_custom_op(x, w1, w2, w3, None, None, None, activation="swish", beta=1.0,
+                           recompute="activation").sum().backward()
+    assert "ffnlab::ffn_forward" in {e.name for e in prof.events()}
+
+
 def test_opcheck():
     # torch.library's own consistency checks: schema, fake tensor, autograd registration.
     x, w1, w2, w3, *_ = make_args("swiglu", bias=False, dtype=torch.float32)

@@ -12,6 +12,8 @@ computes the same thing as :func:`ffnlab.ops.reference.ffn_reference`::
 as two ``torch.library`` custom ops, ``ffnlab::ffn_forward`` and ``ffnlab::ffn_backward``,
 joined by ``register_autograd``. Both have fake (meta) implementations, so ``torch.compile``
 traces the op with ``fullgraph=True``; ``torch.utils.checkpoint`` works in both its modes.
+Eager calls take a plain ``autograd.Function`` over the same two implementations, which skips
+the custom-op wrapper's per-call cost (see :class:`_FusedFFN`).
 
 What the backward keeps (``recompute``), for ``x [N, dim]`` and ``hidden`` units:
 
@@ -92,8 +94,7 @@ def _kept(recompute: str, gated: bool, activation: str) -> tuple[str, ...]:
     return ("h1", "h3", "m") if activation == "identity" else ("h1", "h3", "a", "m")
 
 
-@torch.library.custom_op("ffnlab::ffn_forward", mutates_args=())
-def _ffn_forward(
+def _forward_impl(
     x: Tensor,
     w1: Tensor,
     w2: Tensor,
@@ -121,6 +122,25 @@ def _ffn_forward(
     return [y, *(named[k] for k in kept)]
 
 
+@torch.library.custom_op("ffnlab::ffn_forward", mutates_args=())
+def _ffn_forward(
+    x: Tensor,
+    w1: Tensor,
+    w2: Tensor,
+    w3: Tensor | None,
+    b1: Tensor | None,
+    b2: Tensor | None,
+    b3: Tensor | None,
+    beta: Tensor | None,
+    activation: str,
+    beta_value: float,
+    recompute: str,
+    kernel: str,
+) -> list[Tensor]:
+    """The custom-op face of :func:`_forward_impl` (what ``torch.compile`` traces)."""
+    return _forward_impl(x, w1, w2, w3, b1, b2, b3, beta, activation, beta_value, recompute, kernel)
+
+
 @_ffn_forward.register_fake
 def _ffn_forward_fake(x, w1, w2, w3, b1, b2, b3, beta, activation, beta_value, recompute, kernel):
     n, hidden = x.shape[0], w1.shape[0]
@@ -133,8 +153,7 @@ def _ffn_forward_fake(x, w1, w2, w3, b1, b2, b3, beta, activation, beta_value, r
 _GRAD_NAMES = ("x", "w1", "w2", "w3", "b1", "b2", "b3", "beta")
 
 
-@torch.library.custom_op("ffnlab::ffn_backward", mutates_args=())
-def _ffn_backward(
+def _backward_impl(
     grad: Tensor,
     x: Tensor,
     w1: Tensor,
@@ -195,6 +214,29 @@ def _ffn_backward(
     return [out[k] for k, n in zip(_GRAD_NAMES, needs, strict=True) if n]
 
 
+@torch.library.custom_op("ffnlab::ffn_backward", mutates_args=())
+def _ffn_backward(
+    grad: Tensor,
+    x: Tensor,
+    w1: Tensor,
+    w2: Tensor,
+    w3: Tensor | None,
+    b1: Tensor | None,
+    b3: Tensor | None,
+    beta: Tensor | None,
+    kept: list[Tensor],
+    activation: str,
+    beta_value: float,
+    recompute: str,
+    kernel: str,
+    needs: Sequence[bool],
+) -> list[Tensor]:
+    """The custom-op face of :func:`_backward_impl`."""
+    return _backward_impl(
+        grad, x, w1, w2, w3, b1, b3, beta, kept, activation, beta_value, recompute, kernel, needs
+    )
+
+
 @_ffn_backward.register_fake
 def _ffn_backward_fake(
     grad, x, w1, w2, w3, b1, b3, beta, kept, activation, beta_value, recompute, kernel, needs
@@ -230,6 +272,36 @@ def _backward(ctx, grads):
 
 
 _ffn_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _FusedFFN(torch.autograd.Function):
+    """The same forward and backward as the custom ops, for eager calls.
+
+    A ``torch.library`` custom op pays Python-side argument handling (defaults, pytree,
+    redispatch) on every call: measured here at SwiGLU dim 64, 128 tokens, forward+backward
+    1048 us through the custom ops against 407 us for the reference. Eager calls therefore
+    go through this plain ``autograd.Function`` (same impl functions, same saved tensors);
+    under ``torch.compile`` the custom ops are used, which the compiler can trace.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w1, w2, w3, b1, b2, b3, beta, activation, beta_value, recompute, kernel):
+        y, *kept = _forward_impl(
+            x, w1, w2, w3, b1, b2, b3, beta, activation, beta_value, recompute, kernel
+        )
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, w1, w2, w3, b1, b3, beta, *kept)
+        ctx.meta = (activation, beta_value, recompute, kernel)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        needs = [bool(n) for n in ctx.needs_input_grad[:8]]
+        if grad_y is None or not any(needs):
+            return (None,) * 12
+        x, w1, w2, w3, b1, b3, beta, *kept = ctx.saved_tensors
+        it = iter(_backward_impl(grad_y, x, w1, w2, w3, b1, b3, beta, kept, *ctx.meta, needs))
+        return (*(next(it) if n else None for n in needs), None, None, None, None)
 
 
 # --- public entry point ------------------------------------------------------------------
@@ -288,7 +360,9 @@ def fused_feed_forward(
     x2 = x.reshape(-1, x.shape[-1])
     beta_t = beta if isinstance(beta, Tensor) else None
     beta_value = 1.0 if beta_t is not None else float(beta)
-    y = torch.ops.ffnlab.ffn_forward(
-        x2, w1, w2, w3, b1, b2, b3, beta_t, act.name, beta_value, recompute, kernel
-    )[0]
+    args = (x2, w1, w2, w3, b1, b2, b3, beta_t, act.name, beta_value, recompute, kernel)
+    if torch.compiler.is_compiling():
+        y = torch.ops.ffnlab.ffn_forward(*args)[0]
+    else:
+        y = _FusedFFN.apply(*args)
     return y.reshape(*lead, w2.shape[0])
