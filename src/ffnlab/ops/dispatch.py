@@ -36,6 +36,7 @@ __all__ = [
     "TRITON_ACTIVATIONS",
     "TRITON_DTYPES",
     "feed_forward",
+    "plan",
     "projections_are_plain",
     "resolve_backend",
     "why_not",
@@ -125,19 +126,33 @@ def why_not(
     return err or None
 
 
-def resolve_backend(backend: str, x: torch.Tensor, *, activation: str | None = None) -> str:
-    """The concrete backend (``reference``, ``fused`` or ``triton``) that runs ``backend``."""
+def plan(
+    backend: str, x: torch.Tensor, *, activation: str | None = None
+) -> tuple[str, str | None]:
+    """``(concrete backend, elementwise kernel)`` for running ``backend`` on ``x``.
+
+    The backend is ``reference``, ``fused`` or ``triton``; the kernel is the fused op's
+    elementwise engine (``"triton"`` or ``"torch"``; None for the reference). Forcing a backend
+    that cannot run raises ``NotImplementedError`` with the reason.
+    """
     check_choice("backend", backend, BACKENDS)
-    if backend == "auto":
-        if x.device.type == "cuda" and why_not("triton", x, activation=activation) is None:
-            return "triton"
-        if why_not("fused", x, activation=activation) is None:
-            return "fused"
-        return "reference"
+    if backend == "reference":
+        return "reference", None
+    if backend == "fused" or backend == "auto":
+        # The Triton kernels on CUDA when they can run, the torch engine elsewhere.
+        on_cuda = x.device.type == "cuda"
+        if on_cuda and why_not("triton", x, activation=activation) is None:
+            return ("triton" if backend == "auto" else "fused"), "triton"
+        return "fused", "torch"
     reason = why_not(backend, x, activation=activation)
     if reason is not None:
         raise NotImplementedError(f"backend={backend!r} cannot run here: {reason}")
-    return backend
+    return "triton", "triton"
+
+
+def resolve_backend(backend: str, x: torch.Tensor, *, activation: str | None = None) -> str:
+    """The concrete backend (``reference``, ``fused`` or ``triton``) that runs ``backend``."""
+    return plan(backend, x, activation=activation)[0]
 
 
 def feed_forward(
@@ -159,15 +174,9 @@ def feed_forward(
     ``recompute`` applies to the fused backends; the reference keeps what eager autograd keeps.
     """
     check_choice("recompute mode", recompute, RECOMPUTE_MODES)
-    chosen = resolve_backend(backend, x, activation=activation)
+    chosen, kernel = plan(backend, x, activation=activation)
     if chosen == "reference":
         return ffn_reference(x, w1, w2, w3, b1, b2, b3, activation=activation, beta=beta)
-    if chosen == "triton":
-        kernel = "triton"
-    else:
-        # fused: the Triton kernels on CUDA when they can run, the torch engine elsewhere.
-        on_cuda = x.device.type == "cuda"
-        kernel = "triton" if on_cuda and why_not("triton", x, activation=activation) is None else "torch"
     return fused_feed_forward(
         x, w1, w2, w3, b1, b2, b3,
         activation=activation, beta=beta, recompute=recompute, kernel=kernel,
