@@ -7,8 +7,9 @@ backend         runs when
 =============  ===========================================================================
 ``reference``   always (plain torch ops and autograd: the oracle)
 ``fused``       always: the custom autograd op of :mod:`ffnlab.ops.function`; its
-                elementwise part uses the Triton kernels on CUDA when they can run, the
-                torch engine (:mod:`ffnlab.ops.cpu`) elsewhere
+                elementwise part uses the Triton kernels on CUDA when they can run; on CPU
+                inductor-generated single-pass kernels (:mod:`ffnlab.ops.inductor_kernels`)
+                from 2^20 hidden elements on, the ATen engine (:mod:`ffnlab.ops.cpu`) below
 ``triton``      triton imports, ``x`` is on CUDA (or on CPU with ``TRITON_INTERPRET=1``,
                 Triton's interpreter, which is how CI tests the kernels), the activation
                 has a kernel and the dtype is float32, float16, bfloat16 or float64
@@ -126,24 +127,40 @@ def why_not(
     return err or None
 
 
+def _cpu_kernel(x: torch.Tensor, hidden: int | None) -> str:
+    """The fused op's elementwise engine on CPU: inductor's single-pass kernels for large
+    inputs (see :mod:`ffnlab.ops.inductor_kernels` for the measured gain and the threshold),
+    the ATen engine for small ones or when compilation failed earlier in this process."""
+    if hidden is None or x.device.type != "cpu" or x.dtype not in TRITON_DTYPES:
+        return "torch"
+    from . import inductor_kernels
+
+    rows = x.numel() // max(1, x.shape[-1]) if x.dim() else 0
+    if rows * hidden < inductor_kernels.MIN_ELEMENTS or inductor_kernels.unavailable_reason():
+        return "torch"
+    return "inductor"
+
+
 def plan(
-    backend: str, x: torch.Tensor, *, activation: str | None = None
+    backend: str, x: torch.Tensor, *, activation: str | None = None, hidden: int | None = None
 ) -> tuple[str, str | None]:
     """``(concrete backend, elementwise kernel)`` for running ``backend`` on ``x``.
 
     The backend is ``reference``, ``fused`` or ``triton``; the kernel is the fused op's
-    elementwise engine (``"triton"`` or ``"torch"``; None for the reference). Forcing a backend
+    elementwise engine (``"triton"``, ``"inductor"`` or ``"torch"``; None for the reference),
+    chosen by size when ``hidden`` (the number of hidden units) is given. Forcing a backend
     that cannot run raises ``NotImplementedError`` with the reason.
     """
     check_choice("backend", backend, BACKENDS)
     if backend == "reference":
         return "reference", None
     if backend == "fused" or backend == "auto":
-        # The Triton kernels on CUDA when they can run, the torch engine elsewhere.
+        # The Triton kernels on CUDA when they can run; on CPU inductor's kernels for large
+        # inputs, else the ATen engine.
         on_cuda = x.device.type == "cuda"
         if on_cuda and why_not("triton", x, activation=activation) is None:
             return ("triton" if backend == "auto" else "fused"), "triton"
-        return "fused", "torch"
+        return "fused", _cpu_kernel(x, hidden)
     reason = why_not(backend, x, activation=activation)
     if reason is not None:
         raise NotImplementedError(f"backend={backend!r} cannot run here: {reason}")
@@ -174,7 +191,7 @@ def feed_forward(
     ``recompute`` applies to the fused backends; the reference keeps what eager autograd keeps.
     """
     check_choice("recompute mode", recompute, RECOMPUTE_MODES)
-    chosen, kernel = plan(backend, x, activation=activation)
+    chosen, kernel = plan(backend, x, activation=activation, hidden=w1.shape[0])
     if chosen == "reference":
         return ffn_reference(x, w1, w2, w3, b1, b2, b3, activation=activation, beta=beta)
     return fused_feed_forward(
