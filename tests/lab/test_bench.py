@@ -55,6 +55,8 @@ def test_json_structure_and_files(tiny_run):
             assert r["peak_bytes"] is None  # CPU: no allocator statistics
             if r["provider"] != "matmul":  # every provider computes the reference's output
                 assert r["max_rel_err"] < 1e-5
+            # the elementwise engine that ran, for the fused rows (tiny sizes: ATen's)
+            assert r.get("kernel") == ("torch" if r["provider"].startswith("fused") else None)
     assert json.loads((out / "bench.json").read_text()) == result
     assert (out / "bench.png").stat().st_size > 1000
     md = (out / "bench.md").read_text()
@@ -233,6 +235,30 @@ def test_cpu_targets_pass_fail_and_missing():
     assert {x["status"] for x in evaluate_targets(result)} == {"n/a"}
 
 
+def test_time_targets_use_the_paired_ratio_when_rows_carry_it():
+    # Ratio of medians 9/10 = 0.9 would pass; the per-round (paired) median 1.02 does not.
+    result = {"config": {"device": "cpu", "dtype": "float32"}, "rows": [
+        _row("reference", 10.0, 100.0),
+        _row("fused:activation", 9.0, 50.0, fwd_bwd_vs_reference=1.02, fwd_bwd_vs_matmul=1.04),
+        _row("fused:full", 12.0, 8.0),
+        _row("matmul", 8.0, None),
+    ]}
+    t = {x["name"]: x for x in evaluate_targets(result)}
+    assert t["fused fwd+bwd time / reference"]["value"] == pytest.approx(1.02)
+    assert t["fused fwd+bwd time / reference"]["status"] == "FAIL"
+    assert t["fused fwd+bwd time / matmul floor"]["value"] == pytest.approx(1.04)
+    assert t["fused fwd+bwd time / matmul floor"]["status"] == "PASS"
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    from ffnlab.lab.bench import _paired_ratio
+
+    a, b = [10.0, 20.0, 30.0], [10.0, 10.0, 30.0]  # rounds 1.0, 2.0, 1.0
+    assert _paired_ratio(a, b) == pytest.approx(1.0)  # ratio of medians would say 2.0
+    assert _paired_ratio([10.0, 20.0], [10.0, 10.0, 10.0]) == pytest.approx(1.5)  # unaligned
+    assert _paired_ratio([], b) is None and _paired_ratio(a, None) is None
+
+
 def test_gpu_targets():
     rows = [
         _row("reference", 12.0, 100.0, dim=4096, hidden=11008, tokens=8192),
@@ -295,7 +321,7 @@ def test_cuda_without_gpu_exits_2(tmp_path, capsys):
     assert "no CUDA GPU" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("engine_name", ["cpu", "triton_kernels"])
+@pytest.mark.parametrize("engine_name", ["cpu", "inductor_kernels", "triton_kernels"])
 def test_engine_runner_computes_the_middle(engine_name):
     # The same runner times the Triton kernels on CUDA; here they run in the interpreter.
     if engine_name == "triton_kernels":
@@ -353,3 +379,12 @@ def test_nan_ratio_is_written_as_null(tmp_path, monkeypatch, capsys):
     assert ok["fwd_vs_reference"] is None and ok["fwd_vs_matmul"] is None
     assert strict(capsys.readouterr().out) == result
     assert [p.name for p in tmp_path.glob(".*.tmp")] == []
+
+
+def test_fused_elementwise_row_uses_the_engine_the_op_picks(monkeypatch):
+    from ffnlab.ops import cpu, inductor_kernels
+
+    h1 = torch.zeros(8, 16)
+    assert E._fused_cpu_engine(h1) is cpu
+    monkeypatch.setattr(inductor_kernels, "MIN_ELEMENTS", 128)
+    assert E._fused_cpu_engine(h1) is inductor_kernels

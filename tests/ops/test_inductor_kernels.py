@@ -188,3 +188,18 @@ def test_compilation_failure_falls_back_with_one_warning(monkeypatch):
         warnings.simplefilter("error")  # warned once: the second call is silent
         dh1, _, _, _ = inductor_kernels.hidden_backward("swish", dm.clone(), h1, h3)
     _check(dh1, dh1_ref, torch.float64, "dh1 after fallback", dm * h3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_scratch_dm_is_overwritten_with_dh1(dtype):
+    h1, h3, dm = _inputs("geglu_tanh", 21, 13, dtype, seed=9)
+    _, dh1_ref, dh3_ref, _ = _reference("gelu_tanh", h1, h3, 1.0, dm)
+    scratch = dm.clone()
+    dh1, dh3, _, _ = inductor_kernels.hidden_backward("gelu_tanh", scratch, h1, h3,
+                                                      dm_is_scratch=True)
+    assert dh1.data_ptr() == scratch.data_ptr()
+    _check(dh1, dh1_ref, dtype, "dh1", dm.double() * h3.double())
+    _check(dh3, dh3_ref, dtype, "dh3", dm)
+    kept = dm.clone()
+    inductor_kernels.hidden_backward("gelu_tanh", kept, h1, h3)  # not scratch: left alone
+    assert torch.equal(kept, dm)

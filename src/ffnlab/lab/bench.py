@@ -4,7 +4,8 @@ For each variant, hidden size and token count, every provider (reference, fused 
 recompute mode, torch.compile, Triton, Liger-Kernel, and the matmul-only floor) runs on the
 same weights and inputs. Times are medians over repeats after warm-up, with the providers
 interleaved round-robin inside each repeat so that drift (clock boost, other processes) hits
-them all alike. Also measured: bytes saved for backward per token, peak memory on CUDA, and
+them all alike; a ratio between two providers is the median of their per-repeat ratios
+(paired), which cancels the load changes that a ratio of two medians keeps. Also measured: bytes saved for backward per token, peak memory on CUDA, and
 this device's copy bandwidth and matmul rate, so each row reads as a share of the roofline.
 
 Writes bench.json, bench.md and bench.png into --out and prints a table and the targets.
@@ -28,6 +29,7 @@ from ..commands.common import (
     print_json,
 )
 from ..errors import UsageError, check_positive_int
+from ..ops.dispatch import plan
 from ..sizing import default_hidden_dim, ffn_flops_per_token
 from ..variants import get_variant
 from . import bench_elementwise as E
@@ -208,6 +210,16 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b == 0 else a / b
 
 
+def _paired_ratio(a: list[float], b: list[float] | None) -> float | None:
+    """Median of ``a[i] / b[i]`` over repeats timed in the same round; providers that ran
+    every round have aligned lists. Falls back to the ratio of medians otherwise."""
+    if not a or not b:
+        return None
+    if len(a) != len(b):
+        return _ratio(median(a), median(b))
+    return median([x / y for x, y in zip(a, b, strict=True) if y > 0])
+
+
 def _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp) -> list[dict]:
     flops = ffn_flops_per_token(setup.variant, setup.dim, setup.hidden)["matmul"] * tokens
     med = {n: {k: median(v) for k, v in t.items()} for n, t in times.items()}
@@ -222,9 +234,13 @@ def _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp) -> list[
             rows.append({**row, "status": "skipped", "reason": reason})
             continue
         m = med[name]
-        ref, floor = med.get("reference"), med.get("matmul")
+        ref, floor = times.get("reference"), times.get("matmul")
         t = times[name]
-        row.update(status="ok", backend=runners[name].backend,
+        backend = runners[name].backend
+        if backend in ("fused", "triton"):  # which elementwise engine ran at this size
+            act = get_variant(setup.variant).activation
+            row["kernel"] = plan(backend, inp.x, activation=act, hidden=setup.hidden)[1]
+        row.update(status="ok", backend=backend,
                    fwd_ms=m["fwd"] * 1e3, fwd_bwd_ms=m["fwd_bwd"] * 1e3,
                    # the fastest call and the spread: on a shared machine contention only ever
                    # adds time, so a wide spread says how far to trust the median
@@ -233,8 +249,8 @@ def _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp) -> list[
         for k, mult in (("fwd", 1), ("fwd_bwd", 3)):
             rate = mult * flops / m[k]
             row[f"{k}_flops_per_s"] = rate
-            row[f"{k}_vs_reference"] = _ratio(m[k], ref and ref[k])
-            row[f"{k}_vs_matmul"] = _ratio(m[k], floor and floor[k])
+            row[f"{k}_vs_reference"] = _paired_ratio(t[k], ref and ref[k])
+            row[f"{k}_vs_matmul"] = _paired_ratio(t[k], floor and floor[k])
         s = saved[name]
         row["saved_bytes_per_token"] = None if s is None else s / tokens
         row["saved_vs_reference"] = _ratio(s, saved.get("reference"))
@@ -282,7 +298,7 @@ def _elementwise_rows(cfg, setup, tokens, tick) -> list[dict]:
             row[f"{k}_ms"] = sec * 1e3
             row[f"{k}_bytes"] = moved[k]
             row[f"{k}_bytes_per_s"] = moved[k] / sec
-            row[f"{k}_vs_reference"] = _ratio(sec, ref and median(ref[k]))
+            row[f"{k}_vs_reference"] = _paired_ratio(times[name][k], ref and ref[k])
         rows.append(row)
     return rows
 

@@ -3,8 +3,10 @@ times it: on ``[tokens, hidden]`` tensors, without the matmuls, to set against c
 
 ==============  ==========================================================================
 ``reference``   ``ffnlab.ops.reference.hidden_activation`` (torch ops), autograd backward
-``fused``       the fused op's torch engine (``ffnlab.ops.cpu``) called directly; CPU only,
-                since on CUDA the fused op runs the Triton kernels (the ``triton`` row)
+``fused``       the engine the fused op picks on CPU at this size, called directly:
+                inductor's kernels (``ffnlab.ops.inductor_kernels``) from 2^20 elements on,
+                else the ATen engine (``ffnlab.ops.cpu``); CPU only, since on CUDA the fused
+                op runs the Triton kernels (the ``triton`` row)
 ``triton``      the Triton kernels (``ffnlab.ops.triton_kernels``), CUDA only
 ``compile``     ``torch.compile`` of the reference function
 ``liger``       Liger-Kernel's ``LigerSiLUMulFunction`` / ``LigerGELUMulFunction``, CUDA only
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from types import ModuleType
 
 import torch
 
 from ..errors import check_choice
-from ..ops.dispatch import why_not
+from ..ops.dispatch import plan, why_not
+from ..ops.function import _engine
 from ..ops.reference import hidden_activation
 from ..variants import get_variant
 from .bench_providers import TRITON_CPU_REASON, Setup, Skip, liger_function
@@ -54,22 +58,34 @@ class ElementwiseRunner:
 
 
 class EngineRunner(ElementwiseRunner):
-    """The fused op's elementwise engine (``ffnlab.ops.cpu`` or ``ffnlab.ops.triton_kernels``)
-    called directly: ``hidden_forward``, and for fwd+bwd also ``hidden_backward`` with
-    ``need_m=False`` (gradients only), so that the bytes moved are exactly the minimum the
-    benchmark counts (gated: 3 tensors forward, 5 backward)."""
+    """The fused op's elementwise engine (``ffnlab.ops.cpu``, ``inductor_kernels`` or
+    ``triton_kernels``) called directly: ``hidden_forward``, and for fwd+bwd also
+    ``hidden_backward`` with ``need_m=False`` (gradients only), so that the bytes moved are
+    exactly the minimum the benchmark counts (gated: 3 tensors forward, 5 backward).
+    ``engine`` is a module, or a function of ``h1`` returning the module (chosen by size)."""
 
     def __init__(self, engine, activation: str) -> None:
         self.engine, self.activation = engine, activation
 
+    def _engine(self, h1: torch.Tensor):
+        return self.engine if isinstance(self.engine, ModuleType) else self.engine(h1)
+
     def fwd(self, inp) -> object:
         h3 = None if inp.h3 is None else inp.h3.detach()
-        return self.engine.hidden_forward(self.activation, inp.h1.detach(), h3)
+        h1 = inp.h1.detach()
+        return self._engine(h1).hidden_forward(self.activation, h1, h3)
 
     def fwd_bwd(self, inp) -> None:
         h1, h3 = inp.h1.detach(), None if inp.h3 is None else inp.h3.detach()
-        self.engine.hidden_forward(self.activation, h1, h3)
-        self.engine.hidden_backward(self.activation, inp.g, h1, h3, need_m=False)
+        engine = self._engine(h1)
+        engine.hidden_forward(self.activation, h1, h3)
+        engine.hidden_backward(self.activation, inp.g, h1, h3, need_m=False)
+
+
+def _fused_cpu_engine(h1: torch.Tensor) -> ModuleType:
+    """The engine :func:`ffnlab.ops.dispatch.plan` gives the fused op for ``h1 [N, hidden]``."""
+    _, kernel = plan("fused", h1, hidden=h1.shape[-1])
+    return _engine(kernel)
 
 
 def elementwise_provider(name: str) -> str | None:
@@ -91,11 +107,7 @@ def build_elementwise(name: str, setup: Setup):
         if cuda:  # the fused backend runs the Triton kernels there: one row is enough
             raise Skip("on CUDA the fused op's elementwise part is the Triton kernels "
                        "(the triton row)")
-        try:
-            from ..ops import cpu as engine  # the fused op's torch engine (any device)
-        except ImportError as exc:
-            raise Skip(f"the fused elementwise engine does not import ({exc})") from None
-        return EngineRunner(engine, act)
+        return EngineRunner(_fused_cpu_engine, act)
     if name == "triton":
         if not cuda:
             raise Skip(TRITON_CPU_REASON)

@@ -35,8 +35,20 @@ def _ok_by_provider(rows: list[dict]) -> tuple[dict, dict]:
     return ok, skipped
 
 
+# Time ratios the rows carry as paired (per-round) medians: provider b -> the row field.
+_PAIRED = {("fwd_bwd_ms", "reference"): "fwd_bwd_vs_reference",
+           ("fwd_bwd_ms", "matmul"): "fwd_bwd_vs_matmul"}
+
+
 def _ratio(ok: dict, a: str, b: str, key: str, invert: bool = False) -> float | None:
-    if a not in ok or b not in ok or ok[a].get(key) in (None, 0) or ok[b].get(key) in (None, 0):
+    """``ok[a][key] / ok[b][key]`` (inverted if asked); for the time ratios a row carries as a
+    paired median (``_PAIRED``), that value."""
+    if a not in ok or b not in ok:
+        return None
+    paired = ok[a].get(_PAIRED.get((key, b), ""))
+    if paired:
+        return 1 / paired if invert else paired
+    if ok[a].get(key) in (None, 0) or ok[b].get(key) in (None, 0):
         return None
     x, y = ok[a][key], ok[b][key]
     return y / x if invert else x / y
@@ -153,7 +165,7 @@ _ID_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("variant", lambda r: r["variant"]),
     ("hidden", lambda r: str(r["hidden"])),
     ("tokens", lambda r: str(r["tokens"])),
-    ("provider", lambda r: r["provider"]),
+    ("provider", lambda r: r["provider"] + (f" [{r['kernel']}]" if r.get("kernel") else "")),
 ]
 FFN_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     *_ID_COLUMNS,
