@@ -56,9 +56,10 @@ def test_every_variant_float64(variant):
     act = ffnlab.get_variant(variant).activation
     h1, h3, dm = _inputs(variant, 37, 19, torch.float64)
     m_ref, dh1_ref, dh3_ref, _ = _reference(act, h1, h3, 1.0, dm)
-    m, _ = inductor_kernels.hidden_forward(act, h1, h3)
+    m, _ = inductor_kernels.hidden_forward(act, h1, h3, only_if_faster=False)
     _check(m, m_ref, torch.float64, "m")
-    dh1, dh3, m2, _ = inductor_kernels.hidden_backward(act, dm.clone(), h1, h3)
+    dh1, dh3, m2, _ = inductor_kernels.hidden_backward(act, dm.clone(), h1, h3,
+                                                            only_if_faster=False)
     factor = dm if h3 is None else dm * h3
     _check(dh1, dh1_ref, torch.float64, "dh1", factor)
     _check(m2, m_ref, torch.float64, "recomputed m")
@@ -75,10 +76,12 @@ def test_dtypes_and_odd_shapes(variant, dtype, rows):
     act = ffnlab.get_variant(variant).activation
     h1, h3, dm = _inputs(variant, rows, 33, dtype, seed=rows)
     m_ref, dh1_ref, dh3_ref, _ = _reference(act, h1, h3, 1.0, dm)
-    m, a = inductor_kernels.hidden_forward(act, h1, h3, keep_act=True)
+    m, a = inductor_kernels.hidden_forward(act, h1, h3, keep_act=True,
+                                            only_if_faster=False)
     _check(m, m_ref, dtype, "m")
     _check(a, hidden_activation(act, h1.double(), None), dtype, "kept act(h1)")
-    dh1, dh3, _, _ = inductor_kernels.hidden_backward(act, dm, h1, h3, a=a, need_m=False)
+    dh1, dh3, _, _ = inductor_kernels.hidden_backward(act, dm, h1, h3, a=a, need_m=False,
+                                                    only_if_faster=False)
     _check(dh1, dh1_ref, dtype, "dh1", dm.double() * h3.double())
     _check(dh3, dh3_ref, dtype, "dh3", dm)
 
@@ -93,11 +96,11 @@ def test_swish_beta_and_its_gradient(kind):
     else:
         beta = torch.rand(17, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) + 0.5
     m_ref, dh1_ref, dh3_ref, db_ref = _reference("swish", h1, h3, beta, dm)
-    m, _ = inductor_kernels.hidden_forward("swish", h1, h3, beta)
+    m, _ = inductor_kernels.hidden_forward("swish", h1, h3, beta, only_if_faster=False)
     _check(m, m_ref, torch.float64, "m")
     need = isinstance(beta, torch.Tensor)
     dh1, dh3, _, dbeta = inductor_kernels.hidden_backward("swish", dm, h1, h3, beta,
-                                                          need_dbeta=need)
+                                                          need_dbeta=need, only_if_faster=False)
     _check(dh1, dh1_ref, torch.float64, "dh1", dm * h3)
     _check(dh3, dh3_ref, torch.float64, "dh3", dm)
     if need:
@@ -196,10 +199,29 @@ def test_scratch_dm_is_overwritten_with_dh1(dtype):
     _, dh1_ref, dh3_ref, _ = _reference("gelu_tanh", h1, h3, 1.0, dm)
     scratch = dm.clone()
     dh1, dh3, _, _ = inductor_kernels.hidden_backward("gelu_tanh", scratch, h1, h3,
-                                                      dm_is_scratch=True)
+                                                      dm_is_scratch=True, only_if_faster=False)
     assert dh1.data_ptr() == scratch.data_ptr()
     _check(dh1, dh1_ref, dtype, "dh1", dm.double() * h3.double())
     _check(dh3, dh3_ref, dtype, "dh3", dm)
     kept = dm.clone()
-    inductor_kernels.hidden_backward("gelu_tanh", kept, h1, h3)  # not scratch: left alone
+    inductor_kernels.hidden_backward("gelu_tanh", kept, h1, h3,  # not scratch: left alone
+                                     only_if_faster=False)
     assert torch.equal(kept, dm)
+
+
+def test_identity_forward_never_aliases_its_input():
+    h1 = torch.randn(5, 3, dtype=torch.float64)
+    m, _ = inductor_kernels.hidden_forward("identity", h1, None, only_if_faster=False)
+    assert torch.equal(m, h1) and m.data_ptr() != h1.data_ptr()
+
+
+def test_aten_engine_runs_where_it_measured_faster(monkeypatch):
+    # Forward gelu and tanh stay on ATen (faster erf/tanh); a compile attempt would fail here.
+    monkeypatch.setattr(inductor_kernels, "_kernel", lambda *a: pytest.fail("compiled"))
+    h1, h3, dm = _inputs("geglu", 6, 5, torch.float64)
+    assert ("gelu", True) not in inductor_kernels.FASTER_FORWARD
+    m, _ = inductor_kernels.hidden_forward("gelu", h1, h3)
+    torch.testing.assert_close(m, hidden_activation("gelu", h1, h3))
+    inductor_kernels.hidden_backward("tanh", dm.clone(), h1, None)
+    with pytest.raises(pytest.fail.Exception):
+        inductor_kernels.hidden_forward("swish", h1, h3)  # listed: it would compile
