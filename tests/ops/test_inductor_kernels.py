@@ -134,6 +134,9 @@ def test_dispatch_chooses_by_size(monkeypatch):
     assert dispatch.plan("fused", small, hidden=15) == ("fused", "torch")
     assert dispatch.plan("auto", small) == ("fused", "torch")  # hidden unknown: no guess
     assert dispatch.plan("auto", small.int(), hidden=16) == ("fused", "torch")
+    # by activation, when told: ATen wins both directions of plain tanh
+    assert dispatch.plan("auto", small, activation="tanh", hidden=16, gated=False)[1] == "torch"
+    assert dispatch.plan("auto", small, activation="silu", hidden=16, gated=True)[1] == "inductor"
     monkeypatch.setattr(inductor_kernels, "_failure", "RuntimeError: no compiler")
     assert dispatch.plan("auto", small, hidden=16) == ("fused", "torch")
 

@@ -238,8 +238,9 @@ def _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp) -> list[
         t = times[name]
         backend = runners[name].backend
         if backend in ("fused", "triton"):  # which elementwise engine ran at this size
-            act = get_variant(setup.variant).activation
-            row["kernel"] = plan(backend, inp.x, activation=act, hidden=setup.hidden)[1]
+            v = get_variant(setup.variant)
+            row["kernel"] = plan(backend, inp.x, activation=v.activation, hidden=setup.hidden,
+                                 gated=v.gated)[1]
         row.update(status="ok", backend=backend,
                    fwd_ms=m["fwd"] * 1e3, fwd_bwd_ms=m["fwd_bwd"] * 1e3,
                    # the fastest call and the spread: on a shared machine contention only ever

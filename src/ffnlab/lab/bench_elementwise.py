@@ -83,7 +83,8 @@ class EngineRunner(ElementwiseRunner):
 
 
 def _fused_cpu_engine(h1: torch.Tensor) -> ModuleType:
-    """The engine :func:`ffnlab.ops.dispatch.plan` gives the fused op for ``h1 [N, hidden]``."""
+    """The engine :func:`ffnlab.ops.dispatch.plan` gives the fused op for ``h1 [N, hidden]``
+    (an inductor engine delegates, per activation and direction, to ATen where that is faster)."""
     _, kernel = plan("fused", h1, hidden=h1.shape[-1])
     return _engine(kernel)
 

@@ -127,10 +127,13 @@ def why_not(
     return err or None
 
 
-def _cpu_kernel(x: torch.Tensor, hidden: int | None) -> str:
+def _cpu_kernel(
+    x: torch.Tensor, hidden: int | None, activation: str | None, gated: bool | None
+) -> str:
     """The fused op's elementwise engine on CPU: inductor's single-pass kernels for large
-    inputs (see :mod:`ffnlab.ops.inductor_kernels` for the measured gain and the threshold),
-    the ATen engine for small ones or when compilation failed earlier in this process."""
+    inputs where they beat ATen (see :mod:`ffnlab.ops.inductor_kernels` for the measured gains
+    and the threshold), the ATen engine for small inputs, for activations where ATen is faster,
+    or when compilation failed earlier in this process."""
     if hidden is None or x.device.type != "cpu" or x.dtype not in TRITON_DTYPES:
         return "torch"
     from . import inductor_kernels
@@ -138,17 +141,26 @@ def _cpu_kernel(x: torch.Tensor, hidden: int | None) -> str:
     rows = x.numel() // max(1, x.shape[-1]) if x.dim() else 0
     if rows * hidden < inductor_kernels.MIN_ELEMENTS or inductor_kernels.unavailable_reason():
         return "torch"
+    if activation is not None and gated is not None:
+        if not inductor_kernels.helps(get_activation(activation).name, gated):
+            return "torch"
     return "inductor"
 
 
 def plan(
-    backend: str, x: torch.Tensor, *, activation: str | None = None, hidden: int | None = None
+    backend: str,
+    x: torch.Tensor,
+    *,
+    activation: str | None = None,
+    hidden: int | None = None,
+    gated: bool | None = None,
 ) -> tuple[str, str | None]:
     """``(concrete backend, elementwise kernel)`` for running ``backend`` on ``x``.
 
     The backend is ``reference``, ``fused`` or ``triton``; the kernel is the fused op's
     elementwise engine (``"triton"``, ``"inductor"`` or ``"torch"``; None for the reference),
-    chosen by size when ``hidden`` (the number of hidden units) is given. Forcing a backend
+    chosen by size when ``hidden`` (the number of hidden units) is given, and by activation
+    when ``activation`` and ``gated`` are. Forcing a backend
     that cannot run raises ``NotImplementedError`` with the reason.
     """
     check_choice("backend", backend, BACKENDS)
@@ -160,7 +172,7 @@ def plan(
         on_cuda = x.device.type == "cuda"
         if on_cuda and why_not("triton", x, activation=activation) is None:
             return ("triton" if backend == "auto" else "fused"), "triton"
-        return "fused", _cpu_kernel(x, hidden)
+        return "fused", _cpu_kernel(x, hidden, activation, gated)
     reason = why_not(backend, x, activation=activation)
     if reason is not None:
         raise NotImplementedError(f"backend={backend!r} cannot run here: {reason}")
@@ -191,7 +203,9 @@ def feed_forward(
     ``recompute`` applies to the fused backends; the reference keeps what eager autograd keeps.
     """
     check_choice("recompute mode", recompute, RECOMPUTE_MODES)
-    chosen, kernel = plan(backend, x, activation=activation, hidden=w1.shape[0])
+    chosen, kernel = plan(
+        backend, x, activation=activation, hidden=w1.shape[0], gated=w3 is not None
+    )
     if chosen == "reference":
         return ffn_reference(x, w1, w2, w3, b1, b2, b3, activation=activation, beta=beta)
     return fused_feed_forward(

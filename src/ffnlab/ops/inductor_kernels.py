@@ -40,7 +40,7 @@ from ..activations import (
 )
 from . import cpu
 
-__all__ = ["MIN_ELEMENTS", "hidden_forward", "hidden_backward", "unavailable_reason"]
+__all__ = ["MIN_ELEMENTS", "helps", "hidden_forward", "hidden_backward", "unavailable_reason"]
 
 # Rows x hidden units from which the fused op prefers this engine on CPU: 2^20 elements
 # (e.g. 1024 tokens x 1024 hidden units), where one saved pass is worth ~0.3 ms.
@@ -62,6 +62,13 @@ FASTER_BACKWARD = frozenset(
     {(a, True) for a in ("identity", "relu", "gelu", "gelu_tanh", "swish", "sigmoid", "relu2")}
     | {(a, False) for a in ("gelu_tanh", "swish", "sigmoid", "relu2")}
 )
+
+
+
+def helps(activation: str, gated: bool) -> bool:
+    """Whether this engine beats ATen for ``activation`` in at least one direction."""
+    return (activation, gated) in FASTER_FORWARD or (activation, gated) in FASTER_BACKWARD
+
 
 _compiled: dict[tuple, Callable] = {}
 # Why compilation does not work in this process ('' until it failed once).
