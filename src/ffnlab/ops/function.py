@@ -26,12 +26,13 @@ mode            saved for backward        recomputed in backward
 ==============  =======================  ==============================================
 
 (plain variants: ``none`` keeps x, h1, act(h1); ``activation`` keeps x, h1.)
-Measured with :func:`ffnlab.ops.memory.saved_tensor_bytes` for SwiGLU dim 512, hidden 1365,
-2048 tokens, float32 (reference: 48.9 MB): ``none`` 1.00x, ``activation`` 0.543x (26.6 MB),
-``full`` 0.086x (4.2 MB). Forward + backward time on a shared 2-core CPU, relative to the
-reference (best of 25 / median of 25, interleaved): ``none`` 0.998 / 1.003, ``activation``
-0.991 / 1.135 (the median was taken under heavy load from other processes), ``full``
-1.37 / 1.18: ``full`` recomputes two of the nine matmuls, which no elementwise saving repays.
+Measured with :func:`ffnlab.ops.memory.saved_tensor_bytes` for SwiGLU dim 512, hidden 1536,
+2048 tokens, float32: ``none`` 1.00x the reference (26,624 B/token), ``activation`` 0.54x,
+``full`` 0.08x. Forward + backward time on a shared 2-core CPU relative to the reference
+(``ffnlab bench``, paired medians of 25 repeats, three runs): ``none`` 0.97-0.98x,
+``activation`` 0.90-0.98x (the inductor engine makes the recompute cheaper than eager's extra
+passes), ``full`` 1.11-1.19x: it recomputes two of the nine matmuls, which no elementwise
+saving repays.
 
 Half inputs (float16, bfloat16): the matmuls run in the input dtype, the elementwise maths
 in float32, each elementwise result rounded once.
