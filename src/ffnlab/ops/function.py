@@ -129,23 +129,9 @@ def _forward_impl(
     return [y, *(named[k] for k in kept)]
 
 
-@torch.library.custom_op("ffnlab::ffn_forward", mutates_args=())
-def _ffn_forward(
-    x: Tensor,
-    w1: Tensor,
-    w2: Tensor,
-    w3: Tensor | None,
-    b1: Tensor | None,
-    b2: Tensor | None,
-    b3: Tensor | None,
-    beta: Tensor | None,
-    activation: str,
-    beta_value: float,
-    recompute: str,
-    kernel: str,
-) -> list[Tensor]:
-    """The custom-op face of :func:`_forward_impl` (what ``torch.compile`` traces)."""
-    return _forward_impl(x, w1, w2, w3, b1, b2, b3, beta, activation, beta_value, recompute, kernel)
+# The custom ops are made from the plain impls (schema from their annotations); the impls stay
+# callable directly, which the eager autograd.Function below does.
+_ffn_forward = torch.library.custom_op("ffnlab::ffn_forward", mutates_args=())(_forward_impl)
 
 
 @_ffn_forward.register_fake
@@ -221,27 +207,7 @@ def _backward_impl(
     return [out[k] for k, n in zip(_GRAD_NAMES, needs, strict=True) if n]
 
 
-@torch.library.custom_op("ffnlab::ffn_backward", mutates_args=())
-def _ffn_backward(
-    grad: Tensor,
-    x: Tensor,
-    w1: Tensor,
-    w2: Tensor,
-    w3: Tensor | None,
-    b1: Tensor | None,
-    b3: Tensor | None,
-    beta: Tensor | None,
-    kept: list[Tensor],
-    activation: str,
-    beta_value: float,
-    recompute: str,
-    kernel: str,
-    needs: Sequence[bool],
-) -> list[Tensor]:
-    """The custom-op face of :func:`_backward_impl`."""
-    return _backward_impl(
-        grad, x, w1, w2, w3, b1, b3, beta, kept, activation, beta_value, recompute, kernel, needs
-    )
+_ffn_backward = torch.library.custom_op("ffnlab::ffn_backward", mutates_args=())(_backward_impl)
 
 
 @_ffn_backward.register_fake
