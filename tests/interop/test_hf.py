@@ -295,3 +295,26 @@ def test_hooked_projection_is_called_not_bypassed(hf_models, family):
         h.remove()
     assert not torch.allclose(original, plain, **TOL)  # the hook does change the function
     torch.testing.assert_close(patched, original, **TOL)
+
+
+def test_bert_sees_an_output_dense_replaced_after_patching(hf_models):
+    # W2 lives in the layer's output module; replacing it after patch_hf must take effect.
+    model, inputs, _ = hf_models.build("bert")
+    model.eval()
+    ffnlab.patch_hf(model, backend="fused")
+    with torch.no_grad():
+        before = hf_models.output(model, inputs)
+    layer = model.encoder.layer[0]
+    old = layer.output.dense
+    new = torch.nn.Linear(old.in_features, old.out_features)
+    with torch.no_grad():
+        new.weight.copy_(old.weight * 2)
+        new.bias.copy_(old.bias)
+    layer.output.dense = new
+    with torch.no_grad():
+        after = hf_models.output(model, inputs)
+    assert not torch.allclose(before, after, **TOL)
+    ffnlab.unpatch_hf(model)  # the replacement stays in the restored BertOutput
+    assert model.encoder.layer[0].output.dense is new
+    with torch.no_grad():
+        torch.testing.assert_close(hf_models.output(model, inputs), after, **TOL)

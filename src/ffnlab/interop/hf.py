@@ -188,8 +188,9 @@ def _patch(parent: nn.Module, prefix: str, backend: str, skipped: list[str]) -> 
                 f"{_describe(inter.intermediate_act_fn)} has no ffnlab equivalent)"
             )
         else:
-            parent.intermediate = HFBertFeedForward(inter, out, activation=act, backend=backend)
-            parent.output = HFBertOutputTail(out, activation=act, backend=backend)
+            tail = HFBertOutputTail(out, activation=act, backend=backend)
+            parent.intermediate = HFBertFeedForward(inter, tail, activation=act, backend=backend)
+            parent.output = tail
             count += 1
     for name, child in list(parent.named_children()):
         path = f"{prefix}.{name}" if prefix else name
@@ -222,7 +223,8 @@ def _is_ffnlab(module: nn.Module) -> bool:
 def unpatch_hf(model: nn.Module) -> int:
     """Put back the original transformers modules replaced by :func:`patch_hf`; return how many
     MLPs were restored (a BERT pair counts as one). Their ``train``/``eval`` mode follows the
-    wrappers'. A model that was never patched returns 0."""
+    wrappers', and a projection replaced on a wrapper after patching (an adapter, say) is
+    carried over to the original module. A model that was never patched returns 0."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"unpatch_hf expects an nn.Module, got {type(model).__name__}")
     count = 0
@@ -235,6 +237,9 @@ def unpatch_hf(model: nn.Module) -> int:
     ]
     for parent, name, wrapper in found:
         original = wrapper.original
+        for child_name, child in wrapper.named_children():
+            if child_name in original._modules and original._modules[child_name] is not child:
+                setattr(original, child_name, child)
         original.train(wrapper.training)
         setattr(parent, name, original)
         count += int(wrapper.counts_as_mlp)

@@ -258,17 +258,24 @@ class HFBertFeedForward(HFFeedForward):
     ) -> None:
         super().__init__(original, activation=activation, backend=backend)
         self.dense = original.dense
-        self.__dict__["_down"] = output.dense  # registered by the tail, not here
+        # The layer's output module (the tail once patched), not registered here: W2 is read
+        # from its ``dense`` at each call, so replacing ``output.dense`` later (an adapter,
+        # a quantised Linear) is seen here too.
+        self.__dict__["_output"] = output
+
+    @property
+    def _down(self) -> nn.Module:
+        return self.__dict__["_output"].dense
 
     def ffn_weights(self) -> Weights:
-        down = self.__dict__["_down"]
+        down = self._down
         return self.dense.weight, down.weight, None, self.dense.bias, down.bias, None
 
     def projections(self) -> tuple[nn.Module, ...]:
-        return self.dense, self.__dict__["_down"]
+        return self.dense, self._down
 
     def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.__dict__["_down"](hidden_activation(self.activation, self.dense(x)))
+        return self._down(hidden_activation(self.activation, self.dense(x)))
 
 
 class HFBertOutputTail(HFFeedForward):
