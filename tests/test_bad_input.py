@@ -18,6 +18,7 @@ import ffnlab
 from ffnlab import FeedForward
 from ffnlab.cli import main
 from ffnlab.lab import compare as compare_mod
+from ffnlab.lab import measure as measure_mod
 from ffnlab.lab.data import load_corpus
 from ffnlab.lab.train import TrainConfig
 from ffnlab.ops.function import fused_feed_forward
@@ -192,10 +193,8 @@ def test_compare_unwritable_out(tmp_path, capsys):
 
 def test_compare_refuses_a_run_bigger_than_memory(tmp_path, capsys, monkeypatch):
     """The estimate is checked before anything is allocated, and the message says how much."""
-    import ffnlab.lab.train as train_mod
-
     _setup(tmp_path)
-    monkeypatch.setattr(train_mod, "available_memory_bytes", lambda device: 2**30)
+    monkeypatch.setattr(measure_mod, "available_memory_bytes", lambda device: 2**30)
     rc, err = run_cli(_compare(preset="full", steps="2"), tmp_path, capsys)
     assert rc == 2
     assert_one_line(err, "preset 'full' needs about")
@@ -205,8 +204,8 @@ def test_compare_refuses_a_run_bigger_than_memory(tmp_path, capsys, monkeypatch)
 
 def test_compare_full_preset_estimate_is_stated_in_gib():
     preset, model, train = compare_mod.resolve_config("full")
-    need = ffnlab.lab.train.estimate_memory_bytes(model, batch_size=train.batch_size,
-                                                  dtype=torch.float32)
+    need = measure_mod.estimate_memory_bytes(model, batch_size=train.batch_size,
+                                          dtype=torch.float32)
     # 256-wide, 4 layers, batch 32 x 256 tokens: about 2.0 GiB, so a 1 GiB machine is refused
     assert 2**30 < need < 4 * 2**30
 

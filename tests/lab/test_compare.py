@@ -117,9 +117,9 @@ def test_interrupt_writes_partial_results_then_resumes(argv, tmp_path, monkeypat
 
 
 def test_memory_check_refuses(argv, monkeypatch, capsys):
-    import ffnlab.lab.train as train_mod
+    import ffnlab.lab.measure as measure_mod
 
-    monkeypatch.setattr(train_mod, "available_memory_bytes", lambda device: 1024)
+    monkeypatch.setattr(measure_mod, "available_memory_bytes", lambda device: 1024)
     assert main(argv()) == 2
     err = capsys.readouterr().err
     assert "GiB but only" in err and len(err.strip().splitlines()) == 1

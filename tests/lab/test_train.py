@@ -6,16 +6,7 @@ import torch
 from ffnlab.lab import io
 from ffnlab.lab.data import load_corpus, val_windows
 from ffnlab.lab.model import ModelConfig, TinyGPT, init_parameters
-from ffnlab.lab.train import (
-    TrainConfig,
-    activation_timings,
-    dead_fraction,
-    estimate_memory_bytes,
-    ffn_timings,
-    lr_at,
-    saved_bytes_per_token,
-    train_run,
-)
+from ffnlab.lab.train import TrainConfig, dead_fraction, lr_at, train_run
 
 
 def run(*args, **kwargs):
@@ -162,25 +153,6 @@ def test_dead_fraction_counts_silenced_units(corpus, variant, dead_rows):
     w = val_windows(corpus.val, seq_len=MODEL.seq_len)
     frac = dead_fraction(m, w, batch_size=8, dtype=torch.float32)
     assert frac == pytest.approx(dead_rows / ffn.hidden_dim)
-
-
-def test_measurements_side_by_side():
-    variants = ["relu", "swiglu"]
-    ms = ffn_timings(variants, MODEL, batch_size=2, reps=2, backend="reference")
-    ns = activation_timings(variants, numel=4096, reps=2)
-    assert set(ms) == set(ns) == set(variants)
-    assert all(v > 0 for v in [*ms.values(), *ns.values()])
-    plain = saved_bytes_per_token("relu", MODEL, batch_size=2, backend="reference")
-    gated = saved_bytes_per_token("swiglu", MODEL, batch_size=2, backend="reference")
-    # at least x (dim floats) is kept for the weight gradient of W1, per token and layer
-    assert plain >= MODEL.dim * 4 and gated >= MODEL.dim * 4
-
-
-def test_memory_estimate_grows_with_size():
-    small = estimate_memory_bytes(MODEL, batch_size=4, dtype=torch.float32)
-    big = estimate_memory_bytes(ModelConfig(dim=512, n_layers=8, n_heads=8, seq_len=512),
-                                batch_size=64, dtype=torch.float32)
-    assert 0 < small < big and big > 2**30
 
 
 def test_variants_see_the_same_batches(corpus, monkeypatch):

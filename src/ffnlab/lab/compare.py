@@ -179,7 +179,7 @@ def launch_nproc(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace, *, world_size: int) -> dict[str, Any]:
     """Validate the options (no files touched); the keyword arguments of :func:`_run`."""
-    from .train import available_memory_bytes, estimate_memory_bytes
+    from .measure import available_memory_bytes, estimate_memory_bytes
 
     preset, model_cfg, train_cfg = resolve_config(args.preset, steps=args.steps)
     distributed.check_world_size(world_size, train_cfg.batch_size)
@@ -335,7 +335,7 @@ class Runner:
 
     def measure(self) -> None:
         """Side-by-side speed and memory of every variant (fresh on each invocation)."""
-        from .train import activation_timings, ffn_timings, saved_bytes_per_token
+        from .measure import activation_timings, ffn_timings, saved_bytes_per_token
 
         kw = {"device": self.device, "dtype": self.dtype}
         bs = self.train_cfg.batch_size

@@ -1,4 +1,5 @@
-"""Train one (variant, seed) run of the lab's model, resumably, and measure it.
+"""Train one (variant, seed) run of the lab's model, resumably (the side measurements are in
+:mod:`ffnlab.lab.measure`).
 
 A run is: paired initialisation (``model.init_parameters``), AdamW with linear warm-up then
 cosine decay to 10% of the peak rate, gradient clipping at norm 1.0, a fixed token budget
@@ -35,14 +36,11 @@ import torch.nn.functional as F
 
 from ..activations import get_activation
 from ..errors import UsageError, check_positive_int
-from ..ffn import FeedForward
-from ..ops.memory import saved_tensor_bytes
-from ..ops.reference import hidden_activation
 from ..variants import get_variant
-from . import io, timing
+from . import io
 from .data import BatchSampler, Corpus, val_windows
 from .distributed import SINGLE, DistContext
-from .model import ModelConfig, TinyGPT, ffn_hidden, init_parameters
+from .model import ModelConfig, TinyGPT, init_parameters
 
 __all__ = [
     "TrainConfig",
@@ -50,11 +48,6 @@ __all__ = [
     "evaluate_bpb",
     "dead_fraction",
     "lr_at",
-    "saved_bytes_per_token",
-    "ffn_timings",
-    "activation_timings",
-    "estimate_memory_bytes",
-    "available_memory_bytes",
     "DEAD_THRESHOLD",
     "RELU_TYPE",
 ]
@@ -329,128 +322,3 @@ def _try_resume(checkpoint, model, opt, sampler, key, state, log) -> dict:
 
 
 # --- side-by-side measurements ---------------------------------------------------------------
-
-
-def saved_bytes_per_token(variant: str, model_cfg: ModelConfig, *, batch_size: int,
-                          backend: str = "auto", device: torch.device | str = "cpu",
-                          dtype: torch.dtype = torch.float32) -> float:
-    """Bytes the model's FFNs save for backward, per token (parameters excluded).
-
-    One FFN call on a training-shaped input ``[batch_size, seq_len, dim]``, times ``n_layers``,
-    divided by ``batch_size * seq_len``. The FFN is built in ``dtype`` and run without autocast:
-    under autocast it would also save its cast copies of the weights, which are new storages
-    that the parameter exclusion cannot see, and would bill weights as activations.
-    """
-    ffn = FeedForward(model_cfg.dim, ffn_hidden(variant, model_cfg.dim), variant, bias=False,
-                      backend=backend, device=device, dtype=dtype)
-    x = torch.randn(batch_size, model_cfg.seq_len, model_cfg.dim, device=device, dtype=dtype,
-                    requires_grad=True)
-    nbytes, _ = saved_tensor_bytes(lambda: ffn(x), exclude=list(ffn.parameters()))
-    return nbytes * model_cfg.n_layers / (batch_size * model_cfg.seq_len)
-
-
-def _median_ms_side_by_side(fns: dict[str, Callable[[], None]], reps: int, device) -> dict[str, float]:
-    """Median wall time of each fn; rounds interleave all fns so drift hits them equally."""
-    device = torch.device(device)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():  # warm-up (allocator, kernel caches)
-        fn()
-    for _ in range(reps):
-        for name, fn in fns.items():
-            times[name].append(timing.time_call(fn, device) * 1e3)
-    return {k: timing.median(v) for k, v in times.items()}
-
-
-def ffn_timings(variants: list[str], model_cfg: ModelConfig, *, batch_size: int, reps: int = 10,
-                backend: str = "auto", device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32) -> dict[str, float]:
-    """FFN-only forward+backward time in ms (median) at the model's size, for each variant.
-
-    Equivalent PyTorch per call: ``y = ffn(x); y.backward(g)`` with ``x [B, T, dim]``.
-    """
-    device = torch.device(device)
-    fns = {}
-    for v in variants:
-        ffn = FeedForward(model_cfg.dim, ffn_hidden(v, model_cfg.dim), v, bias=False,
-                          backend=backend, device=device, dtype=_param_dtype(dtype))
-        x = torch.randn(batch_size, model_cfg.seq_len, model_cfg.dim, device=device,
-                        dtype=_param_dtype(dtype), requires_grad=True)
-        g = torch.randn_like(x)
-
-        def fn(ffn=ffn, x=x, g=g) -> None:
-            with _autocast(device, dtype):
-                y = ffn(x)
-            y.backward(g.to(y.dtype))
-            x.grad = None
-            ffn.zero_grad(set_to_none=True)
-
-        fns[v] = fn
-    return _median_ms_side_by_side(fns, reps, device)
-
-
-def activation_timings(variants: list[str], *, numel: int = 1 << 21, reps: int = 10,
-                       device: torch.device | str = "cpu",
-                       dtype: torch.dtype = torch.float32) -> dict[str, float]:
-    """The elementwise part alone, forward+backward, in ns per hidden element.
-
-    Equivalent PyTorch: ``a = act(h1)`` (plain) or ``a = act(h1) * h3`` (gated, the product is
-    part of a GLU's elementwise cost), then ``a.backward(g)``; ``h1, h3, g`` of ``numel``
-    elements. The default 2M elements (8 MB in fp32) is far above any CPU cache.
-    """
-    device = torch.device(device)
-    fns = {}
-    for v in variants:
-        var = get_variant(v)
-        h1 = torch.randn(numel, device=device, dtype=dtype, requires_grad=True)
-        h3 = torch.randn(numel, device=device, dtype=dtype, requires_grad=True) if var.gated else None
-        g = torch.randn(numel, device=device, dtype=dtype)
-
-        def fn(act=var.activation, h1=h1, h3=h3, g=g) -> None:
-            hidden_activation(act, h1, h3).backward(g)
-            h1.grad = None
-            if h3 is not None:
-                h3.grad = None
-
-        fns[v] = fn
-    ms = _median_ms_side_by_side(fns, reps, device)
-    return {k: t * 1e6 / numel for k, t in ms.items()}
-
-
-# --- memory -----------------------------------------------------------------------------------
-
-
-def estimate_memory_bytes(model_cfg: ModelConfig, *, batch_size: int, dtype: torch.dtype) -> int:
-    """A generous upper estimate of one run's peak memory (the largest variant).
-
-    Parameters x 4 (weights, gradients, two AdamW moments) in the master dtype, plus per layer
-    the activations autograd keeps: ~12 dim-wide and 3 hidden-wide tensors per token and the
-    attention matrix (the CPU kernel materialises ``[B, H, T, T]``), plus logits, their softmax
-    and gradient (``3 * vocab`` per token); then x 1.5 for allocator slack and temporaries.
-    """
-    d, L, T, B = model_cfg.dim, model_cfg.n_layers, model_cfg.seq_len, batch_size
-    hidden = 4 * d
-    params = model_cfg.vocab * d + T * d + L * (4 * d * d + 2 * d * hidden + 2 * d) + d
-    w = 8 if dtype == torch.float64 else 4
-    per_layer = B * T * (12 * d + 3 * hidden) + 2 * B * model_cfg.n_heads * T * T
-    acts = L * per_layer + 3 * B * T * model_cfg.vocab
-    return int(1.5 * (4 * params + acts) * w)
-
-
-def available_memory_bytes(device: torch.device | str = "cpu") -> int | None:
-    """Free memory on ``device`` in bytes (MemAvailable on Linux CPUs), or None if unknown."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import os
-
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
