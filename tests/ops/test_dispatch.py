@@ -113,25 +113,13 @@ CASES = [
 @pytest.mark.parametrize("backend", _runnable_backends())
 @pytest.mark.parametrize("recompute", dispatch.RECOMPUTE_MODES)
 @pytest.mark.parametrize("variant,kw", CASES, ids=[f"{v}-{'-'.join(k)}" for v, k in CASES])
-def test_feedforward_backends_match_reference(backend, recompute, variant, kw):
+def test_feedforward_backends_match_reference(backend, recompute, variant, kw, match_reference):
     torch.manual_seed(0)
     ffn = FeedForward(12, 20, variant, backend=backend, recompute=recompute, **kw)
     with torch.no_grad():
         if ffn.beta is not None:  # distinct values per unit, so a mixed-up beta shows
             ffn.beta.copy_(torch.linspace(0.5, 1.5, ffn.beta.numel()).reshape(ffn.beta.shape))
-    ref = FeedForward(12, 20, variant, backend="reference", **kw)
-    ref.load_state_dict(ffn.state_dict())
-    x = torch.randn(2, 9, 12, requires_grad=True)
-    x2 = x.detach().clone().requires_grad_()
-    y, yr = ffn(x), ref(x2)
-    assert y.shape == (2, 9, 12)
-    torch.testing.assert_close(y, yr, rtol=2e-5, atol=2e-6)
-    gy = torch.randn_like(y)
-    y.backward(gy)
-    yr.backward(gy)
-    torch.testing.assert_close(x.grad, x2.grad, rtol=2e-5, atol=2e-6)
-    for (name, p), q in zip(ffn.named_parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    match_reference(ffn, torch.randn(2, 9, 12), rtol=2e-5, atol=2e-6)
 
 
 @pytest.mark.parametrize("backend", ["fused", "reference"])

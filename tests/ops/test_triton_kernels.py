@@ -178,22 +178,10 @@ def test_extreme_values(activation, dtype):
 @pytest.mark.parametrize("mode", ["none", "activation", "full"])
 @pytest.mark.parametrize("variant,learn", [("swiglu", "per_unit"), ("geglu", None),
                                            ("relu2", None), ("swish", "scalar")])  # fmt: skip
-def test_fused_op_with_triton_kernels(mode, variant, learn):
+def test_fused_op_with_triton_kernels(mode, variant, learn, match_reference):
     ffn = ffnlab.FeedForward(16, 40, variant, backend="triton", recompute=mode, bias=True,
                              learnable_beta=learn or False, device=DEVICE)  # fmt: skip
-    ref = ffnlab.FeedForward(16, 40, variant, backend="reference", bias=True,
-                             learnable_beta=learn or False, device=DEVICE)  # fmt: skip
-    ref.load_state_dict(ffn.state_dict())
-    x = torch.randn(3, 37, 16, device=DEVICE, requires_grad=True)
-    x2 = x.detach().clone().requires_grad_()
-    y, yr = ffn(x), ref(x2)
-    torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
-    gy = torch.randn_like(y)
-    y.backward(gy)
-    yr.backward(gy)
-    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
-    for (name, p), q in zip(ffn.named_parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    match_reference(ffn, torch.randn(3, 37, 16, device=DEVICE), rtol=1e-5, atol=1e-5)
 
 
 def test_fused_op_triton_bf16_against_float64():
