@@ -254,3 +254,19 @@ def test_any_shape_and_layout(rows, hidden, variant, transposed):
     _check(dh1, dh1_ref, torch.float32, "dh1", dm.double() * h3.double())
     _check(dh3, dh3_ref, torch.float32, "dh3", dm)
     _check(m2, m_ref, torch.float32, "recomputed m")
+
+
+@pytest.mark.parametrize("variant", ["swiglu", "geglu", "geglu_tanh", "glu", "reglu"])
+def test_extreme_values_stay_finite(variant):
+    # Pre-activations of +-1e4 (and 0): the saturated tails of act and act', in float32.
+    act = ffnlab.get_variant(variant).activation
+    h1 = torch.tensor([[-1e4, -50.0, -1.0, 0.0, 1.0, 50.0, 1e4]] * 3, dtype=torch.float32)
+    h3 = torch.full_like(h1, 3.0)
+    dm = torch.full_like(h1, -2.0)
+    m_ref, dh1_ref, dh3_ref, _ = _reference(act, h1, h3, 1.0, dm)
+    m, _ = inductor_kernels.hidden_forward(act, h1, h3, only_if_faster=False)
+    dh1, dh3, _, _ = inductor_kernels.hidden_backward(act, dm.clone(), h1, h3,
+                                                      only_if_faster=False)
+    for got, want in ((m, m_ref), (dh1, dh1_ref), (dh3, dh3_ref)):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
