@@ -110,3 +110,14 @@ def test_half_precision_close_to_float64(name):
 def test_unknown_activation_suggests():
     with pytest.raises(ValueError, match="did you mean 'gelu'"):
         A.get_activation("gelux")
+
+
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "swish"])
+def test_value_and_grad_equals_fn_and_grad(name):
+    act = A.get_activation(name)
+    assert act.value_and_grad is not None
+    x = torch.linspace(-30, 30, 1001, dtype=torch.float64)
+    args = (x, 0.7) if act.has_beta else (x,)
+    a, da = act.value_and_grad(*args)
+    torch.testing.assert_close(a, act.fn(*args), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(da, act.grad(*args), rtol=0, atol=0)  # grad is built on it

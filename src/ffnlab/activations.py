@@ -45,12 +45,15 @@ __all__ = [
     "relu_grad",
     "gelu",
     "gelu_grad",
+    "gelu_value_and_grad",
     "gelu_tanh",
     "gelu_tanh_grad",
+    "gelu_tanh_value_and_grad",
     "quick_gelu",
     "quick_gelu_grad",
     "swish",
     "swish_grad",
+    "swish_value_and_grad",
     "swish_grad_beta",
     "silu",
     "sigmoid",
@@ -124,13 +127,18 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x)
 
 
-@_upcast
-def gelu_grad(x: torch.Tensor) -> torch.Tensor:
-    """Phi(x) + x * phi(x)."""
+def gelu_value_and_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gelu(x), gelu'(x))`` sharing Φ(x), in ``x``'s dtype (no upcast)."""
     cdf = 0.5 * (1.0 + torch.erf(x * _INV_SQRT_2))
     # exp(-x^2/2) underflows to 0 for |x| > ~38 in fp32; x * 0 is 0, never NaN for finite x.
     pdf = torch.exp(-0.5 * x * x) * _INV_SQRT_2PI
-    return cdf + x * pdf
+    return x * cdf, cdf + x * pdf
+
+
+@_upcast
+def gelu_grad(x: torch.Tensor) -> torch.Tensor:
+    """d/dx gelu = Φ(x) + x·φ(x)."""
+    return gelu_value_and_grad(x)[1]
 
 
 @_upcast
@@ -139,9 +147,8 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
-@_upcast
-def gelu_tanh_grad(x: torch.Tensor) -> torch.Tensor:
-    """0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2), t = tanh(u)."""
+def gelu_tanh_value_and_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gelu_tanh(x), gelu_tanh'(x))`` sharing the tanh, in ``x``'s dtype (no upcast)."""
     # For |x| > ~1e13 in fp32, x**3 overflows, tanh(inf) = 1 and (1 - t^2) = 0, but x^2 * 0
     # stays finite: the product below never forms inf * 0.
     u = _SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x)
@@ -149,7 +156,13 @@ def gelu_tanh_grad(x: torch.Tensor) -> torch.Tensor:
     sech2 = 1.0 - t * t
     du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_TANH_C * x * x)
     # (x * sech2) first: where sech2 == 0, the product is 0 before du can be large.
-    return 0.5 * (1.0 + t) + 0.5 * (x * sech2) * du
+    return 0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * (x * sech2) * du
+
+
+@_upcast
+def gelu_tanh_grad(x: torch.Tensor) -> torch.Tensor:
+    """d/dx of the tanh approximation of GELU."""
+    return gelu_tanh_value_and_grad(x)[1]
 
 
 @_upcast
@@ -185,13 +198,20 @@ def swish(x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> torch.Tensor:
     return x * torch.sigmoid(b * x)
 
 
-@_upcast
-def swish_grad(x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> torch.Tensor:
-    """d/dx [x sigma(bx)] = s + b x s (1 - s), s = sigma(bx)."""
+def swish_value_and_grad(
+    x: torch.Tensor, beta: float | torch.Tensor = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(swish(x, beta), d/dx swish)`` sharing σ(βx), in ``x``'s dtype (no upcast)."""
     b = _beta_like(beta, x)
     s = torch.sigmoid(b * x)
     # (x * s(1-s)) first: s(1-s) underflows to 0 before b*x can overflow.
-    return s + b * (x * (s * (1.0 - s)))
+    return x * s, s + b * (x * (s * (1.0 - s)))
+
+
+@_upcast
+def swish_grad(x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """d/dx swish = σ(βx) + βx·σ(βx)(1 − σ(βx))."""
+    return swish_value_and_grad(x, beta)[1]
 
 
 @_upcast
@@ -251,6 +271,8 @@ class Activation:
 
     ``fn(x)`` and ``grad(x)`` map a tensor to a tensor of the same shape and dtype.
     ``has_beta``: the function takes a second argument ``beta`` (Swish).
+    ``value_and_grad(x)``: ``(fn(x), grad(x))`` with their common subexpressions written once
+    (for fused code that needs both), where that saves work; None otherwise.
     """
 
     name: str
@@ -259,22 +281,26 @@ class Activation:
     formula: str
     has_beta: bool = False
     monotonic: bool = True
+    value_and_grad: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
 ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in (
         Activation("relu", relu, relu_grad, "max(0, x)"),
-        Activation("gelu", gelu, gelu_grad, "x·Φ(x)", monotonic=False),
+        Activation("gelu", gelu, gelu_grad, "x·Φ(x)", monotonic=False,
+                   value_and_grad=gelu_value_and_grad),
         Activation(
             "gelu_tanh",
             gelu_tanh,
             gelu_tanh_grad,
             "0.5x(1+tanh(√(2/π)(x+0.044715x³)))",
             monotonic=False,
+            value_and_grad=gelu_tanh_value_and_grad,
         ),
         Activation("quick_gelu", quick_gelu, quick_gelu_grad, "x·σ(1.702x)", monotonic=False),
-        Activation("swish", swish, swish_grad, "x·σ(βx)", has_beta=True, monotonic=False),
+        Activation("swish", swish, swish_grad, "x·σ(βx)", has_beta=True, monotonic=False,
+                   value_and_grad=swish_value_and_grad),
         Activation("sigmoid", sigmoid, sigmoid_grad, "σ(x) = 1/(1+e^-x)"),
         Activation("tanh", tanh, tanh_grad, "tanh(x)"),
         Activation("relu2", relu2, relu2_grad, "max(0, x)²"),

@@ -30,14 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..activations import (
-    _GELU_TANH_C,
-    _INV_SQRT_2,
-    _INV_SQRT_2PI,
-    _SQRT_2_OVER_PI,
-    get_activation,
-    swish_grad_beta,
-)
+from ..activations import get_activation, swish_grad_beta
 from . import cpu
 
 __all__ = ["MIN_ELEMENTS", "helps", "hidden_forward", "hidden_backward", "unavailable_reason"]
@@ -95,30 +88,17 @@ def _named(fn: Callable, name: str) -> Callable:
 
 
 def _act_and_grad(act, x, b, *, need_grad: bool):
-    """``(act(x), act'(x) or None)`` with their common subexpressions written once.
+    """``(act(x), act'(x) or None)``, through ``act.value_and_grad`` where there is one.
 
     The generated loop evaluates exactly the expressions it is given: ``F.gelu``'s
     decomposition and :func:`ffnlab.activations.gelu_grad` spell the erf argument with
     constants that differ in the last bit, so taken separately erf ran twice per element.
     """
-    name = act.name
-    if name == "gelu":
-        cdf = 0.5 * (1.0 + torch.erf(x * _INV_SQRT_2))
-        pdf = torch.exp(-0.5 * x * x) * _INV_SQRT_2PI
-        return x * cdf, (cdf + x * pdf if need_grad else None)
-    if name == "gelu_tanh":
-        t = torch.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x))
-        a = 0.5 * x * (1.0 + t)
-        if not need_grad:
-            return a, None
-        du = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_TANH_C * x * x)
-        return a, 0.5 * (1.0 + t) + 0.5 * (x * (1.0 - t * t)) * du
-    if name == "swish":
-        s = torch.sigmoid(b * x)
-        return x * s, (s + b * (x * (s * (1.0 - s))) if need_grad else None)
-    if act.has_beta:
-        return act.fn(x, b), (act.grad(x, b) if need_grad else None)
-    return act.fn(x), (act.grad(x) if need_grad else None)
+    args = (x, b) if act.has_beta else (x,)
+    if act.value_and_grad is not None:
+        a, da = act.value_and_grad(*args)
+        return a, (da if need_grad else None)  # an unused da is dropped by the compiler
+    return act.fn(*args), (act.grad(*args) if need_grad else None)
 
 
 def _forward_fn(activation: str, gated: bool, keep_act: bool, beta_const, dtype):
