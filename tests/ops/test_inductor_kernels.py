@@ -281,3 +281,16 @@ def test_repeatable_bit_for_bit():
     for other in runs[1:]:
         for a, b in zip(runs[0], other, strict=True):
             assert torch.equal(a, b)
+
+
+def test_failure_to_build_a_kernel_also_falls_back(monkeypatch):
+    def unbuildable(fn, name):
+        raise TypeError("replace() got an unexpected keyword argument")
+
+    monkeypatch.setattr(inductor_kernels, "_compiled", {})
+    monkeypatch.setattr(inductor_kernels, "_failure", "")
+    monkeypatch.setattr(inductor_kernels, "_named", unbuildable)
+    h1, h3, _ = _inputs("swiglu", 4, 3, torch.float64)
+    with pytest.warns(RuntimeWarning, match="TypeError: replace"):
+        m, _ = inductor_kernels.hidden_forward("swish", h1, h3)
+    torch.testing.assert_close(m, hidden_activation("swish", h1, h3))

@@ -83,7 +83,9 @@ def _beta_arg(beta: float | torch.Tensor) -> tuple[object, torch.Tensor | None]:
 def _named(fn: Callable, name: str) -> Callable:
     """``fn`` with its own code object: torch.compile keeps its cache and recompile budget per
     code object, and each key here must not evict another's kernel."""
-    code = fn.__code__.replace(co_name=name, co_qualname=name)
+    code = fn.__code__.replace(co_name=name)
+    if hasattr(code, "co_qualname"):  # Python 3.11+
+        code = code.replace(co_qualname=name)
     return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
@@ -157,12 +159,13 @@ def _kernel(kind: str, key: tuple, make: Callable[[], Callable]) -> Callable:
     return fn
 
 
-def _run(kernel: Callable, fallback: Callable, *args):
-    """Run a compiled kernel; on a compilation failure, warn once and use the torch engine."""
+def _run(kind: str, key: tuple, make: Callable[[], Callable], fallback: Callable, *args):
+    """Build (once) and run the compiled kernel for ``key``; on a failure to build or compile
+    it, warn once and use the torch engine from then on."""
     global _failure
     if not _failure:
         try:
-            return kernel(*args)
+            return _kernel(kind, key, make)(*args)
         except Exception as exc:  # no compiler, unsupported platform, ...: never fatal
             _failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             warnings.warn(
@@ -197,9 +200,8 @@ def hidden_forward(
     keep = keep_act and gated
     bkey, bt = _beta_arg(beta)
     key = (activation, gated, keep, bkey, h1.dtype)
-    kernel = _kernel("fwd", key, lambda: _forward_fn(activation, gated, keep, bkey, h1.dtype))
     m, a = _run(
-        kernel,
+        "fwd", key, lambda: _forward_fn(activation, gated, keep, bkey, h1.dtype),
         lambda: cpu.hidden_forward(activation, h1, h3, beta, keep_act=keep_act),
         h1, h3, bt,
     )  # fmt: skip
@@ -243,13 +245,10 @@ def hidden_backward(
     inplace = dm_is_scratch and dm.dtype == h1.dtype and dm.is_contiguous()
     bkey, bt = _beta_arg(beta)
     key = (activation, gated, a is not None, want_m, need_dbeta, inplace, bkey, h1.dtype)
-    kernel = _kernel(
+    out = _run(
         "bwd", key,
         lambda: _backward_fn(activation, gated, a is not None, want_m, need_dbeta, inplace, bkey,
                              h1.dtype),
-    )  # fmt: skip
-    out = _run(
-        kernel,
         lambda: cpu.hidden_backward(
             activation, dm, h1, h3, beta, a=a, m=m, need_m=need_m, need_dbeta=need_dbeta,
             dm_is_scratch=dm_is_scratch,
