@@ -23,7 +23,7 @@ import torch
 
 from ..errors import check_choice
 from ..ops.dispatch import plan, why_not
-from ..ops.function import _engine
+from ..ops.function import elementwise_engine
 from ..ops.reference import hidden_activation
 from ..variants import get_variant
 from .bench_providers import TRITON_CPU_REASON, Setup, Skip, liger_function
@@ -86,7 +86,7 @@ def _fused_cpu_engine(h1: torch.Tensor) -> ModuleType:
     """The engine :func:`ffnlab.ops.dispatch.plan` gives the fused op for ``h1 [N, hidden]``
     (an inductor engine delegates, per activation and direction, to ATen where that is faster)."""
     _, kernel = plan("fused", h1, hidden=h1.shape[-1])
-    return _engine(kernel)
+    return elementwise_engine(kernel)
 
 
 def elementwise_provider(name: str) -> str | None:

@@ -50,7 +50,8 @@ BACKENDS = ("auto", "reference", "fused", "triton")
 TRITON_ACTIVATIONS = frozenset(
     {"identity", "relu", "gelu", "gelu_tanh", "swish", "sigmoid", "tanh", "relu2"}
 )
-TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+TRITON_DTYPES = FLOAT_DTYPES  # the dtypes the Triton kernels take: all of them
 
 
 # Whether triton imports: '' if it does, else the reason; None until first asked. A plain module
@@ -134,7 +135,7 @@ def _cpu_kernel(
     inputs where they beat ATen (see :mod:`ffnlab.ops.inductor_kernels` for the measured gains
     and the threshold), the ATen engine for small inputs, for activations where ATen is faster,
     or when compilation failed earlier in this process."""
-    if hidden is None or x.device.type != "cpu" or x.dtype not in TRITON_DTYPES:
+    if hidden is None or x.device.type != "cpu" or x.dtype not in FLOAT_DTYPES:
         return "torch"
     from . import inductor_kernels
 

@@ -56,13 +56,14 @@ from ..activations import get_activation
 from ..errors import UsageError, check_choice
 from . import cpu
 
-__all__ = ["fused_feed_forward", "KERNELS", "RECOMPUTE_MODES"]
+__all__ = ["fused_feed_forward", "elementwise_engine", "KERNELS", "RECOMPUTE_MODES"]
 
 RECOMPUTE_MODES = ("none", "activation", "full")
 KERNELS = ("torch", "inductor", "triton")
 
 
-def _engine(kernel: str) -> ModuleType:
+def elementwise_engine(kernel: str) -> ModuleType:
+    """The module implementing ``kernel``'s ``hidden_forward``/``hidden_backward``."""
     if kernel == "triton":
         from . import triton_kernels  # imports triton: only when asked for
 
@@ -121,7 +122,7 @@ def _forward_impl(
     h1 = _linear(x, w1, b1)
     h3 = _linear(x, w3, b3) if gated else None
     kept = _kept(recompute, gated, activation)
-    m, a = _engine(kernel).hidden_forward(
+    m, a = elementwise_engine(kernel).hidden_forward(
         activation, h1, h3, _beta_arg(beta, beta_value), keep_act="a" in kept
     )
     y = _linear(m, w2, b2)
@@ -173,7 +174,7 @@ def _backward_impl(
             saved["h3"] = _linear(x, w3, b3)
     h1, h3, a, m = (saved.get(k) for k in ("h1", "h3", "a", "m"))
     beta_arg = _beta_arg(beta, beta_value)
-    engine = _engine(kernel)
+    engine = elementwise_engine(kernel)
     out = dict.fromkeys(_GRAD_NAMES)
 
     if any(need[k] for k in ("x", "w1", "w3", "b1", "b3", "beta")):
