@@ -9,7 +9,8 @@ backend         runs when
 ``fused``       always: the custom autograd op of :mod:`ffnlab.ops.function`; its
                 elementwise part uses the Triton kernels on CUDA when they can run; on CPU
                 inductor-generated single-pass kernels (:mod:`ffnlab.ops.inductor_kernels`)
-                from 2^20 hidden elements on, the ATen engine (:mod:`ffnlab.ops.cpu`) below
+                from 2^20 hidden elements on, for the activations where they measured
+                faster; the ATen engine (:mod:`ffnlab.ops.cpu`) otherwise
 ``triton``      triton imports, ``x`` is on CUDA (or on CPU with ``TRITON_INTERPRET=1``,
                 Triton's interpreter, which is how CI tests the kernels), the activation
                 has a kernel and the dtype is float32, float16, bfloat16 or float64

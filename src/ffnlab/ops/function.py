@@ -219,10 +219,9 @@ def _ffn_backward_fake(
     return [torch.empty_like(t) for t, n in zip(like, needs, strict=True) if n]
 
 
-def _setup_context(ctx, inputs, output) -> None:
+def _save(ctx, inputs: tuple, kept) -> None:
+    """What both autograd paths keep for backward, from the forward's 12 inputs."""
     x, w1, w2, w3, b1, b2, b3, beta, activation, beta_value, recompute, kernel = inputs
-    kept = output[1:]
-    ctx.mark_non_differentiable(*kept)
     ctx.set_materialize_grads(False)
     # Parameters are saved too (the model keeps them anyway; saved_tensor_bytes leaves them
     # out); the activations saved are exactly the mode's list in the module docstring.
@@ -230,19 +229,24 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.meta = (activation, beta_value, recompute, kernel)
 
 
-def _backward(ctx, grads):
-    grad_y = grads[0]
-    # Inputs that are None or need no gradient get none (and cost nothing).
+def _grads(ctx, grad_y, backward) -> tuple:
+    """The 12 input gradients from ``backward`` (the custom op or the impl), None where an
+    input is None or needs no gradient (those cost nothing)."""
     needs = [bool(n) for n in ctx.needs_input_grad[:8]]
     if grad_y is None or not any(needs):
         return (None,) * 12
     x, w1, w2, w3, b1, b3, beta, *kept = ctx.saved_tensors
-    it = iter(
-        torch.ops.ffnlab.ffn_backward(
-            grad_y, x, w1, w2, w3, b1, b3, beta, kept, *ctx.meta, needs
-        )
-    )
+    it = iter(backward(grad_y, x, w1, w2, w3, b1, b3, beta, kept, *ctx.meta, needs))
     return (*(next(it) if n else None for n in needs), None, None, None, None)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.mark_non_differentiable(*output[1:])
+    _save(ctx, inputs, output[1:])
+
+
+def _backward(ctx, grads):
+    return _grads(ctx, grads[0], torch.ops.ffnlab.ffn_backward)
 
 
 _ffn_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -259,23 +263,14 @@ class _FusedFFN(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, w1, w2, w3, b1, b2, b3, beta, activation, beta_value, recompute, kernel):
-        y, *kept = _forward_impl(
-            x, w1, w2, w3, b1, b2, b3, beta, activation, beta_value, recompute, kernel
-        )
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, w1, w2, w3, b1, b3, beta, *kept)
-        ctx.meta = (activation, beta_value, recompute, kernel)
+    def forward(ctx, *inputs):
+        y, *kept = _forward_impl(*inputs)
+        _save(ctx, inputs, kept)
         return y
 
     @staticmethod
     def backward(ctx, grad_y):
-        needs = [bool(n) for n in ctx.needs_input_grad[:8]]
-        if grad_y is None or not any(needs):
-            return (None,) * 12
-        x, w1, w2, w3, b1, b3, beta, *kept = ctx.saved_tensors
-        it = iter(_backward_impl(grad_y, x, w1, w2, w3, b1, b3, beta, kept, *ctx.meta, needs))
-        return (*(next(it) if n else None for n in needs), None, None, None, None)
+        return _grads(ctx, grad_y, _backward_impl)
 
 
 # --- public entry point ------------------------------------------------------------------

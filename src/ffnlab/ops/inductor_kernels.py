@@ -57,7 +57,6 @@ FASTER_BACKWARD = frozenset(
 )
 
 
-
 def helps(activation: str, gated: bool) -> bool:
     """Whether this engine beats ATen for ``activation`` in at least one direction."""
     return (activation, gated) in FASTER_FORWARD or (activation, gated) in FASTER_BACKWARD
