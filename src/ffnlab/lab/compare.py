@@ -148,12 +148,15 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_USAGE  # every rank finds the same problem; rank 0 says it
         raise
     ctx = distributed.init_from_env(settings["device"], timeout_s=args.dist_timeout)
+    orderly = False
     try:
-        return _run(args, ctx, **settings)
+        rc = _run(args, ctx, **settings)
+        orderly = True
+        return rc
     except distributed.PeerError:
         return EXIT_USAGE  # rank 0 refused the run and printed why
     finally:
-        distributed.shutdown(ctx)
+        distributed.shutdown(ctx, orderly=orderly)
 
 
 def launch_nproc(args: argparse.Namespace) -> int:

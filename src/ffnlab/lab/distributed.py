@@ -278,12 +278,24 @@ def init_from_env(device: torch.device, *, timeout_s: float = DEFAULT_TIMEOUT_S)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Leave the process group (if this process joined one)."""
+def shutdown(ctx: DistContext, *, orderly: bool = False) -> None:
+    """Leave the process group (if this process joined one).
+
+    ``orderly`` (the run ended normally on this rank): wait at a barrier first, so that no
+    rank tears its gloo connections down while a peer still uses them. Without it, one of
+    about a dozen 2-rank runs under load aborted at exit ("terminate called without an
+    active exception", SIGABRT) after finishing its work. A peer that already left makes the
+    barrier fail, which is ignored: the group is destroyed either way.
+    """
     if ctx.distributed:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if orderly:
+                try:
+                    dist.barrier()
+                except Exception:  # a peer failed or left first: nothing to wait for
+                    pass
             dist.destroy_process_group()
 
 
