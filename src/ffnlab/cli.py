@@ -18,7 +18,7 @@ from .errors import UsageError
 COMMANDS: dict[str, tuple[str, str]] = {
     "variants": ("ffnlab.commands.variants", "table of FFN variants: formula, params, FLOPs"),
     "plot": ("ffnlab.commands.plot", "plot activation curves and their derivatives"),
-    "bench": ("ffnlab.lab.bench", "speed and memory of every variant and backend"),
+    "bench": ("ffnlab.commands.bench", "speed and memory of every variant and backend"),
     "compare": ("ffnlab.lab.compare", "train a small LM per variant and write a report"),
     "advise": ("ffnlab.lab.advise", "recommend a variant from measurements"),
 }

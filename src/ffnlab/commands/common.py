@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UsageError, check_choice
+from ..errors import UsageError, check_choice, check_positive_int
 from ..variants import parse_variant_list
 
 DTYPES = {
@@ -52,6 +52,23 @@ def add_common(
 
 def parse_variants(text: str | None) -> list[str]:
     return parse_variant_list(text)
+
+
+def parse_int_list(flag: str, text: str) -> list[int]:
+    """``"512, 2048"`` -> ``[512, 2048]``: positive integers, no repeats; a UsageError naming
+    ``flag`` for anything else (or for an empty list)."""
+    out = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            value = int(part)
+        except ValueError:
+            raise UsageError(f"{flag} takes positive integers, got {part!r}") from None
+        out.append(check_positive_int(flag, value))
+    if not out:
+        raise UsageError(f"{flag} is empty")
+    return list(dict.fromkeys(out))
 
 
 def parse_dtype(text: str) -> torch.dtype:

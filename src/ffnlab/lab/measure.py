@@ -8,11 +8,11 @@ from collections.abc import Callable
 
 import torch
 
+from ..bench import timing
 from ..ffn import FeedForward
 from ..ops.memory import saved_tensor_bytes
 from ..ops.reference import hidden_activation
 from ..variants import get_variant
-from . import timing
 from .model import ModelConfig, ffn_hidden
 from .train import _autocast, _param_dtype
 
@@ -44,15 +44,11 @@ def saved_bytes_per_token(variant: str, model_cfg: ModelConfig, *, batch_size: i
 
 
 def _median_ms_side_by_side(fns: dict[str, Callable[[], None]], reps: int, device) -> dict[str, float]:
-    """Median wall time of each fn; rounds interleave all fns so drift hits them equally."""
-    device = torch.device(device)
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for fn in fns.values():  # warm-up (allocator, kernel caches)
-        fn()
-    for _ in range(reps):
-        for name, fn in fns.items():
-            times[name].append(timing.time_call(fn, device) * 1e3)
-    return {k: timing.median(v) for k, v in times.items()}
+    """Median wall time of each fn in ms, timed round-robin after one warm-up call each
+    (:func:`ffnlab.bench.timing.round_robin`); an error propagates."""
+    calls = {name: {"call": fn} for name, fn in fns.items()}
+    times, _ = timing.round_robin(calls, torch.device(device), repeats=reps, errors=())
+    return {k: timing.median(t["call"]) * 1e3 for k, t in times.items()}
 
 
 def ffn_timings(variants: list[str], model_cfg: ModelConfig, *, batch_size: int, reps: int = 10,

@@ -1,9 +1,7 @@
-"""Timing helpers for the benchmarks: one timed call, device ceilings, and the machine's identity.
+"""This device's ceilings (copy bandwidth, matmul rate) and where a measurement was taken.
 
-Times are wall-clock seconds of one call. On CUDA they come from a pair of CUDA events around
-the call (the GPU's own clock, no host overhead after the launch); on the CPU from
-``time.perf_counter``. Either way the device is synchronised before the call starts, so a
-previous call's queued work is never billed to this one.
+Every bench row is read as a share of a ceiling: an FFN's matmuls are compute-bound, its
+elementwise middle is bandwidth-bound.
 """
 
 from __future__ import annotations
@@ -12,66 +10,20 @@ import datetime as _dt
 import importlib.metadata
 import os
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 
+from .timing import time_call
+
 __all__ = [
-    "synchronize",
-    "time_call",
-    "median",
-    "spread",
-    "copy_bandwidth",
-    "matmul_rate",
-    "device_ceilings",
     "best_ceilings",
+    "copy_bandwidth",
+    "device_ceilings",
     "machine_info",
+    "matmul_rate",
 ]
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for every queued kernel on ``device`` (a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds one call of ``fn()`` takes on ``device``."""
-    synchronize(device)
-    if device.type == "cuda":
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def median(values: Sequence[float]) -> float:
-    """The median; the benchmarks report it because one slow outlier (a page fault, another
-    process on a shared machine) moves a mean but not a median."""
-    if not values:
-        raise ValueError("median of no values")
-    return float(statistics.median(values))
-
-
-def spread(values: Sequence[float]) -> float:
-    """Interquartile range / median: how noisy a set of timings is (0 for fewer than 4).
-
-    A CPU shared with other work shows it here first: on the 2-core development machine,
-    under a load average of 3 to 6, repeated FFN timings spread 10-40 %.
-    """
-    if len(values) < 4:
-        return 0.0
-    q = statistics.quantiles(values, n=4)
-    return float((q[2] - q[0]) / statistics.median(values))
 
 
 def _best_of(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -104,9 +56,8 @@ def matmul_rate(
     """FLOP/s of one square ``[n, n] @ [n, n]`` product in ``dtype`` (``2 n^3`` FLOPs).
 
     ``n`` defaults to 8192 on CUDA (about 1.1 TFLOP, long enough for the GPU to reach its
-    sustained clock) and 2048 on the CPU (17 GFLOP, ~0.2 s on 2 cores). With n = 1024 the
-    2-core development machine reported a rate below what its dim-512 FFN rows then reached
-    (the rows' matmuls showed 103-116 % of it).
+    sustained clock) and 2048 on the CPU (17 GFLOP). A smaller product under-reports the CPU's
+    rate (docs/benchmarks.md, "Measurements behind the defaults", has the measurement).
     """
     if n is None:
         n = 8192 if device.type == "cuda" else 2048
@@ -134,8 +85,8 @@ def best_ceilings(*measured: dict[str, float]) -> dict[str, float]:
     """The higher of each ceiling over several :func:`device_ceilings` results.
 
     The benchmark measures them before and after its rows: on a shared machine one
-    measurement can land in a busy moment (on the 2-core development machine, under a load
-    average of 6, a start-of-run matmul rate came out below what the FFN rows then reached).
+    measurement can land in a busy moment and come out below what the rows then reach
+    (docs/benchmarks.md, "Measurements behind the defaults").
     """
     best = dict(measured[0])
     for m in measured[1:]:

@@ -16,22 +16,24 @@ times it: on ``[tokens, hidden]`` tensors, without the matmuls, to set against c
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from types import ModuleType
 
 import torch
 
 from ..errors import check_choice
-from ..ops.dispatch import plan, why_not
-from ..ops.function import elementwise_engine
 from ..ops.reference import hidden_activation
 from ..variants import get_variant
-from .bench_providers import TRITON_CPU_REASON, Setup, Skip, liger_function
+from .engines import fused_engine_module, unsupported_reason
+from .providers import TRITON_CPU_REASON, Setup, Skip, liger_function
 
 __all__ = [
     "ELEMENTWISE_PROVIDERS",
-    "ElementwiseRunner",
-    "EngineRunner",
+    "ElementwiseRun",
+    "EngineRun",
+    "HiddenInputs",
+    "PrivateInputs",
     "build_elementwise",
     "elementwise_provider",
 ]
@@ -39,7 +41,17 @@ __all__ = [
 ELEMENTWISE_PROVIDERS = ("reference", "fused", "compile", "triton", "liger")
 
 
-class ElementwiseRunner:
+@dataclass
+class HiddenInputs:
+    """One token count: ``h1``, ``h3`` (None for plain variants) ``[tokens, hidden]``, both
+    requiring grad, and the upstream gradient ``g [tokens, hidden]``."""
+
+    h1: torch.Tensor
+    h3: torch.Tensor | None
+    g: torch.Tensor
+
+
+class ElementwiseRun:
     """The elementwise middle alone, ``m = act(h1) * h3`` on ``[tokens, hidden]`` tensors, through
     an autograd function ``fn(h1, h3)``; ``fwd``/``fwd_bwd`` take an object with ``h1``, ``h3``
     (None for plain variants) and the upstream gradient ``g``."""
@@ -57,7 +69,7 @@ class ElementwiseRunner:
         self.fn(inp.h1, inp.h3).backward(inp.g)
 
 
-class EngineRunner(ElementwiseRunner):
+class EngineRun(ElementwiseRun):
     """The fused op's elementwise engine (``ffnlab.ops.cpu``, ``inductor_kernels`` or
     ``triton_kernels``) called directly: ``hidden_forward``, and for fwd+bwd also
     ``hidden_backward`` with ``need_m=False`` (gradients only), so that the bytes moved are
@@ -82,13 +94,6 @@ class EngineRunner(ElementwiseRunner):
         engine.hidden_backward(self.activation, inp.g, h1, h3, need_m=False)
 
 
-def _fused_cpu_engine(h1: torch.Tensor) -> ModuleType:
-    """The engine :func:`ffnlab.ops.dispatch.plan` gives the fused op for ``h1 [N, hidden]``
-    (an inductor engine delegates, per activation and direction, to ATen where that is faster)."""
-    _, kernel = plan("fused", h1, hidden=h1.shape[-1])
-    return elementwise_engine(kernel)
-
-
 def elementwise_provider(name: str) -> str | None:
     """The elementwise form of FFN provider ``name`` (``fused:*`` -> ``fused``), or None."""
     base = "fused" if name.startswith("fused:") else name
@@ -96,31 +101,31 @@ def elementwise_provider(name: str) -> str | None:
 
 
 def build_elementwise(name: str, setup: Setup):
-    """A runner for the elementwise middle with provider ``name``; :class:`Skip` when it
+    """A run of the elementwise middle with provider ``name``; :class:`Skip` when it
     cannot run here."""
     check_choice("elementwise provider", name, ELEMENTWISE_PROVIDERS)
     act = get_variant(setup.variant).activation
     ref = partial(hidden_activation, act)
     cuda = setup.device.type == "cuda"
     if name == "reference":
-        return ElementwiseRunner(ref)
+        return ElementwiseRun(ref)
     if name == "fused":
         if cuda:  # the fused backend runs the Triton kernels there: one row is enough
             raise Skip("on CUDA the fused op's elementwise part is the Triton kernels "
                        "(the triton row)")
-        return EngineRunner(_fused_cpu_engine, act)
+        return EngineRun(fused_engine_module, act)
     if name == "triton":
         if not cuda:
             raise Skip(TRITON_CPU_REASON)
         probe = torch.empty(2, setup.hidden, dtype=setup.dtype, device=setup.device)
-        reason = why_not("triton", probe)
+        reason = unsupported_reason("triton", probe)
         if reason is not None:
             raise Skip(reason)
         try:
             from ..ops import triton_kernels as engine
         except Exception as exc:
             raise Skip(f"the Triton kernels do not import ({type(exc).__name__}: {exc})") from None
-        return EngineRunner(engine, act)
+        return EngineRun(engine, act)
     if name == "compile":
         key = "compile:elementwise"
         if key not in setup.cache:
@@ -128,23 +133,23 @@ def build_elementwise(name: str, setup: Setup):
                 setup.cache[key] = torch.compile(ref)
             except Exception as exc:
                 raise Skip(f"torch.compile failed: {type(exc).__name__}: {exc}") from None
-        return ElementwiseRunner(setup.cache[key])  # type: ignore[arg-type]
+        return ElementwiseRun(setup.cache[key])  # type: ignore[arg-type]
     if not cuda:
         raise Skip("Liger-Kernel runs on CUDA only")
     fn = liger_function(setup.variant)
-    return _PrivateInputs(ElementwiseRunner(lambda h1, h3: fn.apply(h1, h3)))
+    return PrivateInputs(ElementwiseRun(lambda h1, h3: fn.apply(h1, h3)))
 
 
-class _PrivateInputs:
-    """Runs ``runner`` on its own copy of the inputs.
+class PrivateInputs:
+    """Runs ``inner`` on its own copy of the inputs.
 
     Liger's backward writes the two input gradients into the storage of its inputs (saving
     two allocations): inside its MLP those are temporaries, but here the inputs are shared by
     every provider, so Liger gets a copy, made on the first (untimed, warm-up) call.
     """
 
-    def __init__(self, runner: ElementwiseRunner) -> None:
-        self.runner = runner
+    def __init__(self, inner: ElementwiseRun) -> None:
+        self.inner = inner
         self._src: object | None = None
         self._own: object | None = None
 
@@ -157,7 +162,7 @@ class _PrivateInputs:
         return self._own
 
     def fwd(self, inp) -> object:
-        return self.runner.fwd(self._inputs(inp))
+        return self.inner.fwd(self._inputs(inp))
 
     def fwd_bwd(self, inp) -> None:
-        self.runner.fwd_bwd(self._inputs(inp))
+        self.inner.fwd_bwd(self._inputs(inp))

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..numbers import as_float, fmt_number
+
 __all__ = ["evaluate_targets", "print_report", "to_markdown", "write_chart", "FUSED_DEFAULT"]
 
 # The fused provider the targets hold to account: FeedForward's default recompute mode.
@@ -40,7 +42,7 @@ _PAIRED = {("fwd_bwd_ms", "reference"): "fwd_bwd_vs_reference",
            ("fwd_bwd_ms", "matmul"): "fwd_bwd_vs_matmul"}
 
 
-def _ratio(ok: dict, a: str, b: str, key: str, invert: bool = False) -> float | None:
+def _row_ratio(ok: dict, a: str, b: str, key: str, invert: bool = False) -> float | None:
     """``ok[a][key] / ok[b][key]`` (inverted if asked); for the time ratios a row carries as a
     paired median (``_PAIRED``), that value."""
     if a not in ok or b not in ok:
@@ -82,7 +84,7 @@ def _cpu_targets(result: dict) -> list[dict]:
     ]
     out = []
     for name, a, b, key, limit in specs:
-        value = _ratio(ok, a, b, key)
+        value = _row_ratio(ok, a, b, key)
         if value is None:
             note = _missing_note(ok, skipped, (a, b), where) if rows else f"not in this run ({where})"
         else:
@@ -96,7 +98,7 @@ def _noise_note(ok: dict, a: str, b: str, key: str) -> str:
     if not key.endswith("_ms"):
         return ""
     base = key[: -len("_ms")]
-    fast = _ratio(ok, a, b, f"{key}_min")
+    fast = _row_ratio(ok, a, b, f"{key}_min")
     spreads = [ok[n].get(f"{base}_spread") for n in (a, b)]
     if fast is None or None in spreads:
         return ""
@@ -124,7 +126,7 @@ def _gpu_targets(result: dict) -> list[dict]:
             ("fwd+bwd speedup of fused over Liger", "liger", "fwd_bwd_ms", ">=", 1.0, True),
             ("saved bytes, fused / Liger", "liger", "saved_bytes_per_token", "<=", 1.0, False),
         ):
-            value = _ratio(ok, FUSED_DEFAULT, b, key, invert=inv)
+            value = _row_ratio(ok, FUSED_DEFAULT, b, key, invert=inv)
             note = (where + _noise_note(ok, b, FUSED_DEFAULT, key) if value is not None
                     else _missing_note(ok, skipped, (FUSED_DEFAULT, b), where))
             out.append(_target(name, value, op, limit, note))
@@ -156,8 +158,15 @@ def evaluate_targets(result: dict) -> list[dict]:
 # ---------------------------------------------------------------- formatting
 
 
-def _f(value: float | None, fmt: str, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{fmt}}{suffix}"
+def _cell(key: str, spec: str, suffix: str = "", *, scale: float = 1.0) -> Callable[[dict], str]:
+    """A column formatter: ``row[key]`` as ``spec`` (times ``scale``) + ``suffix``; ``-`` where
+    the value is missing or not a finite number."""
+    return lambda r: fmt_number(r.get(key), spec, na="-", suffix=suffix, scale=scale)
+
+
+def _provider_label(r: dict) -> str:
+    """``fused:activation [aten]``: the provider and, for the fused op, the engine that ran."""
+    return r["provider"] + (f" [{r['engine']}]" if r.get("engine") else "")
 
 
 # The columns that name a row, shared by both tables.
@@ -165,35 +174,32 @@ _ID_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     ("variant", lambda r: r["variant"]),
     ("hidden", lambda r: str(r["hidden"])),
     ("tokens", lambda r: str(r["tokens"])),
-    ("provider", lambda r: r["provider"] + (f" [{r['kernel']}]" if r.get("kernel") else "")),
+    ("provider", _provider_label),
 ]
 FFN_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     *_ID_COLUMNS,
-    ("fwd ms", lambda r: _f(r.get("fwd_ms"), ".2f")),
-    ("fwd+bwd ms", lambda r: _f(r.get("fwd_bwd_ms"), ".2f")),
-    ("fwd ×ref", lambda r: _f(r.get("fwd_vs_reference"), ".2f", "×")),
-    ("fwd ×floor", lambda r: _f(r.get("fwd_vs_matmul"), ".2f", "×")),
-    ("f+b ×ref", lambda r: _f(r.get("fwd_bwd_vs_reference"), ".2f", "×")),
-    ("f+b ×floor", lambda r: _f(r.get("fwd_bwd_vs_matmul"), ".2f", "×")),
-    ("f+b % mm peak", lambda r: _f(None if r.get("fwd_bwd_matmul_share") is None
-                                  else 100 * r["fwd_bwd_matmul_share"], ".0f", "%")),
-    ("saved B/tok", lambda r: _f(r.get("saved_bytes_per_token"), ",.0f")),
-    ("saved ×ref", lambda r: _f(r.get("saved_vs_reference"), ".2f", "×")),
-    ("rel err", lambda r: _f(r.get("max_rel_err"), ".0e")),
-    ("f+b spread", lambda r: _f(None if r.get("fwd_bwd_spread") is None
-                               else 100 * r["fwd_bwd_spread"], ".0f", "%")),
+    ("fwd ms", _cell("fwd_ms", ".2f")),
+    ("fwd+bwd ms", _cell("fwd_bwd_ms", ".2f")),
+    ("fwd ×ref", _cell("fwd_vs_reference", ".2f", "×")),
+    ("fwd ×floor", _cell("fwd_vs_matmul", ".2f", "×")),
+    ("f+b ×ref", _cell("fwd_bwd_vs_reference", ".2f", "×")),
+    ("f+b ×floor", _cell("fwd_bwd_vs_matmul", ".2f", "×")),
+    ("f+b % mm peak", _cell("fwd_bwd_matmul_share", ".0f", "%", scale=100)),
+    ("saved B/tok", _cell("saved_bytes_per_token", ",.0f")),
+    ("saved ×ref", _cell("saved_vs_reference", ".2f", "×")),
+    ("rel err", _cell("max_rel_err", ".0e")),
+    ("f+b spread", _cell("fwd_bwd_spread", ".0f", "%", scale=100)),
 ]
-PEAK_COLUMN = ("peak MiB", lambda r: _f(None if r.get("peak_bytes") is None
-                                        else r["peak_bytes"] / 2**20, ",.0f"))
+PEAK_COLUMN = ("peak MiB", _cell("peak_bytes", ",.0f", scale=2**-20))
 EW_COLUMNS: list[tuple[str, Callable[[dict], str]]] = [
     *_ID_COLUMNS,
-    ("fwd ms", lambda r: _f(r.get("fwd_ms"), ".3f")),
-    ("fwd+bwd ms", lambda r: _f(r.get("fwd_bwd_ms"), ".3f")),
-    ("fwd GB/s", lambda r: _f(None if "fwd_bytes_per_s" not in r else r["fwd_bytes_per_s"] / 1e9, ".1f")),
-    ("fwd % copy", lambda r: _f(None if "fwd_copy_share" not in r else 100 * r["fwd_copy_share"], ".0f", "%")),
-    ("f+b % copy", lambda r: _f(None if "fwd_bwd_copy_share" not in r
-                                else 100 * r["fwd_bwd_copy_share"], ".0f", "%")),
-    ("f+b ×ref", lambda r: _f(r.get("fwd_bwd_vs_reference"), ".2f", "×")),
+    ("fwd ms", _cell("fwd_ms", ".3f")),
+    ("fwd+bwd ms", _cell("fwd_bwd_ms", ".3f")),
+    # divided (not scaled by 1e-9) as it always was, so that no printed digit moves
+    ("fwd GB/s", lambda r: fmt_number(as_float(r.get("fwd_bytes_per_s")) / 1e9, ".1f", na="-")),
+    ("fwd % copy", _cell("fwd_copy_share", ".0f", "%", scale=100)),
+    ("f+b % copy", _cell("fwd_bwd_copy_share", ".0f", "%", scale=100)),
+    ("f+b ×ref", _cell("fwd_bwd_vs_reference", ".2f", "×")),
 ]
 
 
@@ -226,7 +232,7 @@ def _header(result: dict) -> str:
 
 
 def _target_line(t: dict) -> str:
-    value = "-" if t["value"] is None else f"{t['value']:.3f}"
+    value = fmt_number(t["value"], ".3f", na="-")
     return f"{t['status']:4}  {t['name']}: {value} (target {t['op']} {t['limit']:g})  {t['note']}"
 
 

@@ -1,6 +1,8 @@
-"""What ``ffnlab bench`` measures: one *runner* per provider, all sharing the same weights.
+"""What ``ffnlab bench`` measures: one :class:`ProviderRun` per provider, all sharing the same
+weights.
 
-A provider is a way to compute the FFN (the elementwise middle alone: ``bench_elementwise``):
+A provider is a way to compute the FFN (the elementwise middle alone:
+:mod:`ffnlab.bench.elementwise`):
 
 =================  =====================================================================
 ``reference``      ``FeedForward(backend="reference")``: plain torch ops, autograd backward
@@ -27,14 +29,15 @@ import torch.nn.functional as F
 
 from ..errors import UsageError, check_choice
 from ..ffn import FeedForward
-from ..ops.dispatch import why_not
 from ..ops.memory import saved_tensor_bytes
 from ..variants import get_variant
+from .engines import unsupported_reason
 
 __all__ = [
     "PROVIDERS",
     "DEFAULT_PROVIDERS",
     "MatmulFloor",
+    "ProviderRun",
     "TRITON_CPU_REASON",
     "liger_function",
     "Skip",
@@ -42,7 +45,7 @@ __all__ = [
     "Inputs",
     "make_setup",
     "make_inputs",
-    "build_runner",
+    "build_run",
     "parse_providers",
 ]
 
@@ -56,8 +59,8 @@ PROVIDERS = (
     "liger",
     "matmul",
 )
-# torch.compile is left out of the default set: on this project's 2-core CPU machine inductor's
-# C++ build took 30 s for a single 16x16 Linear, minutes for a handful of shapes.
+# torch.compile is left out of the default set: inductor's C++ build takes tens of seconds per
+# shape on a small CPU (docs/benchmarks.md, "Measurements behind the defaults").
 DEFAULT_PROVIDERS = tuple(p for p in PROVIDERS if p != "compile")
 
 
@@ -135,7 +138,7 @@ def make_inputs(setup: Setup, tokens: int, *, seed: int) -> Inputs:
     return Inputs(tokens, x, dy)
 
 
-class Runner:
+class ProviderRun:
     """A provider ready to run on one setup: ``fwd(inp)`` and ``fwd_bwd(inp)`` are timed."""
 
     def __init__(self, name: str, forward: Callable[[torch.Tensor], torch.Tensor],
@@ -167,7 +170,7 @@ class Runner:
         return nbytes
 
 
-class MatmulFloor(Runner):
+class MatmulFloor(ProviderRun):
     """The FFN's matrix products and nothing else, on precomputed hidden tensors.
 
     Forward, gated: ``x @ W1.T``, ``x @ W3.T``, ``a @ W2.T`` (plain: no W3). Backward:
@@ -182,7 +185,9 @@ class MatmulFloor(Runner):
         self._scratch: tuple[int, list[torch.Tensor]] | None = None
         super().__init__("matmul", self._forward, [])
 
-    def _hidden(self, inp: Inputs) -> list[torch.Tensor]:
+    def hidden_tensors(self, inp: Inputs) -> list[torch.Tensor]:
+        """``[a, dh1, dh3]``, random ``[tokens, hidden]`` tensors standing in for the hidden
+        activation and its two gradients (made once per token count)."""
         if self._scratch is None or self._scratch[0] != inp.tokens:
             self._scratch = None  # free the previous token count's tensors first
             shape = (inp.tokens, self.w1.shape[0])
@@ -194,7 +199,7 @@ class MatmulFloor(Runner):
         raise RuntimeError("MatmulFloor runs through fwd()/fwd_bwd()")  # never autograd
 
     def fwd(self, inp: Inputs) -> object:
-        a, _, _ = self._hidden(inp)
+        a, _, _ = self.hidden_tensors(inp)
         x = inp.x.detach()
         F.linear(x, self.w1)
         if self.w3 is not None:
@@ -202,7 +207,7 @@ class MatmulFloor(Runner):
         return F.linear(a, self.w2)
 
     def fwd_bwd(self, inp: Inputs) -> None:
-        a, dh1, dh3 = self._hidden(inp)
+        a, dh1, dh3 = self.hidden_tensors(inp)
         x, dy = inp.x.detach(), inp.dy
         self.fwd(inp)
         torch.mm(dy, self.w2)  # grad of the hidden activation
@@ -245,29 +250,29 @@ def liger_function(variant: str):
     return fn
 
 
-def build_runner(name: str, setup: Setup) -> Runner:
-    """The runner for provider ``name`` on ``setup``, or :class:`Skip` with the reason."""
+def build_run(name: str, setup: Setup) -> ProviderRun:
+    """The run of provider ``name`` on ``setup``, or :class:`Skip` with the reason."""
     check_choice("provider", name, PROVIDERS)
     ref = setup.module
     cuda = setup.device.type == "cuda"
     if name == "reference":
-        return Runner(name, ref, list(ref.parameters()), "reference")
+        return ProviderRun(name, ref, list(ref.parameters()), "reference")
     if name == "matmul":
         return MatmulFloor(setup)
     if name.startswith("fused:"):
-        reason = why_not("fused", _probe(setup))
+        reason = unsupported_reason("fused", _probe(setup))
         if reason is not None:
             raise Skip(reason)
         m = _ffn_copy(setup, "fused", name.split(":", 1)[1])
-        return Runner(name, m, list(m.parameters()), "fused")
+        return ProviderRun(name, m, list(m.parameters()), "fused")
     if name == "triton":
         if not cuda:
             raise Skip(TRITON_CPU_REASON)
-        reason = why_not("triton", _probe(setup))
+        reason = unsupported_reason("triton", _probe(setup))
         if reason is not None:
             raise Skip(reason)
         m = _ffn_copy(setup, "triton", "activation")
-        return Runner(name, m, list(m.parameters()), "triton")
+        return ProviderRun(name, m, list(m.parameters()), "triton")
     if name == "compile":
         compiled = setup.cache.get("compile")
         if compiled is None:
@@ -276,7 +281,7 @@ def build_runner(name: str, setup: Setup) -> Runner:
             except Exception as exc:
                 raise Skip(f"torch.compile failed: {type(exc).__name__}: {exc}") from None
             setup.cache["compile"] = compiled
-        return Runner(name, compiled, list(ref.parameters()), "inductor")
+        return ProviderRun(name, compiled, list(ref.parameters()), "inductor")
     # liger
     if not cuda:
         raise Skip("Liger-Kernel runs on CUDA only")
@@ -288,4 +293,4 @@ def build_runner(name: str, setup: Setup) -> Runner:
     def liger_forward(x: torch.Tensor) -> torch.Tensor:
         return F.linear(fn.apply(F.linear(x, w1), F.linear(x, w3)), w2)
 
-    return Runner(name, liger_forward, list(ref.parameters()), "liger")
+    return ProviderRun(name, liger_forward, list(ref.parameters()), "liger")

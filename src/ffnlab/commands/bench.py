@@ -1,0 +1,122 @@
+"""Speed and memory of every FFN variant and provider, forward and forward+backward.
+
+For each variant, hidden size and token count, every provider (reference, fused with each
+recompute mode, torch.compile, Triton, Liger-Kernel, and the matmul-only floor) runs on the
+same weights and inputs. Times are medians over repeats after warm-up, with the providers
+interleaved round-robin inside each repeat so that drift (clock boost, other processes) hits
+them all alike; a ratio between two providers is the median of their per-repeat ratios
+(paired), which cancels the load changes that a ratio of two medians keeps. Also measured: bytes saved for backward per token, peak memory on CUDA, and
+this device's copy bandwidth and matmul rate, so each row reads as a share of the roofline.
+
+Writes bench.json, bench.md and bench.png into --out and prints a table and the targets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from ..bench import BenchConfig, run_bench
+from ..bench import report as R
+from ..bench.providers import PROVIDERS, parse_providers
+from ..errors import UsageError, check_positive_int
+from ..lab import io
+from .common import (
+    add_common,
+    parse_device,
+    parse_dtype,
+    parse_int_list,
+    parse_variants,
+    prepare_out_dir,
+    print_json,
+)
+
+# The defaults of the flags are BenchConfig's own.
+_DEFAULT = {f.name: f.default for f in dataclasses.fields(BenchConfig)}
+
+
+def _comma(values) -> str:
+    return ",".join(map(str, values))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    variants = _comma(_DEFAULT["variants"])
+    add_common(p, out="runs/bench", variants=False, dtype="float32", seed=True)
+    p.add_argument("--variants", default=variants,
+                   help=f"comma-separated variant names, or all (default: {variants})")
+    p.add_argument("--dim", type=int, default=_DEFAULT["dim"],
+                   help=f"model width (default: {_DEFAULT['dim']})")
+    p.add_argument("--hidden", default=None,
+                   help="hidden size(s), comma list (default: 4*dim plain, LLaMA rule gated)")
+    p.add_argument("--multiple-of", type=int, default=_DEFAULT["multiple_of"],
+                   help="the default gated hidden size is rounded up to this "
+                        f"(default: {_DEFAULT['multiple_of']})")
+    p.add_argument("--tokens", default=_comma(_DEFAULT["tokens"]),
+                   help=f"tokens per batch, comma list (default: {_comma(_DEFAULT['tokens'])})")
+    p.add_argument("--providers", default=None,
+                   help=f"comma list from {', '.join(PROVIDERS)}; 'fused' = the three modes; "
+                        f"'all' (default: all but compile)")
+    p.add_argument("--repeats", type=int, default=_DEFAULT["repeats"],
+                   help=f"timed repeats, median reported (default: {_DEFAULT['repeats']})")
+    p.add_argument("--warmup", type=int, default=_DEFAULT["warmup"],
+                   help=f"untimed calls first (default: {_DEFAULT['warmup']})")
+    p.add_argument("--elementwise", action=argparse.BooleanOptionalAction,
+                   default=_DEFAULT["elementwise"],
+                   help="also time the elementwise middle alone (default: on)")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    """The :class:`BenchConfig` the command line asks for; a UsageError naming the flag."""
+    warmup = args.warmup
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise UsageError(f"--warmup must be a non-negative integer, got {warmup!r}")
+    return BenchConfig(
+        variants=parse_variants(args.variants),
+        dim=check_positive_int("--dim", args.dim),
+        hidden=None if args.hidden is None else parse_int_list("--hidden", args.hidden),
+        multiple_of=check_positive_int("--multiple-of", args.multiple_of),
+        tokens=parse_int_list("--tokens", args.tokens),
+        dtype=parse_dtype(args.dtype),
+        device=parse_device(args.device),
+        providers=parse_providers(args.providers),
+        repeats=check_positive_int("--repeats", args.repeats),
+        warmup=warmup,
+        seed=args.seed,
+        elementwise=args.elementwise,
+    )
+
+
+def write_files(result: dict, out: Path) -> str:
+    """Write ``bench.json`` (strict JSON: a NaN/inf measurement is null), ``bench.md`` and
+    ``bench.png`` into ``out``; returns the chart's name, or why there is none."""
+    io.atomic_write_json(out / "bench.json", io.json_safe(result))
+    io.atomic_write_bytes(out / "bench.md", R.to_markdown(result).encode("utf-8"))
+    try:
+        R.write_chart(result, out / "bench.png")
+    except ImportError as exc:  # a bare GPU machine without matplotlib: keep the numbers
+        return f"no chart ({exc.name} is not installed)"
+    return "bench.png"
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    cfg = config_from_args(args)
+    out = prepare_out_dir(args.out)
+    err = Console(stderr=True)
+    with Progress(TextColumn("bench"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("bench", total=cfg.progress_steps())
+        result = run_bench(cfg, tick=lambda: progress.advance(task))
+    chart = write_files(result, out)
+    if args.json:
+        print_json(io.json_safe(result))
+        return 0
+    console = Console()
+    if not console.is_terminal:  # piped into a file: do not squeeze the tables to 80 columns
+        console = Console(width=140)
+    R.print_report(result, console)
+    console.print(f"wrote {Path(out) / 'bench.json'}, bench.md, {chart}")
+    return 0

@@ -1,0 +1,129 @@
+"""`ffnlab bench`: flags -> BenchConfig, files written, tables and JSON printed, bad input."""
+
+import argparse
+import contextlib
+import io
+import json
+
+import pytest
+import torch
+
+from ffnlab.bench import BenchConfig
+from ffnlab.cli import main
+from ffnlab.commands import bench as B
+
+TINY = ["--dim", "16", "--hidden", "40", "--tokens", "32", "--repeats", "2", "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One small run shared by the tests below: (its --json stdout, the output folder)."""
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["bench", *TINY, "--variants", "swiglu,relu", "--out", str(out), "--json",
+            "--providers", "reference,fused,triton,liger,matmul"]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(argv) == 0
+    return buf.getvalue(), out
+
+
+def test_json_structure_and_files(tiny_run):
+    stdout, out = tiny_run
+    result = json.loads(stdout)
+    assert set(result) >= {"machine", "config", "ceilings", "rows", "elementwise", "targets"}
+    assert result["config"]["tokens"] == [32] and result["config"]["hidden"]["swiglu"] == [40]
+    providers = ["reference", "fused:none", "fused:activation", "fused:full", "triton", "liger",
+                 "matmul"]
+    assert [(r["variant"], r["provider"]) for r in result["rows"]] == [
+        (v, p) for v in ("swiglu", "relu") for p in providers
+    ]
+    assert json.loads((out / "bench.json").read_text()) == result
+    assert (out / "bench.png").stat().st_size > 1000
+    md = (out / "bench.md").read_text()
+    assert "| provider |" in md and "## Targets" in md
+    assert "| fused:activation [aten] |" in md
+
+
+def _args(**change):
+    p = argparse.ArgumentParser()
+    B.add_arguments(p)
+    return argparse.Namespace(**{**vars(p.parse_args([])), **change})
+
+
+def test_flags_default_to_the_config_defaults():
+    cfg = B.config_from_args(_args())
+    assert cfg == BenchConfig()
+    cfg = B.config_from_args(_args(variants="swiglu,relu", hidden="40,24,40", tokens="8, 16",
+                                   providers="reference,fused", dtype="bf16", warmup=0,
+                                   elementwise=False))
+    assert cfg.variants == ("swiglu", "relu") and cfg.hidden == (40, 24)
+    assert cfg.tokens == (8, 16) and cfg.dtype == torch.bfloat16 and cfg.warmup == 0
+    assert cfg.providers == ("reference", "fused:none", "fused:activation", "fused:full")
+    assert cfg.elementwise is False
+
+
+def test_table_output(tmp_path, capsys):
+    argv = ["bench", *TINY, "--variants", "geglu", "--providers", "reference,matmul,liger",
+            "--no-elementwise", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "geglu: dim 16, hidden 40, 32 tokens" in out
+    assert "Targets" in out and "n/a" in out  # not the target's shape: no verdict
+    assert "liger: Liger-Kernel runs on CUDA only" in out
+    assert f"wrote {tmp_path / 'bench.json'}, bench.md, bench.png" in out
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["elementwise"] == []
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--dim", "0"], "--dim must be a positive integer"),
+        (["--tokens", "0"], "--tokens must be a positive integer"),
+        (["--tokens", "12,abc"], "--tokens takes positive integers"),
+        (["--hidden", "-3"], "--hidden must be a positive integer"),
+        (["--repeats", "0"], "--repeats must be a positive integer"),
+        (["--warmup", "-1"], "--warmup must be a non-negative integer"),
+        (["--dtype", "int8"], "unknown dtype 'int8'"),
+        (["--device", "tpu"], "tpu"),
+        (["--providers", "fused:activaton"], "did you mean 'fused:activation'"),
+        (["--variants", "swigl"], "did you mean 'swiglu'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(extra, needle, tmp_path, capsys):
+    assert main(["bench", *TINY, "--out", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_gpu_exits_2(tmp_path, capsys):
+    assert main(["bench", *TINY, "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_nan_ratio_is_written_as_null(tmp_path, monkeypatch, capsys):
+    real = B.run_bench
+
+    def nan_bench(cfg, tick=lambda: None):
+        result = real(cfg, tick)
+        ok = next(r for r in result["rows"] if r["status"] == "ok")
+        ok["fwd_vs_reference"] = float("nan")
+        ok["fwd_vs_matmul"] = float("inf")
+        return result
+
+    monkeypatch.setattr(B, "run_bench", nan_bench)
+    argv = ["bench", *TINY, "--variants", "relu", "--providers", "reference,matmul",
+            "--no-elementwise", "--out", str(tmp_path), "--json"]
+    assert main(argv) == 0
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
+
+    result = strict((tmp_path / "bench.json").read_text())
+    ok = next(r for r in result["rows"] if r["status"] == "ok")
+    assert ok["fwd_vs_reference"] is None and ok["fwd_vs_matmul"] is None
+    assert strict(capsys.readouterr().out) == result
+    assert [p.name for p in tmp_path.glob(".*.tmp")] == []
