@@ -72,12 +72,11 @@ class BenchConfig:
         if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
             raise UsageError(f"dtype must be a floating-point torch.dtype, got {self.dtype!r}")
         try:
-            device = torch.device(self.device)
+            put("device", torch.device(self.device))
         except (RuntimeError, TypeError):
-            raise UsageError(f"unknown device {self.device!r} (use cpu or cuda)") from None
-        if device.type not in ("cpu", "cuda"):
-            raise UsageError(f"device {str(device)!r} is not supported (use cpu or cuda)")
-        put("device", device)
+            raise UsageError(f"device must be a torch.device, got {self.device!r}") from None
+        if self.device.type not in ("cpu", "cuda"):
+            raise UsageError(f"device must be cpu or cuda, got {str(self.device)!r}")
         put("providers", _names("provider", self.providers,
                                 lambda p: check_choice("provider", p, PROVIDERS)))
         check_positive_int("repeats", self.repeats)
