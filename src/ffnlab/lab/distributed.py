@@ -282,9 +282,8 @@ def shutdown(ctx: DistContext, *, orderly: bool = False) -> None:
     """Leave the process group (if this process joined one).
 
     ``orderly`` (the run ended normally on this rank): wait at a barrier first, so that no
-    rank tears its gloo connections down while a peer still uses them. Without it, one of
-    about a dozen 2-rank runs under load aborted at exit ("terminate called without an
-    active exception", SIGABRT) after finishing its work. A peer that already left makes the
+    rank tears its gloo connections down while a peer still uses them (without it a rank can
+    abort at exit after finishing its work; docs/lab.md). A peer that already left makes the
     barrier fail, which is ignored: the group is destroyed either way.
     """
     if ctx.distributed:
