@@ -17,7 +17,7 @@ import torch
 import ffnlab
 from ffnlab import FeedForward
 from ffnlab.cli import main
-from ffnlab.lab import compare as compare_mod
+from ffnlab.lab import config as config_mod
 from ffnlab.lab import measure as measure_mod
 from ffnlab.lab.data import load_corpus
 from ffnlab.lab.train import TrainConfig
@@ -203,7 +203,7 @@ def test_compare_refuses_a_run_bigger_than_memory(tmp_path, capsys, monkeypatch)
 
 
 def test_compare_full_preset_estimate_is_stated_in_gib():
-    preset, model, train = compare_mod.resolve_config("full")
+    preset, model, train = config_mod.resolve_config("full")
     need = measure_mod.estimate_memory_bytes(model, batch_size=train.batch_size,
                                           dtype=torch.float32)
     # 256-wide, 4 layers, batch 32 x 256 tokens: about 2.0 GiB, so a 1 GiB machine is refused
@@ -270,7 +270,7 @@ API_CASES = [
     ("TrainConfig lr -1", lambda: TrainConfig(steps=2, batch_size=2, lr=-1.0, warmup=0,
                                                eval_every=1, eval_tokens=8),
      ValueError, "lr must be a positive number"),
-    ("resolve_config steps 0", lambda: compare_mod.resolve_config("smoke", steps=0), ValueError,
+    ("resolve_config steps 0", lambda: config_mod.resolve_config("smoke", steps=0), ValueError,
      "--steps must be a positive integer"),
     ("load_corpus missing", lambda: load_corpus("/nonexistent/ffnlab.txt", seq_len=8), ValueError,
      "does not exist"),

@@ -12,6 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .commands.common import EXIT_USAGE, guarded
 from .errors import UsageError
 
 # name -> (module, one-line help). Modules are imported when the parser is built.
@@ -19,11 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "variants": ("ffnlab.commands.variants", "table of FFN variants: formula, params, FLOPs"),
     "plot": ("ffnlab.commands.plot", "plot activation curves and their derivatives"),
     "bench": ("ffnlab.commands.bench", "speed and memory of every variant and backend"),
-    "compare": ("ffnlab.lab.compare", "train a small LM per variant and write a report"),
-    "advise": ("ffnlab.lab.advise", "recommend a variant from measurements"),
+    "compare": ("ffnlab.commands.compare", "train a small LM per variant and write a report"),
+    "advise": ("ffnlab.commands.advise", "recommend a variant from measurements"),
 }
-
-EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,21 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in COMMANDS), None)
-    prog = f"ffnlab {command}" if command else "ffnlab"
-    try:
+
+    def run() -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         if getattr(args, "_run", None) is None:
             parser.print_help(sys.stderr)
             return EXIT_USAGE
-        return int(args._run(args) or 0)
-    except (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError,
-            IsADirectoryError, PermissionError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return args._run(args)
+
+    return guarded(f"ffnlab {command}" if command else "ffnlab", run)
 
 
 if __name__ == "__main__":  # pragma: no cover

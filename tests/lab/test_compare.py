@@ -5,7 +5,7 @@ import pytest
 
 import ffnlab
 from ffnlab.cli import main
-from ffnlab.lab import compare
+from ffnlab.lab import config
 
 TEXT = (
     "It was the best of times, it was the worst of times; a feed-forward block maps every "
@@ -144,15 +144,15 @@ def test_usage_errors(argv, capsys, flag, value, needle):
 
 
 def test_presets_fit_the_budget():
-    for name in compare.PRESETS:
-        preset, model, train = compare.resolve_config(name)
+    for name in config.PRESETS:
+        preset, model, train = config.resolve_config(name)
         assert train.warmup < train.steps and train.eval_every <= train.steps
-    _, _, t = compare.resolve_config("quick", steps=8)
+    _, _, t = config.resolve_config("quick", steps=8)
     assert t.steps == 8 and t.warmup == 0 and t.eval_every == 2
 
 
 def test_aggregate_leaves_diverged_runs_out_of_quality_numbers():
-    from ffnlab.lab.compare import aggregate_variant
+    from ffnlab.lab.results import aggregate_variant
 
     def run(seed, bpb, curve, diverged):
         return {"seed": seed, "val_bpb": bpb, "curve": curve, "tokens_per_s": 100.0 * (seed + 1),

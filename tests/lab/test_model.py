@@ -2,7 +2,13 @@ import pytest
 import torch
 
 import ffnlab
-from ffnlab.lab.model import ModelConfig, TinyGPT, ffn_hidden, init_parameters, is_ffn_param
+from ffnlab.lab.model import ModelConfig, TinyGPT, init_parameters, is_ffn_param
+from ffnlab.sizing import default_hidden_dim
+
+
+def ffn_hidden(variant: str, dim: int) -> int:
+    """The lab's hidden size (equal FFN budgets): the library's default rule, no rounding."""
+    return default_hidden_dim(variant, dim, multiple_of=1)
 
 CFG = ModelConfig(dim=32, n_layers=2, n_heads=4, seq_len=16)
 

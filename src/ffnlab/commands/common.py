@@ -1,17 +1,30 @@
-"""Options and helpers shared by the subcommands."""
+"""Options, exit statuses and helpers shared by the subcommands."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..errors import UsageError, check_choice, check_positive_int
+from ..lab.io import prepare_out_dir
 from ..variants import parse_variant_list
+
+__all__ = [
+    "DTYPES", "EXIT_INTERRUPTED", "EXIT_USAGE", "add_common", "guarded", "parse_device",
+    "parse_dtype", "parse_variants", "prepare_out_dir", "print_json",
+]
+
+EXIT_USAGE = 2  # bad input: one line on stderr, never a traceback
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT (128 + 2)
+
+# What a command may raise for bad input; each becomes one line on stderr and EXIT_USAGE.
+USAGE_ERRORS = (UsageError, ValueError, TypeError, FileNotFoundError, NotADirectoryError,
+                IsADirectoryError, PermissionError)
 
 DTYPES = {
     "float32": torch.float32,
@@ -35,7 +48,7 @@ def add_common(
     seed: bool = False,
     json_flag: bool = True,
 ) -> None:
-    """Add the options DESIGN.md lists as common (only those a command uses)."""
+    """Add the options every command spells the same way (only those a command uses)."""
     if out is not None:
         p.add_argument("--out", default=out, help=f"output folder (default: {out})")
     if variants:
@@ -89,21 +102,19 @@ def parse_device(text: str) -> torch.device:
     return dev
 
 
-def prepare_out_dir(path: str | Path) -> Path:
-    """Create the output folder, or a UsageError if it is a file or not writable."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".ffnlab-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"cannot write to output folder {str(out)!r}: {exc.strerror}") from None
-    return out
-
-
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def guarded(prog: str, fn: Callable[[], int]) -> int:
+    """``fn()``'s exit status, with bad input as ``PROG: error: MESSAGE`` on stderr (exit 2)
+    and Ctrl-C as ``PROG: interrupted`` (exit 130)."""
+    try:
+        return int(fn() or 0)
+    except USAGE_ERRORS as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

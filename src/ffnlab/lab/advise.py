@@ -1,8 +1,9 @@
 """Recommend an FFN variant from a lab run's measurements on this machine.
 
-Reads a ``results.json`` written by ``ffnlab compare`` (``--results PATH``; by default
-``runs/demo/results.json`` or ``runs/compare/results.json``) and names the variant that best
-fits ``--priority``, with the trade-off in measured numbers and the runner-up.
+:func:`recommend` reads a results dict written by ``ffnlab compare`` (:func:`find_results`
+and :func:`load_results` locate and check the file; by default ``runs/demo/results.json`` or
+``runs/compare/results.json``) and names the variant that best fits a priority, with the
+trade-off in measured numbers and the runner-up.
 
 Rules (ties are decided by the next criterion, never by order in the file):
 
@@ -12,36 +13,26 @@ Rules (ties are decided by the next criterion, never by order in the file):
 * memory: fewest bytes saved for backward per token; equal byte counts (within 1 %) are
   decided by quality.
 
-``--dim N`` adds what the pick and the runner-up cost per layer at model width N.
+With ``dim`` given, the recommendation adds what the pick and the runner-up cost per layer at
+model width ``dim``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..errors import UsageError, check_choice, check_positive_int
+from ..errors import UsageError, check_choice
+from ..numbers import as_float
 from . import analysis as A
-from . import io
 
 PRIORITIES = ("quality", "speed", "memory")
 DEFAULT_RESULTS = (Path("runs/demo/results.json"), Path("runs/compare/results.json"))
 MEMORY_TIE = 0.01  # byte counts are deterministic; 1 % only absorbs rounding
 
-__all__ = ["add_arguments", "run", "recommend", "load_results", "find_results", "PRIORITIES"]
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", default=None, metavar="PATH",
-                   help="results.json of a lab run (default: runs/demo or runs/compare)")
-    p.add_argument("--priority", default="quality",
-                   help="quality, speed or memory (default: quality)")
-    p.add_argument("--dim", type=int, default=None,
-                   help="also show parameters, FLOPs and memory at this model width")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+__all__ = ["recommend", "load_results", "find_results", "PRIORITIES", "DEFAULT_RESULTS"]
 
 
 def find_results(path: str | None) -> Path:
@@ -77,16 +68,16 @@ def load_results(path: Path) -> dict:
 
 def _order(usable: list[Mapping], priority: str) -> list[Mapping]:
     """Variants best-first for ``priority`` (see the module docstring)."""
-    bpb = lambda v: A.as_float(v["val_bpb_mean"])
+    bpb = lambda v: as_float(v["val_bpb_mean"])
     if priority == "quality":
         return sorted(usable, key=lambda v: (bpb(v), v["name"]))
     if priority == "speed":
         key, best, tol, sign = "tokens_per_s", max, A.TIMING_NOISE, -1
     else:
         key, best, tol, sign = "saved_bytes_per_token", min, MEMORY_TIE, 1
-    top = best(A.as_float(v[key]) for v in usable)
-    tied = lambda v: abs(A.as_float(v[key]) - top) <= tol * abs(top)
-    return sorted(usable, key=lambda v: (not tied(v), bpb(v) if tied(v) else sign * A.as_float(v[key]),
+    top = best(as_float(v[key]) for v in usable)
+    tied = lambda v: abs(as_float(v[key]) - top) <= tol * abs(top)
+    return sorted(usable, key=lambda v: (not tied(v), bpb(v) if tied(v) else sign * as_float(v[key]),
                                          v["name"]))
 
 
@@ -98,11 +89,11 @@ def _versus(results: Mapping, a: Mapping, b: Mapping) -> dict:
     """What ``a`` gains or loses against ``b``, in measured numbers."""
     pd = A.paired_difference(results, a["name"], b["name"])
     return {"other": b["name"], "bpb_diff": pd.mean if pd.n else
-            A.as_float(a["val_bpb_mean"]) - A.as_float(b["val_bpb_mean"]),
+            as_float(a["val_bpb_mean"]) - as_float(b["val_bpb_mean"]),
             "bpb_distinguishable": pd.distinguishable, "paired_seeds": pd.n,
-            "tokens_per_s_change": _pct(A.as_float(a.get("tokens_per_s")), A.as_float(b.get("tokens_per_s"))),
-            "saved_bytes_change": _pct(A.as_float(a.get("saved_bytes_per_token")),
-                                       A.as_float(b.get("saved_bytes_per_token")))}
+            "tokens_per_s_change": _pct(as_float(a.get("tokens_per_s")), as_float(b.get("tokens_per_s"))),
+            "saved_bytes_change": _pct(as_float(a.get("saved_bytes_per_token")),
+                                       as_float(b.get("saved_bytes_per_token")))}
 
 
 def _vs_text(v: dict) -> str:
@@ -126,7 +117,7 @@ def _at_dim(results: Mapping, v: Mapping, dim: int) -> dict | None:
                "elementwise_share": flops["elementwise"] / flops["total"]}
     except (ValueError, KeyError):
         return None
-    saved = A.as_float(v.get("saved_bytes_per_token"))
+    saved = as_float(v.get("saved_bytes_per_token"))
     if isinstance(measured_dim, int) and measured_dim > 0 and not math.isnan(saved):
         # Saved tensors are [tokens, dim] and [tokens, hidden] with hidden ∝ dim.
         out["saved_bytes_per_token_est"] = round(saved * dim / measured_dim)
@@ -139,7 +130,7 @@ def recommend(results: Mapping, priority: str, dim: int | None = None) -> dict:
     need = {"quality": "val_bpb_mean", "speed": "tokens_per_s",
             "memory": "saved_bytes_per_token"}[priority]
     usable = [v for v in results.get("variants", [])
-              if not math.isnan(A.as_float(v.get("val_bpb_mean"))) and not math.isnan(A.as_float(v.get(need)))]
+              if not math.isnan(as_float(v.get("val_bpb_mean"))) and not math.isnan(as_float(v.get(need)))]
     if not usable:
         raise UsageError(f"the results hold no variant with both a finite val_bpb_mean and "
                          f"{need}; nothing to recommend")
@@ -147,22 +138,22 @@ def recommend(results: Mapping, priority: str, dim: int | None = None) -> dict:
     pick, runner = ordered[0], (ordered[1] if len(ordered) > 1 else None)
     by_quality = _order(usable, "quality")[0]
     fastest = _order(usable, "speed")[0] if all(
-        not math.isnan(A.as_float(v.get("tokens_per_s"))) for v in usable) else None
+        not math.isnan(as_float(v.get("tokens_per_s"))) for v in usable) else None
     reasons = []
     if priority == "quality":
         reasons.append(f"{pick['name']} has the lowest validation loss: "
-                       f"{A.as_float(pick['val_bpb_mean']):.4f} bpb.")
+                       f"{as_float(pick['val_bpb_mean']):.4f} bpb.")
         other = fastest
     else:
         unit = "tokens/s" if priority == "speed" else "saved bytes/token"
         word = "fastest" if priority == "speed" else "leanest"
-        top = (max if priority == "speed" else min)(usable, key=lambda v: A.as_float(v[need]))
+        top = (max if priority == "speed" else min)(usable, key=lambda v: as_float(v[need]))
         tol = A.TIMING_NOISE if priority == "speed" else MEMORY_TIE
-        if A.as_float(top[need]) == A.as_float(pick[need]):
-            reasons.append(f"{pick['name']} is the {word}: {A.as_float(pick[need]):,.0f} {unit}.")
+        if as_float(top[need]) == as_float(pick[need]):
+            reasons.append(f"{pick['name']} is the {word}: {as_float(pick[need]):,.0f} {unit}.")
         else:
-            reasons.append(f"{pick['name']} ({A.as_float(pick[need]):,.0f} {unit}) is within {tol:.0%}"
-                           f" of the {word}, {top['name']} ({A.as_float(top[need]):,.0f}), and the "
+            reasons.append(f"{pick['name']} ({as_float(pick[need]):,.0f} {unit}) is within {tol:.0%}"
+                           f" of the {word}, {top['name']} ({as_float(top[need]):,.0f}), and the "
                            "best in quality among those that close.")
         other = by_quality
     if other is not None and other["name"] != pick["name"]:
@@ -175,9 +166,9 @@ def recommend(results: Mapping, priority: str, dim: int | None = None) -> dict:
         better = []
         if vs["bpb_diff"] < 0 and vs["bpb_distinguishable"]:
             better.append("quality matters more")
-        if A.as_float(runner.get("tokens_per_s")) > (1 + A.TIMING_NOISE) * A.as_float(pick.get("tokens_per_s")):
+        if as_float(runner.get("tokens_per_s")) > (1 + A.TIMING_NOISE) * as_float(pick.get("tokens_per_s")):
             better.append("throughput matters more")
-        if A.as_float(runner.get("saved_bytes_per_token")) < A.as_float(pick.get("saved_bytes_per_token")):
+        if as_float(runner.get("saved_bytes_per_token")) < as_float(pick.get("saved_bytes_per_token")):
             better.append("activation memory is tight")
         tie = "" if vs["bpb_distinguishable"] else "; tied on quality with the pick"
         when = tie + ("; prefer it when " + " or ".join(better) if better else
@@ -188,45 +179,10 @@ def recommend(results: Mapping, priority: str, dim: int | None = None) -> dict:
     for p in PRIORITIES:
         key = {"quality": "val_bpb_mean", "speed": "tokens_per_s",
                "memory": "saved_bytes_per_token"}[p]
-        ok = [v for v in usable if not math.isnan(A.as_float(v.get(key)))]
+        ok = [v for v in usable if not math.isnan(as_float(v.get(key)))]
         if p != priority and ok:
             others[p] = _order(ok, p)[0]["name"]
     rec["other_priorities"] = others
     if dim is not None:
         rec["at_dim"] = {v["name"]: _at_dim(results, v, dim) for v in (pick, runner) if v}
     return rec
-
-
-def _print_text(rec: dict, path: Path) -> None:
-    m = rec["measured_on"]
-    print(f"Recommended for {rec['priority']}: {rec['pick']}")
-    for r in rec["reasons"]:
-        print(f"  {r}")
-    if rec["runner_up"]:
-        print(f"  {rec['runner_up']['text']}")
-    for name, d in (rec.get("at_dim") or {}).items():
-        if d is None:
-            continue
-        est = d.get("saved_bytes_per_token_est")
-        mem = f", ~{est:,} saved bytes/token (scaled from the run)" if est is not None else ""
-        print(f"  At dim {d['dim']}: {name} hidden {d['hidden']}, {d['params']:,} params per "
-              f"layer, {d['matmul_flops_per_token']:,} matmul FLOPs/token, elementwise "
-              f"{d['elementwise_share']:.2%} of FLOPs{mem}.")
-    if rec.get("other_priorities"):
-        print("  For other priorities: " + ", ".join(
-            f"{p} -> {name}" for p, name in rec["other_priorities"].items()) + ".")
-    print(f"  Measured: {path} ({m.get('preset')} preset, {m.get('steps')} steps, "
-          f"{m.get('device')}, {m.get('dtype')}). Small runs; re-check at your scale.")
-
-
-def run(args: argparse.Namespace) -> int:
-    check_choice("priority", args.priority, PRIORITIES)
-    if args.dim is not None:
-        check_positive_int("--dim", args.dim)
-    path = find_results(args.results)
-    rec = recommend(load_results(path), args.priority, args.dim)
-    if args.json:
-        print(json.dumps(io.json_safe({"results": str(path), **rec}), indent=2, allow_nan=False))
-    else:
-        _print_text(rec, path)
-    return 0

@@ -1,6 +1,6 @@
 """Statistics over a lab ``results.json`` dict (the claims are checked in ``claims.py``).
 
-Pure functions: they read the dict that ``ffnlab compare`` writes (schema in DESIGN.md) and
+Pure functions: they read the dict that ``ffnlab compare`` writes (schema in docs/lab.md) and
 never touch files or the training code. Conventions:
 
 * bits per byte (bpb): lower is better; a difference ``a - b < 0`` means ``a`` is better.
@@ -21,11 +21,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..numbers import as_float
+
 __all__ = [
-    "TIMING_NOISE", "PairedDiff", "UnpairedDiff",
+    "TIMING_NOISE", "PairedDiff",
     "check_results", "variants_by_name", "ranking", "paired_difference",
-    "unpaired_difference", "paired_vs_baseline", "best_variant", "missing_runs",
-    "t_quantile_975", "as_float", "good_runs",
+    "paired_vs_baseline", "best_variant", "missing_runs",
+    "t_quantile_975", "good_runs",
 ]
 
 TIMING_NOISE = 0.05
@@ -42,14 +44,6 @@ def t_quantile_975(df: int) -> float:
     if df < 1:
         return math.nan
     return _T975[df - 1] if df <= len(_T975) else 1.96
-
-
-def as_float(x: Any) -> float:
-    """A finite float, or NaN for None / non-numbers / inf."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return math.nan
-    x = float(x)
-    return x if math.isfinite(x) else math.nan
 
 
 def _std(xs: Sequence[float]) -> float:
@@ -165,32 +159,6 @@ def paired_difference(results: Mapping, a: str, b: str) -> PairedDiff:
     all_seeds = {r.get("seed") for v in (by[a], by[b]) for r in v.get("runs") or []}
     dropped = tuple(sorted(s for s in all_seeds if isinstance(s, int) and s not in seeds))
     return PairedDiff(a, b, seeds, tuple(ra[s] - rb[s] for s in seeds), dropped)
-
-
-@dataclass(frozen=True)
-class UnpairedDiff:
-    """``mean(bpb[a]) - mean(bpb[b])`` ignoring seeds, with Welch's standard error."""
-
-    a: str
-    b: str
-    mean: float
-    se: float
-    na: int
-    nb: int
-
-    @property
-    def distinguishable(self) -> bool:
-        return self.na >= 2 and self.nb >= 2 and abs(self.mean) > 2 * self.se
-
-
-def unpaired_difference(results: Mapping, a: str, b: str) -> UnpairedDiff:
-    """The comparison that ignores pairing, to show what pairing buys (for tests and notes)."""
-    by = variants_by_name(results)
-    xa, xb = list(good_runs(by[a]).values()), list(good_runs(by[b]).values())
-    if not xa or not xb:
-        return UnpairedDiff(a, b, math.nan, math.nan, len(xa), len(xb))
-    se = math.sqrt(_std(xa) ** 2 / len(xa) + _std(xb) ** 2 / len(xb))
-    return UnpairedDiff(a, b, sum(xa) / len(xa) - sum(xb) / len(xb), se, len(xa), len(xb))
 
 
 def paired_vs_baseline(results: Mapping, baseline: str = "relu") -> dict[str, PairedDiff]:

@@ -11,10 +11,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ..numbers import as_float
 from .analysis import (
     TIMING_NOISE,
     PairedDiff,
-    as_float,
     good_runs,
     paired_difference,
     ranking,

@@ -3,7 +3,7 @@
 Two ways to start them::
 
     torchrun --nproc-per-node 2 -m ffnlab compare ...   # torchrun sets RANK, WORLD_SIZE, ...
-    ffnlab compare --nproc 2 ...                        # launches the line above on 127.0.0.1
+    ffnlab compare --nproc 2 ...                        # starts 2 such processes on 127.0.0.1
 
 Every rank draws the *global* batch from the same seeded generator (``data.BatchSampler``) and
 keeps its own contiguous slice of ``batch_size / world_size`` rows (:meth:`DistContext.shard`).
@@ -282,9 +282,8 @@ def shutdown(ctx: DistContext, *, orderly: bool = False) -> None:
     """Leave the process group (if this process joined one).
 
     ``orderly`` (the run ended normally on this rank): wait at a barrier first, so that no
-    rank tears its gloo connections down while a peer still uses them. Without it, one of
-    about a dozen 2-rank runs under load aborted at exit ("terminate called without an
-    active exception", SIGABRT) after finishing its work. A peer that already left makes the
+    rank tears its gloo connections down while a peer still uses them (without it a rank can
+    abort at exit after finishing its work; docs/lab.md). A peer that already left makes the
     barrier fail, which is ignored: the group is destroyed either way.
     """
     if ctx.distributed:
@@ -302,10 +301,12 @@ def shutdown(ctx: DistContext, *, orderly: bool = False) -> None:
 # --- the --nproc launcher ---------------------------------------------------------------------
 
 
-def torchrun_command(nproc: int, module_args: Sequence[str]) -> list[str]:
-    """The torchrun command line for ``nproc`` local processes on 127.0.0.1.
+def torchrun_command(nproc: int, module_args: Sequence[str], *,
+                     module: str = "ffnlab") -> list[str]:
+    """The torchrun command line for ``nproc`` local processes on 127.0.0.1, each running
+    ``python -m <module> <module_args>``.
 
-    Equivalent to ``torchrun --standalone --nproc-per-node N -m ffnlab ...`` except that the
+    Equivalent to ``torchrun --standalone --nproc-per-node N -m <module> ...`` except that the
     rendezvous store listens on 127.0.0.1 (``--standalone`` says ``localhost``, which may
     resolve elsewhere) on a free port (port 0: the store picks one, so there is no race).
     """
@@ -316,7 +317,7 @@ def torchrun_command(nproc: int, module_args: Sequence[str]) -> list[str]:
         "--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",
         "--rdzv-id", f"ffnlab-{uuid.uuid4().hex[:12]}", "--local-addr", "127.0.0.1",
         "--max-restarts", "0",
-        "-m", "ffnlab", *module_args,
+        "-m", module, *module_args,
     ]
 
 
@@ -335,12 +336,13 @@ def child_env(nproc: int) -> dict[str, str]:
     return env
 
 
-def launch(nproc: int, module_args: Sequence[str]) -> int:
-    """Run ``python -m ffnlab <module_args>`` on ``nproc`` processes; their exit status.
+def launch(nproc: int, module_args: Sequence[str], *, module: str = "ffnlab") -> int:
+    """Run ``python -m <module> <module_args>`` on ``nproc`` processes; their exit status.
 
     A worker killed by a signal gives ``128 + signal`` (130 for Ctrl-C), as a shell would.
     """
-    proc = subprocess.Popen(torchrun_command(nproc, module_args), env=child_env(nproc))
+    proc = subprocess.Popen(torchrun_command(nproc, module_args, module=module),
+                            env=child_env(nproc))
     try:
         rc = proc.wait()
     except KeyboardInterrupt:

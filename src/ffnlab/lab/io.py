@@ -1,4 +1,4 @@
-"""Crash-safe files for the lab: atomic writes and training checkpoints.
+"""Crash-safe files for the lab: the output folder, atomic writes and training checkpoints.
 
 Every file the lab writes goes through :func:`atomic_write_bytes`: write a temporary file in
 the same folder, fsync it, then ``os.replace`` it over the target. A crash at any moment leaves
@@ -36,6 +36,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..errors import UsageError
+
 __all__ = [
     "CheckpointError",
     "atomic_write_bytes",
@@ -48,11 +50,27 @@ __all__ = [
     "checkpoint_exists",
     "sha256_bytes",
     "remove_stale_temps",
+    "prepare_out_dir",
 ]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be trusted (missing part, bad hash, unreadable)."""
+
+
+def prepare_out_dir(path: str | Path) -> Path:
+    """Create the output folder, or a UsageError if it is a file or not writable."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".ffnlab-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write to output folder {str(out)!r}: {exc.strerror}") from None
+    return out
 
 
 def sha256_bytes(data: bytes) -> str:

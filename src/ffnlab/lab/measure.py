@@ -12,9 +12,10 @@ from ..bench import timing
 from ..ffn import FeedForward
 from ..ops.memory import saved_tensor_bytes
 from ..ops.reference import hidden_activation
+from ..sizing import default_hidden_dim
 from ..variants import get_variant
-from .model import ModelConfig, ffn_hidden
-from .train import _autocast, _param_dtype
+from .model import ModelConfig
+from .precision import autocast, param_dtype
 
 __all__ = [
     "activation_timings",
@@ -35,8 +36,9 @@ def saved_bytes_per_token(variant: str, model_cfg: ModelConfig, *, batch_size: i
     under autocast it would also save its cast copies of the weights, which are new storages
     that the parameter exclusion cannot see, and would bill weights as activations.
     """
-    ffn = FeedForward(model_cfg.dim, ffn_hidden(variant, model_cfg.dim), variant, bias=False,
-                      backend=backend, device=device, dtype=dtype)
+    hidden = default_hidden_dim(variant, model_cfg.dim, multiple_of=1)
+    ffn = FeedForward(model_cfg.dim, hidden, variant, bias=False, backend=backend, device=device,
+                      dtype=dtype)
     x = torch.randn(batch_size, model_cfg.seq_len, model_cfg.dim, device=device, dtype=dtype,
                     requires_grad=True)
     nbytes, _ = saved_tensor_bytes(lambda: ffn(x), exclude=list(ffn.parameters()))
@@ -61,14 +63,15 @@ def ffn_timings(variants: list[str], model_cfg: ModelConfig, *, batch_size: int,
     device = torch.device(device)
     fns = {}
     for v in variants:
-        ffn = FeedForward(model_cfg.dim, ffn_hidden(v, model_cfg.dim), v, bias=False,
-                          backend=backend, device=device, dtype=_param_dtype(dtype))
+        hidden = default_hidden_dim(v, model_cfg.dim, multiple_of=1)
+        ffn = FeedForward(model_cfg.dim, hidden, v, bias=False, backend=backend, device=device,
+                          dtype=param_dtype(dtype))
         x = torch.randn(batch_size, model_cfg.seq_len, model_cfg.dim, device=device,
-                        dtype=_param_dtype(dtype), requires_grad=True)
+                        dtype=param_dtype(dtype), requires_grad=True)
         g = torch.randn_like(x)
 
         def fn(ffn=ffn, x=x, g=g) -> None:
-            with _autocast(device, dtype):
+            with autocast(device, dtype):
                 y = ffn(x)
             y.backward(g.to(y.dtype))
             x.grad = None

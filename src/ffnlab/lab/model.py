@@ -6,9 +6,10 @@ RMSNorm -> output head tied to the token embedding. Attention uses
 ``F.scaled_dot_product_attention(..., is_causal=True)``. No dropout: runs are short and the
 comparison is about the FFN, not regularisation.
 
-Equal FFN budgets (:func:`ffn_hidden`): plain variants use ``hidden = 4*dim`` (2 matrices,
-``8*dim^2`` weights); gated ones use ``llama_hidden_dim(dim, multiple_of=1) = int(8*dim/3)``
-(3 matrices, ``3*int(8*dim/3)*dim`` ~ ``8*dim^2``). The gap is below one hidden unit's worth
+Equal FFN budgets (``ffnlab.sizing.default_hidden_dim(variant, dim, multiple_of=1)``): plain
+variants use ``hidden = 4*dim`` (2 matrices, ``8*dim^2`` weights); gated ones use
+``llama_hidden_dim(dim, multiple_of=1) = int(8*dim/3)`` (3 matrices, ``3*int(8*dim/3)*dim`` ~
+``8*dim^2``). The gap is below one hidden unit's worth
 of weights: at dim 128 it is 131072 vs 130944 (0.1%), never more than 2% for dim >= 17.
 Biases are off in every FFN so that the budgets stay equal.
 
@@ -32,18 +33,11 @@ from torch import nn
 
 from ..errors import UsageError, check_positive_int
 from ..ffn import FeedForward
-from ..sizing import llama_hidden_dim
+from ..sizing import default_hidden_dim
 from ..variants import get_variant
 from .data import VOCAB
 
-__all__ = ["ModelConfig", "TinyGPT", "ffn_hidden", "init_parameters", "is_ffn_param"]
-
-
-def ffn_hidden(variant: str, dim: int) -> int:
-    """The lab's hidden size: ``4*dim`` (plain) or ``llama_hidden_dim(dim, multiple_of=1)`` (gated)."""
-    if get_variant(variant).gated:
-        return llama_hidden_dim(dim, multiple_of=1)
-    return 4 * check_positive_int("dim", dim)
+__all__ = ["ModelConfig", "TinyGPT", "init_parameters", "is_ffn_param"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +88,8 @@ class Block(nn.Module):
         self.attn = CausalSelfAttention(cfg.dim, cfg.n_heads)
         self.norm2 = nn.RMSNorm(cfg.dim)
         self.ffn = FeedForward(
-            cfg.dim, ffn_hidden(variant, cfg.dim), variant, bias=False, backend=backend
+            cfg.dim, default_hidden_dim(variant, cfg.dim, multiple_of=1), variant, bias=False,
+            backend=backend,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,8 +165,8 @@ def init_parameters(model: TinyGPT, seed: int, *, embed_std: float = 0.02) -> No
     Embeddings ~ N(0, embed_std); every Linear weight ~ N(0, 1/fan_in), so that ``h1 = W1 x``
     of a normalised ``x`` has unit variance and each activation works in its interesting range
     (GPT-2's fixed 0.02 would give std 0.16 at dim 64, where every activation is nearly linear
-    and a GLU's product of two small branches starts near zero and learns slowly: measured
-    3.53 vs 2.66 bits/byte for swiglu vs relu after 400 steps at dim 128). The output
+    and a GLU's product of two small branches starts near zero and learns slowly; docs/lab.md
+    has the measurement). The output
     projections (``attn.proj``, ``w2``) are further scaled by 1/sqrt(2 * n_layers), GPT-2's
     residual scaling. Norm gains are 1.
     """

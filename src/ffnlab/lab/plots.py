@@ -15,18 +15,13 @@ from collections.abc import Callable, Mapping
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..numbers import as_float
 from .analysis import ranking
 
 __all__ = ["render_plots", "plot_learning_curves", "plot_final_bpb", "plot_speed",
            "plot_memory", "plot_dead_units", "PLOTS"]
 
 PLAIN_COLOR, GATED_COLOR = "tab:blue", "tab:orange"
-
-
-def as_float(x) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return math.nan
-    return float(x) if math.isfinite(x) else math.nan
 
 
 def _figure(title: str, *, ncols: int = 1, size=(7.5, 4.5)):

@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..numbers import as_float, fmt_number
 from . import analysis as A
 from . import claims as C
 from . import io
@@ -27,13 +28,6 @@ __all__ = ["write_report", "build_blocks", "render_markdown", "render_html"]
 # A block is a tuple: ("h1"|"h2"|"p", text) | ("ul", [text]) | ("table", headers, rows)
 # | ("img", stem, caption). Text may use **bold** and `code`, rendered by both outputs.
 Block = tuple
-
-
-
-
-def _f(x, spec: str = ".3f", na: str = "n/a") -> str:
-    x = A.as_float(x)
-    return na if math.isnan(x) else format(x, spec)
 
 
 def _config_lines(results: Mapping) -> list[str]:
@@ -70,14 +64,14 @@ def _ranking_table(results: Mapping) -> tuple[list[str], list[list[str]]]:
     rows = []
     for i, v in enumerate(A.ranking(results), 1):
         name = v["name"]
-        mean = A.as_float(v.get("val_bpb_mean"))
+        mean = as_float(v.get("val_bpb_mean"))
         n_ok = len(A.good_runs(v)) if v.get("runs") else 0
         if math.isnan(mean):
             bpb = "diverged"
         elif n_ok == 1:
             bpb = f"{mean:.4f} (1 seed)"  # a std of 0.0 from one run would read as certainty
         else:
-            bpb = f"{mean:.4f} ± {_f(v.get('val_bpb_std'), '.4f')}"
+            bpb = f"{mean:.4f} ± {fmt_number(v.get('val_bpb_std'), '.4f')}"
         interval = "n/a"
         if name == "relu":
             delta = interval = "baseline"
@@ -94,8 +88,9 @@ def _ranking_table(results: Mapping) -> tuple[list[str], list[list[str]]]:
         rows.append([str(i) if not math.isnan(mean) else "–", f"`{name}`",
                      "yes" if v.get("gated") else "no",
                      f"{params:,}" if isinstance(params, int) else "n/a", bpb, delta, interval,
-                     _f(v.get("tokens_per_s"), ",.0f"), _f(v.get("saved_bytes_per_token"), ",.0f"),
-                     _f(A.as_float(v.get("dead_fraction")) * 100, ".1f")])
+                     fmt_number(v.get("tokens_per_s"), ",.0f"),
+                     fmt_number(v.get("saved_bytes_per_token"), ",.0f"),
+                     fmt_number(v.get("dead_fraction"), ".1f", scale=100)])
     return headers, rows
 
 
@@ -104,7 +99,7 @@ def _best_paragraph(results: Mapping) -> str:
     by = A.variants_by_name(results)
     if best is None:
         return "No variant finished with a finite validation loss, so none can be named best."
-    text = f"Best variant: **{best}** ({_f(by[best].get('val_bpb_mean'), '.4f')} bpb)."
+    text = f"Best variant: **{best}** ({fmt_number(by[best].get('val_bpb_mean'), '.4f')} bpb)."
     if runner is None:
         return text + " It is the only variant with a result, so nothing was compared."
     gap = f"{best} − {runner} = {pd.mean:+.4f} bpb" if pd.n else f"{best} vs {runner}"

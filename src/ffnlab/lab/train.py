@@ -26,7 +26,6 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from . import io
 from .data import BatchSampler, Corpus, val_windows
 from .distributed import SINGLE, DistContext
 from .model import ModelConfig, TinyGPT, init_parameters
+from .precision import autocast, param_dtype
 
 __all__ = [
     "TrainConfig",
@@ -94,17 +94,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1.0 + math.cos(math.pi * progress))
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
-    """Half dtypes train with float32 master weights under autocast; others natively."""
-    if dtype in (torch.float16, torch.bfloat16):
-        return torch.autocast(device.type, dtype=dtype)
-    return nullcontext()
-
-
-def _param_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 @torch.no_grad()
 def evaluate_bpb(model: TinyGPT, windows: torch.Tensor, *, batch_size: int, dtype: torch.dtype,
                  dist: DistContext = SINGLE) -> float:
@@ -120,7 +109,7 @@ def evaluate_bpb(model: TinyGPT, windows: torch.Tensor, *, batch_size: int, dtyp
     total, count = 0.0, 0
     for i in range(0, windows.shape[0], batch_size):
         w = windows[i : i + batch_size].to(device)
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             logits = model(w[:, :-1])
         loss = F.cross_entropy(logits.float().flatten(0, 1), w[:, 1:].flatten(), reduction="sum")
         total += float(loss)
@@ -144,7 +133,7 @@ def dead_fraction(model: TinyGPT, windows: torch.Tensor, *, batch_size: int, dty
     model.eval()
     with model.capture_gate_preactivations() as store:
         for i in range(0, windows.shape[0], batch_size):
-            with _autocast(device, dtype):
+            with autocast(device, dtype):
                 model(windows[i : i + batch_size, :-1].to(device))
             for layer, hs in enumerate(store):
                 for h1 in hs:
@@ -198,7 +187,7 @@ def train_run(
     v = get_variant(variant)
     key = {**_config_key(model_cfg, train_cfg), **(fingerprint or {}),
            "variant": v.name, "seed": int(seed)}
-    model = TinyGPT(model_cfg, v.name, backend=backend).to(device=device, dtype=_param_dtype(dtype))
+    model = TinyGPT(model_cfg, v.name, backend=backend).to(device=device, dtype=param_dtype(dtype))
     init_parameters(model, seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -235,7 +224,7 @@ def train_run(
         x, y = sampler.next()  # the global batch; each rank keeps its rows
         x, y = dist.shard(x), dist.shard(y)
         t0 = time.perf_counter()
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             logits = ddp(x.to(device))
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten())
         # Equal shards: the mean of the ranks' means is the global batch's mean loss.

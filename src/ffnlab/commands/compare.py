@@ -1,0 +1,103 @@
+"""Train a small byte-level language model once per FFN variant and seed, and write a report.
+
+Every variant gets the same model around its FFN, an equal FFN parameter budget, the same
+initialisation outside the FFN and the same batches for a given seed. Results go to
+``OUT/results.json``, one file per finished run to ``OUT/runs/<variant>-s<seed>.json``,
+checkpoints to ``OUT/checkpoints/``, and the report to ``OUT/report.md`` / ``report.html``.
+Re-running the same command with the same ``--out`` skips finished runs and resumes unfinished
+ones; a different configuration is refused.
+
+Under torchrun (or with ``--nproc N``, which starts torchrun itself) every run trains with
+DistributedDataParallel, each process on its share of the same global batches; rank 0 alone
+writes files and shows progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import UsageError
+from ..lab import distributed
+from ..lab.compare import prepare_launch, run_compare
+from ..lab.config import DEFAULT_OUT, CompareConfig
+from .common import (
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    add_common,
+    parse_device,
+    parse_dtype,
+    parse_variants,
+    print_json,
+)
+
+# What each process of ``--nproc N`` runs: ``python -m WORKER_MODULE CONFIG.json``.
+WORKER_MODULE = "ffnlab.commands.compare_worker"
+
+__all__ = ["add_arguments", "config_from_args", "run", "run_process", "launch", "WORKER_MODULE"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common(p, out=str(DEFAULT_OUT), dtype="float32", seed=True, json_flag=False)
+    p.add_argument("--preset", default="quick", help="smoke, quick or full (default: quick)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    p.add_argument("--data", default=None, help="a text file or a folder of them (default: pydoc_data.topics)")
+    p.add_argument("--backend", default="auto", help="FeedForward backend (default: auto)")
+    p.add_argument("--json", action="store_true", help="print results.json when done")
+    p.add_argument("--nproc", type=int, default=None,
+                   help="train data-parallel on N local processes (starts torchrun on 127.0.0.1)")
+    p.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S,
+                   help="seconds a process waits for the others before giving up (default: 600)")
+
+
+def config_from_args(args: argparse.Namespace) -> CompareConfig:
+    """The parsed flags as a validated :class:`CompareConfig` (UsageError naming the flag)."""
+    return CompareConfig(
+        preset=args.preset, out=Path(args.out), variants=tuple(parse_variants(args.variants)),
+        device=parse_device(args.device), dtype=parse_dtype(args.dtype), seed=args.seed,
+        seeds=args.seeds, steps=args.steps, data=None if args.data is None else Path(args.data),
+        backend=args.backend, nproc=args.nproc, dist_timeout=args.dist_timeout, json=args.json,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.nproc is not None:
+        return launch(config_from_args(args))
+    return run_process(lambda: config_from_args(args))
+
+
+def run_process(load_config: Callable[[], CompareConfig]) -> int:
+    """One process of the run: alone, or one rank of a torchrun group (``--nproc`` or by hand).
+
+    Every rank reads and checks the same options; when they are bad, rank 0 says why and the
+    other ranks exit with the same status silently.
+    """
+    try:
+        cfg = load_config()
+    except UsageError:
+        if distributed.env_rank() != 0:
+            return EXIT_USAGE
+        raise
+    try:
+        results = run_compare(cfg)
+    except distributed.PeerError:
+        return EXIT_USAGE  # rank 0 refused the run and printed why
+    if results.content is not None:  # rank 0
+        if cfg.json:
+            print_json(results.content)
+        print(f"Report: {results.report_path}  (results: {results.results_path})", file=sys.stderr)
+    return EXIT_INTERRUPTED if results.interrupted else 0
+
+
+def launch(cfg: CompareConfig) -> int:
+    """``--nproc N``: check everything here (an error is said once), then start N processes,
+    each reading the whole configuration from one JSON file; their exit status."""
+    worker_cfg = prepare_launch(cfg)
+    with tempfile.TemporaryDirectory(prefix="ffnlab-compare-") as tmp:
+        path = Path(tmp) / "config.json"
+        path.write_text(worker_cfg.to_json(), encoding="utf-8")
+        return distributed.launch(cfg.nproc, [str(path)], module=WORKER_MODULE)

@@ -1,0 +1,199 @@
+"""What one ``ffnlab compare`` invocation runs: the presets and :class:`CompareConfig`.
+
+A :class:`CompareConfig` holds every option of the lab as a typed value (the command line turns
+strings into these; Python callers build one directly). It validates itself on construction,
+and round-trips through JSON (:meth:`CompareConfig.to_json` / :meth:`CompareConfig.from_json`),
+which is how ``--nproc N`` hands the whole configuration to the processes it starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UsageError, check_choice, check_positive_int
+from ..variants import get_variant, variant_names
+from .distributed import DEFAULT_TIMEOUT_S
+
+__all__ = ["CompareConfig", "PRESETS", "Preset", "DEFAULT_OUT", "resolve_config"]
+
+DEFAULT_OUT = Path("runs/compare")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A model size, optimisation settings and measurement effort."""
+
+    model: dict
+    train: dict
+    seeds: int
+    timing_reps: int
+    act_numel: int
+
+
+# Sized for a 2-core CPU (docs/lab.md has the measured wall times): smoke checks the pipeline,
+# quick reaches well below the corpus' unigram entropy, full wants a GPU or an afternoon.
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        model={"dim": 32, "n_layers": 1, "n_heads": 2, "seq_len": 32},
+        train={"steps": 20, "batch_size": 8, "lr": 1e-2, "warmup": 4, "eval_every": 10,
+               "eval_tokens": 1024, "ckpt_every": 10},
+        seeds=1, timing_reps=5, act_numel=1 << 16,
+    ),
+    "quick": Preset(
+        model={"dim": 64, "n_layers": 2, "n_heads": 4, "seq_len": 64},
+        train={"steps": 600, "batch_size": 16, "lr": 5e-3, "warmup": 60, "eval_every": 50,
+               "eval_tokens": 8192, "ckpt_every": 50},
+        seeds=2, timing_reps=10, act_numel=1 << 20,
+    ),
+    "full": Preset(
+        model={"dim": 256, "n_layers": 4, "n_heads": 8, "seq_len": 256},
+        train={"steps": 3000, "batch_size": 32, "lr": 3e-3, "warmup": 200, "eval_every": 250,
+               "eval_tokens": 65536, "ckpt_every": 250},
+        seeds=3, timing_reps=20, act_numel=1 << 22,
+    ),
+}
+
+
+def resolve_config(preset_name: str, *, steps: int | None = None):
+    """``(preset, ModelConfig, TrainConfig)`` for a preset and an optional step override.
+
+    With ``steps`` given, warm-up stays at most 10% of it and evaluation happens at least 4 times.
+    """
+    from .model import ModelConfig
+    from .train import TrainConfig
+
+    check_choice("preset", preset_name, PRESETS)
+    preset = PRESETS[preset_name]
+    train = TrainConfig(**preset.train)
+    if steps is not None:
+        check_positive_int("--steps", steps)
+        train = replace(
+            train, steps=steps, warmup=min(train.warmup, steps // 10),
+            eval_every=max(1, min(train.eval_every, steps // 4)),
+            ckpt_every=max(1, min(train.ckpt_every, steps // 4)),
+        )
+    return preset, ModelConfig(**preset.model), train
+
+
+def _float_dtypes() -> dict[str, torch.dtype]:
+    return {"float32": torch.float32, "float64": torch.float64,
+            "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Every option of one lab invocation (the ``ffnlab compare`` flags, typed).
+
+    ``variants`` are canonical names (``()`` means every variant); ``seeds`` is the number of
+    seeds, ``None`` for the preset's, and the seeds run are ``seed, seed + 1, ...``; ``steps``
+    ``None`` keeps the preset's. ``nproc`` asks for that many data-parallel processes on this
+    machine (``None``: this process, or the group torchrun started). ``json``: the command
+    prints results.json when done. Paths are kept as given (relative to the current folder).
+    """
+
+    preset: str = "quick"
+    out: Path = DEFAULT_OUT
+    variants: tuple[str, ...] = ()
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    seed: int = 0
+    seeds: int | None = None
+    steps: int | None = None
+    data: Path | None = None
+    backend: str = "auto"
+    nproc: int | None = None
+    dist_timeout: float = DEFAULT_TIMEOUT_S
+    json: bool = False
+
+    def __post_init__(self) -> None:
+        # Frozen: normalise through object.__setattr__ (strings to paths and devices, aliases
+        # to canonical variant names) so equal configurations compare equal.
+        normal = {
+            "out": Path(self.out),
+            "data": None if self.data is None else Path(self.data),
+            "device": torch.device(self.device),
+            "variants": tuple(dict.fromkeys(get_variant(v).name for v in self.variants))
+            or tuple(variant_names()),
+            "dist_timeout": float(self.dist_timeout),
+        }
+        for name, value in normal.items():
+            object.__setattr__(self, name, value)
+        resolve_config(self.preset, steps=self.steps)  # preset name and --steps
+        if self.device.type not in ("cpu", "cuda"):
+            raise UsageError(f"device {str(self.device)!r} is not supported (use cpu or cuda)")
+        if self.dtype not in _float_dtypes().values():
+            raise UsageError(f"dtype {self.dtype} is not supported "
+                             f"(use one of {', '.join(_float_dtypes())})")
+        if self.seeds is not None:
+            check_positive_int("--seeds", self.seeds)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise UsageError(f"--seed must be a non-negative integer, got {self.seed}")
+        from ..ops.dispatch import BACKENDS
+
+        check_choice("backend", self.backend, BACKENDS)
+        if self.nproc is not None:
+            check_positive_int("--nproc", self.nproc)
+
+    # --- derived values -------------------------------------------------------------------------
+
+    @property
+    def dtype_name(self) -> str:
+        """``"float32"``, ``"bfloat16"``, ... (as results.json and the fingerprint record it)."""
+        return str(self.dtype).removeprefix("torch.")
+
+    def resolved(self):
+        """``(preset, ModelConfig, TrainConfig)`` of this configuration."""
+        return resolve_config(self.preset, steps=self.steps)
+
+    def seed_list(self) -> list[int]:
+        """The seeds to run: ``seed, seed + 1, ...`` (the preset's count unless ``seeds``)."""
+        n = PRESETS[self.preset].seeds if self.seeds is None else self.seeds
+        return [self.seed + i for i in range(n)]
+
+    # --- JSON ---------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as a JSON value: paths and the device as strings, the dtype by name."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (Path, torch.device)):
+                value = str(value)
+            elif isinstance(value, torch.dtype):
+                value = self.dtype_name
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompareConfig:
+        """The inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UsageError(f"unknown compare option(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(names))})")
+        kw = dict(data)
+        if "dtype" in kw:
+            check_choice("dtype", kw["dtype"], _float_dtypes())
+            kw["dtype"] = _float_dtypes()[kw["dtype"]]
+        if "variants" in kw:
+            kw["variants"] = tuple(kw["variants"])
+        return cls(**kw)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> CompareConfig:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise UsageError(f"a compare configuration is a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)

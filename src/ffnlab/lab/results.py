@@ -1,0 +1,130 @@
+"""results.json: assembled from the finished run files (the schema is in docs/lab.md).
+
+:func:`build_results` is the whole file's content; :func:`aggregate_variant` one item of its
+``variants`` list; :class:`Results` is what :func:`ffnlab.lab.compare.run_compare` returns.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..sizing import default_hidden_dim, ffn_params
+from ..variants import get_variant
+
+__all__ = ["SCHEMA_VERSION", "Results", "aggregate_variant", "build_results", "now", "versions"]
+
+SCHEMA_VERSION = 1
+
+# The fields of a run record that results.json repeats per seed.
+PUBLIC_RUN_FIELDS = ("seed", "val_bpb", "curve", "tokens_per_s", "dead_fraction",
+                     "final_train_loss", "wall_s", "diverged")
+
+DEAD_RULE = ("a unit is dead if |act(W1 x)| <= threshold on every validation token; threshold 0 "
+             "for relu/relu2/reglu, else dead_threshold x the layer's largest |act(W1 x)|")
+
+
+@dataclass(frozen=True)
+class Results:
+    """What one compare invocation produced in this process.
+
+    ``content`` is results.json's content on rank 0 (the only process that writes files) and
+    ``None`` on the other ranks; ``interrupted``: Ctrl-C stopped the training, and what was
+    written is partial (``content["status"] == "partial"``).
+    """
+
+    out: Path
+    interrupted: bool
+    content: dict[str, Any] | None
+
+    @property
+    def results_path(self) -> Path:
+        return self.out / "results.json"
+
+    @property
+    def report_path(self) -> Path:
+        return self.out / "report.md"
+
+
+def now() -> str:
+    """The current UTC time as ``YYYY-MM-DDTHH:MM:SSZ``."""
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def versions() -> dict[str, str]:
+    from .. import __version__
+
+    return {"ffnlab": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _mean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def aggregate_variant(name: str, runs: list[dict], *, dim: int, measured: dict) -> dict[str, Any]:
+    """One ``variants`` item of results.json from the variant's finished runs."""
+    v = get_variant(name)
+    hidden = default_hidden_dim(name, dim, multiple_of=1)
+    # Quality numbers (bpb, curve, dead units) come from the runs that did not diverge: a seed
+    # that blew up mid-run would otherwise shift every later point of the mean curve.
+    ok = [r for r in runs if not r["diverged"]]
+    bpbs = [r["val_bpb"] for r in ok if r["val_bpb"] is not None]
+    by_step: dict[int, list[float]] = {}
+    for r in ok:
+        for step, bpb in r["curve"]:
+            if bpb is not None:
+                by_step.setdefault(step, []).append(bpb)
+    return {
+        "name": name, "gated": v.gated, "activation": v.activation, "hidden": hidden,
+        "params": ffn_params(name, dim, hidden, bias=False),
+        "val_bpb_mean": _mean(bpbs),
+        "val_bpb_std": statistics.stdev(bpbs) if len(bpbs) > 1 else (0.0 if bpbs else None),
+        "tokens_per_s": _mean([r["tokens_per_s"] for r in runs]) or 0.0,
+        "ffn_ms": measured.get("ffn_ms", {}).get(name),
+        "act_ns_per_element": measured.get("act_ns_per_element", {}).get(name),
+        "saved_bytes_per_token": measured.get("saved_bytes_per_token", {}).get(name),
+        "dead_fraction": _mean([r["dead_fraction"] for r in ok]),
+        "curve": [[s, statistics.fmean(b)] for s, b in sorted(by_step.items())],
+        "diverged_runs": sum(bool(r["diverged"]) for r in runs),
+        "runs": [{k: r[k] for k in PUBLIC_RUN_FIELDS} for r in sorted(runs, key=lambda r: r["seed"])],
+    }
+
+
+def build_results(*, status: str, preset_name: str, variants: list[str], seeds: list[int],
+                  runs: dict[tuple[str, int], dict | None], model_cfg, train_cfg,
+                  device: torch.device, dtype_name: str, backend: str, world_size: int,
+                  corpus_identity: dict, measured: dict, started: str) -> dict[str, Any]:
+    """results.json's content. ``runs`` maps every (variant, seed) to its record or None."""
+    from .train import DEAD_THRESHOLD
+
+    missing = [{"variant": v, "seed": s} for (v, s), r in runs.items() if r is None]
+    if missing:
+        status = "partial"
+    m, t = model_cfg, train_cfg
+    config = {
+        "preset": preset_name, "steps": t.steps, "seeds": seeds, "variants": list(variants),
+        "device": device.type, "dtype": dtype_name, "backend": backend, "world_size": world_size,
+        "model": {**m.as_dict(), "batch_size": t.batch_size,
+                  "plain_hidden": default_hidden_dim("relu", m.dim, multiple_of=1),
+                  "gated_hidden": default_hidden_dim("swiglu", m.dim, multiple_of=1)},
+        "lr": t.lr, "warmup": t.warmup, "min_lr_ratio": t.min_lr_ratio,
+        "weight_decay": t.weight_decay, "grad_clip": t.grad_clip,
+        "tokens_per_run": t.steps * t.batch_size * m.seq_len,
+        "eval_every": t.eval_every, "eval_tokens": t.eval_tokens,
+        "dead_threshold": DEAD_THRESHOLD, "dead_rule": DEAD_RULE,
+        "versions": versions(), "started": started, "finished": now(),
+    }
+    items = []
+    for v in variants:
+        done = [r for s in seeds if (r := runs[(v, s)]) is not None]
+        if done:
+            items.append(aggregate_variant(v, done, dim=m.dim, measured=measured))
+    return {"schema_version": SCHEMA_VERSION, "status": status, "config": config,
+            "corpus": corpus_identity, "variants": items, "missing": missing}

@@ -1,0 +1,70 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from ffnlab.errors import UsageError
+from ffnlab.lab.config import PRESETS, CompareConfig
+from ffnlab.variants import variant_names
+
+# A value for every field, none of them the default.
+EVERY_FIELD = {
+    "preset": "smoke", "out": Path("/tmp/ffnlab-out"), "variants": ("swiglu", "relu"),
+    "device": torch.device("cpu", 0), "dtype": torch.bfloat16, "seed": 3, "seeds": 2,
+    "steps": 7, "data": Path("texts/a.txt"), "backend": "reference", "nproc": 2,
+    "dist_timeout": 30.0, "json": True,
+}
+
+
+def test_every_field_is_set_above():
+    assert set(EVERY_FIELD) == {f.name for f in dataclasses.fields(CompareConfig)}
+    default = CompareConfig()
+    for name, value in EVERY_FIELD.items():
+        assert getattr(default, name) != value, name
+
+
+def test_json_round_trip_keeps_every_field():
+    cfg = CompareConfig(**EVERY_FIELD)
+    back = CompareConfig.from_json(cfg.to_json())
+    assert back == cfg
+    assert {f.name: getattr(back, f.name) for f in dataclasses.fields(back)} == EVERY_FIELD
+    assert CompareConfig.from_json(CompareConfig().to_json()) == CompareConfig()
+
+
+def test_defaults_and_normalisation():
+    cfg = CompareConfig(out="runs/x", data="t.txt", device="cpu", variants=("silu", "swish"))
+    assert cfg.out == Path("runs/x") and cfg.data == Path("t.txt")
+    assert cfg.device == torch.device("cpu") and cfg.variants == ("swish",)
+    assert CompareConfig().variants == tuple(variant_names())
+    assert CompareConfig(preset="quick").seed_list() == list(range(PRESETS["quick"].seeds))
+    assert CompareConfig(seed=5, seeds=3).seed_list() == [5, 6, 7]
+    assert CompareConfig(dtype=torch.bfloat16).dtype_name == "bfloat16"
+    _, _, train = CompareConfig(preset="smoke", steps=8).resolved()
+    assert train.steps == 8
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"preset": "quik"}, "did you mean 'quick'"),
+    ({"steps": 0}, "--steps must be a positive integer, got 0"),
+    ({"seeds": 0}, "--seeds must be a positive integer, got 0"),
+    ({"seed": -1}, "--seed must be a non-negative integer, got -1"),
+    ({"backend": "fusd"}, "did you mean 'fused'"),
+    ({"variants": ("swigl",)}, "did you mean 'swiglu'"),
+    ({"nproc": 0}, "--nproc must be a positive integer, got 0"),
+    ({"dtype": torch.int32}, "dtype torch.int32 is not supported"),
+    ({"device": "meta"}, "device 'meta' is not supported"),
+])
+def test_bad_values_are_one_clear_usage_error(kw, needle):
+    with pytest.raises(UsageError) as info:
+        CompareConfig(**kw)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_from_json_refuses_unknown_keys_and_non_objects():
+    with pytest.raises(UsageError, match="unknown compare option.*stepz"):
+        CompareConfig.from_dict({"stepz": 3})
+    with pytest.raises(UsageError, match="JSON object, got list"):
+        CompareConfig.from_json("[]")
+    with pytest.raises(UsageError, match="unknown dtype 'int8'"):
+        CompareConfig.from_dict({"dtype": "int8"})
