@@ -88,8 +88,8 @@ def test_default_hidden_sizes():
     assert FeedForward(64, 100, "swiglu").hidden_dim == 100  # explicit is exact
 
 
-def test_first_source_worked_case():
-    """dim 128, un-shrunk hidden 256, multiple_of 16 -> 176; the source's printout (4, 128)."""
+def test_first_blog_post_worked_case():
+    """dim 128, un-shrunk hidden 256, multiple_of 16 -> 176; the post's printout (4, 128)."""
     h = ffnlab.llama_hidden_dim(128, hidden_dim=256, multiple_of=16)
     ffn = FeedForward(128, h, "swiglu", dropout=0.1)
     assert (ffn.w1.weight.shape, ffn.w3.weight.shape, ffn.w2.weight.shape) == (
@@ -98,41 +98,6 @@ def test_first_source_worked_case():
         (128, 176),
     )
     assert ffn(torch.randn(4, 128)).shape == (4, 128)
-
-
-class SecondSourceSwiGLU(torch.nn.Module):
-    """The second source's code, verbatim in substance: x * sigmoid(linear1(x))."""
-
-    def __init__(self, d_model, d_ffn):
-        super().__init__()
-        self.linear1 = torch.nn.Linear(d_model, d_ffn)
-        self.linear2 = torch.nn.Linear(d_model, d_ffn)
-        self.linear3 = torch.nn.Linear(d_ffn, d_model)
-
-    def forward(self, x):
-        swish = x * torch.sigmoid(self.linear1(x))
-        return self.linear3(swish * self.linear2(x))
-
-
-def test_second_source_swiglu_is_wrong():
-    # With d_model != d_ffn it cannot even run (x [.., d_model] times [.., d_ffn]).
-    with pytest.raises(RuntimeError):
-        SecondSourceSwiGLU(8, 16)(torch.randn(2, 8))
-    # With d_model == d_ffn it runs but is not SwiGLU: same weights, different outputs.
-    wrong = SecondSourceSwiGLU(8, 8).double()
-    ours = FeedForward(8, 8, "swiglu", bias=True, dtype=torch.float64)
-    with torch.no_grad():
-        ours.w1.weight.copy_(wrong.linear1.weight)
-        ours.w1.bias.copy_(wrong.linear1.bias)
-        ours.w3.weight.copy_(wrong.linear2.weight)
-        ours.w3.bias.copy_(wrong.linear2.bias)
-        ours.w2.weight.copy_(wrong.linear3.weight)
-        ours.w2.bias.copy_(wrong.linear3.bias)
-    x = torch.randn(5, 8, dtype=torch.float64)
-    assert (ours(x) - wrong(x)).abs().max() > 1e-3
-    # ... and ours is the correct gate: swish(W1 x) = (W1 x) sigma(W1 x).
-    h1, h3 = wrong.linear1(x), wrong.linear2(x)
-    torch.testing.assert_close(ours(x), wrong.linear3(h1 * torch.sigmoid(h1) * h3))
 
 
 @pytest.mark.parametrize("mode", [True, "scalar", "per_unit"])
@@ -168,13 +133,56 @@ def test_dropout_on_output():
     torch.testing.assert_close(y[~zero], 2 * y_eval[~zero])
 
 
-def test_init_schemes():
+def test_reset_parameters_normal_and_scaled_down():
     torch.manual_seed(0)
-    ffn = FeedForward(256, 512, "swiglu", init="small_down", init_std=0.02, num_layers=8)
+    ffn = FeedForward(256, 512, "swiglu")
+    ffn.reset_parameters(std=0.02, num_layers=8)
     assert abs(ffn.w1.weight.std().item() - 0.02) < 2e-3
-    assert abs(ffn.w2.weight.std().item() - 0.02 / 4) < 5e-4
-    with pytest.raises(ValueError, match="init scheme"):
-        FeedForward(8, variant="relu", init="xavierr")
+    assert abs(ffn.w3.weight.std().item() - 0.02) < 2e-3
+    assert abs(ffn.w2.weight.std().item() - 0.02 / 4) < 5e-4  # 0.02 / sqrt(2 * 8)
+    ffn.reset_parameters(std=0.02)  # num_layers=1: W2 like the others
+    assert abs(ffn.w2.weight.std().item() - 0.02) < 2e-3
+    plain = FeedForward(64, 128, "relu")
+    plain.reset_parameters(std=0.5)
+    assert plain.w1.bias.abs().max() == 0 and plain.w2.bias.abs().max() == 0
+    assert abs(plain.w1.weight.std().item() - 0.5) < 0.05
+
+
+def test_reset_parameters_default_is_linear_init():
+    torch.manual_seed(0)
+    ffn = FeedForward(64, 128, "gelu")
+    ffn.reset_parameters(std=1.0)
+    ffn.reset_parameters()
+    for lin, fan_in in ((ffn.w1, 64), (ffn.w2, 128)):
+        bound = 1 / math.sqrt(fan_in)
+        assert lin.weight.abs().max() <= bound and lin.weight.abs().max() > 0.9 * bound
+        assert lin.bias.abs().max() <= bound and lin.bias.abs().max() > 0
+    beta = FeedForward(8, 16, "swiglu", beta=1.5, learnable_beta="per_unit")
+    with torch.no_grad():
+        beta.beta.add_(1.0)
+    beta.reset_parameters()
+    assert torch.equal(beta.beta, torch.full((16,), 1.5))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(std=0.0), "std must be"),
+        (dict(std=-1.0), "std must be"),
+        (dict(std="0.02"), "std must be"),
+        (dict(num_layers=0), "num_layers"),
+        (dict(num_layers=4), "give std"),
+    ],
+)
+def test_reset_parameters_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FeedForward(8, variant="relu").reset_parameters(**kwargs)
+
+
+@pytest.mark.parametrize("flag", ["init", "init_std", "num_layers"])
+def test_no_init_flags_in_constructor(flag):
+    with pytest.raises(TypeError):
+        FeedForward(8, variant="relu", **{flag: 1})
 
 
 @pytest.mark.parametrize(
@@ -216,6 +224,64 @@ def test_any_float_dtype():
 
 def test_repr_names_variant():
     assert "variant='swiglu'" in repr(FeedForward(8))
+    assert "out_dim" not in repr(FeedForward(8))
+    assert "out_dim=3" in repr(FeedForward(8, out_dim=3))
+
+
+def _backends():
+    from ffnlab.ops.dispatch import why_not
+
+    x = torch.zeros(1, dtype=torch.float64)
+    out = ["auto", "reference", "fused"]
+    return out + (["triton"] if why_not("triton", x, activation="swish") is None else [])
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference", "fused", "triton"])
+@pytest.mark.parametrize("name", ["swiglu", "gelu", "relu2"])
+@pytest.mark.parametrize("recompute", ["none", "activation", "full"])
+def test_out_dim_every_backend_equals_reference(backend, name, recompute):
+    if backend not in _backends():
+        pytest.skip("the triton backend cannot run here (TRITON_INTERPRET=1 runs it on CPU)")
+    torch.manual_seed(0)
+    ffn = FeedForward(12, 20, name, out_dim=5, bias=True, backend=backend, recompute=recompute,
+                      dtype=torch.float64)  # fmt: skip
+    ref = FeedForward(12, 20, name, out_dim=5, bias=True, backend="reference", dtype=torch.float64)
+    ref.load_state_dict(ffn.state_dict())
+    assert ffn.w2.weight.shape == (5, 20) and ffn.w2.bias.shape == (5,)
+    x = torch.randn(2, 3, 12, dtype=torch.float64, requires_grad=True)
+    y, y_ref = ffn(x), ref(x)
+    assert y.shape == (2, 3, 5)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(y, textbook(ffn.state_dict(), x.detach(), name, ffn.gated),
+                               rtol=1e-10, atol=1e-10)  # fmt: skip
+    g = torch.randn_like(y)
+    gx, *gp = torch.autograd.grad(y, (x, *ffn.parameters()), g)
+    gx_ref, *gp_ref = torch.autograd.grad(y_ref, (x, *ref.parameters()), g)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-10, atol=1e-10)
+    for a, b in zip(gp, gp_ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("name", ["swiglu", "gelu"])
+def test_out_dim_gradcheck(backend, name):
+    ffn = FeedForward(5, 7, name, out_dim=3, bias=True, backend=backend, dtype=torch.float64)
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    names = [n for n, _ in ffn.named_parameters()]
+
+    def f(x, *ps):
+        return torch.func.functional_call(ffn, dict(zip(names, ps, strict=True)), (x,))
+
+    assert torch.autograd.gradcheck(f, (x, *ffn.parameters()))
+
+
+def test_out_dim_errors_and_default():
+    assert FeedForward(8, 16).out_dim == 8
+    with pytest.raises(ValueError, match="out_dim must be a positive integer"):
+        FeedForward(8, 16, out_dim=0)
+    ffn = FeedForward(8, 16, out_dim=4)
+    with pytest.raises(ValueError, match=r"expects input \[\.\.\., 8\]"):
+        ffn(torch.randn(2, 4))
 
 
 class _LoRALinear(torch.nn.Linear):

@@ -100,14 +100,12 @@ def case_per_unit_beta(mesh):
 
 
 def case_per_unit_beta_unsharded_refused(mesh):
-    from torch.distributed.tensor.parallel import (
-        ColwiseParallel,
-        RowwiseParallel,
-        parallelize_module,
-    )
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    from ffnlab.parallel import ColwiseWeights, RowwiseWeights
 
     ffn = _ffn("swiglu", learnable_beta="per_unit", backend="reference")
-    plan = {"w1": ColwiseParallel(), "w3": ColwiseParallel(), "w2": RowwiseParallel()}
+    plan = {"w1": ColwiseWeights(), "w3": ColwiseWeights(), "w2": RowwiseWeights()}
     parallelize_module(ffn, mesh, plan)  # no PrepareFeedForward: beta stays whole
     try:
         ffn(torch.randn(2, DIM, dtype=torch.float64))
@@ -167,6 +165,107 @@ def case_plan_with_wildcard(mesh):
     for layer in sharded.layers:
         assert isinstance(layer.ffn.w1.weight, DTensor)
     _compare_forward_backward(ref, sharded, torch.randn(2, 3, DIM, dtype=torch.float64))
+
+
+def _compare_sharded_layouts(ref, sharded, x, in_dim, out_dim):
+    """Sequence-parallel layouts: rank r passes its block of ``x`` along ``in_dim`` (all of
+    ``x`` when None) and gets its block of the output along ``out_dim``; the gradients of the
+    input blocks and the (gathered) parameters equal the unsharded ``ref``'s."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+
+    rank = dist.get_rank()
+
+    def block(t, d):
+        return t if d is None else t.chunk(WORLD, d)[rank]
+
+    x_ref = x.clone().requires_grad_()
+    y_ref = ref(x_ref)
+    g = torch.randn_like(y_ref)  # same on both ranks (same seed)
+    x_tp = block(x, in_dim).clone().requires_grad_()
+    y_tp = sharded(x_tp)
+    assert not isinstance(y_tp, DTensor)
+    torch.testing.assert_close(y_tp, block(y_ref, out_dim), rtol=1e-10, atol=1e-10)
+    y_ref.backward(g)
+    y_tp.backward(block(g, out_dim))
+    torch.testing.assert_close(x_tp.grad, block(x_ref.grad, in_dim), rtol=1e-10, atol=1e-10)
+    ref_params = dict(ref.named_parameters())
+    for name, p in sharded.named_parameters():
+        grad = p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+        torch.testing.assert_close(grad, ref_params[name].grad, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def case_sequence_parallel(mesh):
+    from torch.distributed.tensor import Shard
+
+    # [batch 2, seq 4, dim]: the sequence (dim 1) split over the ranks, in and out
+    for variant, kw in (("swiglu", {"learnable_beta": "per_unit"}), ("gelu", {"out_dim": 7}),
+                        ("swish", {"learnable_beta": True})):  # fmt: skip
+        ref = _ffn(variant, backend="reference", **kw)
+        sharded = tensor_parallel(copy.deepcopy(ref), mesh, input_layouts=Shard(1),
+                                  output_layouts=Shard(1))  # fmt: skip
+        assert sharded.shard_layouts == (Shard(1), Shard(1))
+        _compare_sharded_layouts(ref, sharded, torch.randn(2, 4, DIM, dtype=torch.float64), 1, 1)
+
+
+def case_mixed_layouts(mesh):
+    from torch.distributed.tensor import Replicate, Shard
+
+    ref = _ffn("geglu", backend="auto", bias=True)
+    x = torch.randn(4, 6, DIM, dtype=torch.float64)
+    for inp, out, in_dim, out_dim in ((Shard(1), Replicate(), 1, None),
+                                      (Replicate(), Shard(0), None, 0),
+                                      (Shard(-2), Shard(-3), 1, 0)):  # fmt: skip
+        ref.zero_grad(set_to_none=True)
+        sharded = tensor_parallel(copy.deepcopy(ref), mesh, input_layouts=inp,
+                                  output_layouts=out)  # fmt: skip
+        _compare_sharded_layouts(ref, sharded, x, in_dim, out_dim)
+
+
+def case_sequence_parallel_plan(mesh):
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    ref = _Model()
+    sharded = copy.deepcopy(ref)
+    plan = tp_plan("layers.*.ffn", input_layouts=Shard(1), output_layouts=Shard(1))
+    parallelize_module(sharded, mesh, plan)
+    # each block's residual stream stays split along the sequence
+    _compare_sharded_layouts(ref, sharded, torch.randn(2, 4, DIM, dtype=torch.float64), 1, 1)
+
+
+def case_feature_layout_refused(mesh):
+    from torch.distributed.tensor import Shard
+
+    sharded = tensor_parallel(_ffn("swiglu"), mesh, input_layouts=Shard(2))
+    try:
+        sharded(torch.randn(2, 3, DIM, dtype=torch.float64))
+    except ffnlab.UsageError as e:
+        assert "Shard(2) shards the features" in str(e), e
+    else:
+        raise AssertionError("an input sharded over its features was accepted")
+
+
+def case_torch_style_layouts_refused(mesh):
+    # torch's own styles install their layouts as hooks on the Linears, which the local-shard
+    # forward does not call: refused, never silently ignored.
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    ffn = _ffn("swiglu", backend="reference")
+    plan = {"w[13]": ColwiseParallel(input_layouts=Shard(1)),
+            "w2": RowwiseParallel(output_layouts=Shard(1))}  # fmt: skip
+    parallelize_module(ffn, mesh, plan)
+    try:
+        ffn(torch.randn(2, 2, DIM, dtype=torch.float64))
+    except ffnlab.UsageError as e:
+        assert "carries forward hooks" in str(e) and "PrepareFeedForward" in str(e), e
+    else:
+        raise AssertionError("ColwiseParallel(input_layouts=Shard(1)) was silently ignored")
 
 
 CASES = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith("case_")}
@@ -250,6 +349,28 @@ def test_tp_plan_keys():
     assert list(tp_plan()) == ["", "w[13]", "w2"]
     with pytest.raises(TypeError):
         tp_plan(3)
+
+
+def test_plan_entries_install_no_hooks_and_check_layouts():
+    from torch.distributed.tensor import Partial, Replicate, Shard
+
+    from ffnlab.parallel import PrepareFeedForward
+
+    plan = tp_plan(input_layouts=Shard(1), output_layouts=Shard(1))
+    assert (plan[""].input_layouts, plan[""].output_layouts) == (Shard(1), Shard(1))
+    assert (tp_plan()[""].input_layouts, tp_plan()[""].output_layouts) == (Replicate(),) * 2
+    with pytest.raises(ValueError, match="input_layouts must be Replicate"):
+        PrepareFeedForward(input_layouts=Partial())
+    with pytest.raises(ValueError, match="shards the features"):
+        PrepareFeedForward(output_layouts=Shard(-1))
+    with pytest.raises(TypeError):
+        ffnlab.parallel.ColwiseWeights(input_layouts=Shard(1))
+
+
+def test_import_ffnlab_does_not_import_tensor_parallel():
+    code = ("import sys, ffnlab, ffnlab.parallel; "
+            "assert 'torch.distributed.tensor.parallel' not in sys.modules")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_unsharded_ffn_is_not_sharded():

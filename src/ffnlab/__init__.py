@@ -9,7 +9,7 @@ torch.Size([2, 5, 64])
 from . import activations, parallel
 from .errors import UsageError
 from .ffn import FeedForward
-from .interop.hf import patch_hf, unpatch_hf
+from .interop import from_hf, patch_hf, unpatch_hf
 from .sizing import default_hidden_dim, ffn_flops_per_token, ffn_params, llama_hidden_dim
 from .variants import ALIASES, VARIANTS, Variant, get_variant
 
@@ -25,6 +25,7 @@ __all__ = [
     "default_hidden_dim",
     "ffn_flops_per_token",
     "ffn_params",
+    "from_hf",
     "get_variant",
     "llama_hidden_dim",
     "parallel",

@@ -8,15 +8,14 @@ import torch
 from torch import nn
 
 from .errors import UsageError, check_choice, check_positive_int
-from .ops.dispatch import BACKENDS, RECOMPUTE_MODES, feed_forward, projections_are_plain
-from .ops.reference import hidden_activation
-from .parallel import is_sharded, sharded_forward
+from .local_shards import is_sharded, sharded_forward
+from .ops.dispatch import BACKENDS, RECOMPUTE_MODES
+from .ops.projections import Weights, projected_feed_forward
 from .sizing import default_hidden_dim
 from .variants import get_variant
 
-__all__ = ["FeedForward", "INIT_SCHEMES"]
+__all__ = ["FeedForward"]
 
-INIT_SCHEMES = ("default", "normal", "small_down")
 _BETA_MODES = {False: None, True: "scalar", "scalar": "scalar", "per_unit": "per_unit"}
 
 
@@ -24,28 +23,32 @@ class FeedForward(nn.Module):
     """The FFN block ``y = W2 · act(W1 x + b1) + b2`` or, gated, ``W2 · (act(W1 x) ⊙ W3 x)``.
 
     Args:
-        dim: model width; input and output are ``[..., dim]``.
+        dim: model width; the input is ``[..., dim]``.
         hidden_dim: the hidden size, exactly. ``None``: ``4*dim`` for plain variants, LLaMA's
             parameter-matched ``llama_hidden_dim(dim, multiple_of=..., ffn_dim_multiplier=...)``
             for gated ones.
         variant: a name from ``ffnlab.VARIANTS`` (or the alias ``silu``).
+        out_dim: output width (``None``: ``dim``); the output is ``[..., out_dim]``.
         multiple_of, ffn_dim_multiplier: the hidden-size rule's knobs (used only when
             ``hidden_dim`` is None).
         bias: biases on every projection; ``None`` means on for plain, off for gated variants.
-        dropout: dropout probability on the output (as in LLaMA's and the first source's code).
+        dropout: dropout probability on the output (as in LLaMA's code and the first blog post's).
         beta: Swish's beta (swish and swiglu only; must be 1.0 for other variants).
         learnable_beta: ``False``; ``True`` or ``"scalar"`` for one learnable beta;
             ``"per_unit"`` for one per hidden unit (shape ``[hidden]``). Stored as ``beta``.
         backend: ``"auto"``, ``"reference"``, ``"fused"`` or ``"triton"`` (see ``ops.dispatch``).
         recompute: ``"none"``, ``"activation"`` or ``"full"``: what backward keeps (fused backends).
-        init: ``"default"`` (PyTorch's Linear init), ``"normal"`` (every weight N(0, init_std),
-            biases 0) or ``"small_down"`` (as ``"normal"`` but W2 ~ N(0, init_std/sqrt(2*num_layers)),
-            GPT-2's scaled residual init).
-        init_std, num_layers: parameters of the normal schemes.
         device, dtype: where and in which float dtype to create the parameters.
 
-    State dict keys: ``w1.weight [hidden, dim]``, ``w2.weight [dim, hidden]``, ``w3.weight
-    [hidden, dim]`` (gated only), their ``.bias`` when biases are on, and ``beta`` when learnable.
+    The parameters start with PyTorch's ``nn.Linear`` initialisation; :meth:`reset_parameters`
+    re-draws them (optionally from a normal distribution).
+
+    State dict keys: ``w1.weight [hidden, dim]``, ``w2.weight [out_dim, hidden]``, ``w3.weight
+    [hidden, dim]`` (gated only), their ``.bias`` when biases are on (``[hidden]``, ``[out_dim]``),
+    and ``beta`` when learnable.
+
+    ``shard_layouts`` is None, or the ``(input, output)`` placements of a tensor-parallel
+    FeedForward, set by ``ffnlab.parallel.PrepareFeedForward`` (see ``ffnlab.local_shards``).
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class FeedForward(nn.Module):
         hidden_dim: int | None = None,
         variant: str = "swiglu",
         *,
+        out_dim: int | None = None,
         multiple_of: int = 1,
         ffn_dim_multiplier: float | None = None,
         bias: bool | None = None,
@@ -62,9 +66,6 @@ class FeedForward(nn.Module):
         learnable_beta: bool | str = False,
         backend: str = "auto",
         recompute: str = "activation",
-        init: str = "default",
-        init_std: float = 0.02,
-        num_layers: int = 1,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -76,11 +77,11 @@ class FeedForward(nn.Module):
                 v.name, dim, multiple_of=multiple_of, ffn_dim_multiplier=ffn_dim_multiplier
             )
         check_positive_int("hidden_dim", hidden_dim)
+        out_dim = dim if out_dim is None else check_positive_int("out_dim", out_dim)
         if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
             raise UsageError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         check_choice("backend", backend, BACKENDS)
         check_choice("recompute mode", recompute, RECOMPUTE_MODES)
-        check_choice("init scheme", init, INIT_SCHEMES)
         if learnable_beta not in _BETA_MODES:
             raise UsageError(
                 f"learnable_beta must be False, True, 'scalar' or 'per_unit', got {learnable_beta!r}"
@@ -90,9 +91,7 @@ class FeedForward(nn.Module):
         if not math.isfinite(beta):
             raise UsageError(f"beta must be finite, got {beta!r}")
         if not v.has_beta and (beta != 1.0 or beta_mode is not None):
-            raise UsageError(
-                f"beta applies only to swish and swiglu, not to variant {v.name!r}"
-            )
+            raise UsageError(f"beta applies only to swish and swiglu, not to variant {v.name!r}")
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"FeedForward parameters need a float dtype, got {dtype}")
         if bias is None:
@@ -100,12 +99,14 @@ class FeedForward(nn.Module):
 
         self.dim = dim
         self.hidden_dim = hidden_dim
+        self.out_dim = out_dim
         self.variant = v.name
         self.backend = backend
         self.recompute = recompute
+        self.shard_layouts: tuple | None = None
         kw = {"device": device, "dtype": dtype}
         self.w1 = nn.Linear(dim, hidden_dim, bias=bias, **kw)
-        self.w2 = nn.Linear(hidden_dim, dim, bias=bias, **kw)
+        self.w2 = nn.Linear(hidden_dim, out_dim, bias=bias, **kw)
         self.w3 = nn.Linear(dim, hidden_dim, bias=bias, **kw) if v.gated else None
         self.dropout = nn.Dropout(dropout)
         if beta_mode is None:
@@ -115,21 +116,34 @@ class FeedForward(nn.Module):
             shape = () if beta_mode == "scalar" else (hidden_dim,)
             self.beta_value = beta
             self.beta = nn.Parameter(torch.full(shape, beta, **kw))
-        self._init_weights(init, init_std, check_positive_int("num_layers", num_layers))
 
-    def _init_weights(self, init: str, std: float, num_layers: int) -> None:
-        if init == "default":
-            return
-        if not std > 0:
-            raise UsageError(f"init_std must be > 0, got {std!r}")
-        down_std = std / math.sqrt(2 * num_layers) if init == "small_down" else std
+    def reset_parameters(self, std: float | None = None, num_layers: int = 1) -> None:
+        """Re-draw the parameters in place; a learnable beta goes back to its initial value.
+
+        ``std=None``: PyTorch's ``nn.Linear`` initialisation (each projection's own
+        ``reset_parameters``: weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))).
+        ``std`` a float > 0: every weight ~ N(0, std²) and every bias 0, except that with
+        ``num_layers > 1`` W2's weight ~ N(0, (std / sqrt(2 * num_layers))²), GPT-2's scaled
+        initialisation of the residual projections of a ``num_layers``-layer model.
+        ``num_layers`` must be 1 when ``std`` is None.
+        """
+        check_positive_int("num_layers", num_layers)
+        if std is not None and not (isinstance(std, (int, float)) and std > 0):
+            raise UsageError(f"std must be a float > 0 or None, got {std!r}")
+        if std is None and num_layers != 1:
+            raise UsageError("num_layers scales the normal initialisation: give std as well")
+        lins = [self.w1, self.w2] + ([] if self.w3 is None else [self.w3])
         with torch.no_grad():
-            for lin, s in ((self.w1, std), (self.w3, std), (self.w2, down_std)):
-                if lin is None:
+            for lin in lins:
+                if std is None:
+                    lin.reset_parameters()
                     continue
+                s = std / math.sqrt(2 * num_layers) if lin is self.w2 and num_layers > 1 else std
                 nn.init.normal_(lin.weight, 0.0, s)
                 if lin.bias is not None:
                     lin.bias.zero_()
+            if self.beta is not None:
+                self.beta.fill_(self.beta_value)
 
     @property
     def gated(self) -> bool:
@@ -166,36 +180,26 @@ class FeedForward(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., dim]`` -> ``[..., dim]``.
+        """``x [..., dim]`` -> ``[..., out_dim]``.
 
         The projections are read as weights by the chosen backend; if one of them has been
         replaced by another module or carries a forward hook, it is called instead (with the
-        reference elementwise maths), so adapters and hooks keep working.
+        reference elementwise maths), so adapters and hooks keep working. DTensor weights
+        (``ffnlab.parallel``) run on their local shards (``ffnlab.local_shards``).
         """
         self._check_input(x)
-        if is_sharded(self):  # DTensor weights (ffnlab.parallel): compute on the local shards
+        if is_sharded(self):
             return self._dropout(sharded_forward(self, x))
-        # Submodules and parameters read from their dicts: nn.Module.__getattr__ costs ~1 us a
-        # lookup, and a forward needs about a dozen (a measurable share at dim 64).
+        # Submodules read from the dict: nn.Module.__getattr__ is slow enough per lookup to be
+        # a visible share of a small FFN's forward (docs/benchmarks.md).
         mods = self._modules
         l1, l2, l3 = mods["w1"], mods["w2"], mods.get("w3")
-        if not projections_are_plain(l1, l2, l3):
-            # A replaced or hooked projection (a LoRA adapter, a quantised Linear, a forward
-            # hook) must see its own call, so the block runs through the modules themselves.
-            h1 = l1(x)
-            h3 = None if l3 is None else l3(x)
-            m = hidden_activation(self.activation, h1, h3, self.beta_tensor_or_value())
-            return self._dropout(l2(m))
-        p1, p2 = l1._parameters, l2._parameters
-        p3 = {} if l3 is None else l3._parameters
-        y = feed_forward(
+        y = projected_feed_forward(
             x,
-            p1["weight"],
-            p2["weight"],
-            p3.get("weight"),
-            p1.get("bias"),
-            p2.get("bias"),
-            p3.get("bias"),
+            (l1, l2, l3),
+            self._weights,
+            lambda t: (l1(t), None if l3 is None else l3(t)),
+            l2,
             activation=self.activation,
             beta=self.beta_tensor_or_value(),
             backend=self.backend,
@@ -203,23 +207,32 @@ class FeedForward(nn.Module):
         )
         return self._dropout(y)
 
+    def _weights(self) -> Weights:
+        """``(w1, w2, w3, b1, b2, b3)`` from the plain Linears' parameter dicts."""
+        mods = self._modules
+        p1, p2 = mods["w1"]._parameters, mods["w2"]._parameters
+        l3 = mods.get("w3")
+        p3 = {} if l3 is None else l3._parameters
+        return (
+            p1["weight"],
+            p2["weight"],
+            p3.get("weight"),
+            p1.get("bias"),
+            p2.get("bias"),
+            p3.get("bias"),
+        )
+
     def _dropout(self, y: torch.Tensor) -> torch.Tensor:
-        # nn.Dropout with p=0 is an identity that still costs a module call (~9 us measured
-        # per forward on this CPU), a large share of a small FFN's time.
+        # nn.Dropout with p=0 is an identity that still costs a module call, a large share of
+        # a small FFN's time (docs/benchmarks.md).
         dropout = self._modules["dropout"]
         return y if dropout.p == 0.0 else dropout(y)
-
-    @classmethod
-    def from_hf(cls, module: nn.Module, **kwargs) -> FeedForward:
-        """A FeedForward sharing the weights of a transformers MLP module (see ``interop.hf``)."""
-        from .interop.hf import feed_forward_from_hf
-
-        return feed_forward_from_hf(module, **kwargs)
 
     def extra_repr(self) -> str:
         parts = [
             f"dim={self.dim}",
             f"hidden_dim={self.hidden_dim}",
+            *([f"out_dim={self.out_dim}"] if self.out_dim != self.dim else []),
             f"variant={self.variant!r}",
             f"backend={self.backend!r}",
             f"recompute={self.recompute!r}",

@@ -67,19 +67,20 @@ def default_hidden_dim(
     return multiple_of * ((h + multiple_of - 1) // multiple_of)
 
 
-def ffn_params(variant: str, dim: int, hidden: int, *, bias: bool | None = None) -> int:
-    """Parameters of one FFN: ``(2 or 3) * dim * hidden`` plus biases.
+def ffn_params(variant: str, dim: int, hidden_dim: int, *, bias: bool | None = None) -> int:
+    """Parameters of one FFN of width ``dim``: ``(2 or 3) * dim * hidden_dim`` plus biases
+    (``[hidden_dim]`` on W1 and W3, ``[dim]`` on W2).
 
     ``bias=None`` means the variant's default (on for plain, off for gated).
     """
     v = get_variant(variant)
     check_positive_int("dim", dim)
-    check_positive_int("hidden", hidden)
+    check_positive_int("hidden_dim", hidden_dim)
     if bias is None:
         bias = not v.gated
-    n = v.matrices * dim * hidden
+    n = v.matrices * dim * hidden_dim
     if bias:
-        n += hidden * (v.matrices - 1) + dim
+        n += hidden_dim * (v.matrices - 1) + dim
     return n
 
 
@@ -98,16 +99,17 @@ ELEMENTWISE_FLOPS: dict[str, int] = {
 }
 
 
-def ffn_flops_per_token(variant: str, dim: int, hidden: int) -> dict[str, int]:
+def ffn_flops_per_token(variant: str, dim: int, hidden_dim: int) -> dict[str, int]:
     """Forward FLOPs per token: ``{"matmul": ..., "elementwise": ..., "total": ...}``.
 
-    A matrix product ``[dim] x [dim, hidden]`` costs ``2*dim*hidden`` FLOPs; gated variants do
-    three, plain ones two. The elementwise part uses :data:`ELEMENTWISE_FLOPS` per hidden unit,
-    plus one multiply for the gate. Forward+backward is about three times the matmul part.
+    A matrix product ``[dim] x [dim, hidden_dim]`` costs ``2*dim*hidden_dim`` FLOPs; gated
+    variants do three, plain ones two. The elementwise part uses :data:`ELEMENTWISE_FLOPS` per
+    hidden unit, plus one multiply for the gate. Forward+backward is about three times the
+    matmul part.
     """
     v = get_variant(variant)
     check_positive_int("dim", dim)
-    check_positive_int("hidden", hidden)
-    matmul = 2 * dim * hidden * v.matrices
-    elementwise = hidden * (ELEMENTWISE_FLOPS[v.activation] + (1 if v.gated else 0))
+    check_positive_int("hidden_dim", hidden_dim)
+    matmul = 2 * dim * hidden_dim * v.matrices
+    elementwise = hidden_dim * (ELEMENTWISE_FLOPS[v.activation] + (1 if v.gated else 0))
     return {"matmul": matmul, "elementwise": elementwise, "total": matmul + elementwise}

@@ -1,4 +1,4 @@
-"""The registry of FFN variants (DESIGN.md's table).
+"""The registry of FFN variants: every FFN block ffnlab computes, by name.
 
 A variant is a name, whether it is gated, and the scalar activation of its W1 branch:
 plain ``y = W2 · act(W1 x + b1) + b2``; gated ``y = W2 · (act(W1 x + b1) ⊙ (W3 x + b3)) + b2``.
@@ -6,26 +6,23 @@ plain ``y = W2 · act(W1 x + b1) + b2``; gated ``y = W2 · (act(W1 x + b1) ⊙ (
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 from types import MappingProxyType
-
-import torch
 
 from .activations import get_activation
 from .errors import UsageError, unknown_choice
-from .ops.reference import ffn_reference
 
 __all__ = ["Variant", "VARIANTS", "ALIASES", "get_variant", "variant_names"]
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One FFN variant.
+    """One FFN variant: its name, whether it is gated, the activation of its W1 branch (a name
+    in :mod:`ffnlab.activations`), a one-line formula and where it comes from.
 
-    ``reference(x, w1, w2, w3=None, b1=None, b2=None, b3=None, beta=1.0)`` computes it with
-    plain torch ops (``x [..., dim]`` -> ``[..., dim]``); it is the oracle of every backend.
+    Computed for ``x [..., dim]`` by ``ffnlab.ops.reference.ffn_reference(x, w1, w2, w3, ...,
+    activation=variant.activation)`` (the oracle) or any backend of ``ffnlab.FeedForward``.
     """
 
     name: str
@@ -33,10 +30,6 @@ class Variant:
     activation: str
     formula: str
     source: str
-
-    @property
-    def reference(self) -> Callable[..., torch.Tensor]:
-        return partial(ffn_reference, activation=self.activation)
 
     @property
     def has_beta(self) -> bool:
@@ -69,7 +62,7 @@ _TABLE = (
 )
 
 VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in _TABLE})
-"""Canonical name -> :class:`Variant`, in DESIGN.md's order (13 entries)."""
+"""Canonical name -> :class:`Variant`: the plain variants, then the gated ones."""
 
 ALIASES: Mapping[str, str] = MappingProxyType({"silu": "swish"})
 """Accepted alternative names -> canonical name."""

@@ -1,4 +1,4 @@
-"""FeedForward.from_hf: a standalone FeedForward from one transformers MLP."""
+"""ffnlab.from_hf: a standalone FeedForward from one transformers MLP."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ SHARED = {  # family -> (variant, FeedForward attribute -> module attribute path
 def test_shares_linear_layers(hf_models, family):
     model, _, _ = hf_models.build(family)
     module = _mlp(model, family)
-    ffn = FeedForward.from_hf(module)
+    ffn = ffnlab.from_hf(module)
     variant, layers = SHARED[family]
     assert isinstance(ffn, FeedForward) and ffn.variant == variant
     for attr, path in layers.items():
@@ -59,8 +59,8 @@ def test_packed_and_conv1d_need_copy(hf_models, family):
     model, _, _ = hf_models.build(family)
     module = _mlp(model, family)
     with pytest.raises(ValueError, match="copy=True"):
-        FeedForward.from_hf(module)
-    ffn = FeedForward.from_hf(module, copy=True, backend="reference")
+        ffnlab.from_hf(module)
+    ffn = ffnlab.from_hf(module, copy=True, backend="reference")
     x = torch.randn(5, 32)
     with torch.no_grad():
         torch.testing.assert_close(ffn(x), module(x), rtol=1e-5, atol=1e-6)
@@ -73,7 +73,7 @@ def test_packed_and_conv1d_need_copy(hf_models, family):
 def test_copy_for_linear_families_copies(hf_models):
     model, _, _ = hf_models.build("llama")
     module = _mlp(model, "llama")
-    ffn = FeedForward.from_hf(module, copy=True)
+    ffn = ffnlab.from_hf(module, copy=True)
     assert ffn.w1 is not module.gate_proj
     assert ffn.w1.weight.data_ptr() != module.gate_proj.weight.data_ptr()
     torch.testing.assert_close(ffn.w1.weight, module.gate_proj.weight, rtol=0, atol=0)
@@ -83,21 +83,26 @@ def test_from_patched_wrapper_and_options(hf_models):
     model, _, _ = hf_models.build("qwen2")
     module = _mlp(model, "qwen2")
     ffnlab.patch_hf(model)
-    ffn = FeedForward.from_hf(model.model.layers[0].mlp, backend="reference", recompute="full")
+    ffn = ffnlab.from_hf(model.model.layers[0].mlp, backend="reference", recompute="full")
     assert ffn.w1 is module.gate_proj
     assert (ffn.backend, ffn.recompute) == ("reference", "full")
 
 
 def test_errors(hf_models):
     with pytest.raises(ValueError, match="does not recognise Linear"):
-        FeedForward.from_hf(nn.Linear(3, 3))
+        ffnlab.from_hf(nn.Linear(3, 3))
     with pytest.raises(TypeError):
-        FeedForward.from_hf("LlamaMLP")
+        ffnlab.from_hf("LlamaMLP")
     model, _, _ = hf_models.build("llama", hidden_act="mish")
     with pytest.raises(ValueError, match="MishActivation"):
-        FeedForward.from_hf(_mlp(model, "llama"))
+        ffnlab.from_hf(_mlp(model, "llama"))
     model, _, _ = hf_models.build("llama", hidden_act="quick_gelu")  # no gated quick_gelu variant
     with pytest.raises(
         ValueError, match="no ffnlab variant is a gated FFN with activation 'quick_gelu'"
     ):
-        FeedForward.from_hf(_mlp(model, "llama"))
+        ffnlab.from_hf(_mlp(model, "llama"))
+
+
+def test_from_hf_is_a_function_not_a_feed_forward_method():
+    assert ffnlab.from_hf is ffnlab.interop.from_hf
+    assert not hasattr(FeedForward, "from_hf")  # the module layer does not import interop

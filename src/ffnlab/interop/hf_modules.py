@@ -6,10 +6,11 @@ submodules (``gate_proj``, ``c_fc``, ``wi_0`` ...) under their original names, s
 * the parameters are the very same ``nn.Parameter`` objects (training updates the original),
 * ``model.state_dict()`` keys do not change (``save_pretrained``/``from_pretrained`` round-trip),
 * the wrapper's forward computes the module's function through
-  :func:`ffnlab.ops.dispatch.feed_forward` with W1/W2/W3 taken from those parameters: the
-  parameters themselves, or views of them (Phi-3's packed ``gate_up_proj`` is split with a
-  slice, GPT-2's ``Conv1D`` weights ``[in, out]`` are transposed), so gradients still land on
-  the original parameter.
+  :func:`ffnlab.ops.projections.projected_feed_forward` (as :class:`ffnlab.FeedForward` does)
+  with W1/W2/W3 taken from those parameters: the parameters themselves, or views of them
+  (Phi-3's packed ``gate_up_proj`` is split with a slice, GPT-2's ``Conv1D`` weights
+  ``[in, out]`` are transposed), so gradients still land on the original parameter; a
+  replaced or hooked projection is called instead.
 
 The original module is kept as a plain attribute (not a registered submodule, which would list
 every parameter twice) so that :func:`ffnlab.interop.hf.unpatch_hf` can put it back.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.dispatch import feed_forward, projections_are_plain
+from ..ops.projections import Weights, projected_feed_forward
 from ..ops.reference import hidden_activation
 
 __all__ = [
@@ -34,15 +35,6 @@ __all__ = [
     "HFT5Dense",
     "HFBertFeedForward",
     "HFBertOutputTail",
-]
-
-Weights = tuple[
-    torch.Tensor,
-    torch.Tensor,
-    "torch.Tensor | None",
-    "torch.Tensor | None",
-    "torch.Tensor | None",
-    "torch.Tensor | None",
 ]
 
 
@@ -79,17 +71,29 @@ class HFFeedForward(nn.Module):
         """The projection modules whose weights :meth:`ffn_weights` reads."""
         raise NotImplementedError
 
+    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(h1, h3)`` by calling the projection modules: ``x [..., dim]`` -> each
+        ``[..., hidden]`` (``h3`` None for plain MLPs)."""
+        raise NotImplementedError
+
+    def down(self, m: torch.Tensor) -> torch.Tensor:
+        """The down projection module's call: ``m [..., hidden]`` -> ``[..., dim]``."""
+        raise NotImplementedError
+
     def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
         """The same FFN computed by calling the projection modules (what runs when one of them
         is replaced, e.g. by a LoRA adapter, or hooked)."""
-        raise NotImplementedError
+        return self.down(hidden_activation(self.activation, *self.branches(x)))
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        if not projections_are_plain(*self.projections()):
-            return self.module_ffn(x)
-        w1, w2, w3, b1, b2, b3 = self.ffn_weights()
-        return feed_forward(
-            x, w1, w2, w3, b1, b2, b3, activation=self.activation, backend=self.backend
+        return projected_feed_forward(
+            x,
+            self.projections(),
+            self.ffn_weights,
+            self.branches,
+            self.down,
+            activation=self.activation,
+            backend=self.backend,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,8 +131,11 @@ class HFGatedMLP(HFFeedForward):
     def projections(self) -> tuple[nn.Module, ...]:
         return self.gate_proj, self.up_proj, self.down_proj
 
-    def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(hidden_activation(self.activation, self.gate_proj(x), self.up_proj(x)))
+    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.gate_proj(x), self.up_proj(x)
+
+    def down(self, m: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(m)
 
 
 class HFPackedGatedMLP(HFFeedForward):
@@ -152,9 +159,12 @@ class HFPackedGatedMLP(HFFeedForward):
     def projections(self) -> tuple[nn.Module, ...]:
         return self.gate_up_proj, self.down_proj
 
-    def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
+    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(hidden_activation(self.activation, gate, up))
+        return gate, up
+
+    def down(self, m: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(m)
 
 
 class HFConv1DMLP(HFFeedForward):
@@ -184,8 +194,11 @@ class HFConv1DMLP(HFFeedForward):
     def projections(self) -> tuple[nn.Module, ...]:
         return self.c_fc, self.c_proj
 
-    def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(hidden_activation(self.activation, self.c_fc(x)))
+    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.c_fc(x), None
+
+    def down(self, m: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(m)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., dim]`` -> ``[..., dim]``."""
@@ -222,13 +235,14 @@ class HFT5Dense(HFFeedForward):
     def projections(self) -> tuple[nn.Module, ...]:
         return (self.wi_0, self.wi_1, self.wo) if self.gated else (self.wi, self.wo)
 
-    def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
-        """T5's own steps: hidden dropout, then the cast to ``wo``'s dtype."""
+    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.gated:
-            h = hidden_activation(self.activation, self.wi_0(x), self.wi_1(x))
-        else:
-            h = hidden_activation(self.activation, self.wi(x))
-        h = self.dropout(h)
+            return self.wi_0(x), self.wi_1(x)
+        return self.wi(x), None
+
+    def down(self, m: torch.Tensor) -> torch.Tensor:
+        """T5's own steps: hidden dropout, then the cast to ``wo``'s dtype, then ``wo``."""
+        h = self.dropout(m)
         w2 = self.wo.weight
         if isinstance(w2, torch.Tensor) and h.dtype != w2.dtype and w2.dtype != torch.int8:
             h = h.to(w2.dtype)
@@ -274,8 +288,11 @@ class HFBertFeedForward(HFFeedForward):
     def projections(self) -> tuple[nn.Module, ...]:
         return self.dense, self._down
 
-    def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
-        return self._down(hidden_activation(self.activation, self.dense(x)))
+    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.dense(x), None
+
+    def down(self, m: torch.Tensor) -> torch.Tensor:
+        return self._down(m)
 
 
 class HFBertOutputTail(HFFeedForward):

@@ -127,9 +127,10 @@ class TinyGPT(nn.Module):
         """Collect ``h1 = W1 x`` (the activation / gate branch) of every layer's FFN.
 
         Yields a list with one list per layer; each forward appends a ``[B, T, hidden]``
-        tensor (detached). ``FeedForward`` hands its weights to a fused op instead of calling
-        its ``w1`` Linear, so a hook on ``w1`` would never fire: a forward *pre*-hook on the
-        FFN takes its input ``x`` and computes ``W1 x`` (+ b1) itself.
+        tensor (detached). A hook on ``w1`` would fire, but it makes ``FeedForward`` call its
+        Linears with the reference elementwise maths instead of handing the weights to the
+        chosen backend, changing what runs: a forward *pre*-hook on the FFN takes its input
+        ``x`` and computes ``W1 x`` (+ b1) itself, leaving the FFN's own path alone.
         """
         store: list[list[torch.Tensor]] = [[] for _ in self.blocks]
         handles = []

@@ -39,7 +39,6 @@ __all__ = [
     "TRITON_DTYPES",
     "feed_forward",
     "plan",
-    "projections_are_plain",
     "resolve_backend",
     "why_not",
 ]
@@ -75,26 +74,6 @@ def _triton_import_error() -> str:
 
 def _interpret_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def projections_are_plain(*modules: torch.nn.Module | None) -> bool:
-    """Whether a backend may read these projections' weights instead of calling them.
-
-    True when each module (None entries are skipped) is exactly an ``nn.Linear`` or
-    transformers' ``Conv1D`` and carries no forward (pre-)hook. A subclass or a replacement (a
-    LoRA adapter, a quantised Linear) or a hook must see its own call, so callers then run the
-    block through the modules themselves.
-    """
-    for m in modules:
-        if m is None:
-            continue
-        t = type(m)
-        known = t is torch.nn.Linear or (
-            t.__name__ == "Conv1D" and t.__module__.startswith("transformers.")
-        )
-        if not known or m._forward_hooks or m._forward_pre_hooks:
-            return False
-    return True
 
 
 def why_not(
