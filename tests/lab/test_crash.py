@@ -31,7 +31,7 @@ import os, signal, sys
 from fnmatch import fnmatch
 from pathlib import Path
 
-import ffnlab.lab.io as io
+import ffnlab.files as files
 import ffnlab.lab.train as train
 from ffnlab.cli import main
 
@@ -61,7 +61,7 @@ if mode == "step":
 
     train.lr_at = lr_at
 elif mode in ("write", "before"):
-    for mod, name in ((io, "atomic_write_bytes"),):
+    for mod, name in ((files, "atomic_write_bytes"),):
         def patched(path, data, real=getattr(mod, name)):
             global count
             if matches(path):

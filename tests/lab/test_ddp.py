@@ -141,7 +141,8 @@ PROBE = textwrap.dedent("""\
 
     import torch
 
-    from ffnlab.lab import io, model
+    from ffnlab import files
+    from ffnlab.lab import model
 
     LOG = os.environ["FFNLAB_TEST_WRITES"] + "." + os.environ["RANK"]
     ROWS = os.environ["FFNLAB_TEST_WRITES"] + "-rows." + os.environ["RANK"]
@@ -153,7 +154,7 @@ PROBE = textwrap.dedent("""\
             return real(path, data)
         return write
 
-    io.atomic_write_bytes = logged(io.atomic_write_bytes)
+    files.atomic_write_bytes = logged(files.atomic_write_bytes)
     forward = model.TinyGPT.forward
 
     def counted(self, tokens):

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ffnlab import files
 from ffnlab.errors import UsageError
-from ffnlab.lab import advise, io
+from ffnlab.lab import advise
 from ffnlab.lab import analysis as A
 from ffnlab.lab import claims as C
 from ffnlab.lab import report as R
@@ -102,7 +103,7 @@ def test_write_report_keeps_old_file_on_failure(results, tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(io.os, "replace", boom)
+    monkeypatch.setattr(files.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         R.write_report(copy.deepcopy(results), tmp_path)
     assert target.read_text() == "old"
@@ -112,13 +113,13 @@ def test_write_report_keeps_old_file_on_failure(results, tmp_path, monkeypatch):
 def test_report_temp_files_are_the_ones_remove_stale_temps_cleans(results, tmp_path,
                                                                   monkeypatch):
     seen = []
-    real = io.os.replace
+    real = files.os.replace
 
     def spy(src, dst):
         seen.append(Path(src))
         real(src, dst)
 
-    monkeypatch.setattr(io.os, "replace", spy)
+    monkeypatch.setattr(files.os, "replace", spy)
     R.write_report(copy.deepcopy(results), tmp_path)
     assert seen and all(p.parent == tmp_path for p in seen)
     assert all(p.match(".*.tmp") for p in seen)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ffnlab.lab import io
+from ffnlab import files
 from ffnlab.lab.data import load_corpus, val_windows
 from ffnlab.lab.model import ModelConfig, TinyGPT, init_parameters
 from ffnlab.lab.train import TrainConfig, dead_fraction, lr_at, train_run
@@ -88,7 +88,7 @@ def test_resume_after_interrupt_matches_uninterrupted(corpus, straight, tmp_path
 
     with pytest.raises(KeyboardInterrupt):
         run("reglu", 1, corpus, MODEL, TRAIN, checkpoint=stem, on_step=stop)
-    meta = io.read_json(stem.with_name("reglu-s1.json"))
+    meta = files.read_json(stem.with_name("reglu-s1.json"))
     assert meta["step"] == 6  # the last checkpoint before the interruption
     # only the latest tensor file is kept
     assert [p.name for p in stem.parent.glob("*.safetensors")] == ["reglu-s1.6.safetensors"]
@@ -115,9 +115,9 @@ def test_corrupted_checkpoint_is_detected_and_retrained(corpus, straight, tmp_pa
         blob[-5] ^= 0xFF  # a tensor byte: still parses, wrong numbers
         st.write_bytes(bytes(blob))
     else:
-        meta = io.read_json(tmp_path / "gelu-s0.json")
+        meta = files.read_json(tmp_path / "gelu-s0.json")
         meta["sha256"] = "0" * 64
-        io.atomic_write_json(tmp_path / "gelu-s0.json", meta)
+        files.atomic_write_json(tmp_path / "gelu-s0.json", meta)
     messages = []
     rec = run("gelu", 0, corpus, MODEL, TRAIN, checkpoint=stem, log=messages.append)
     assert rec["resumed_from"] == 0
@@ -176,10 +176,10 @@ def test_variants_see_the_same_batches(corpus, monkeypatch):
 
 
 def test_atomic_json_write(tmp_path):
-    path = io.atomic_write_json(tmp_path / "a" / "r.json", {"x": [1, 2.5]})
-    assert io.read_json(path) == {"x": [1, 2.5]}
+    path = files.atomic_write_json(tmp_path / "a" / "r.json", {"x": [1, 2.5]})
+    assert files.read_json(path) == {"x": [1, 2.5]}
     assert (path.stat().st_mode & 0o777) == 0o644
     with pytest.raises(ValueError):
-        io.atomic_write_json(path, {"x": float("nan")})  # not JSON: refused, old file kept
-    assert io.read_json(path) == {"x": [1, 2.5]}
+        files.atomic_write_json(path, {"x": float("nan")})  # not JSON: refused, old file kept
+    assert files.read_json(path) == {"x": [1, 2.5]}
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp files left

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import files
 from ..numbers import as_float, fmt_number
 
-__all__ = ["evaluate_targets", "print_report", "to_markdown", "write_chart", "FUSED_DEFAULT"]
+__all__ = ["evaluate_targets", "print_report", "to_markdown", "write_chart", "write_files", "FUSED_DEFAULT"]
 
 # The fused provider the targets hold to account: FeedForward's default recompute mode.
 FUSED_DEFAULT = "fused:activation"
@@ -334,3 +335,15 @@ def write_chart(result: dict, path: Path) -> None:
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))  # room for the legend below the panels
     fig.savefig(path)
+
+
+def write_files(result: dict, out: Path) -> str:
+    """Write ``bench.json`` (strict JSON: a NaN/inf measurement is null), ``bench.md`` and
+    ``bench.png`` into ``out``; returns the chart's name, or why there is none."""
+    files.atomic_write_json(out / "bench.json", files.json_safe(result))
+    files.atomic_write_bytes(out / "bench.md", to_markdown(result).encode("utf-8"))
+    try:
+        write_chart(result, out / "bench.png")
+    except ImportError as exc:  # a bare GPU machine without matplotlib: keep the numbers
+        return f"no chart ({exc.name} is not installed)"
+    return "bench.png"

@@ -21,8 +21,8 @@ import argparse
 import json
 from pathlib import Path
 
+from .. import files
 from ..errors import check_choice, check_positive_int
-from ..lab import io
 from ..lab.advise import PRIORITIES, find_results, load_results, recommend
 
 __all__ = ["add_arguments", "run"]
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     path = find_results(args.results)
     rec = recommend(load_results(path), args.priority, args.dim)
     if args.json:
-        print(json.dumps(io.json_safe({"results": str(path), **rec}), indent=2, allow_nan=False))
+        print(json.dumps(files.json_safe({"results": str(path), **rec}), indent=2, allow_nan=False))
     else:
         _print_text(rec, path)
     return 0

@@ -17,11 +17,11 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from .. import files
 from ..bench import BenchConfig, run_bench
 from ..bench import report as R
 from ..bench.providers import PROVIDERS, parse_providers
 from ..errors import UsageError, check_positive_int
-from ..lab import io
 from .common import (
     add_common,
     parse_device,
@@ -87,18 +87,6 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
-def write_files(result: dict, out: Path) -> str:
-    """Write ``bench.json`` (strict JSON: a NaN/inf measurement is null), ``bench.md`` and
-    ``bench.png`` into ``out``; returns the chart's name, or why there is none."""
-    io.atomic_write_json(out / "bench.json", io.json_safe(result))
-    io.atomic_write_bytes(out / "bench.md", R.to_markdown(result).encode("utf-8"))
-    try:
-        R.write_chart(result, out / "bench.png")
-    except ImportError as exc:  # a bare GPU machine without matplotlib: keep the numbers
-        return f"no chart ({exc.name} is not installed)"
-    return "bench.png"
-
-
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -110,9 +98,9 @@ def run(args: argparse.Namespace) -> int:
                   TimeElapsedColumn(), console=err, transient=True) as progress:
         task = progress.add_task("bench", total=cfg.progress_steps())
         result = run_bench(cfg, tick=lambda: progress.advance(task))
-    chart = write_files(result, out)
+    chart = R.write_files(result, out)
     if args.json:
-        print_json(io.json_safe(result))
+        print_json(files.json_safe(result))
         return 0
     console = Console()
     if not console.is_terminal:  # piped into a file: do not squeeze the tables to 80 columns

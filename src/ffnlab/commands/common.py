@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError, check_choice, check_positive_int
-from ..lab.io import prepare_out_dir
+from ..files import prepare_out_dir
 from ..variants import parse_variant_list
 
 __all__ = [

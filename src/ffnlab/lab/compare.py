@@ -22,8 +22,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .. import files
 from ..errors import UsageError
-from . import distributed, io
+from . import distributed
 from .config import CompareConfig
 from .results import Results
 from .runner import CompareRunner
@@ -54,7 +55,7 @@ def _check_fingerprint(out: Path, fingerprint: dict) -> None:
     path = out / "config.json"
     if path.exists():
         try:
-            old = io.read_json(path)
+            old = files.read_json(path)
         except ValueError:
             old = None  # unreadable: written atomically, so only a hand edit gets here
         if isinstance(old, dict):
@@ -64,7 +65,7 @@ def _check_fingerprint(out: Path, fingerprint: dict) -> None:
                     f"{out} holds runs made with a different {', '.join(diff)}; use another "
                     f"--out or delete {out} to start over"
                 )
-    io.atomic_write_json(path, fingerprint)
+    files.atomic_write_json(path, fingerprint)
 
 
 def _prepare_out(cfg: CompareConfig):
@@ -73,14 +74,14 @@ def _prepare_out(cfg: CompareConfig):
 
     _, model_cfg, train_cfg = cfg.resolved()
     corpus = load_corpus(cfg.data, seq_len=model_cfg.seq_len)
-    out = io.prepare_out_dir(cfg.out)
+    out = files.prepare_out_dir(cfg.out)
     fingerprint = {
         "preset": cfg.preset, "model": model_cfg.as_dict(), "train": train_cfg.as_dict(),
         "corpus_sha256": corpus.sha256, "device": cfg.device.type, "dtype": cfg.dtype_name,
         "backend": cfg.backend,
     }
     _check_fingerprint(out, fingerprint)
-    io.remove_stale_temps(out)  # half-written temp files of a killed earlier invocation
+    files.remove_stale_temps(out)  # half-written temp files of a killed earlier invocation
     return corpus, out, fingerprint
 
 
@@ -159,6 +160,6 @@ def _run(cfg: CompareConfig, ctx: distributed.DistContext) -> Results:
     from .report import write_report  # matplotlib: imported only when a report is written
 
     content = runner.results("partial" if interrupted else "complete")
-    io.atomic_write_json(out / "results.json", content)
+    files.atomic_write_json(out / "results.json", content)
     write_report(content, out)
     return Results(out=out, interrupted=interrupted, content=content)

@@ -3,7 +3,7 @@
 :func:`write_report` is what ``ffnlab compare`` calls at the end of a run (also for a partial
 run after an interruption). The report is first built as a short list of blocks (heading,
 paragraph, list, table, image), then rendered twice, as Markdown and as HTML, so the two never
-disagree. Every file is written atomically with :func:`ffnlab.lab.io.atomic_write_bytes`
+disagree. Every file is written atomically with :func:`ffnlab.lab.files.atomic_write_bytes`
 (a temporary file in the same folder, fsync, then ``os.replace``), so a reader never sees half
 a report.
 """
@@ -17,10 +17,10 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from .. import files
 from ..numbers import as_float, fmt_number
 from . import analysis as A
 from . import claims as C
-from . import io
 from .plots import PLOTS, render_plots
 
 __all__ = ["write_report", "build_blocks", "render_markdown", "render_html"]
@@ -249,7 +249,7 @@ def write_report(results: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = render_plots(results)
     blocks = build_blocks(results, plots)
-    write = io.atomic_write_bytes
+    write = files.atomic_write_bytes
     written = [write(out_dir / "report.md", render_markdown(blocks).encode("utf-8")),
                write(out_dir / "report.html", render_html(blocks, plots).encode("utf-8"))]
     written += [write(out_dir / f"{stem}.png", png) for stem, png in plots.items()]

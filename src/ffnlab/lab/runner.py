@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .. import files
 from . import distributed, io
 from .config import Preset
 from .results import build_results, now
@@ -46,7 +47,7 @@ class CompareRunner:
         """The saved record of a finished run, or None (absent, unreadable or not finished)."""
         path = self.run_path(variant, seed)
         try:
-            rec = io.read_json(path)
+            rec = files.read_json(path)
         except (OSError, ValueError):
             return None
         if not isinstance(rec, dict) or rec.get("key", {}).get("corpus_sha256") != self.corpus.sha256:
@@ -106,7 +107,7 @@ class CompareRunner:
                                 checkpoint=stem, fingerprint=self.fingerprint, on_step=on_step,
                                 log=progress.console.print, dist=self.dist)
                 if main:
-                    io.atomic_write_json(self.run_path(variant, seed), rec)
+                    files.atomic_write_json(self.run_path(variant, seed), rec)
                     io.remove_checkpoint(stem)
             progress.update(task, completed=max(1, len(pending) * steps))
 
