@@ -1,5 +1,4 @@
 import contextlib
-import importlib
 import io
 import json
 import os
@@ -15,6 +14,7 @@ from ffnlab.lab import bench_providers as P
 from ffnlab.lab.bench import Config, _time_round_robin
 from ffnlab.lab.bench_report import evaluate_targets, to_markdown
 from ffnlab.lab.timing import best_ceilings, spread
+from ffnlab.ops import engines
 
 TINY = ["--dim", "16", "--hidden", "40", "--tokens", "32", "--repeats", "2", "--warmup", "1"]
 
@@ -56,7 +56,7 @@ def test_json_structure_and_files(tiny_run):
             if r["provider"] != "matmul":  # every provider computes the reference's output
                 assert r["max_rel_err"] < 1e-5
             # the elementwise engine that ran, for the fused rows (tiny sizes: ATen's)
-            assert r.get("kernel") == ("torch" if r["provider"].startswith("fused") else None)
+            assert r.get("kernel") == ("aten" if r["provider"].startswith("fused") else None)
     assert json.loads((out / "bench.json").read_text()) == result
     assert (out / "bench.png").stat().st_size > 1000
     md = (out / "bench.md").read_text()
@@ -321,15 +321,14 @@ def test_cuda_without_gpu_exits_2(tmp_path, capsys):
     assert "no CUDA GPU" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("engine_name", ["cpu", "inductor_kernels", "triton_kernels"])
+@pytest.mark.parametrize("engine_name", ["aten", "inductor", "triton"])
 def test_engine_runner_computes_the_middle(engine_name):
     # The same runner times the Triton kernels on CUDA; here they run in the interpreter.
-    if engine_name == "triton_kernels":
+    if engine_name == "triton":
         pytest.importorskip("triton")
         if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
             pytest.skip("needs TRITON_INTERPRET=1 on a machine without CUDA")
-    engine = importlib.import_module(f"ffnlab.ops.{engine_name}")
-    runner = E.EngineRunner(engine, "swish")
+    runner = E.EngineRunner(engines.ENGINES[engine_name], "swish")
     h1, h3, g = (torch.randn(6, 40) for _ in range(3))
     inp = SimpleNamespace(h1=h1.requires_grad_(), h3=h3.requires_grad_(), g=g)
     m = runner.fwd(inp)
@@ -382,9 +381,13 @@ def test_nan_ratio_is_written_as_null(tmp_path, monkeypatch, capsys):
 
 
 def test_fused_elementwise_row_uses_the_engine_the_op_picks(monkeypatch):
-    from ffnlab.ops import cpu, inductor_kernels
+    from dataclasses import replace
 
     h1 = torch.zeros(8, 16)
-    assert E._fused_cpu_engine(h1) is cpu
-    monkeypatch.setattr(inductor_kernels, "MIN_ELEMENTS", 128)
-    assert E._fused_cpu_engine(h1) is inductor_kernels
+    assert E._fused_cpu_engine(h1, h1, "swish", "forward") is engines.ATEN
+    low = replace(engines.INDUCTOR, min_elements=128)
+    monkeypatch.setitem(engines.ENGINES, "inductor", low)
+    assert E._fused_cpu_engine(h1, h1, "swish", "forward") is low
+    # per direction, as the fused op: gated gelu's forward stays on ATen
+    assert E._fused_cpu_engine(h1, h1, "gelu", "forward") is engines.ATEN
+    assert E._fused_cpu_engine(h1, h1, "gelu", "backward") is low

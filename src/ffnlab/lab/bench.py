@@ -239,8 +239,8 @@ def _ffn_rows(cfg, setup, tokens, runners, skipped, times, failed, inp) -> list[
         backend = runners[name].backend
         if backend in ("fused", "triton"):  # which elementwise engine ran at this size
             v = get_variant(setup.variant)
-            row["kernel"] = plan(backend, inp.x, activation=v.activation, hidden=setup.hidden,
-                                 gated=v.gated)[1]
+            row["kernel"] = plan(backend, inp.x, activation=v.activation,
+                                 hidden_dim=setup.hidden, gated=v.gated)[1]
         row.update(status="ok", backend=backend,
                    fwd_ms=m["fwd"] * 1e3, fwd_bwd_ms=m["fwd_bwd"] * 1e3,
                    # the fastest call and the spread: on a shared machine contention only ever

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError, check_choice
 from ..ffn import FeedForward
-from ..ops.dispatch import why_not
+from ..ops.dispatch import backend_unsupported_reasons
 from ..ops.memory import saved_tensor_bytes
 from ..variants import get_variant
 
@@ -255,17 +255,14 @@ def build_runner(name: str, setup: Setup) -> Runner:
     if name == "matmul":
         return MatmulFloor(setup)
     if name.startswith("fused:"):
-        reason = why_not("fused", _probe(setup))
-        if reason is not None:
-            raise Skip(reason)
         m = _ffn_copy(setup, "fused", name.split(":", 1)[1])
         return Runner(name, m, list(m.parameters()), "fused")
     if name == "triton":
         if not cuda:
             raise Skip(TRITON_CPU_REASON)
-        reason = why_not("triton", _probe(setup))
-        if reason is not None:
-            raise Skip(reason)
+        reasons = backend_unsupported_reasons("triton", _probe(setup))
+        if reasons:
+            raise Skip("; ".join(reasons))
         m = _ffn_copy(setup, "triton", "activation")
         return Runner(name, m, list(m.parameters()), "triton")
     if name == "compile":
