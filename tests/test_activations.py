@@ -121,3 +121,10 @@ def test_value_and_grad_equals_fn_and_grad(name):
     a, da = act.value_and_grad(*args)
     torch.testing.assert_close(a, act.fn(*args), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(da, act.grad(*args), rtol=0, atol=0)  # grad is built on it
+
+
+def test_compute_dtype_is_float32_for_half_inputs_only():
+    assert A.compute_dtype(torch.float16) == torch.float32
+    assert A.compute_dtype(torch.bfloat16) == torch.float32
+    assert A.compute_dtype(torch.float32) == torch.float32
+    assert A.compute_dtype(torch.float64) == torch.float64

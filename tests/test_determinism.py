@@ -23,8 +23,10 @@ VARIANTS = ["relu", "gelu_tanh", "swish", "swiglu", "geglu", "relu2"]
 
 def _backends() -> list[str]:
     probe = torch.zeros(1, 1)
-    names = [b for b in ("reference", "fused") if dispatch.why_not(b, probe) is None]
-    if os.environ.get("TRITON_INTERPRET") == "1" and dispatch.why_not("triton", probe) is None:
+    names = [b for b in ("reference", "fused") if not dispatch.backend_unsupported_reasons(b, probe)]
+    if os.environ.get("TRITON_INTERPRET") == "1" and not dispatch.backend_unsupported_reasons(
+        "triton", probe
+    ):
         names.append("triton")
     return names
 

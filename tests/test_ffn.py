@@ -229,11 +229,12 @@ def test_repr_names_variant():
 
 
 def _backends():
-    from ffnlab.ops.dispatch import why_not
+    from ffnlab.ops.dispatch import backend_unsupported_reasons
 
     x = torch.zeros(1, dtype=torch.float64)
     out = ["auto", "reference", "fused"]
-    return out + (["triton"] if why_not("triton", x, activation="swish") is None else [])
+    triton_runs = not backend_unsupported_reasons("triton", x, activation="swish")
+    return out + (["triton"] if triton_runs else [])
 
 
 @pytest.mark.parametrize("backend", ["auto", "reference", "fused", "triton"])

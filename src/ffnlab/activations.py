@@ -40,6 +40,7 @@ from .errors import unknown_choice
 __all__ = [
     "ACTIVATIONS",
     "Activation",
+    "compute_dtype",
     "get_activation",
     "relu",
     "relu_grad",
@@ -73,15 +74,21 @@ _GELU_TANH_C = 0.044715
 QUICK_GELU_BETA = 1.702
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the elementwise maths runs in for inputs of ``dtype``: float32 for the half
+    dtypes (float16, bfloat16), ``dtype`` itself otherwise. Every engine of the fused op and
+    the functions here use it, so all round each result once, from the same precision."""
+    return torch.float32 if dtype in _HALF_DTYPES else dtype
 
 
 def _upcast(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """Evaluate ``fn`` in float32 for half inputs and cast the result back."""
 
     def wrapper(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        cd = _compute_dtype(x)
+        cd = compute_dtype(x.dtype)
         if cd == x.dtype:
             return fn(x, *args, **kwargs)
         return fn(x.to(cd), *args, **kwargs).to(x.dtype)

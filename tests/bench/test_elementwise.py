@@ -1,6 +1,5 @@
 """What each elementwise row times."""
 
-import importlib
 import os
 from types import SimpleNamespace
 
@@ -9,17 +8,17 @@ import torch
 import torch.nn.functional as F
 
 from ffnlab.bench import elementwise as E
+from ffnlab.ops import engines
 
 
-@pytest.mark.parametrize("engine_name", ["cpu", "inductor_kernels", "triton_kernels"])
+@pytest.mark.parametrize("engine_name", ["aten", "inductor", "triton"])
 def test_engine_run_computes_the_middle(engine_name):
     # The same run times the Triton kernels on CUDA; here they run in the interpreter.
-    if engine_name == "triton_kernels":
+    if engine_name == "triton":
         pytest.importorskip("triton")
         if os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
             pytest.skip("needs TRITON_INTERPRET=1 on a machine without CUDA")
-    engine = importlib.import_module(f"ffnlab.ops.{engine_name}")
-    run = E.EngineRun(engine, "swish")
+    run = E.EngineRun(engines.ENGINES[engine_name], "swish")
     h1, h3, g = (torch.randn(6, 40) for _ in range(3))
     inp = SimpleNamespace(h1=h1.requires_grad_(), h3=h3.requires_grad_(), g=g)
     m = run.fwd(inp)

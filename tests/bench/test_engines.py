@@ -2,16 +2,21 @@
 
 import torch
 
-from ffnlab.bench.engines import fused_engine, fused_engine_module, unsupported_reason
+from ffnlab.bench.engines import fused_engine, picked_engine, unsupported_reason
+from ffnlab.ops import engines
 
 
 def test_fused_elementwise_row_uses_the_engine_the_op_picks(monkeypatch):
-    from ffnlab.ops import cpu, inductor_kernels
+    from dataclasses import replace
 
     h1 = torch.zeros(8, 16)
-    assert fused_engine_module(h1) is cpu
-    monkeypatch.setattr(inductor_kernels, "MIN_ELEMENTS", 128)
-    assert fused_engine_module(h1) is inductor_kernels
+    assert picked_engine(h1, h1, "swish", "forward") is engines.ATEN
+    low = replace(engines.INDUCTOR, min_elements=128)
+    monkeypatch.setitem(engines.ENGINES, "inductor", low)
+    assert picked_engine(h1, h1, "swish", "forward") is low
+    # per direction, as the fused op: gated gelu's forward stays on ATen
+    assert picked_engine(h1, h1, "gelu", "forward") is engines.ATEN
+    assert picked_engine(h1, h1, "gelu", "backward") is low
 
 
 def test_engines_are_named_in_the_bench_vocabulary():

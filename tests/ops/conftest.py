@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from ffnlab import FeedForward
+from ffnlab.ops import engines
 
 
 def _match_reference(ffn: FeedForward, x: torch.Tensor, *, rtol: float, atol: float) -> None:
@@ -35,3 +38,16 @@ def match_reference():
     """``match_reference(ffn, x, rtol=..., atol=...)``: forward and backward of ``ffn`` equal
     a reference-backend copy of it."""
     return _match_reference
+
+
+@pytest.fixture
+def lower_inductor_threshold(monkeypatch):
+    """``lower_inductor_threshold(n)``: for this test, the engines table chooses the inductor
+    engine from ``n`` hidden elements on (the table entry replaced, not mutated)."""
+
+    def lower(min_elements: int) -> engines.Engine:
+        low = replace(engines.INDUCTOR, min_elements=min_elements)
+        monkeypatch.setitem(engines.ENGINES, "inductor", low)
+        return low
+
+    return lower

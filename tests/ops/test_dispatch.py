@@ -1,4 +1,6 @@
-"""Backend choice (``why_not``, ``resolve_backend``) and FeedForward on every backend."""
+"""Backend choice (``plan``, ``backend_unsupported_reasons``) and FeedForward on every backend.
+
+The engines inside the fused op and their reasons are tested in ``test_engines.py``."""
 
 from __future__ import annotations
 
@@ -11,14 +13,15 @@ import torch
 
 import ffnlab
 from ffnlab import FeedForward
-from ffnlab.ops import dispatch
+from ffnlab.ops import dispatch, engines
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _runnable_backends() -> list[str]:
     probe = torch.zeros(1, 4)
-    return [b for b in ("reference", "fused", "triton") if dispatch.why_not(b, probe) is None]
+    return [b for b in ("reference", "fused", "triton")
+            if not dispatch.backend_unsupported_reasons(b, probe)]  # fmt: skip
 
 
 # --- constraints ---------------------------------------------------------------------------
@@ -26,54 +29,61 @@ def _runnable_backends() -> list[str]:
 
 def test_reference_and_fused_run_anywhere():
     for x in (torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float64)):
-        assert dispatch.why_not("reference", x) is None
-        assert dispatch.why_not("fused", x, activation="quick_gelu") is None
+        assert dispatch.backend_unsupported_reasons("reference", x) == []
+        assert dispatch.backend_unsupported_reasons("fused", x, activation="quick_gelu") == []
+        assert dispatch.backend_unsupported_reasons("auto", x, activation="quick_gelu") == []
 
 
 def test_triton_constraints_are_sentences(monkeypatch):
     x = torch.zeros(2, 3)
+    why = dispatch.backend_unsupported_reasons
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert "TRITON_INTERPRET=1" in dispatch.why_not("triton", x)
+    assert "TRITON_INTERPRET=1" in " ".join(why("triton", x))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert "torch.int32" in dispatch.why_not("triton", x.int())
-    assert "quick_gelu" in dispatch.why_not("triton", x, activation="quick_gelu")
-    assert "meta" in dispatch.why_not("triton", x.to("meta"))
-    monkeypatch.setattr(dispatch, "_triton_import_error", lambda: "triton cannot be imported (x)")
-    assert dispatch.why_not("triton", x) == "triton cannot be imported (x)"
+    assert "torch.int32" in " ".join(why("triton", x.int()))
+    assert "quick_gelu" in " ".join(why("triton", x, activation="quick_gelu"))
+    assert "meta" in " ".join(why("triton", x.to("meta")))
+    monkeypatch.setattr(engines, "triton_import_error", lambda: "triton cannot be imported (x)")
+    assert why("triton", x) == ["triton cannot be imported (x)"]
 
 
 def test_forcing_a_backend_that_cannot_run_raises_with_the_reason(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     x = torch.zeros(2, 8)
     with pytest.raises(NotImplementedError, match="backend='triton' cannot run here: .*CPU"):
-        dispatch.resolve_backend("triton", x)
+        dispatch.plan("triton", x)
     ffn = FeedForward(8, 16, "swiglu", backend="triton")
     with pytest.raises(NotImplementedError, match="TRITON_INTERPRET"):
         ffn(x)
     with pytest.raises(ValueError, match="did you mean 'fused'"):
-        dispatch.resolve_backend("fuse", x)
+        dispatch.plan("fuse", x)
+    with pytest.raises(ValueError, match="did you mean 'fused'"):
+        dispatch.backend_unsupported_reasons("fuse", x)
 
 
 def test_auto_never_picks_the_interpreter_on_cpu(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert dispatch.resolve_backend("auto", torch.zeros(2, 3)) == "fused"
-    assert dispatch.resolve_backend("auto", torch.zeros(2, 3, dtype=torch.float64)) == "fused"
-    assert dispatch.resolve_backend("triton", torch.zeros(2, 3, dtype=torch.float64)) == "triton"
-    assert dispatch.resolve_backend("reference", torch.zeros(2, 3)) == "reference"
+    assert dispatch.plan("auto", torch.zeros(2, 3)) == ("fused", "aten")
+    assert dispatch.plan("auto", torch.zeros(2, 3, dtype=torch.float64)) == ("fused", "aten")
+    assert dispatch.plan("fused", torch.zeros(2, 3)) == ("fused", "aten")
+    # backend="triton" is the fused op with the Triton engine named: one label, "fused"
+    assert dispatch.plan("triton", torch.zeros(2, 3, dtype=torch.float64)) == ("fused", "triton")
+    assert dispatch.plan("reference", torch.zeros(2, 3)) == ("reference", None)
 
 
 def test_auto_falls_back_on_cuda_when_triton_cannot_run(monkeypatch):
     # A meta tensor on "cuda" is not needed: the rule is checked with a stubbed reason.
-    monkeypatch.setattr(dispatch, "_triton_import_error", lambda: "triton cannot be imported")
-    assert dispatch.resolve_backend("auto", torch.zeros(2, 3)) == "fused"
+    monkeypatch.setattr(engines, "triton_import_error", lambda: "triton cannot be imported")
+    assert dispatch.plan("auto", torch.zeros(2, 3))[0] == "fused"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_auto_picks_triton_on_cuda():
     x = torch.zeros(2, 3, device="cuda")
-    want = "triton" if dispatch.why_not("triton", x) is None else "fused"
-    assert dispatch.resolve_backend("auto", x) == want
-    assert dispatch.resolve_backend("auto", x, activation="quick_gelu") == "fused"
+    want = "aten" if dispatch.backend_unsupported_reasons("triton", x) else "triton"
+    # auto and fused are the same code on CUDA: the same label, the engine naming Triton
+    assert dispatch.plan("auto", x) == dispatch.plan("fused", x) == ("fused", want)
+    assert dispatch.plan("auto", x, activation="quick_gelu") == ("fused", "aten")
 
 
 def test_importing_does_not_import_triton_and_auto_on_cpu_skips_the_kernels():
@@ -86,7 +96,7 @@ def test_importing_does_not_import_triton_and_auto_on_cpu_skips_the_kernels():
         "f = ffnlab.FeedForward(8, variant='swiglu')\n"
         "x = torch.randn(3, 8, requires_grad=True)\n"
         "f(x).sum().backward()\n"
-        "print('ffnlab.ops.triton_kernels' in sys.modules)\n"
+        "print('ffnlab.ops.engine_triton' in sys.modules)\n"
     )
     env = dict(os.environ, TRITON_INTERPRET="1")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
@@ -147,4 +157,4 @@ def test_bench_setup_runs_on_fused():
 
 def test_variants_all_have_a_triton_kernel():
     for v in ffnlab.VARIANTS.values():
-        assert v.activation in dispatch.TRITON_ACTIVATIONS
+        assert v.activation in engines.TRITON.activations

@@ -1,4 +1,5 @@
-"""The fused FFN op (torch engine) against the float64 reference, forward and backward.
+"""The fused FFN op against the float64 reference, forward and backward: at these sizes on CPU
+the engines table runs the ``aten`` engine (the others have their own test files).
 
 Tolerance table (``_assert_close``: max |error| <= tol * max(1, max |expected|) per tensor):
 
@@ -312,7 +313,7 @@ def _through_custom_op(x, w1, w2, w3, b1, b2, b3, *, activation, beta, recompute
     bt = beta if isinstance(beta, torch.Tensor) else None
     bv = 1.0 if bt is not None else float(beta)
     return torch.ops.ffnlab.ffn_forward(
-        x, w1, w2, w3, b1, b2, b3, bt, activation, bv, recompute, "torch"
+        x, w1, w2, w3, b1, b2, b3, bt, activation, bv, recompute, "aten"
     )[0]
 
 
@@ -351,7 +352,7 @@ def test_opcheck():
     for mode in MODES:
         torch.library.opcheck(
             torch.ops.ffnlab.ffn_forward.default,
-            (x, w1, w2, w3, None, None, None, beta, "swish", 1.0, mode, "torch"),
+            (x, w1, w2, w3, None, None, None, beta, "swish", 1.0, mode, "aten"),
         )
 
 

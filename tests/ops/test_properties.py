@@ -65,7 +65,7 @@ def _backends() -> list[str]:
             continue
         if b == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
             continue
-        if dispatch.why_not(b, probe) is None:
+        if not dispatch.backend_unsupported_reasons(b, probe):
             names.append(b)
     return names
 

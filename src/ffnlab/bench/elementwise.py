@@ -3,11 +3,12 @@ times it: on ``[tokens, hidden]`` tensors, without the matmuls, to set against c
 
 ==============  ==========================================================================
 ``reference``   ``ffnlab.ops.reference.hidden_activation`` (torch ops), autograd backward
-``fused``       the engine the fused op picks on CPU at this size, called directly:
-                inductor's kernels (``ffnlab.ops.inductor_kernels``) from 2^20 elements on,
-                else the ATen engine (``ffnlab.ops.cpu``); CPU only, since on CUDA the fused
-                op runs the Triton kernels (the ``triton`` row)
-``triton``      the Triton kernels (``ffnlab.ops.triton_kernels``), CUDA only
+``fused``       the engines the fused op's table picks on CPU at this size, per direction,
+                called directly: inductor's loops (``ffnlab.ops.engine_inductor``) from 2^20
+                elements on where they measured faster, else the ATen engine
+                (``ffnlab.ops.engine_aten``); CPU only, since on CUDA the fused op runs the
+                Triton kernels (the ``triton`` row)
+``triton``      the Triton kernels (``ffnlab.ops.engine_triton``), CUDA only
 ``compile``     ``torch.compile`` of the reference function
 ``liger``       Liger-Kernel's ``LigerSiLUMulFunction`` / ``LigerGELUMulFunction``, CUDA only
 ==============  ==========================================================================
@@ -18,14 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from types import ModuleType
 
 import torch
 
 from ..errors import check_choice
 from ..ops.reference import hidden_activation
 from ..variants import get_variant
-from .engines import fused_engine_module, unsupported_reason
+from .engines import TRITON, Engine, picked_engine, unsupported_reason
 from .providers import TRITON_CPU_REASON, Setup, Skip, liger_function
 
 __all__ = [
@@ -70,28 +70,30 @@ class ElementwiseRun:
 
 
 class EngineRun(ElementwiseRun):
-    """The fused op's elementwise engine (``ffnlab.ops.cpu``, ``inductor_kernels`` or
-    ``triton_kernels``) called directly: ``hidden_forward``, and for fwd+bwd also
-    ``hidden_backward`` with ``need_m=False`` (gradients only), so that the bytes moved are
-    exactly the minimum the benchmark counts (gated: 3 tensors forward, 5 backward).
-    ``engine`` is a module, or a function of ``h1`` returning the module (chosen by size)."""
+    """The fused op's elementwise engines (``ffnlab.ops.engines``) called directly:
+    ``hidden_forward``, and for fwd+bwd also ``hidden_backward`` with ``need_m=False``
+    (gradients only), so that the bytes moved are exactly the minimum the benchmark counts
+    (gated: 3 tensors forward, 5 backward). ``engine`` is an engine of the table, or
+    ``"auto"``: per direction, the one the fused op's table picks for these tensors."""
 
-    def __init__(self, engine, activation: str) -> None:
+    def __init__(self, engine: Engine | str, activation: str) -> None:
         self.engine, self.activation = engine, activation
 
-    def _engine(self, h1: torch.Tensor):
-        return self.engine if isinstance(self.engine, ModuleType) else self.engine(h1)
+    def _engine(self, h1: torch.Tensor, h3: torch.Tensor | None, direction: str) -> Engine:
+        if self.engine == "auto":
+            return picked_engine(h1, h3, self.activation, direction)
+        return self.engine
 
     def fwd(self, inp) -> object:
         h3 = None if inp.h3 is None else inp.h3.detach()
         h1 = inp.h1.detach()
-        return self._engine(h1).hidden_forward(self.activation, h1, h3)
+        return self._engine(h1, h3, "forward").hidden_forward(self.activation, h1, h3)
 
     def fwd_bwd(self, inp) -> None:
         h1, h3 = inp.h1.detach(), None if inp.h3 is None else inp.h3.detach()
-        engine = self._engine(h1)
-        engine.hidden_forward(self.activation, h1, h3)
-        engine.hidden_backward(self.activation, inp.g, h1, h3, need_m=False)
+        self._engine(h1, h3, "forward").hidden_forward(self.activation, h1, h3)
+        self._engine(h1, h3, "backward").hidden_backward(self.activation, inp.g, h1, h3,
+                                                         need_m=False)  # fmt: skip
 
 
 def elementwise_provider(name: str) -> str | None:
@@ -113,7 +115,7 @@ def build_elementwise(name: str, setup: Setup):
         if cuda:  # the fused backend runs the Triton kernels there: one row is enough
             raise Skip("on CUDA the fused op's elementwise part is the Triton kernels "
                        "(the triton row)")
-        return EngineRun(fused_engine_module, act)
+        return EngineRun("auto", act)
     if name == "triton":
         if not cuda:
             raise Skip(TRITON_CPU_REASON)
@@ -122,10 +124,10 @@ def build_elementwise(name: str, setup: Setup):
         if reason is not None:
             raise Skip(reason)
         try:
-            from ..ops import triton_kernels as engine
+            from ..ops import engine_triton  # noqa: F401  (imports triton, which may fail)
         except Exception as exc:
             raise Skip(f"the Triton kernels do not import ({type(exc).__name__}: {exc})") from None
-        return EngineRun(engine, act)
+        return EngineRun(TRITON, act)
     if name == "compile":
         key = "compile:elementwise"
         if key not in setup.cache:

@@ -1,4 +1,4 @@
-"""The Triton elementwise kernels against float64 autograd on the reference formulas.
+"""The ``triton`` engine's kernels against float64 autograd on the reference formulas.
 
 They run on CUDA when there is one, else on CPU through Triton's interpreter
 (``TRITON_INTERPRET=1``, which ``make test`` sets); without either the module is skipped.
@@ -21,14 +21,14 @@ import torch
 
 import ffnlab
 from ffnlab.activations import get_activation
-from ffnlab.ops import dispatch
+from ffnlab.ops import engines
 from ffnlab.ops.function import fused_feed_forward
 from ffnlab.ops.reference import ffn_reference, hidden_activation
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip("no CUDA and TRITON_INTERPRET is not 1", allow_module_level=True)
-tk = pytest.importorskip("ffnlab.ops.triton_kernels", reason="triton is not importable")
+tk = pytest.importorskip("ffnlab.ops.engine_triton", reason="triton is not importable")
 
 # exp(+-1e4) overflows to inf inside sigmoid/tanh by design (1/inf = 0 is the right limit);
 # the interpreter evaluates exp with numpy, which warns about it.
@@ -67,8 +67,8 @@ def inputs(n, hidden, dtype, gated=True, scale=3.0, seed=0):
     return mk(), (mk() if gated else None), mk()
 
 
-def test_activation_list_matches_dispatch():
-    assert set(tk.ACT_IDS) == set(dispatch.TRITON_ACTIVATIONS)
+def test_activation_list_matches_the_engines_table():
+    assert set(tk.ACT_IDS) == set(engines.TRITON.activations)
     for v in ffnlab.VARIANTS.values():  # every variant has a kernel
         assert v.activation in tk.ACT_IDS
     assert tk.interpreted() == (DEVICE == "cpu")
@@ -189,7 +189,7 @@ def test_fused_op_triton_bf16_against_float64():
     x, w1, w2, w3 = (torch.randn(*s, generator=g) * 0.3 for s in ((50, 24), (33, 24), (24, 33),
                                                                   (33, 24)))  # fmt: skip
     args = [t.to(torch.bfloat16).to(DEVICE).requires_grad_() for t in (x, w1, w2, w3)]
-    y = fused_feed_forward(*args, activation="swish", kernel="triton", recompute="activation")
+    y = fused_feed_forward(*args, activation="swish", engine="triton", recompute="activation")
     y.float().square().sum().backward()
     a64 = [t.detach().double().requires_grad_() for t in args]
     y64 = ffn_reference(*a64, activation="swish")

@@ -1,8 +1,9 @@
-"""The elementwise middle of the FFN in plain torch, written for speed on CPU.
+"""The ``aten`` engine: the elementwise middle of the FFN as ATen operations.
 
-This is the ``"torch"`` elementwise engine of the fused op (:mod:`ffnlab.ops.function`): it
-runs on any device, and is what ``backend="fused"`` uses on CPU. The Triton engine
-(:mod:`ffnlab.ops.triton_kernels`) has the same two functions with the same contract.
+One of the fused op's elementwise engines (the table is :mod:`ffnlab.ops.engines`): it runs
+on every device and dtype, and is the fallback the table ends with. The ``inductor`` engine
+(:mod:`ffnlab.ops.engine_inductor`) and the ``triton`` engine (:mod:`ffnlab.ops.engine_triton`)
+have the same two functions with the same contract.
 
 Shapes: ``h1, h3, dm`` are ``[N, hidden]`` (2-D; ``h3`` is None for plain variants); ``beta``
 is a float or a tensor of shape ``[]`` or ``[hidden]``.
@@ -23,17 +24,11 @@ from __future__ import annotations
 
 import torch
 
-from ..activations import get_activation, swish_grad_beta
+from ..activations import compute_dtype, get_activation, swish_grad_beta
 
-__all__ = ["hidden_forward", "hidden_backward", "compute_dtype"]
+__all__ = ["hidden_forward", "hidden_backward"]
 
-_HALF = (torch.float16, torch.bfloat16)
 _aten = torch.ops.aten
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half dtypes, the dtype itself otherwise."""
-    return torch.float32 if dtype in _HALF else dtype
 
 
 def _is_unit_beta(beta: float | torch.Tensor) -> bool:
@@ -98,7 +93,7 @@ def hidden_forward(
         a = act(h1); m = a * h3 if h3 is not None else a
     """
     dt = h1.dtype
-    half = dt in _HALF
+    half = compute_dtype(dt) != dt
     x = h1.float() if half else h1
     a = _act(activation, x, beta)
     if h3 is None:
@@ -141,7 +136,7 @@ def hidden_backward(
         dbeta = (dm * h3 * swish_grad_beta(h1, beta)).sum(0)
     """
     dt = h1.dtype
-    half = dt in _HALF
+    half = compute_dtype(dt) != dt
     x = h1.float() if half else h1
     g = dm.float() if half else dm
     scratch = half or dm_is_scratch

@@ -1,11 +1,12 @@
-"""Triton kernels for the elementwise middle of the FFN, forward and backward.
+"""The ``triton`` engine: Triton kernels for the elementwise middle of the FFN, forward and
+backward.
 
-This module imports triton; nothing else in ffnlab imports it except on demand
-(:mod:`ffnlab.ops.function` when ``kernel="triton"`` is asked for). The kernels run on CUDA
+This module imports triton; nothing else in ffnlab imports it except on demand (the engines
+table, :mod:`ffnlab.ops.engines`, when the fused op runs this engine). The kernels run on CUDA
 tensors and, with ``TRITON_INTERPRET=1`` set before this module is imported, on CPU tensors
 through Triton's interpreter (how the tests check them without a GPU).
 
-It is the ``"triton"`` engine of the fused op, with the contract of :mod:`ffnlab.ops.cpu`:
+It is one of the fused op's engines, with the contract of :mod:`ffnlab.ops.engine_aten`:
 ``hidden_forward`` and ``hidden_backward`` over 2-D ``[N, hidden]`` tensors (made contiguous
 here), float32 / float16 / bfloat16 in, all maths in float32 registers (float64 inputs: in
 float64), every result rounded
@@ -29,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..activations import compute_dtype
+
 __all__ = ["ACT_IDS", "hidden_forward", "hidden_backward", "interpreted"]
 
 ACT_IDS = {
@@ -41,7 +44,6 @@ ACT_IDS = {
     "tanh": 6,
     "relu2": 7,
 }
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 # beta modes: a Python float (compile-time argument), one learnable value, one per unit.
 _BETA_CONST, _BETA_SCALAR, _BETA_PER_UNIT = 0, 1, 2
@@ -190,12 +192,8 @@ def interpreted() -> bool:
     return type(_forward_kernel).__name__ == "InterpretedFunction"
 
 
-def _compute_type(t: torch.Tensor):
-    return tl.float64 if t.dtype == torch.float64 else tl.float32
-
-
-def _partial_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+# The Triton type of activations.compute_dtype, in which every kernel does its maths.
+_TL_TYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
 def _blocks(n_rows: int, n_cols: int) -> tuple[int, int]:
@@ -221,7 +219,7 @@ def _beta_args(
 def _check(activation: str, h1: torch.Tensor) -> int:
     if activation not in ACT_IDS:
         raise NotImplementedError(f"there is no Triton kernel for activation {activation!r}")
-    if h1.dtype not in _DTYPES:
+    if compute_dtype(h1.dtype) not in _TL_TYPES:
         raise NotImplementedError(f"the Triton kernels do not take dtype {h1.dtype}")
     if h1.dim() != 2:
         raise ValueError(f"expected a 2-D [N, hidden] tensor, got shape {list(h1.shape)}")
@@ -256,7 +254,7 @@ def hidden_forward(
         h1, h1 if h3 is None else h3, b, out, out if a is None else a,
         n_rows, n_cols, beta_value,
         ACT=act_id, GATED=h3 is not None, BETA_MODE=beta_mode, STORE_A=a is not None,
-        CT=_compute_type(h1),
+        CT=_TL_TYPES[compute_dtype(h1.dtype)],
         BLOCK_R=br, BLOCK_C=bc,
     )  # fmt: skip
     return out, a
@@ -276,7 +274,7 @@ def hidden_backward(
     dm_is_scratch: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """``(dh1, dh3, m, dbeta)`` from ``dm = dL/dm``; the contract of
-    :func:`ffnlab.ops.cpu.hidden_backward`. ``a`` is not needed (recomputed in registers, which
+    :func:`ffnlab.ops.engine_aten.hidden_backward`. ``a`` is not needed (recomputed in registers, which
     costs less than reading it); ``m`` is recomputed only when ``need_m`` and not given.
     ``dm_is_scratch`` is accepted for the common contract: dh1 is written over ``dm`` then.
     """
@@ -293,7 +291,8 @@ def hidden_backward(
     br, bc = _blocks(n_rows, n_cols)
     n_row_blocks = triton.cdiv(n_rows, br)
     partial = (
-        torch.zeros(max(n_row_blocks, 1), n_cols, device=h1.device, dtype=_partial_dtype(h1))
+        torch.zeros(max(n_row_blocks, 1), n_cols, device=h1.device,
+                    dtype=compute_dtype(h1.dtype))
         if need_dbeta
         else None
     )
@@ -304,7 +303,7 @@ def hidden_backward(
             m_out if store_m else dh1, h1 if partial is None else partial,
             n_rows, n_cols, beta_value,
             ACT=act_id, GATED=gated, BETA_MODE=beta_mode, NEED_M=store_m,
-            NEED_DBETA=need_dbeta, CT=_compute_type(h1), BLOCK_R=br, BLOCK_C=bc,
+            NEED_DBETA=need_dbeta, CT=_TL_TYPES[compute_dtype(h1.dtype)], BLOCK_R=br, BLOCK_C=bc,
         )  # fmt: skip
     dbeta = partial.sum(0) if partial is not None else None
     return dh1, dh3, m_out, dbeta
