@@ -24,10 +24,12 @@ demo: venv
 	$(BIN)/ffnlab compare --preset quick --out $(OUT)
 
 test: venv
+	$(BIN)/lint-imports --no-cache
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
 
 lint: venv
 	$(BIN)/ruff check src tests
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info
