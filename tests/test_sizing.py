@@ -7,7 +7,7 @@ from ffnlab.sizing import default_hidden_dim, ffn_flops_per_token, ffn_params
 @pytest.mark.parametrize(
     "kwargs, want",
     [
-        (dict(dim=128, hidden_dim=256, multiple_of=16), 176),  # the first source's worked case
+        (dict(dim=128, hidden_dim=256, multiple_of=16), 176),  # the FFN blog post's worked case
         (dict(dim=4096, multiple_of=256), 11008),  # LLaMA-7B
         (dict(dim=4096, multiple_of=1024, ffn_dim_multiplier=1.3), 14336),  # Llama-3-8B
         (dict(dim=8192, multiple_of=4096, ffn_dim_multiplier=1.3), 28672),  # Llama-2-70B
@@ -19,7 +19,7 @@ def test_llama_hidden_dim(kwargs, want):
 
 
 def test_seed_formula_agrees():
-    # The first source writes the rule as multiple_of * ((2*h//3 + multiple_of - 1) // multiple_of).
+    # The FFN blog post writes the rule as multiple_of * ((2*h//3 + multiple_of - 1) // multiple_of).
     for dim in (16, 100, 128, 333):
         for h in (None, 256, 1000):
             for m in (1, 8, 16, 256):

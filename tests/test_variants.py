@@ -3,7 +3,7 @@ import pytest
 import ffnlab
 from ffnlab.variants import parse_variant_list
 
-DESIGN_TABLE = {
+DOCUMENTED_TABLE = {
     "relu": (False, "relu"),
     "gelu": (False, "gelu"),
     "gelu_tanh": (False, "gelu_tanh"),
@@ -21,8 +21,8 @@ DESIGN_TABLE = {
 
 
 def test_registry_is_design_table():
-    assert list(ffnlab.VARIANTS) == list(DESIGN_TABLE)
-    for name, (gated, act) in DESIGN_TABLE.items():
+    assert list(ffnlab.VARIANTS) == list(DOCUMENTED_TABLE)
+    for name, (gated, act) in DOCUMENTED_TABLE.items():
         v = ffnlab.get_variant(name)
         assert (v.name, v.gated, v.activation) == (name, gated, act)
         assert v.formula and v.source
