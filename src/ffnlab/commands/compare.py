@@ -23,7 +23,8 @@ from pathlib import Path
 from ..errors import UsageError
 from ..lab import distributed
 from ..lab.compare import prepare_launch, run_compare
-from ..lab.config import DEFAULT_OUT, CompareConfig
+from ..lab.config import DEFAULT_OUT, DEFAULT_VARIANTS, CompareConfig
+from ..lab.results import DEFAULT_RESOLUTION
 from .common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -41,9 +42,25 @@ __all__ = ["add_arguments", "config_from_args", "run", "run_process", "launch", 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common(p, out=str(DEFAULT_OUT), dtype="float32", seed=True, json_flag=False)
+    add_common(p, out=str(DEFAULT_OUT), variants=False, dtype="float32", seed=True,
+               json_flag=False)
+    p.add_argument("--variants", default=None,
+                   help="comma-separated variant names, or all (default: "
+                        f"{','.join(DEFAULT_VARIANTS)}; every variant for --preset smoke)")
     p.add_argument("--preset", default="quick", help="smoke, quick or full (default: quick)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds every variant starts with (default: the preset's)")
+    p.add_argument("--max-seeds", type=int, default=None,
+                   help="adaptive seeding adds seeds up to this many while an interval is wider "
+                        "than --resolution (default: the preset's)")
+    p.add_argument("--resolution", type=float, default=DEFAULT_RESOLUTION,
+                   help="bits per byte: the half-width every paired 95%% interval should reach, "
+                        f"and the band called equivalent (default: {DEFAULT_RESOLUTION})")
+    p.add_argument("--workers", type=int, default=None,
+                   help="train independent runs on N local processes, one thread each "
+                        "(default: one per CPU core on cpu; 1 trains in this process)")
+    p.add_argument("--data-fraction", type=float, default=1.0,
+                   help="train on this share of the training split, in (0, 1] (default: 1)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--data", default=None, help="a text file or a folder of them (default: pydoc_data.topics)")
     p.add_argument("--backend", default="auto", help="FeedForward backend (default: auto)")
@@ -57,11 +74,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
     """The parsed flags as a validated :class:`CompareConfig` (UsageError naming the flag)."""
     return CompareConfig(
-        preset=args.preset, out=Path(args.out), variants=tuple(parse_variants(args.variants)),
+        preset=args.preset, out=Path(args.out), variants=_variants(args.variants),
+        resolution=args.resolution, max_seeds=args.max_seeds, workers=args.workers,
+        data_fraction=args.data_fraction,
         device=parse_device(args.device), dtype=parse_dtype(args.dtype), seed=args.seed,
         seeds=args.seeds, steps=args.steps, data=None if args.data is None else Path(args.data),
         backend=args.backend, nproc=args.nproc, dist_timeout=args.dist_timeout, json=args.json,
     )
+
+
+def _variants(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return ()  # the preset's list
+    if text.strip() == "all":
+        return ("all",)
+    return tuple(parse_variants(text))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,7 +32,8 @@ from .runner import CompareRunner
 __all__ = ["check_config", "prepare_launch", "run_compare"]
 
 # Fields whose change makes old runs incomparable (variants and seeds may change freely).
-_FINGERPRINT_FIELDS = ("preset", "model", "train", "corpus_sha256", "device", "dtype", "backend")
+_FINGERPRINT_FIELDS = ("preset", "model", "train", "corpus_sha256", "device", "dtype", "backend",
+                       "data_fraction")
 
 
 def check_config(cfg: CompareConfig, *, world_size: int) -> None:
@@ -73,12 +74,12 @@ def _prepare_out(cfg: CompareConfig):
     from .data import load_corpus
 
     _, model_cfg, train_cfg = cfg.resolved()
-    corpus = load_corpus(cfg.data, seq_len=model_cfg.seq_len)
+    corpus = load_corpus(cfg.data, seq_len=model_cfg.seq_len, train_fraction=cfg.data_fraction)
     out = files.prepare_out_dir(cfg.out)
     fingerprint = {
         "preset": cfg.preset, "model": model_cfg.as_dict(), "train": train_cfg.as_dict(),
         "corpus_sha256": corpus.sha256, "device": cfg.device.type, "dtype": cfg.dtype_name,
-        "backend": cfg.backend,
+        "backend": cfg.backend, "data_fraction": cfg.data_fraction,
     }
     _check_fingerprint(out, fingerprint)
     files.remove_stale_temps(out)  # half-written temp files of a killed earlier invocation
@@ -133,7 +134,7 @@ def _run(cfg: CompareConfig, ctx: distributed.DistContext) -> Results:
     if ctx.distributed:
         # Every rank trains on its own copy of the corpus (on several machines, each reads its
         # own --data); rank 0 alone touches out, and all must hold the same bytes.
-        corpus = load_corpus(cfg.data, seq_len=model_cfg.seq_len)
+        corpus = load_corpus(cfg.data, seq_len=model_cfg.seq_len, train_fraction=cfg.data_fraction)
         fingerprint = ctx.agree(lambda: _prepare_out(cfg)[2])
         if corpus.sha256 != fingerprint["corpus_sha256"]:
             raise UsageError(f"rank {ctx.rank} reads a different corpus than rank 0 "
@@ -141,9 +142,18 @@ def _run(cfg: CompareConfig, ctx: distributed.DistContext) -> Results:
         out = cfg.out
     else:
         corpus, out, fingerprint = _prepare_out(cfg)
-    runner = CompareRunner(out=out, variants=list(cfg.variants), seeds=cfg.seed_list(),
-                           preset=preset, preset_name=cfg.preset, model_cfg=model_cfg,
-                           train_cfg=train_cfg, corpus=corpus,
+    workers = 1 if ctx.distributed else cfg.worker_count()
+    executor = None
+    if workers > 1:
+        from .executor import PoolExecutor
+
+        executor = PoolExecutor(workers, threads=1)
+    runner = CompareRunner(out=out, variants=list(cfg.variants), seed0=cfg.seed,
+                           initial_seeds=cfg.initial_seeds, max_seeds=cfg.seed_budget,
+                           resolution=cfg.resolution, preset=preset, preset_name=cfg.preset,
+                           model_cfg=model_cfg, train_cfg=train_cfg, corpus=corpus,
+                           data=None if cfg.data is None else str(cfg.data),
+                           data_fraction=cfg.data_fraction, executor=executor,
                            device=ctx.device,  # under torchrun with cuda: this rank's GPU
                            dtype=cfg.dtype, backend=cfg.backend, fingerprint=fingerprint,
                            dist=ctx)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,21 +21,39 @@ import torch
 from ..errors import UsageError, check_choice, check_positive_int
 from ..variants import get_variant, variant_names
 from .distributed import DEFAULT_TIMEOUT_S
+from .precision import FLOAT_DTYPES
+from .results import DEFAULT_RESOLUTION
 
-__all__ = ["CompareConfig", "PRESETS", "Preset", "DEFAULT_OUT", "resolve_config"]
+__all__ = ["CompareConfig", "PRESETS", "Preset", "DEFAULT_OUT", "DEFAULT_VARIANTS", "resolve_config"]
 
 DEFAULT_OUT = Path("runs/compare")
 
 
+DEFAULT_VARIANTS = ("relu", "gelu", "swish", "glu", "geglu", "swiglu", "relu2")
+"""What ``ffnlab compare`` compares unless told otherwise: the six FFNs the first blog post
+compares, and ReLU-squared, today's contender (modded-nanogpt and nanochat use it)."""
+
+
 @dataclass(frozen=True)
 class Preset:
-    """A model size, optimisation settings and measurement effort."""
+    """A model size, optimisation settings and measurement effort.
+
+    ``seeds``: seeds every variant starts with; ``max_seeds``: how far adaptive seeding may go
+    (equal to ``seeds``: no adaptive seeding); ``variants``: the default list (``()``: every
+    registered variant).
+    """
 
     model: dict
     train: dict
     seeds: int
     timing_reps: int
     act_numel: int
+    max_seeds: int | None = None
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+
+    @property
+    def seed_budget(self) -> int:
+        return self.seeds if self.max_seeds is None else self.max_seeds
 
 
 # Sized for a 2-core CPU (docs/lab.md has the measured wall times): smoke checks the pipeline,
@@ -43,7 +63,7 @@ PRESETS: dict[str, Preset] = {
         model={"dim": 32, "n_layers": 1, "n_heads": 2, "seq_len": 32},
         train={"steps": 20, "batch_size": 8, "lr": 1e-2, "warmup": 4, "eval_every": 10,
                "eval_tokens": 1024, "ckpt_every": 10},
-        seeds=1, timing_reps=5, act_numel=1 << 16,
+        seeds=1, timing_reps=5, act_numel=1 << 16, variants=(),
     ),
     "quick": Preset(
         model={"dim": 64, "n_layers": 2, "n_heads": 4, "seq_len": 64},
@@ -81,18 +101,27 @@ def resolve_config(preset_name: str, *, steps: int | None = None):
     return preset, ModelConfig(**preset.model), train
 
 
-def _float_dtypes() -> dict[str, torch.dtype]:
-    return {"float32": torch.float32, "float64": torch.float64,
-            "bfloat16": torch.bfloat16, "float16": torch.float16}
+def _variant_list(names: tuple[str, ...], preset: str) -> tuple[str, ...]:
+    if tuple(names) == ("all",):
+        return tuple(variant_names())
+    if not names:
+        default = PRESETS[preset].variants if preset in PRESETS else DEFAULT_VARIANTS
+        return tuple(default) or tuple(variant_names())
+    return tuple(dict.fromkeys(get_variant(v).name for v in names))
 
 
 @dataclass(frozen=True)
 class CompareConfig:
     """Every option of one lab invocation (the ``ffnlab compare`` flags, typed).
 
-    ``variants`` are canonical names (``()`` means every variant); ``seeds`` is the number of
-    seeds, ``None`` for the preset's, and the seeds run are ``seed, seed + 1, ...``; ``steps``
-    ``None`` keeps the preset's. ``nproc`` asks for that many data-parallel processes on this
+    ``variants`` are canonical names (``()``: the preset's list, :data:`DEFAULT_VARIANTS` for
+    quick and full, every variant for smoke; ``("all",)`` every variant); ``seeds`` is the number
+    of seeds every variant starts with, ``None`` for the preset's, and the seeds run are
+    ``seed, seed + 1, ...``; ``max_seeds`` (``None``: the preset's) is how many adaptive seeding
+    may reach while a comparison's 95 % interval is wider than ``resolution`` bits per byte;
+    ``steps`` ``None`` keeps the preset's. ``workers``: independent runs train on that many
+    local processes with one torch thread each (``None``: one per CPU core on cpu, 1 on cuda; 1:
+    this process). ``data_fraction``: the share of the training split used. ``nproc`` asks for that many data-parallel processes on this
     machine (``None``: this process, or the group torchrun started). ``json``: the command
     prints results.json when done. Paths are kept as given (relative to the current folder).
     """
@@ -100,6 +129,10 @@ class CompareConfig:
     preset: str = "quick"
     out: Path = DEFAULT_OUT
     variants: tuple[str, ...] = ()
+    resolution: float = DEFAULT_RESOLUTION
+    max_seeds: int | None = None
+    workers: int | None = None
+    data_fraction: float = 1.0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     seed: int = 0
@@ -118,8 +151,7 @@ class CompareConfig:
             "out": Path(self.out),
             "data": None if self.data is None else Path(self.data),
             "device": torch.device(self.device),
-            "variants": tuple(dict.fromkeys(get_variant(v).name for v in self.variants))
-            or tuple(variant_names()),
+            "variants": _variant_list(self.variants, self.preset),
             "dist_timeout": float(self.dist_timeout),
         }
         for name, value in normal.items():
@@ -127,9 +159,9 @@ class CompareConfig:
         resolve_config(self.preset, steps=self.steps)  # preset name and --steps
         if self.device.type not in ("cpu", "cuda"):
             raise UsageError(f"device {str(self.device)!r} is not supported (use cpu or cuda)")
-        if self.dtype not in _float_dtypes().values():
+        if self.dtype not in FLOAT_DTYPES.values():
             raise UsageError(f"dtype {self.dtype} is not supported "
-                             f"(use one of {', '.join(_float_dtypes())})")
+                             f"(use one of {', '.join(FLOAT_DTYPES)})")
         if self.seeds is not None:
             check_positive_int("--seeds", self.seeds)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -139,6 +171,28 @@ class CompareConfig:
         check_choice("backend", self.backend, BACKENDS)
         if self.nproc is not None:
             check_positive_int("--nproc", self.nproc)
+        if isinstance(self.resolution, bool) or not isinstance(self.resolution, (int, float)) \
+                or not (self.resolution > 0 and math.isfinite(self.resolution)):
+            raise UsageError(f"--resolution must be a positive number of bits per byte, "
+                             f"got {self.resolution!r}")
+        object.__setattr__(self, "resolution", float(self.resolution))
+        if self.max_seeds is not None:
+            if isinstance(self.max_seeds, bool) or not isinstance(self.max_seeds, int) \
+                    or self.max_seeds < 2:
+                raise UsageError(f"--max-seeds must be an integer >= 2 (an interval needs two "
+                                 f"paired seeds), got {self.max_seeds!r}")
+            if self.max_seeds < self.initial_seeds:
+                raise UsageError(f"--max-seeds ({self.max_seeds}) is below --seeds "
+                                 f"({self.initial_seeds})")
+        if self.workers is not None:
+            check_positive_int("--workers", self.workers)
+            if self.nproc is not None and self.workers > 1:
+                raise UsageError("--workers and --nproc exclude each other: --nproc trains one "
+                                 "run at a time on N processes, --workers N runs at a time")
+        if isinstance(self.data_fraction, bool) or not isinstance(self.data_fraction, (int, float)) \
+                or not 0.0 < self.data_fraction <= 1.0:
+            raise UsageError(f"--data-fraction must be in (0, 1], got {self.data_fraction!r}")
+        object.__setattr__(self, "data_fraction", float(self.data_fraction))
 
     # --- derived values -------------------------------------------------------------------------
 
@@ -151,10 +205,30 @@ class CompareConfig:
         """``(preset, ModelConfig, TrainConfig)`` of this configuration."""
         return resolve_config(self.preset, steps=self.steps)
 
+    @property
+    def initial_seeds(self) -> int:
+        """Seeds every variant starts with (``seeds``, else the preset's)."""
+        return PRESETS[self.preset].seeds if self.seeds is None else self.seeds
+
+    @property
+    def seed_budget(self) -> int:
+        """The most seeds a variant gets (``max_seeds``, else the preset's, never below the
+        initial count)."""
+        budget = PRESETS[self.preset].seed_budget if self.max_seeds is None else self.max_seeds
+        return max(budget, self.initial_seeds)
+
     def seed_list(self) -> list[int]:
-        """The seeds to run: ``seed, seed + 1, ...`` (the preset's count unless ``seeds``)."""
-        n = PRESETS[self.preset].seeds if self.seeds is None else self.seeds
-        return [self.seed + i for i in range(n)]
+        """The seeds every variant starts with: ``seed, seed + 1, ...``."""
+        return [self.seed + i for i in range(self.initial_seeds)]
+
+    def worker_count(self) -> int:
+        """Processes that train runs side by side (see ``workers``)."""
+        if self.workers is not None:
+            return self.workers
+        if self.nproc is not None or self.device.type != "cpu":
+            return 1
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else (os.cpu_count() or 1))
 
     # --- JSON ---------------------------------------------------------------------------------
 
@@ -182,8 +256,8 @@ class CompareConfig:
                              f"(known: {', '.join(sorted(names))})")
         kw = dict(data)
         if "dtype" in kw:
-            check_choice("dtype", kw["dtype"], _float_dtypes())
-            kw["dtype"] = _float_dtypes()[kw["dtype"]]
+            check_choice("dtype", kw["dtype"], FLOAT_DTYPES)
+            kw["dtype"] = FLOAT_DTYPES[kw["dtype"]]
         if "variants" in kw:
             kw["variants"] = tuple(kw["variants"])
         return cls(**kw)

@@ -101,14 +101,20 @@ def load_corpus(
     *,
     seq_len: int,
     val_fraction: float = VAL_FRACTION,
+    train_fraction: float = 1.0,
 ) -> Corpus:
     """Read, split and check a corpus for sequences of ``seq_len`` tokens.
+
+    ``train_fraction`` in (0, 1] keeps that share of the training split (its first bytes); the
+    validation split stays whole, so runs on less data are scored on the same bytes.
 
     Both parts must hold at least one window of ``seq_len + 1`` bytes (inputs plus the next
     byte as target); otherwise a :class:`UsageError` says how many bytes are needed.
     """
     if not 0.0 < val_fraction < 1.0:
         raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    if not 0.0 < train_fraction <= 1.0:
+        raise UsageError(f"--data-fraction must be in (0, 1], got {train_fraction!r}")
     name, data = read_corpus(path)
     where = "the default corpus" if path is None else f"--data {str(path)!r}"
     if not data:
@@ -124,10 +130,14 @@ def load_corpus(
             f"{val_fraction:.0%} validation split need at least {need} bytes at seq_len {seq_len}"
         )
     tokens = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int64)
+    keep = n_train if train_fraction == 1.0 else int(n_train * train_fraction)
+    if keep < need_part:
+        raise UsageError(f"--data-fraction {train_fraction:g} leaves {keep} training bytes of "
+                         f"{where}; at seq_len {seq_len} at least {need_part} are needed")
     return Corpus(
         name=name,
         sha256=hashlib.sha256(data).hexdigest(),
-        train=tokens[:n_train],
+        train=tokens[:keep],
         val=tokens[n_train:],
     )
 

@@ -10,9 +10,21 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-__all__ = ["autocast", "param_dtype"]
+__all__ = ["FLOAT_DTYPES", "autocast", "dtype_by_name", "param_dtype"]
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+FLOAT_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64,
+                                        "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The dtypes the lab trains in, by the name results.json records."""
+
+
+def dtype_by_name(name: str) -> torch.dtype:
+    """``"bfloat16" -> torch.bfloat16``; a ValueError naming the accepted names otherwise."""
+    try:
+        return FLOAT_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r} (use one of {', '.join(FLOAT_DTYPES)})") from None
 
 
 def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:

@@ -15,12 +15,20 @@ from typing import Any
 
 import torch
 
+from ..files import json_safe
 from ..sizing import default_hidden_dim, ffn_params
 from ..variants import get_variant
 
-__all__ = ["SCHEMA_VERSION", "Results", "aggregate_variant", "build_results", "now", "versions"]
+__all__ = ["DEFAULT_RESOLUTION", "SCHEMA_VERSION", "Results", "aggregate_variant", "build_results", "now", "versions"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: comparisons, claims, config.resolution_bpb / seeding / data_fraction
+
+DEFAULT_RESOLUTION = 0.02
+"""Bits per byte: the smallest difference between two FFNs the default lab run sets out to
+resolve (see docs/lab.md for what it costs)."""
+
+# Side measurements that are not per variant (recorded under "measured").
+EXTRA_MEASUREMENTS = ("activation_cost", "swish_beta")
 
 # The fields of a run record that results.json repeats per seed.
 PUBLIC_RUN_FIELDS = ("seed", "val_bpb", "curve", "tokens_per_s", "dead_fraction",
@@ -100,8 +108,16 @@ def aggregate_variant(name: str, runs: list[dict], *, dim: int, measured: dict) 
 def build_results(*, status: str, preset_name: str, variants: list[str], seeds: list[int],
                   runs: dict[tuple[str, int], dict | None], model_cfg, train_cfg,
                   device: torch.device, dtype_name: str, backend: str, world_size: int,
-                  corpus_identity: dict, measured: dict, started: str) -> dict[str, Any]:
-    """results.json's content. ``runs`` maps every (variant, seed) to its record or None."""
+                  corpus_identity: dict, measured: dict, started: str,
+                  resolution: float | None = None, seeding: dict | None = None,
+                  data_fraction: float = 1.0) -> dict[str, Any]:
+    """results.json's content. ``runs`` maps every wanted (variant, seed) to its record or None.
+
+    ``comparisons`` and ``claims`` are computed from the assembled variants
+    (:mod:`ffnlab.lab.comparisons`, :mod:`ffnlab.lab.claims`) at ``resolution`` bits per byte.
+    """
+    from .claims import check_claims
+    from .comparisons import comparisons
     from .train import DEAD_THRESHOLD
 
     missing = [{"variant": v, "seed": s} for (v, s), r in runs.items() if r is None]
@@ -119,12 +135,20 @@ def build_results(*, status: str, preset_name: str, variants: list[str], seeds: 
         "tokens_per_run": t.steps * t.batch_size * m.seq_len,
         "eval_every": t.eval_every, "eval_tokens": t.eval_tokens,
         "dead_threshold": DEAD_THRESHOLD, "dead_rule": DEAD_RULE,
+        "resolution_bpb": DEFAULT_RESOLUTION if resolution is None else resolution,
+        "data_fraction": data_fraction, "seeding": seeding or {},
         "versions": versions(), "started": started, "finished": now(),
     }
     items = []
     for v in variants:
-        done = [r for s in seeds if (r := runs[(v, s)]) is not None]
+        done = [r for s in seeds if (r := runs.get((v, s))) is not None]
         if done:
             items.append(aggregate_variant(v, done, dim=m.dim, measured=measured))
-    return {"schema_version": SCHEMA_VERSION, "status": status, "config": config,
-            "corpus": corpus_identity, "variants": items, "missing": missing}
+    content = {"schema_version": SCHEMA_VERSION, "status": status, "config": config,
+               "corpus": corpus_identity, "variants": items, "missing": missing,
+               "measured": {k: measured[k] for k in EXTRA_MEASUREMENTS if k in measured}}
+    # NaN (a comparison with one seed) becomes null: results.json is strict JSON.
+    content["comparisons"] = json_safe([c.to_dict() for c in
+                                        comparisons(content, config["resolution_bpb"])])
+    content["claims"] = json_safe([c.to_dict() for c in check_claims(content)])
+    return content

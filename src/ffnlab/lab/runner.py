@@ -1,4 +1,8 @@
-"""The lab's run loop: the side measurements, then every missing (variant, seed) training run.
+"""The lab's run loop: the side measurements, then round after round of training runs.
+
+The runs of a round (every missing (variant, seed) of the plan, :mod:`ffnlab.lab.seeding`) go to
+an executor (:mod:`ffnlab.lab.executor`: a pool of worker processes, Ray) or run in this
+process, which is also how a torchrun group trains (DDP inside each run).
 
 A finished run is saved to ``OUT/runs/<variant>-s<seed>.json`` the moment it ends and its
 checkpoint removed, so a later invocation with the same ``--out`` skips it; an unfinished one
@@ -16,6 +20,8 @@ import torch
 from .. import files
 from . import distributed, io
 from .config import Preset
+from .executor import RunJob
+from .seeding import SeedPlan, plan
 from .results import build_results, now
 
 __all__ = ["CompareRunner"]
@@ -28,11 +34,16 @@ class CompareRunner:
     alone measures, writes files and shows progress.
     """
 
-    def __init__(self, *, out: Path, variants: list[str], seeds: list[int], preset: Preset,
-                 preset_name: str, model_cfg, train_cfg, corpus, device: torch.device,
-                 dtype: torch.dtype, backend: str, fingerprint: dict,
+    def __init__(self, *, out: Path, variants: list[str], seed0: int, initial_seeds: int,
+                 max_seeds: int, resolution: float | None, preset: Preset, preset_name: str,
+                 model_cfg, train_cfg, corpus, data: str | None, data_fraction: float,
+                 device: torch.device, dtype: torch.dtype, backend: str, fingerprint: dict,
+                 executor=None, threads: int | None = None,
                  dist: distributed.DistContext = distributed.SINGLE) -> None:
-        self.out, self.variants, self.seeds = out, variants, seeds
+        self.out, self.variants, self.seed0 = out, variants, seed0
+        self.initial_seeds, self.max_seeds, self.resolution = initial_seeds, max_seeds, resolution
+        self.data, self.data_fraction = data, data_fraction
+        self.executor, self.threads = executor, threads
         self.preset, self.preset_name = preset, preset_name
         self.model_cfg, self.train_cfg, self.corpus = model_cfg, train_cfg, corpus
         self.device, self.dtype, self.backend, self.fingerprint = device, dtype, backend, fingerprint
@@ -69,12 +80,27 @@ class CompareRunner:
         self.measured["act_ns_per_element"] = activation_timings(
             self.variants, numel=self.preset.act_numel, reps=self.preset.timing_reps, **kw)
 
-    def run_all(self) -> None:
-        """Measure (rank 0), then train every pending pair with a progress display on stderr."""
-        from rich.console import Console
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    # --- the runs ------------------------------------------------------------------------------
 
-        from .train import train_run
+    def plan(self) -> SeedPlan:
+        """The runs wanted now (adaptive seeding: :mod:`ffnlab.lab.seeding`)."""
+        return plan(self.variants, self.seed0, initial=self.initial_seeds,
+                    max_seeds=self.max_seeds, resolution=self.resolution, finished=self.finished)
+
+    def job(self, variant: str, seed: int) -> RunJob:
+        return RunJob(variant=variant, seed=seed, model=self.model_cfg.as_dict(),
+                      train=self.train_cfg.as_dict(), data=self.data, data_fraction=self.data_fraction,
+                      device=str(self.device), dtype=self.fingerprint["dtype"], backend=self.backend,
+                      checkpoint=str(self.out / "checkpoints" / f"{variant}-s{seed}"),
+                      fingerprint=self.fingerprint, threads=self.threads)
+
+    def save(self, job: RunJob, rec: dict) -> None:
+        files.atomic_write_json(self.run_path(job.variant, job.seed), rec)
+        io.remove_checkpoint(Path(job.checkpoint))
+
+    def run_all(self) -> None:
+        """Measure (rank 0), then train round after round until the plan is complete."""
+        from rich.console import Console
 
         main = self.dist.is_main
         console = Console(stderr=True, quiet=not main)  # one progress display: rank 0's
@@ -82,41 +108,74 @@ class CompareRunner:
             # Rank 0 alone, while the others wait: timings without the other ranks' load.
             with console.status("measuring FFN and activation speed side by side..."):
                 self.measure()
-        pending = self.dist.agree(lambda: [
-            [v, s] for s in self.seeds for v in self.variants if not self.finished(v, s)])
+        while True:
+            # Every rank asks rank 0's files, so all agree on the round.
+            pending = self.dist.agree(lambda: [
+                [v, s] for v, s in self.plan().wanted(self.seed0) if not self.finished(v, s)])
+            if not pending:
+                return
+            self._run_round([self.job(v, s) for v, s in pending], console)
+
+    def _run_round(self, jobs: list[RunJob], console) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
         steps = self.train_cfg.steps
-        columns = (TextColumn("[bold]{task.description:<16}"), BarColumn(),
+        columns = (TextColumn("[bold]{task.description:<18}"), BarColumn(),
                    TextColumn("step {task.fields[step]:>5}/{task.fields[steps]}"),
-                   TextColumn("loss {task.fields[loss]}"), TextColumn("run {task.fields[run]}"),
-                   TimeRemainingColumn())
+                   TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn())
         with Progress(*columns, console=console) as progress:
-            task = progress.add_task("starting", total=max(1, len(pending) * steps), step=0,
-                                     steps=steps, loss="-", run=f"0/{len(pending)}")
-            for i, (variant, seed) in enumerate(pending):
-                base = i * steps
-                progress.update(task, description=f"{variant} s{seed}", completed=base,
-                                step=0, loss="-", run=f"{i + 1}/{len(pending)}")
+            total = progress.add_task(f"{len(jobs)} runs", total=len(jobs) * steps, step=0,
+                                      steps=steps * len(jobs), loss="-")
+            done_steps: dict[tuple[str, int], int] = {}
+            bars: dict[tuple[str, int], int] = {}
 
-                def on_step(ev: dict, base: int = base) -> None:
-                    progress.update(task, completed=base + ev["step"], step=ev["step"],
-                                    loss=f"{ev['loss'] / math.log(2):.3f} bpb")
+            def show(job: RunJob, ev: dict) -> None:
+                if job.key not in bars:
+                    bars[job.key] = progress.add_task(f"{job.variant} s{job.seed}", total=steps,
+                                                      step=0, steps=steps, loss="-")
+                progress.update(bars[job.key], completed=ev["step"], step=ev["step"],
+                                loss=f"{ev['loss'] / math.log(2):.3f} bpb")
+                done_steps[job.key] = ev["step"]
+                progress.update(total, completed=sum(done_steps.values()),
+                                step=sum(done_steps.values()))
 
-                stem = self.out / "checkpoints" / f"{variant}-s{seed}"
-                rec = train_run(variant, seed, self.corpus, self.model_cfg, self.train_cfg,
-                                device=self.device, dtype=self.dtype, backend=self.backend,
-                                checkpoint=stem, fingerprint=self.fingerprint, on_step=on_step,
-                                log=progress.console.print, dist=self.dist)
-                if main:
-                    files.atomic_write_json(self.run_path(variant, seed), rec)
-                    io.remove_checkpoint(stem)
-            progress.update(task, completed=max(1, len(pending) * steps))
+            def finish(job: RunJob, rec: dict) -> None:
+                if self.dist.is_main:
+                    self.save(job, rec)
+                if job.key in bars:
+                    progress.remove_task(bars.pop(job.key))
+                done_steps[job.key] = steps
+                progress.update(total, completed=sum(done_steps.values()),
+                                step=sum(done_steps.values()))
+
+            if self.executor is None:
+                self._run_here(jobs, show, finish, progress.console.print)
+            else:
+                for kind, job, payload in self.executor.run(jobs):
+                    (show if kind == "step" else finish)(job, payload)
+
+    def _run_here(self, jobs, show, finish, log) -> None:
+        """In this process (and, under torchrun, with the other ranks: DDP inside each run)."""
+        from .train import train_run
+
+        for job in jobs:
+            rec = train_run(job.variant, job.seed, self.corpus, self.model_cfg, self.train_cfg,
+                            device=self.device, dtype=self.dtype, backend=self.backend,
+                            checkpoint=job.checkpoint, fingerprint=self.fingerprint,
+                            on_step=lambda ev, job=job: show(job, ev), log=log, dist=self.dist)
+            finish(job, rec)
 
     def results(self, status: str) -> dict[str, Any]:
         """results.json's content from the finished run files."""
+        p = self.plan()
+        wanted = p.wanted(self.seed0)
+        seeds = sorted({s for _, s in wanted})
         return build_results(
             status=status, preset_name=self.preset_name, variants=self.variants,
-            seeds=self.seeds,
-            runs={(v, s): self.finished(v, s) for v in self.variants for s in self.seeds},
+            seeds=seeds, runs={(v, s): self.finished(v, s) for v, s in wanted},
+            seeding={"initial": self.initial_seeds, "max": self.max_seeds,
+                     "rounds": p.rounds, "complete": p.complete, "counts": p.counts},
+            resolution=self.resolution, data_fraction=self.data_fraction,
             model_cfg=self.model_cfg, train_cfg=self.train_cfg, device=self.device,
             dtype_name=self.fingerprint["dtype"], backend=self.backend,
             world_size=self.dist.world_size, corpus_identity=self.corpus.identity(),

@@ -1,0 +1,151 @@
+"""Paired comparisons with a resolution: results.json's ``comparisons``.
+
+A comparison of variants ``a`` and ``b`` is the set of per-seed differences
+``d_s = bpb_a(s) - bpb_b(s)`` over the seeds where both runs finished (paired: one seed gives both
+runs the same batches and the same non-FFN initialisation). Its 95 % interval is Student-t:
+
+    mean(d) +- t_{0.975, n-1} * std(d) / sqrt(n)        (std with ddof = 1, n >= 2)
+
+and its verdict, against the resolution ``r`` (bits per byte) the run asked for:
+
+* ``"equivalent"``: the whole interval lies inside ``[-r, +r]`` (no difference of size ``r``
+  or more is compatible with the data; this is an answer, not a shrug);
+* ``"a better"`` / ``"b better"``: the interval lies below / above zero;
+* ``"unresolved"``: neither (the interval straddles zero and reaches past ``r``), or fewer than
+  two paired seeds.
+
+Equivalence is checked first: an interval such as ``[+0.002, +0.015]`` at ``r = 0.02`` is a
+real but practically negligible gap, reported as ``equivalent`` with its interval.
+
+The pairs compared (:func:`comparison_pairs`): every variant against ``relu``, and every gated
+variant against the plain variant with the same activation (``swiglu`` vs ``swish``, ...), which
+have equal FFN parameters by construction.
+
+:func:`seeds_needed` is what adaptive seeding asks: how many paired seeds a spread ``std`` needs
+for a half-width of at most ``r``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .analysis import paired_difference, t_quantile_975, variants_by_name
+
+__all__ = [
+    "A_BETTER", "B_BETTER", "EQUIVALENT", "UNRESOLVED", "VERDICTS", "BASELINE", "GATED_TWINS",
+    "Comparison", "comparison_pairs", "verdict_for", "compare", "comparisons", "seeds_needed",
+]
+
+A_BETTER, B_BETTER, EQUIVALENT, UNRESOLVED = "a better", "b better", "equivalent", "unresolved"
+VERDICTS = (A_BETTER, B_BETTER, EQUIVALENT, UNRESOLVED)
+BASELINE = "relu"
+
+# gated variant -> the plain variant with the same activation (equal FFN parameters when the
+# gated hidden is 2/3 of the plain one).
+GATED_TWINS = {"reglu": "relu", "geglu": "gelu", "geglu_tanh": "gelu_tanh", "swiglu": "swish",
+               "glu": "sigmoid"}
+
+
+def comparison_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
+    """``(a, b)`` pairs to compare among ``names``: each vs relu, then each gated vs its twin."""
+    present = list(dict.fromkeys(names))
+    pairs: list[tuple[str, str]] = []
+    if BASELINE in present:
+        pairs += [(n, BASELINE) for n in present if n != BASELINE]
+    pairs += [(g, p) for g, p in GATED_TWINS.items()
+              if g in present and p in present and (g, p) not in pairs]
+    return pairs
+
+
+def verdict_for(ci95: tuple[float, float], resolution: float) -> str:
+    """The verdict of an interval ``(low, high)`` of ``a - b`` at ``resolution`` (see above)."""
+    lo, hi = ci95
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return UNRESOLVED
+    if -resolution <= lo and hi <= resolution:
+        return EQUIVALENT
+    if hi < 0:
+        return A_BETTER
+    if lo > 0:
+        return B_BETTER
+    return UNRESOLVED
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One paired comparison ``a - b`` in val bits per byte, with its verdict."""
+
+    a: str
+    b: str
+    seeds: tuple[int, ...]
+    diffs: tuple[float, ...]
+    resolution: float
+
+    @property
+    def n(self) -> int:
+        return len(self.diffs)
+
+    @property
+    def mean(self) -> float:
+        return math.fsum(self.diffs) / self.n if self.n else math.nan
+
+    @property
+    def std(self) -> float:
+        if self.n < 2:
+            return math.nan
+        m = self.mean
+        return math.sqrt(math.fsum((d - m) ** 2 for d in self.diffs) / (self.n - 1))
+
+    @property
+    def half_width(self) -> float:
+        """Half the 95 % interval's width (NaN with fewer than 2 seeds)."""
+        return t_quantile_975(self.n - 1) * self.std / math.sqrt(self.n) if self.n >= 2 else math.nan
+
+    @property
+    def ci95(self) -> tuple[float, float]:
+        h = self.half_width
+        return (self.mean - h, self.mean + h)
+
+    @property
+    def verdict(self) -> str:
+        return verdict_for(self.ci95, self.resolution)
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the interval is as narrow as asked (half-width <= resolution) and decided."""
+        h = self.half_width
+        return math.isfinite(h) and h <= self.resolution and self.verdict != UNRESOLVED
+
+    def to_dict(self) -> dict:
+        lo, hi = self.ci95
+        return {"a": self.a, "b": self.b, "n": self.n, "seeds": list(self.seeds),
+                "diffs": list(self.diffs), "mean": self.mean, "std": self.std,
+                "ci95": [lo, hi], "half_width": self.half_width, "verdict": self.verdict,
+                "resolved": self.resolved}
+
+
+def compare(results: Mapping, a: str, b: str, resolution: float) -> Comparison:
+    """The paired comparison ``a - b`` over the finished seeds of both in ``results``."""
+    pd = paired_difference(results, a, b)
+    return Comparison(a, b, pd.seeds, pd.diffs, float(resolution))
+
+
+def comparisons(results: Mapping, resolution: float) -> list[Comparison]:
+    """Every pair of :func:`comparison_pairs` among the variants of ``results``."""
+    names = list(variants_by_name(results))
+    return [compare(results, a, b, resolution) for a, b in comparison_pairs(names)]
+
+
+def seeds_needed(std: float, resolution: float, *, at_least: int = 2, cap: int = 1000) -> int:
+    """The smallest ``n >= at_least`` with ``t_{0.975,n-1} * std / sqrt(n) <= resolution``
+    (``cap`` when none up to it; ``at_least`` when ``std`` is 0)."""
+    if not (resolution > 0):
+        raise ValueError(f"resolution must be positive, got {resolution}")
+    if not math.isfinite(std):
+        return cap
+    n = max(2, at_least)
+    while n < cap and t_quantile_975(n - 1) * std / math.sqrt(n) > resolution:
+        n += 1
+    return n
