@@ -1,7 +1,9 @@
 import json
+from pathlib import Path
 import math
 
 import pytest
+import torch
 
 import ffnlab
 from ffnlab.cli import main
@@ -28,8 +30,9 @@ def argv(tmp_path):
 
     def make(*extra, out="out"):
         # --backend reference: under TRITON_INTERPRET=1 "auto" would run the (slow) interpreter
+        # --workers 1: in this process, where monkeypatching reaches (the pool has its tests)
         return ["compare", "--preset", "smoke", "--steps", "4", "--data", str(data),
-                "--backend", "reference", "--out", str(tmp_path / out), *extra]
+                "--backend", "reference", "--workers", "1", "--out", str(tmp_path / out), *extra]
 
     return make
 
@@ -43,7 +46,7 @@ def test_end_to_end_schema(argv, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     res = _results(tmp_path)
     assert printed == res
-    assert res["schema_version"] == 1 and res["status"] == "complete" and res["missing"] == []
+    assert res["schema_version"] == 2 and res["status"] == "complete" and res["missing"] == []
     cfg = res["config"]
     for key in ("preset", "steps", "seeds", "device", "dtype", "model", "lr", "warmup",
                 "tokens_per_run", "eval_every", "dead_threshold", "versions", "started", "finished"):
@@ -131,6 +134,12 @@ def test_memory_check_refuses(argv, monkeypatch, capsys):
     ("--backend", "fast", "unknown backend"),
     ("--seeds", "0", "--seeds must be a positive integer"),
     ("--seed", "-1", "--seed must be a non-negative integer"),
+    ("--resolution", "0", "--resolution must be a positive number"),
+    ("--resolution", "-1", "--resolution must be a positive number"),
+    ("--max-seeds", "1", "--max-seeds must be an integer >= 2"),
+    ("--data-fraction", "0", "--data-fraction must be in (0, 1]"),
+    ("--data-fraction", "1.01", "--data-fraction must be in (0, 1]"),
+    ("--workers", "0", "--workers must be a positive integer"),
 ])
 def test_usage_errors(argv, capsys, flag, value, needle):
     args = argv()
@@ -141,7 +150,56 @@ def test_usage_errors(argv, capsys, flag, value, needle):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+    assert not (Path(args[args.index("--out") + 1])).exists()  # nothing written
 
+
+def _quality(res: dict) -> dict:
+    return {(v["name"], r["seed"]): (r["val_bpb"], r["curve"], r["dead_fraction"])
+            for v in res["variants"] for r in v["runs"]}
+
+
+def test_worker_pool_equals_a_serial_run_bit_for_bit(argv, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each pool worker uses
+    try:
+        assert main(argv("--variants", "relu,swiglu,gelu", "--seeds", "2", out="serial")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    pooled = argv("--variants", "relu,swiglu,gelu", "--seeds", "2", out="pool")
+    pooled[pooled.index("--workers") + 1] = "2"
+    assert main(pooled) == 0
+    serial, pool = _results(tmp_path, "serial"), _results(tmp_path, "pool")
+    assert len(_quality(serial)) == 6 and _quality(pool) == _quality(serial)
+    assert pool["comparisons"] == serial["comparisons"]
+
+
+def test_adaptive_seeding_adds_seeds_until_resolved_or_budget(argv, tmp_path):
+    # An unreachable resolution: seeds are added up to the budget, and the report says so.
+    assert main(argv("--variants", "relu,gelu", "--seeds", "2", "--max-seeds", "4",
+                     "--resolution", "1e-9")) == 0
+    res = _results(tmp_path)
+    assert res["config"]["seeds"] == [0, 1, 2, 3]
+    assert res["config"]["seeding"]["counts"] == {"relu": 4, "gelu": 4}
+    assert res["config"]["seeding"]["complete"] is True and res["config"]["resolution_bpb"] == 1e-9
+    (c,) = res["comparisons"]
+    assert (c["a"], c["b"], c["n"]) == ("gelu", "relu", 4) and c["resolved"] is False
+    # A generous resolution: the first seeds suffice.
+    assert main(argv("--variants", "relu,gelu", "--seeds", "2", "--max-seeds", "4",
+                     "--resolution", "10", out="easy")) == 0
+    easy = _results(tmp_path, "easy")
+    assert easy["config"]["seeds"] == [0, 1] and easy["comparisons"][0]["verdict"] == "equivalent"
+
+
+def test_data_fraction_trains_on_less_and_scores_on_the_same_bytes(argv, tmp_path):
+    assert main(argv("--variants", "relu", "--data-fraction", "0.25", out="quarter")) == 0
+    res = _results(tmp_path, "quarter")
+    assert res["config"]["data_fraction"] == 0.25
+    assert main(argv("--variants", "relu", out="whole")) == 0
+    whole = _results(tmp_path, "whole")
+    q, w = res["corpus"], whole["corpus"]
+    assert q["sha256"] == w["sha256"] and q["val_bytes"] == w["val_bytes"]  # same validation
+    assert q["train_bytes"] == int(w["train_bytes"] * 0.25)
+    assert res["variants"][0]["runs"][0]["val_bpb"] != whole["variants"][0]["runs"][0]["val_bpb"]
 
 def test_presets_fit_the_budget():
     for name in config.PRESETS:

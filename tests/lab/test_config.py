@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ffnlab.errors import UsageError
-from ffnlab.lab.config import PRESETS, CompareConfig
+from ffnlab.lab.config import DEFAULT_VARIANTS, PRESETS, CompareConfig
 from ffnlab.variants import variant_names
 
 # A value for every field, none of them the default.
@@ -13,7 +13,8 @@ EVERY_FIELD = {
     "preset": "smoke", "out": Path("/tmp/ffnlab-out"), "variants": ("swiglu", "relu"),
     "device": torch.device("cpu", 0), "dtype": torch.bfloat16, "seed": 3, "seeds": 2,
     "steps": 7, "data": Path("texts/a.txt"), "backend": "reference", "nproc": 2,
-    "dist_timeout": 30.0, "json": True,
+    "dist_timeout": 30.0, "json": True, "resolution": 0.05, "max_seeds": 3, "workers": 1,
+    "data_fraction": 0.5,
 }
 
 
@@ -36,7 +37,14 @@ def test_defaults_and_normalisation():
     cfg = CompareConfig(out="runs/x", data="t.txt", device="cpu", variants=("silu", "swish"))
     assert cfg.out == Path("runs/x") and cfg.data == Path("t.txt")
     assert cfg.device == torch.device("cpu") and cfg.variants == ("swish",)
-    assert CompareConfig().variants == tuple(variant_names())
+    assert CompareConfig().variants == DEFAULT_VARIANTS
+    assert CompareConfig(preset="smoke").variants == tuple(variant_names())
+    assert CompareConfig(variants=("all",)).variants == tuple(variant_names())
+    assert DEFAULT_VARIANTS == ("relu", "gelu", "swish", "glu", "geglu", "swiglu", "relu2")
+    assert CompareConfig(seeds=3, max_seeds=8).seed_budget == 8
+    assert CompareConfig(preset="smoke").seed_budget == 1  # smoke: no adaptive seeding
+    assert CompareConfig(workers=3).worker_count() == 3
+    assert CompareConfig(nproc=2).worker_count() == 1
     assert CompareConfig(preset="quick").seed_list() == list(range(PRESETS["quick"].seeds))
     assert CompareConfig(seed=5, seeds=3).seed_list() == [5, 6, 7]
     assert CompareConfig(dtype=torch.bfloat16).dtype_name == "bfloat16"
@@ -54,6 +62,15 @@ def test_defaults_and_normalisation():
     ({"nproc": 0}, "--nproc must be a positive integer, got 0"),
     ({"dtype": torch.int32}, "dtype torch.int32 is not supported"),
     ({"device": "meta"}, "device 'meta' is not supported"),
+    ({"resolution": 0.0}, "--resolution must be a positive number of bits per byte, got 0.0"),
+    ({"resolution": -0.02}, "--resolution must be a positive number"),
+    ({"resolution": float("nan")}, "--resolution must be a positive number"),
+    ({"max_seeds": 1}, "--max-seeds must be an integer >= 2"),
+    ({"seeds": 4, "max_seeds": 3}, "--max-seeds (3) is below --seeds (4)"),
+    ({"workers": 0}, "--workers must be a positive integer, got 0"),
+    ({"workers": 2, "nproc": 2}, "--workers and --nproc exclude each other"),
+    ({"data_fraction": 0.0}, "--data-fraction must be in (0, 1], got 0.0"),
+    ({"data_fraction": 1.5}, "--data-fraction must be in (0, 1], got 1.5"),
 ])
 def test_bad_values_are_one_clear_usage_error(kw, needle):
     with pytest.raises(UsageError) as info:

@@ -102,16 +102,17 @@ def lab(tmp_path):
     wrapper.write_text(WRAPPER)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
-    def argv(out: Path) -> list[str]:
+    def argv(out: Path, extra: tuple[str, ...]) -> list[str]:
         # 6 steps: a checkpoint after every step (ckpt_every = steps // 4 = 1)
         return ["compare", "--preset", "smoke", "--steps", "6", "--variants", "relu,gelu",
-                "--seeds", "1", "--backend", "reference", "--data", str(data), "--out", str(out)]
+                "--seeds", "1", "--backend", "reference", "--workers", "1", "--data", str(data),
+                "--out", str(out), *extra]
 
-    def run(out: Path, *kill: str) -> subprocess.CompletedProcess:
+    def run(out: Path, *kill: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
         if kill:
-            cmd = [sys.executable, str(wrapper), *kill, *argv(out)]
+            cmd = [sys.executable, str(wrapper), *kill, *argv(out, extra)]
         else:
-            cmd = [sys.executable, "-m", "ffnlab", *argv(out)]
+            cmd = [sys.executable, "-m", "ffnlab", *argv(out, extra)]
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
 
     return run
@@ -188,3 +189,30 @@ def test_sigkill_anywhere_then_rerun_loses_nothing(lab, tmp_path):
     want = json.loads((baseline / "results.json").read_text())
     assert got["status"] == want["status"] == "complete"
     assert _comparable(got) == _comparable(want)
+
+
+def test_sigkill_during_an_adaptive_round_resumes_with_the_seeds_it_had(lab, tmp_path):
+    # An unreachable resolution: round 1 trains seeds 0-1 of both variants (4 runs x 6 steps),
+    # round 2 adds seed 2. Killed at the 27th step: relu seed 2, step 3, in round 2.
+    adaptive = ("--seeds", "2", "--max-seeds", "3", "--resolution", "1e-9")
+    out = tmp_path / "out"
+    _killed(lab(out, "step", "-", "27", extra=adaptive))
+    _all_json_parses(out)
+    round1 = {p.name: p.read_bytes() for p in (out / "runs").glob("*.json")}
+    assert set(round1) == {"relu-s0.json", "relu-s1.json", "gelu-s0.json", "gelu-s1.json"}
+    assert json.loads((out / "checkpoints" / "relu-s2.json").read_text())["step"] == 2
+
+    proc = lab(out, extra=adaptive)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = {p.name: p.read_bytes() for p in (out / "runs").glob("*.json")}
+    assert set(runs) == set(round1) | {"relu-s2.json", "gelu-s2.json"}
+    assert {k: runs[k] for k in round1} == round1  # round 1 was not retrained
+    assert json.loads(runs["relu-s2.json"])["resumed_from"] == 2
+
+    baseline = tmp_path / "baseline"
+    assert lab(baseline, extra=adaptive).returncode == 0
+    got = json.loads((out / "results.json").read_text())
+    want = json.loads((baseline / "results.json").read_text())
+    assert got["config"]["seeds"] == want["config"]["seeds"] == [0, 1, 2]
+    assert _comparable(got) == _comparable(want)
+    assert got["comparisons"] == want["comparisons"]

@@ -1,0 +1,63 @@
+"""Run-level parallelism: a pool of worker processes gives what one process gives, bit for bit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ffnlab.lab import executor as E
+from ffnlab.lab.model import ModelConfig
+from ffnlab.lab.train import TrainConfig
+
+pytestmark = pytest.mark.slow
+
+QUALITY = ("val_bpb", "curve", "dead_fraction", "final_train_loss", "diverged", "steps_done")
+
+
+def _job(tmp_path, variant: str, seed: int, data) -> E.RunJob:
+    return E.RunJob(
+        variant=variant, seed=seed,
+        model=ModelConfig(dim=16, n_layers=1, n_heads=2, seq_len=16).as_dict(),
+        train=TrainConfig(steps=6, batch_size=4, lr=1e-2, warmup=1, eval_every=3,
+                          eval_tokens=256, ckpt_every=2).as_dict(),
+        data=str(data), data_fraction=1.0, device="cpu", dtype="float32", backend="reference",
+        checkpoint=str(tmp_path / "ck" / f"{variant}-s{seed}"), fingerprint={"t": 1}, threads=1)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    p = tmp_path / "c.txt"
+    p.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    return p
+
+
+def test_pool_equals_one_process_bit_for_bit(tmp_path, corpus):
+    jobs = [_job(tmp_path / "pool", v, s, corpus) for v in ("relu", "swiglu") for s in (0, 1)]
+    events = list(E.PoolExecutor(2).run(jobs))
+    done = {job.key: rec for kind, job, rec in events if kind == "done"}
+    assert set(done) == {j.key for j in jobs}
+    assert [k for k, *_ in events].count("done") == 4  # each run once
+
+    threads = torch.get_num_threads()
+    try:
+        for job in jobs:
+            here = E.execute(E.RunJob(**{**job.to_dict(),
+                                         "checkpoint": str(tmp_path / "here" / job.variant)}))
+            assert {k: here[k] for k in QUALITY} == {k: done[job.key][k] for k in QUALITY}
+    finally:
+        torch.set_num_threads(threads)
+    # JSON-able: a job travels to another process (or machine) as plain data
+    assert E.RunJob(**json.loads(json.dumps(jobs[0].to_dict()))) == jobs[0]
+
+
+def test_a_failing_run_is_named(tmp_path, corpus):
+    bad = E.RunJob(**{**_job(tmp_path, "relu", 0, corpus).to_dict(), "data": str(tmp_path / "nope")})
+    with pytest.raises(RuntimeError, match="run relu seed 0 failed in a worker.*does not exist"):
+        list(E.PoolExecutor(1).run([bad]))
+
+
+def test_workers_must_be_positive():
+    with pytest.raises(ValueError, match="workers must be a positive integer, got 0"):
+        E.PoolExecutor(0)

@@ -1,0 +1,97 @@
+"""Adaptive seeding: the plan grows only where an interval is too wide, and stops."""
+
+import hashlib
+
+from ffnlab.lab import comparisons as CMP
+from ffnlab.lab.seeding import plan
+
+
+def _noise(*parts) -> float:
+    """A fixed pseudo-random number in [-1, 1) for ``parts`` (the same on every machine)."""
+    h = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(h[:8], "little") / 2**63 - 1.0
+
+
+def _world(spread: dict[str, float], gap: dict[str, float]):
+    """finished(variant, seed) for a simulated lab where every run has finished once asked.
+
+    bpb = 2 + gap[v] + spread[v] * noise(v, seed); relu has gap 0.
+    """
+    done: set[tuple[str, int]] = set()
+
+    def finished(v: str, s: int):
+        if (v, s) not in done:
+            return None
+        return {"seed": s, "val_bpb": 2.0 + gap[v] + spread[v] * _noise(v, s), "diverged": False}
+
+    def run_to_completion(variants, **kw):
+        rounds = []
+        while True:
+            p = plan(variants, 0, finished=finished, **kw)
+            missing = [k for k in p.wanted(0) if k not in done]
+            if not missing:
+                return p, rounds
+            rounds.append(sorted(missing))
+            done.update(missing)
+
+    return finished, run_to_completion
+
+
+def test_no_noise_stops_after_the_first_round():
+    _, run = _world({"relu": 0.0, "swiglu": 0.0}, {"relu": 0.0, "swiglu": -0.05})
+    p, rounds = run(["relu", "swiglu"], initial=3, max_seeds=10, resolution=0.02)
+    assert p.complete and p.counts == {"relu": 3, "swiglu": 3} and len(rounds) == 1
+
+
+def test_noise_adds_seeds_until_every_interval_reaches_the_resolution():
+    finished, run = _world({"relu": 0.03, "gelu": 0.03, "swiglu": 0.0},
+                           {"relu": 0.0, "gelu": -0.04, "swiglu": -0.06})
+    # swiglu's own noise is 0, but swiglu - relu carries relu's, so every variant grows
+    p, rounds = run(["relu", "gelu", "swiglu"], initial=3, max_seeds=40, resolution=0.02)
+    assert p.complete and len(rounds) > 1
+    view = {"variants": [{"name": v, "runs": [finished(v, s) for s in range(n)]}
+                         for v, n in p.counts.items()]}
+    got = CMP.comparisons(view, 0.02)
+    assert all(c.resolved for c in got), [c.to_dict() for c in got]
+    assert max(p.counts.values()) < 40
+    # each round adds at most as many seeds as there were (a spread from few seeds is uncertain)
+    sizes = [len({s for _, s in r}) for r in rounds]
+    assert all(b <= 2 * max(1, a) for a, b in zip(sizes, sizes[1:]))
+
+
+def test_resolved_variants_get_no_more_seeds():
+    _, run = _world({"relu": 0.0, "gelu": 0.0, "reglu": 0.05},
+                    {"relu": 0.0, "gelu": -0.1, "reglu": 0.0})
+    # reglu - relu is noisy; gelu - relu is exact: gelu stays at its initial seeds
+    p, _ = run(["relu", "gelu", "reglu"], initial=2, max_seeds=6, resolution=0.01)
+    assert p.counts["gelu"] == 2 and p.counts["reglu"] == p.counts["relu"] == 6
+
+
+def test_the_budget_stops_an_unresolvable_comparison():
+    _, run = _world({"relu": 0.5, "gelu": 0.5}, {"relu": 0.0, "gelu": 0.0})
+    p, rounds = run(["relu", "gelu"], initial=2, max_seeds=5, resolution=0.001)
+    assert p.complete and p.counts == {"relu": 5, "gelu": 5}
+
+
+def test_without_a_resolution_or_budget_round_zero_is_the_plan():
+    _, run = _world({"relu": 0.5, "gelu": 0.5}, {"relu": 0.0, "gelu": 0.0})
+    p, rounds = run(["relu", "gelu"], initial=2, max_seeds=2, resolution=0.02)
+    assert p.counts == {"relu": 2, "gelu": 2} and len(rounds) == 1
+    p, _ = run(["relu", "gelu"], initial=2, max_seeds=9, resolution=None)
+    assert p.counts == {"relu": 2, "gelu": 2}
+
+
+def test_the_plan_depends_only_on_finished_rounds():
+    """Interrupted half-way through a round, the plan asks for the same runs again."""
+    finished, run = _world({"relu": 0.03, "gelu": 0.03}, {"relu": 0.0, "gelu": -0.01})
+    full, rounds = run(["relu", "gelu"], initial=2, max_seeds=12, resolution=0.02)
+    assert len(rounds) >= 2
+    # Forget the second half of the last round: the plan still wants exactly the full plan.
+    done_now = {k for r in rounds for k in r}
+    lost = set(rounds[-1][len(rounds[-1]) // 2:])
+
+    def partial(v, s):
+        return None if (v, s) in lost or (v, s) not in done_now else finished(v, s)
+
+    again = plan(["relu", "gelu"], 0, initial=2, max_seeds=12, resolution=0.02, finished=partial)
+    assert not again.complete and again.counts == full.counts
