@@ -216,3 +216,46 @@ def test_sigkill_during_an_adaptive_round_resumes_with_the_seeds_it_had(lab, tmp
     assert got["config"]["seeds"] == want["config"]["seeds"] == [0, 1, 2]
     assert _comparable(got) == _comparable(want)
     assert got["comparisons"] == want["comparisons"]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in cmdline:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_pool_workers_stop_when_the_parent_is_killed(tmp_path):
+    import time
+
+    data = tmp_path / "corpus.txt"
+    data.write_text(TEXT)
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ffnlab", "compare", "--preset", "smoke", "--steps", "3000",
+         "--variants", "relu,gelu", "--seeds", "1", "--backend", "reference", "--workers", "2",
+         "--data", str(data), "--out", str(out)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while not list((out / "checkpoints").glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert len(workers) == 2 and list((out / "checkpoints").glob("*.json"))
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [w for w in workers if Path(f"/proc/{w}/stat").exists()
+             and Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert alive == []

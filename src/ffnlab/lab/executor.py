@@ -21,6 +21,7 @@ pool gives bit for bit what one process with the same thread count gives.
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue as queue_mod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -99,13 +100,14 @@ def execute(job: RunJob, *, on_step: Callable[[dict], None] | None = None,
 # --- a pool of local worker processes ------------------------------------------------------------
 
 _EVENTS = None  # in a pool worker: the queue step events go to
+_PARENT = None  # in a pool worker: the pid of the process that started it
 
 
 def _init_worker(events, threads: int) -> None:
     import torch
 
-    global _EVENTS
-    _EVENTS = events
+    global _EVENTS, _PARENT
+    _EVENTS, _PARENT = events, os.getppid()
     torch.set_num_threads(threads)
 
 
@@ -113,6 +115,10 @@ def _pool_task(job_dict: dict) -> dict:
     job = RunJob(**job_dict)
 
     def on_step(ev: dict) -> None:
+        # A parent killed with SIGKILL cannot stop its pool: without this check the worker
+        # would train on, writing checkpoints that the next invocation also writes.
+        if _PARENT is not None and os.getppid() != _PARENT:
+            os._exit(1)
         if _EVENTS is not None and ev["step"] % STEP_EVENT_EVERY == 0:
             _EVENTS.put((job.variant, job.seed, {"step": ev["step"], "loss": ev["loss"]}))
 
