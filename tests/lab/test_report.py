@@ -45,8 +45,9 @@ def test_files_written(written):
     out, paths = written
     names = [p.name for p in paths]
     assert names[:2] == ["report.md", "report.html"]
-    assert {"learning_curves.png", "final_bpb.png", "speed.png", "memory.png",
-            "dead_units.png"} <= set(names)
+    assert {"learning_curves.png", "quality_vs_time.png", "final_bpb.png", "speed.png",
+            "memory.png", "dead_units.png"} <= set(names)
+    assert "forest.png" not in names  # an old results file: no comparisons to draw
     for p in paths:
         assert p.parent == out and p.stat().st_size > 0
     assert not list(out.glob(".*.tmp"))  # no temporary file left behind
@@ -68,7 +69,8 @@ def test_markdown_content(written, results):
     assert "Best variant: **geglu**" in md and "not distinguishable" in md
     for verdict in ("**supported**", "**inconclusive**"):
         assert verdict in md
-    for stem in ("learning_curves", "final_bpb", "speed", "memory", "dead_units"):
+    for stem in ("learning_curves", "quality_vs_time", "final_bpb", "speed", "memory",
+                 "dead_units"):
         assert f"]({stem}.png)" in md
     assert "Missing" not in md  # complete run
 
@@ -81,7 +83,7 @@ def test_html_is_self_contained(written):
     assert "<script" not in page and "<link" not in page
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     pngs = {p.read_bytes() for p in paths if p.suffix == ".png"}
-    assert len(uris) == len(pngs) == 5
+    assert len(uris) == len(pngs) == 6
     assert {base64.b64decode(u) for u in uris} == pngs
     assert all(p.startswith(PNG_MAGIC) for p in pngs)
     assert "<strong>geglu</strong>" in page  # inline markup rendered, not left as **
