@@ -102,7 +102,7 @@ def test_forest_draws_intervals_band_and_zero(results, captured):
     expected = sorted((lo, hi) for _, _, lo, hi, _ in P.forest_rows(results))
     assert len(spans) == 3
     assert [x for s in spans for x in s] == pytest.approx([x for e in expected for x in e])
-    assert "1 with fewer than 2 paired seeds" in fig.texts[0].get_text()
+    assert "1 comparison with fewer than 2 paired seeds" in fig.texts[0].get_text()
 
 
 def test_forest_png_grows_with_rows(results):

@@ -277,8 +277,9 @@ def plot_forest(results: Mapping) -> bytes | None:
     skipped = len(results.get("comparisons") or []) - len(rows)
     title = "Paired differences a − b: mean and 95 % interval over seeds"
     if skipped:
-        title += f"\n({skipped} with fewer than 2 paired seeds have no interval, not shown)"
-    fig, (ax,) = _figure(title, size=(7.5, max(3.0, 1.4 + 0.36 * len(rows))))
+        title += (f"\n({skipped} comparison{'s' if skipped > 1 else ''} with fewer than 2 "
+                  f"paired seeds, no interval: not shown)")
+    fig, (ax,) = _figure(title, size=(8.5, max(3.0, 1.4 + 0.36 * len(rows))))
     res = as_float((results.get("config") or {}).get("resolution_bpb"))
     if res > 0:
         ax.axvspan(-res, res, color="0.8", alpha=0.5, lw=0, label=f"±{res:g} (resolution)")
@@ -293,7 +294,7 @@ def plot_forest(results: Mapping) -> bytes | None:
     ax.set_yticks(range(len(rows)), [r[0] for r in rows])
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first row on top
     ax.set_xlabel("difference in val bits per byte (negative: a better)")
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not over rows
     return _png(fig)
 
 
