@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import io
 import math
+import statistics
 from collections.abc import Callable, Mapping
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..numbers import as_float
-from .analysis import ranking
+from .analysis import good_runs, ranking
+from .comparisons import A_BETTER, B_BETTER, EQUIVALENT, UNRESOLVED, VERDICTS
 
-__all__ = ["render_plots", "plot_learning_curves", "plot_final_bpb", "plot_speed",
-           "plot_memory", "plot_dead_units", "PLOTS"]
+__all__ = ["render_plots", "plot_learning_curves", "plot_quality_vs_time", "plot_final_bpb",
+           "plot_speed", "plot_memory", "plot_dead_units", "plot_forest", "forest_rows",
+           "time_series", "PLOTS"]
 
 PLAIN_COLOR, GATED_COLOR = "tab:blue", "tab:orange"
 
@@ -66,6 +69,20 @@ def _band(v: Mapping) -> tuple[list[float], list[float], list[float], list[float
             [max(c) for c in cols])
 
 
+def _mean_curve(v: Mapping) -> list[tuple[float, float]]:
+    """The variant's mean curve over seeds (at the steps they share), else its stored curve."""
+    band = _band(v)
+    if band is not None:
+        return list(zip(band[0], band[1], strict=True))
+    return _points(v.get("curve"))
+
+
+def _focus_ylim(ax, ys: list[float]) -> None:
+    if ys:
+        lo, hi = min(ys), max(ys)
+        ax.set_ylim(lo - 0.05 * (hi - lo + 1e-3), hi + 0.05 * (hi - lo + 1e-3))
+
+
 def plot_learning_curves(results: Mapping) -> bytes | None:
     """Validation bpb against step, one line per variant (mean over seeds, min–max band)."""
     fig, (ax,) = _figure("Learning curves: validation bits per byte (lower is better)")
@@ -88,9 +105,7 @@ def plot_learning_curves(results: Mapping) -> bytes | None:
     # Early evaluations (~8 bpb at step 0: uniform over 256 bytes) would flatten the part
     # where variants differ, so the y range covers the last three quarters of training.
     last = max(s for s, _ in tail)
-    ys = [y for s, y in tail if s >= 0.25 * last] or [y for _, y in tail]
-    lo, hi = min(ys), max(ys)
-    ax.set_ylim(lo - 0.05 * (hi - lo + 1e-3), hi + 0.05 * (hi - lo + 1e-3))
+    _focus_ylim(ax, [y for s, y in tail if s >= 0.25 * last] or [y for _, y in tail])
     ax.set_xlabel("step")
     ax.set_ylabel("val bits per byte")
     ax.legend(fontsize=8, ncol=2, title="dashed: gated", title_fontsize=8)
@@ -172,12 +187,125 @@ def plot_dead_units(results: Mapping) -> bytes | None:
     return _png(fig)
 
 
+def time_series(results: Mapping) -> list[dict]:
+    """Per variant with timed runs (ranking order): its mean curve against wall seconds.
+
+    A variant's seconds per step are the mean ``wall_s`` of its runs that did not diverge over
+    ``config.steps`` (its curve's last step when that is missing). Each item: ``name``,
+    ``gated``, ``curve`` [(seconds, bpb)], ``wall`` / ``wall_std`` (seconds, mean and std over
+    those runs) and ``bpb`` / ``bpb_std`` (final val bpb over the usable seeds; NaN if none).
+    """
+    total = as_float((results.get("config") or {}).get("steps"))
+    out = []
+    for v in ranking(results):
+        walls = [as_float(r.get("wall_s")) for r in v.get("runs") or [] if not r.get("diverged")]
+        walls = [w for w in walls if w > 0]
+        if not walls:
+            continue
+        wall = statistics.fmean(walls)
+        curve = _mean_curve(v)
+        steps = total if total > 0 else max((s for s, _ in curve), default=math.nan)
+        per_step = wall / steps if steps > 0 else math.nan
+        bpbs = list(good_runs(v).values())
+        out.append({
+            "name": v["name"], "gated": bool(v.get("gated")), "wall": wall,
+            "wall_std": statistics.stdev(walls) if len(walls) > 1 else math.nan,
+            "curve": [] if math.isnan(per_step) else [(s * per_step, y) for s, y in curve],
+            "bpb": statistics.fmean(bpbs) if bpbs else math.nan,
+            "bpb_std": statistics.stdev(bpbs) if len(bpbs) > 1 else math.nan})
+    return out
+
+
+def plot_quality_vs_time(results: Mapping) -> bytes | None:
+    """Mean learning curve per variant against training wall time; final bpb ± std at the end.
+
+    Equal FFN parameters do not mean equal time: a gated FFN or a costlier activation reaches
+    the same step later, which this figure shows and the step-axis learning curves hide.
+    """
+    series = time_series(results)
+    if not series:
+        return None
+    fig, (ax,) = _figure("Quality against training wall time (mean over seeds)")
+    ys = []
+    for s in series:
+        color = None
+        if s["curve"]:
+            xs, cys = zip(*s["curve"], strict=True)
+            (line,) = ax.plot(xs, cys, lw=1.5, ls="--" if s["gated"] else "-", label=s["name"])
+            color = line.get_color()
+            ys += [y for x, y in s["curve"] if x >= 0.25 * s["wall"]]
+        if math.isnan(s["bpb"]):
+            continue
+        yerr, xerr = (0.0 if math.isnan(e) else e for e in (s["bpb_std"], s["wall_std"]))
+        ax.errorbar(s["wall"], s["bpb"], yerr=yerr, xerr=xerr, fmt="o", color=color, ms=5,
+                    capsize=3, label="_nolegend_" if s["curve"] else s["name"])
+        ys += [s["bpb"] - yerr, s["bpb"] + yerr]
+    _focus_ylim(ax, ys)
+    ax.set_xlim(left=0)
+    ax.set_xlabel("training wall time, s (dot: final bpb ± std over seeds, at the mean time "
+                  "± std)")
+    ax.set_ylabel("val bits per byte")
+    ax.legend(fontsize=8, ncol=2, title="dashed: gated", title_fontsize=8)
+    return _png(fig)
+
+
+# verdict -> (colour, marker) in the forest plot
+_VERDICT_STYLE = {A_BETTER: ("tab:green", "o"), B_BETTER: ("tab:red", "s"),
+                  EQUIVALENT: ("tab:blue", "D"), UNRESOLVED: ("0.45", "^")}
+
+
+def forest_rows(results: Mapping) -> list[tuple[str, float, float, float, str]]:
+    """``(label "a − b", mean, low, high, verdict)`` per comparison with a finite interval."""
+    rows = []
+    for c in results.get("comparisons") or []:
+        ci = c.get("ci95") if isinstance(c, Mapping) else None
+        if not isinstance(ci, (list, tuple)) or len(ci) != 2:
+            continue
+        lo, hi, mean = as_float(ci[0]), as_float(ci[1]), as_float(c.get("mean"))
+        if math.isnan(lo) or math.isnan(hi) or math.isnan(mean):
+            continue
+        verdict = c.get("verdict") if c.get("verdict") in VERDICTS else UNRESOLVED
+        rows.append((f"{c.get('a', '?')} − {c.get('b', '?')}", mean, lo, hi, verdict))
+    return rows
+
+
+def plot_forest(results: Mapping) -> bytes | None:
+    """Each paired comparison's mean and 95 % interval, against a ±resolution band around 0."""
+    rows = forest_rows(results)
+    if not rows:
+        return None
+    skipped = len(results.get("comparisons") or []) - len(rows)
+    title = "Paired differences a − b: mean and 95 % interval over seeds"
+    if skipped:
+        title += (f"\n({skipped} comparison{'s' if skipped > 1 else ''} with fewer than 2 "
+                  f"paired seeds, no interval: not shown)")
+    fig, (ax,) = _figure(title, size=(8.5, max(3.0, 1.4 + 0.36 * len(rows))))
+    res = as_float((results.get("config") or {}).get("resolution_bpb"))
+    if res > 0:
+        ax.axvspan(-res, res, color="0.8", alpha=0.5, lw=0, label=f"±{res:g} (resolution)")
+    ax.axvline(0.0, color="0.2", lw=1)
+    seen = set()
+    for i, (_label, mean, lo, hi, verdict) in enumerate(rows):
+        color, marker = _VERDICT_STYLE[verdict]
+        ax.hlines(i, lo, hi, color=color, lw=2)
+        ax.plot([mean], [i], ls="none", marker=marker, color=color, ms=6,
+                label="_nolegend_" if verdict in seen else verdict)
+        seen.add(verdict)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # first row on top
+    ax.set_xlabel("difference in val bits per byte (negative: a better)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, not over rows
+    return _png(fig)
+
+
 PLOTS: dict[str, tuple[Callable[[Mapping], bytes | None], str]] = {
     "learning_curves": (plot_learning_curves, "Learning curves"),
+    "quality_vs_time": (plot_quality_vs_time, "Quality against training wall time"),
     "final_bpb": (plot_final_bpb, "Final bits per byte"),
     "speed": (plot_speed, "Speed"),
     "memory": (plot_memory, "Memory saved for backward"),
     "dead_units": (plot_dead_units, "Dead units"),
+    "forest": (plot_forest, "Paired comparisons: 95 % intervals against the resolution"),
 }
 """stem -> (plot function, caption)."""
 

@@ -21,6 +21,7 @@ from .. import files
 from ..numbers import as_float, fmt_number
 from . import analysis as A
 from . import claims as C
+from . import comparisons as K
 from .plots import PLOTS, render_plots
 
 __all__ = ["write_report", "build_blocks", "render_markdown", "render_html"]
@@ -115,6 +116,106 @@ def _best_paragraph(results: Mapping) -> str:
     return text
 
 
+# Figures shown in a section of their own, not under "Figures" (PLOTS' order places the rest:
+# the quality-against-time figure follows the learning curves).
+_OWN_SECTION = {"forest"}
+
+
+def _seeds_per_variant(results: Mapping) -> str:
+    counts = [(v["name"], len(v.get("runs") or [])) for v in results.get("variants", [])]
+    if counts and len({n for _, n in counts}) == 1:
+        return f"{counts[0][1]} for every variant"
+    return ", ".join(f"{name} {n}" for name, n in counts) or "none"
+
+
+def _seeding_text(results: Mapping) -> str:
+    """One sentence on adaptive seeding, or '' when the run used a fixed number of seeds."""
+    seeding = (results.get("config") or {}).get("seeding")
+    if not isinstance(seeding, Mapping):
+        return ""
+    initial, top = seeding.get("initial"), seeding.get("max")
+    if not (isinstance(initial, int) and isinstance(top, int) and top > initial):
+        return ""
+    rounds = seeding.get("rounds")
+    text = (f" Adaptive seeding: {initial} seeds per variant to start, more for the variants of a "
+            f"comparison whose interval was too wide, up to {top}")
+    if isinstance(rounds, int):
+        text += f", in {rounds} round{'s' if rounds != 1 else ''}"
+    if seeding.get("complete") is True:
+        return text + "; it finished (every interval resolved, or its variants at the maximum)."
+    if seeding.get("complete") is False:
+        return text + "; it did **not** finish: planned runs are missing."
+    return text + "."
+
+
+def _comparison_row(c: Mapping, res: float) -> list[str]:
+    a, b = str(c.get("a", "?")), str(c.get("b", "?"))
+    n, diffs = c.get("n"), c.get("diffs")
+    if not isinstance(n, int) or isinstance(n, bool):
+        n = len(diffs) if isinstance(diffs, list) else 0
+    mean, half = as_float(c.get("mean")), as_float(c.get("half_width"))
+    ci = c.get("ci95") if isinstance(c.get("ci95"), (list, tuple)) else ()
+    lo, hi = (as_float(x) for x in ci) if len(ci) == 2 else (math.nan, math.nan)
+    interval = "n/a" if math.isnan(lo) or math.isnan(hi) else f"[{lo:+.4f}, {hi:+.4f}]"
+    if math.isnan(half):
+        width = "n/a"
+    elif math.isnan(res):
+        width = f"{half:.4f}"
+    else:
+        width = f"{half:.4f} {'≤' if half <= res else '>'} {res:g}"
+    verdict = c.get("verdict") if c.get("verdict") in K.VERDICTS else K.UNRESOLVED
+    named = {K.A_BETTER: f" (`{a}`)", K.B_BETTER: f" (`{b}`)"}.get(verdict, "")
+    if n < 2 and verdict == K.UNRESOLVED:
+        named = " (fewer than 2 seeds)"
+    return [f"`{a}` − `{b}`", str(n), "n/a" if math.isnan(mean) else f"{mean:+.4f}", interval,
+            width, f"**{verdict}**{named}"]
+
+
+def _comparison_blocks(results: Mapping, plots: Mapping[str, bytes]) -> list[Block]:
+    blocks: list[Block] = [("h2", "Comparisons")]
+    comps = results.get("comparisons")
+    if not isinstance(comps, list):
+        return blocks + [("p", "This results file has no paired comparisons (it predates them); "
+                               "the ranking's Δ vs ReLU, when ReLU ran, is paired by seed.")]
+    comps = [c for c in comps if isinstance(c, Mapping)]
+    if not comps:
+        return blocks + [("p", "No pair to compare: that needs `relu`, or a gated variant "
+                               "together with its plain twin (e.g. `swiglu` with `swish`).")]
+    res = as_float((results.get("config") or {}).get("resolution_bpb"))
+    seeds = f"seeds per variant: {_seeds_per_variant(results)}."
+    if math.isnan(res):
+        text = f"The resolution was not recorded, so no interval is judged against it; {seeds}"
+    else:
+        reached = sum(as_float(c.get("half_width")) <= res for c in comps)
+        text = (f"Resolution: **{res:g} bpb**, the smallest difference this run sets out to "
+                f"resolve. {reached} of {len(comps)} paired intervals have a half-width ≤ "
+                f"{res:g} bpb; {seeds}")
+    blocks.append(("p", text + _seeding_text(results)))
+    blocks.append(("table", ["a − b", "seeds n", "mean", "95 % interval", "half-width",
+                             "verdict"], [_comparison_row(c, res) for c in comps]))
+    blocks.append(("p", "Each row is paired by seed (a − b in val bpb; negative: a better) with "
+                        "a Student-t 95 % interval. **equivalent**: the whole interval lies "
+                        "within ± the resolution, so no difference that large is compatible "
+                        "with the data; **a better** / **b better**: the interval lies below / "
+                        "above 0 (a half-width above the resolution means the size of the gap "
+                        "is still loose); **unresolved**: neither, or fewer than 2 seeds."))
+    if "forest" in plots:
+        blocks.append(("img", "forest", PLOTS["forest"][1]))
+    return blocks
+
+
+def _claim_items(results: Mapping) -> list[str]:
+    """The claims as recorded in results.json, or checked now for a file without them."""
+    stored = results.get("claims")
+    if isinstance(stored, list):
+        rows = [tuple(str(c.get(k, "?")) for k in ("claim", "verdict", "explanation", "source"))
+                for c in stored if isinstance(c, Mapping)]
+    else:
+        rows = [(v.claim, v.verdict, v.explanation, v.source) for v in C.check_claims(results)]
+    return [f"**{claim}** — **{verdict}**. {why} (source: 「{src}」)"
+            for claim, verdict, why, src in rows]
+
+
 def _missing_lines(results: Mapping) -> list[str]:
     miss = A.missing_runs(results)
     lines = []
@@ -150,12 +251,13 @@ def build_blocks(results: Mapping, plots: Mapping[str, bytes]) -> list[Block]:
     if "relu" not in A.variants_by_name(results):
         baseline = "ReLU is not in this run, so there is no paired baseline column."
     blocks.append(("p", baseline))
+    blocks += _comparison_blocks(results, plots)
     blocks.append(("h2", "The sources' claims, checked"))
-    blocks.append(("ul", [f"**{v.claim}** — **{v.verdict}**. {v.explanation} "
-                          f"(source: 「{v.source}」)" for v in C.check_claims(results)]))
-    if plots:
+    blocks.append(("ul", _claim_items(results)))
+    figures = [stem for stem in plots if stem not in _OWN_SECTION]
+    if figures:
         blocks.append(("h2", "Figures"))
-        blocks += [("img", stem, PLOTS[stem][1]) for stem in plots]
+        blocks += [("img", stem, PLOTS[stem][1]) for stem in figures]
     missing = _missing_lines(results)
     if missing:
         blocks += [("h2", "Missing or failed runs"), ("ul", missing)]
