@@ -1,6 +1,6 @@
 import json
-from pathlib import Path
 import math
+from pathlib import Path
 
 import pytest
 import torch

@@ -21,8 +21,8 @@ from .. import files
 from . import distributed, io
 from .config import Preset
 from .executor import RunJob
-from .seeding import SeedPlan, plan
 from .results import build_results, now
+from .seeding import SeedPlan, plan
 
 __all__ = ["CompareRunner"]
 
