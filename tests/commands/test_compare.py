@@ -31,7 +31,8 @@ def _every_flag(tmp_path: Path) -> list[str]:
     return ["--preset", "smoke", "--out", str(tmp_path / "out"), "--variants", "relu,gelu",
             "--device", "cpu:0", "--dtype", "float64", "--seed", "3", "--seeds", "2",
             "--steps", "4", "--data", str(data), "--backend", "reference", "--nproc", "2",
-            "--dist-timeout", "30", "--json"]
+            "--dist-timeout", "30", "--json", "--resolution", "0.05", "--max-seeds", "3",
+            "--workers", "1", "--data-fraction", "0.5"]
 
 
 def test_every_flag_is_a_config_field_and_every_field_a_flag(tmp_path):

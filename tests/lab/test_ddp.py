@@ -35,7 +35,8 @@ def workdir(tmp_path_factory):
 def _argv(workdir: Path, out: str, *extra: str) -> list[str]:
     # smoke preset: global batch 8; --steps 4 checkpoints every step (ckpt_every = steps // 4)
     return ["compare", "--preset", "smoke", "--steps", "4", "--data", str(workdir / "corpus.txt"),
-            "--backend", "reference", "--variants", VARIANTS, "--out", str(workdir / out), *extra]
+            "--backend", "reference", "--variants", VARIANTS, "--workers", "1",
+            "--out", str(workdir / out), *extra]
 
 
 def _results(workdir: Path, out: str) -> dict:
