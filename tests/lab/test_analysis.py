@@ -139,28 +139,43 @@ def _verdict(results, claim_id):
     return v
 
 
-def _speed(relu, swish, gelu, ffn=(1.0, 1.0, 1.0)):
+def _cost(ratios):
+    """A measured.activation_cost: ``ratios`` maps "b/a" to the interval of t_b / t_a."""
+    return {"numel": 65536, "reps": 200, "device": "cpu", "dtype": "float32",
+            "ns_per_element": {},
+            "ratios": {k: {"median": (lo + hi) / 2, "ci95": [lo, hi], "coverage": 0.95, "n": 200}
+                       for k, (lo, hi) in ratios.items()}}
+
+
+def _speed(swish_relu, gelu_swish, gelu_relu, ffn=(1.0, 1.0, 1.0)):
     r = make_results({"relu": [2.5], "swish": [2.5], "gelu": [2.5]})
-    for name, t, f in zip(("relu", "swish", "gelu"), (relu, swish, gelu), ffn, strict=True):
-        A.variants_by_name(r)[name].update(act_ns_per_element=t, ffn_ms=f)
+    r["measured"] = {"activation_cost": _cost({"swish/relu": swish_relu, "gelu/swish": gelu_swish,
+                                               "gelu/relu": gelu_relu})}
+    for name, f in zip(("relu", "swish", "gelu"), ffn, strict=True):
+        A.variants_by_name(r)[name].update(ffn_ms=f)
     return _verdict(r, "speed_order")
 
 
 def test_speed_order_claim():
-    v = _speed(1.0, 2.0, 3.0)
+    v = _speed((1.9, 2.1), (1.4, 1.6), (2.9, 3.1))
     assert v.verdict == C.SUPPORTED
+    assert "[1.90, 2.10]" in v.explanation  # the measured intervals are quoted
     assert "invisible" in v.explanation  # whole-FFN times identical: matmuls dominate
-    assert _speed(3.0, 2.0, 1.0).verdict == C.NOT_SUPPORTED
-    v = _speed(1.0, 2.0, 2.04)  # 2 % apart: inside the 5 % timing noise
-    assert v.verdict == C.INCONCLUSIVE and "noise" in v.explanation
-    assert "invisible" not in _speed(1.0, 2.0, 3.0, ffn=(1.0, 1.2, 1.5)).explanation
-    r = make_results({"relu": [2.5], "swish": [2.5]})
-    v = _verdict(r, "speed_order")
-    assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation and "gelu" in v.explanation
+    assert _speed((0.4, 0.6), (0.6, 0.7), (0.3, 0.4)).verdict == C.NOT_SUPPORTED
+    # GELU/Swish within 2 % of 1, its whole interval inside the 5 % band: "≈" is an answer
+    v = _speed((1.9, 2.1), (0.99, 1.03), (2.9, 3.1))
+    assert v.verdict == C.NOT_SUPPORTED and v.numbers["ratios"]["gelu/swish"]["call"] == "≈"
+    # the same gap with an interval reaching past the band edge: not resolved
+    v = _speed((1.9, 2.1), (0.99, 1.08), (2.9, 3.1))
+    assert v.verdict == C.INCONCLUSIVE and "straddles" in v.explanation
+    assert "invisible" not in _speed((1.9, 2.1), (1.4, 1.6), (2.9, 3.1),
+                                     ffn=(1.0, 1.2, 1.5)).explanation
+    v = _verdict(make_results({"relu": [2.5], "swish": [2.5]}), "speed_order")
+    assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation
 
 
 @pytest.mark.parametrize("gelu, swish, expected", [
-    ([2.48, 2.38, 2.58], [2.47, 2.39, 2.58], C.SUPPORTED),       # both ~0.02 better every seed
+    ([2.45, 2.35, 2.55], [2.44, 2.36, 2.55], C.SUPPORTED),       # both ~0.05 better every seed
     ([2.53, 2.43, 2.62], [2.47, 2.39, 2.58], C.NOT_SUPPORTED),   # GELU worse every seed
     ([2.45, 2.45, 2.55], [2.55, 2.35, 2.65], C.INCONCLUSIVE),    # signs flip between seeds
 ])
@@ -228,7 +243,8 @@ def test_glu_compute_mixed_pairs_is_inconclusive():
 
 
 @pytest.mark.parametrize("best, expected", [
-    ("swiglu", C.SUPPORTED), ("relu", C.NOT_SUPPORTED), (None, C.INCONCLUSIVE)])
+    ("swiglu", C.SUPPORTED), ("relu", C.NOT_SUPPORTED),
+    (None, C.NOT_SUPPORTED)])  # all equal on every seed: equivalent, so SwiGLU is not the best
 def test_glu_best_claim(best, expected):
     base = [2.50, 2.40, 2.60]
     bpb = {n: base for n in ("relu", "gelu", "swiglu")}
@@ -270,9 +286,12 @@ def test_fixture_is_self_consistent():
 def test_fixture_verdicts():
     r = json.loads(FIXTURE.read_text())
     got = {v.claim_id: v.verdict for v in C.check_claims(copy.deepcopy(r))}
-    assert got == {"speed_order": C.INCONCLUSIVE, "smooth_beats_relu": C.SUPPORTED,
-                   "relu_dies": C.SUPPORTED, "glu_quality": C.SUPPORTED,
-                   "glu_compute": C.SUPPORTED, "glu_best": C.SUPPORTED}
+    # The fixture (schema 1) has no "measured": the claims resting on it are not measured.
+    assert got == {"speed_order": C.INCONCLUSIVE, "sigmoid_cost": C.INCONCLUSIVE,
+                   "smooth_beats_relu": C.SUPPORTED, "relu_dies": C.SUPPORTED,
+                   "saturation": C.INCONCLUSIVE, "swish_beta": C.INCONCLUSIVE,
+                   "glu_quality": C.SUPPORTED, "glu_compute": C.SUPPORTED,
+                   "glu_best": C.SUPPORTED}
     best, runner, pd = A.best_variant(r)
     assert (best, runner) == ("geglu", "swiglu") and not pd.distinguishable
 

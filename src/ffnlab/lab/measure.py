@@ -1,27 +1,41 @@
 """What the lab measures besides training: bytes saved for backward, FFN and activation
-timings side by side, and the memory a preset needs (checked before anything is allocated).
+timings side by side, the cost of each activation with an interval (:func:`activation_cost`),
+how saturated each activation is at initialisation (:func:`saturation`), and the memory a
+preset needs (checked before anything is allocated).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
+from ..activations import get_activation
 from ..bench import timing
 from ..ffn import FeedForward
 from ..ops.memory import saved_tensor_bytes
 from ..ops.reference import hidden_activation
 from ..sizing import default_hidden_dim
 from ..variants import get_variant
-from .model import ModelConfig
+from .model import ModelConfig, TinyGPT, init_parameters
 from .precision import autocast, param_dtype
 
 __all__ = [
+    "ACTIVATION_COST_SET",
+    "SATURATION_SET",
+    "ACTIVATION_COST_REPS",
+    "activation_cost",
+    "activation_cost_numel",
+    "activation_kernels",
     "activation_timings",
     "available_memory_bytes",
     "estimate_memory_bytes",
     "ffn_timings",
+    "median_interval",
+    "max_derivative",
+    "saturation",
     "saved_bytes_per_token",
 ]
 
@@ -107,6 +121,247 @@ def activation_timings(variants: list[str], *, numel: int = 1 << 21, reps: int =
         fns[v] = fn
     ms = _median_ms_side_by_side(fns, reps, device)
     return {k: t * 1e6 / numel for k, t in ms.items()}
+
+
+# --- the cost of each activation, with an interval ----------------------------------------------
+
+ACTIVATION_COST_SET = ("relu", "sigmoid", "tanh", "swish", "gelu", "gelu_tanh")
+"""The activations :func:`activation_cost` times, whichever variants a run trains."""
+
+ACTIVATION_COST_REPS = 200
+"""Rounds the lab runs :func:`activation_cost` for (about 0.3 s on a CPU at 64K elements)."""
+
+
+def activation_cost_numel(device: torch.device | str) -> int:
+    """Elements per call the lab times :func:`activation_cost` on.
+
+    CPU: 64K (256 KB per buffer, 6 MB for all 24 buffers, cache-resident), so the time is the
+    activation's arithmetic (the exp, division, erf the claims are about) rather than memory
+    traffic shared with whatever else runs. Measured on the 2-core development machine with
+    another job on both cores: at 1M and 4M elements the ratios to relu shrank towards 1 and
+    moved with the other job's load (two of eleven sigmoid/relu intervals at 1M reached below
+    1.05: [0.99, 1.055] and [1.044, 1.104]; another was [1.17, 1.25]); at 64K every
+    sigmoid/relu interval of thirteen runs lay in [1.12, 1.94]. GPU: 16M elements, large enough
+    that kernel launches do not dominate; there an elementwise kernel is limited by memory
+    bandwidth, which is the cost a GPU FFN pays.
+    """
+    return 1 << 16 if torch.device(device).type == "cpu" else 1 << 24
+
+_aten = torch.ops.aten
+
+# name -> (forward(h, out=y), backward(g, h, y, out=dh)): the kernels autograd runs for
+# ``hidden_activation(name, h).backward(g)``, writing into buffers made once. Allocating the
+# output and the gradient on every call (what autograd does) costs page faults whenever the
+# C allocator hands back fresh pages; on a 2-core CPU that added about 2 ms to 1M-element calls
+# in some rounds and not in others, making per-round ratios bimodal and their median move by
+# 2x between runs. The allocation is the same for every activation, so leaving it out removes
+# noise, not cost. relu's forward is ``clamp_min`` because that is the kernel ``aten::relu``
+# runs; ``aten::relu.out`` goes through a slower generic path (3x on the development machine).
+_FWD_BWD: dict[str, tuple] = {
+    "relu": (lambda h, y: _aten.clamp_min.out(h, 0, out=y),
+             lambda g, h, y, o: _aten.threshold_backward.grad_input(g, y, 0, grad_input=o)),
+    "sigmoid": (lambda h, y: _aten.sigmoid.out(h, out=y),
+                lambda g, h, y, o: _aten.sigmoid_backward.grad_input(g, y, grad_input=o)),
+    "tanh": (lambda h, y: _aten.tanh.out(h, out=y),
+             lambda g, h, y, o: _aten.tanh_backward.grad_input(g, y, grad_input=o)),
+    "swish": (lambda h, y: _aten.silu.out(h, out=y),
+              lambda g, h, y, o: _aten.silu_backward.grad_input(g, h, grad_input=o)),
+    "gelu": (lambda h, y: _aten.gelu.out(h, out=y),
+             lambda g, h, y, o: _aten.gelu_backward.grad_input(g, h, grad_input=o)),
+    "gelu_tanh": (lambda h, y: _aten.gelu.out(h, approximate="tanh", out=y),
+                  lambda g, h, y, o: _aten.gelu_backward.grad_input(g, h, approximate="tanh",
+                                                                     grad_input=o)),
+}
+
+
+def activation_kernels(name: str) -> tuple:
+    """``(forward(h, y), backward(g, h, y, dh))`` that :func:`activation_cost` times for
+    ``name``: ``y = act(h)`` and ``dh = g * act'(h)``, written into ``y`` and ``dh``."""
+    if name not in _FWD_BWD:
+        raise ValueError(f"activation_cost has no kernels for {name!r}; it times "
+                         f"{', '.join(_FWD_BWD)}")
+    return _FWD_BWD[name]
+
+
+def median_interval(values: list[float], level: float = 0.95) -> dict[str, float]:
+    """The median of ``values`` and a distribution-free interval for the true median.
+
+    The interval is ``[x_(k), x_(n+1-k)]`` of the sorted values with the largest ``k`` such that
+    ``P(k <= B <= n - k) >= level`` for ``B ~ Binomial(n, 1/2)`` (the number of values below the
+    true median): it needs the values to be independent draws from one distribution, nothing
+    about its shape, and its exact coverage is returned. Fewer than 6 values cannot reach 95 %
+    (``n = 5`` gives 93.75 %); the bounds are then NaN. Returns ``{"median", "ci95": [lo, hi],
+    "coverage", "n"}``.
+    """
+    xs = sorted(values)
+    n = len(xs)
+    med = timing.median(xs) if xs else math.nan
+    best = None
+    for k in range(1, n // 2 + 1):
+        # Coverage of [x_(k), x_(n+1-k)] is 1 - 2 P(B <= k - 1).
+        cover = 1.0 - 2.0 * sum(math.comb(n, j) for j in range(k)) / 2**n
+        if cover < level:
+            break
+        best = (k, cover)
+    if best is None:
+        return {"median": med, "ci95": [math.nan, math.nan], "coverage": math.nan, "n": n}
+    k, cover = best
+    return {"median": med, "ci95": [xs[k - 1], xs[n - k]], "coverage": cover, "n": n}
+
+
+def activation_cost(names: tuple[str, ...] | list[str] = ACTIVATION_COST_SET, *,
+                    numel: int = 1 << 20, reps: int = ACTIVATION_COST_REPS,
+                    device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.float32) -> dict:
+    """Forward+backward of each activation alone, with paired ratios and their intervals.
+
+    One call is ``y = act(h); dh = g * act'(h)`` on ``numel`` elements with the kernels
+    autograd runs (:func:`activation_kernels`; equivalent PyTorch:
+    ``hidden_activation(name, h).backward(g)``), into buffers allocated once. The calls are
+    timed round-robin (:func:`ffnlab.bench.timing.round_robin`, one warm-up call each), ``reps``
+    rounds; within a round every activation runs once, so ``t_b[i] / t_a[i]`` is a *paired*
+    ratio, which a slow stretch of the machine (clock, another process) moves much less than it
+    moves either time.
+
+    Returns::
+
+        {"numel", "reps", "device", "dtype", "interval": <how the intervals are made>,
+         "ns_per_element": {name: median over rounds},
+         "ratios": {"b/a": {"median", "ci95": [lo, hi], "coverage", "n"}}}
+
+    with one ``"b/a"`` entry (time of ``b`` over time of ``a``) for every pair where ``a``
+    comes before ``b`` in ``names``; with relu first, ``"gelu/relu"`` etc. are each activation
+    against relu. ``median`` is the median of the per-round ratios and ``ci95`` the
+    distribution-free interval of :func:`median_interval` (coverage at least 95 %; NaN bounds
+    with fewer than 6 rounds).
+    """
+    device = torch.device(device)
+    names = list(dict.fromkeys(names))
+    fns = {}
+    for n in names:
+        fwd, bwd = activation_kernels(n)
+        h, g, y, dh = (torch.randn(numel, device=device, dtype=dtype) for _ in range(4))
+
+        def fn(fwd=fwd, bwd=bwd, h=h, g=g, y=y, dh=dh) -> None:
+            fwd(h, y)
+            bwd(g, h, y, dh)
+
+        fns[n] = {"call": fn}
+    times, _ = timing.round_robin(fns, device, repeats=reps, errors=())
+    t = {n: times[n]["call"] for n in names}
+    ratios = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ratios[f"{b}/{a}"] = median_interval([y / x for x, y in zip(t[a], t[b], strict=True)
+                                                  if x > 0])
+    return {
+        "numel": numel, "reps": reps, "device": device.type,
+        "dtype": str(dtype).removeprefix("torch."),
+        "interval": ("median of the per-round paired ratios; 95 % distribution-free interval "
+                     "for the median from order statistics (binomial ranks)"),
+        "ns_per_element": {n: timing.median(t[n]) * 1e9 / numel for n in names},
+        "ratios": ratios,
+    }
+
+
+# --- saturation at initialisation ---------------------------------------------------------------
+
+SATURATION_SET = ("relu", "sigmoid", "tanh", "gelu", "swish")
+"""The activations :func:`saturation` compares (plain FFNs of the same size)."""
+
+SATURATED_BELOW = 0.1
+"""A hidden activation counts as saturated where ``|act'(h)|`` is below this share of the
+activation's largest ``|act'|`` (sigmoid 0.25, relu and tanh 1, gelu 1.129, swish 1.100)."""
+
+SATURATION_STDS = (1.0, 2.0, 4.0, 8.0)
+"""Pre-activation standard deviations of the random-input part: 1 is what the lab's init gives
+(``W1 ~ N(0, 1/dim)`` on a normalised input); 2, 4 and 8 show what growing pre-activations do
+(sigmoid's saturated share passes relu's 50 % between 4 and 8)."""
+
+
+def max_derivative(name: str) -> float:
+    """``max |act'(x)|`` over ``x`` in ``[-20, 20]`` (float64, step 1e-4)."""
+    x = torch.linspace(-20.0, 20.0, 400_001, dtype=torch.float64)
+    return get_activation(name).grad(x).abs().max().item()
+
+
+def _saturated_share(name: str, h: torch.Tensor, peak: float) -> float:
+    d = get_activation(name).grad(h.double()).abs()
+    return (d < SATURATED_BELOW * peak).double().mean().item()
+
+
+def saturation(model_cfg: ModelConfig, *, names: tuple[str, ...] = SATURATION_SET,
+               batch_size: int = 4, rows: int = 4096, seed: int = 0,
+               stds: tuple[float, ...] = SATURATION_STDS,
+               device: torch.device | str = "cpu") -> dict:
+    """How saturated each activation is **at initialisation** (nothing is trained), and the
+    gradient that reaches ``W1``.
+
+    Two settings, every activation on the same input with the same weights (float32):
+
+    * ``"model"``: the lab's :class:`~ffnlab.lab.model.TinyGPT` at ``model_cfg``, initialised by
+      :func:`~ffnlab.lab.model.init_parameters` (``seed``), the FFN weights then copied from
+      the first activation's model (relu's) so that only the activation differs;
+      ``batch_size`` sequences of random bytes (a fixed generator). ``h1 = W1 x`` of every
+      layer is collected (:meth:`TinyGPT.capture_gate_preactivations`); the gradient is that of
+      the next-byte cross-entropy (mean over tokens), one norm over all layers' ``W1``.
+    * ``"random"``: one FFN ``W2 act(W1 x)``, ``x ~ N(0, I)`` of ``rows x dim``, ``W1`` of
+      ``N(0, std^2/dim)`` so that ``h1`` has standard deviation ``std`` (each of ``stds``),
+      ``W2 ~ N(0, 1/hidden)``, and the gradient of ``sum(y * g)`` for a fixed ``g ~ N(0, I)``.
+
+    ``share``: the fraction of hidden activations (unit x token) where ``|act'(h1)|`` is below
+    :data:`SATURATED_BELOW` of the activation's largest ``|act'|`` (relu's is its exact-zero
+    half); ``w1_grad_norm``: the Frobenius norm of ``dL/dW1``.
+    """
+    device = torch.device(device)
+    peak = {n: max_derivative(n) for n in names}
+    dim, hidden = model_cfg.dim, default_hidden_dim("relu", model_cfg.dim, multiple_of=1)
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, dim, generator=gen).to(device)
+    w1 = (torch.randn(hidden, dim, generator=gen) / dim**0.5).to(device)
+    w2 = (torch.randn(dim, hidden, generator=gen) / hidden**0.5).to(device)
+    g = torch.randn(rows, dim, generator=gen).to(device)
+    rnd_share: dict[str, list[float]] = {n: [] for n in names}
+    rnd_grad: dict[str, list[float]] = {n: [] for n in names}
+    for std in stds:
+        for n in names:
+            w = (w1 * std).requires_grad_(True)
+            h = F.linear(x, w)
+            (F.linear(hidden_activation(n, h), w2) * g).sum().backward()
+            rnd_share[n].append(_saturated_share(n, h.detach(), peak[n]))
+            rnd_grad[n].append(w.grad.norm().item())
+
+    tokens = torch.randint(0, model_cfg.vocab, (batch_size, model_cfg.seq_len + 1),
+                           generator=torch.Generator().manual_seed(seed)).to(device)
+    ffn_weights = None  # the first model's (w1, w2) per layer, given to every other one
+    m_share, m_grad = {}, {}
+    m_share_layer: dict[str, list[float]] = {}
+    for n in names:
+        model = TinyGPT(model_cfg, n, backend="reference")
+        init_parameters(model, seed)
+        with torch.no_grad():
+            if ffn_weights is None:
+                ffn_weights = [(f.w1.weight.clone(), f.w2.weight.clone()) for f in model.ffns()]
+            for f, (a, b) in zip(model.ffns(), ffn_weights, strict=True):
+                f.w1.weight.copy_(a)
+                f.w2.weight.copy_(b)
+        model.to(device)
+        with model.capture_gate_preactivations() as store:
+            logits = model(tokens[:, :-1])
+        F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten()).backward()
+        hs = [torch.cat(layer) for layer in store]
+        m_share_layer[n] = [_saturated_share(n, h, peak[n]) for h in hs]
+        m_share[n] = _saturated_share(n, torch.cat([h.flatten() for h in hs]), peak[n])
+        m_grad[n] = math.sqrt(sum(f.w1.weight.grad.double().pow(2).sum().item()
+                                  for f in model.ffns()))
+    return {
+        "at": "initialisation (no training)", "threshold": SATURATED_BELOW,
+        "max_derivative": peak, "dim": dim, "hidden": hidden, "seed": seed,
+        "random": {"rows": rows, "std": list(stds), "share": rnd_share, "w1_grad_norm": rnd_grad},
+        "model": {"batch_size": batch_size, "tokens": "random bytes", "share": m_share,
+                  "share_per_layer": m_share_layer, "w1_grad_norm": m_grad},
+    }
 
 
 # --- memory -----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ DEFAULT_RESOLUTION = 0.02
 resolve (see docs/lab.md for what it costs)."""
 
 # Side measurements that are not per variant (recorded under "measured").
-EXTRA_MEASUREMENTS = ("activation_cost", "swish_beta")
+EXTRA_MEASUREMENTS = ("activation_cost", "saturation", "swish_beta")
 
 # The fields of a run record that results.json repeats per seed.
 PUBLIC_RUN_FIELDS = ("seed", "val_bpb", "curve", "tokens_per_s", "dead_fraction",

@@ -66,8 +66,19 @@ class CompareRunner:
         return rec
 
     def measure(self) -> None:
-        """Side-by-side speed and memory of every variant (fresh on each invocation)."""
-        from .measure import activation_timings, ffn_timings, saved_bytes_per_token
+        """Side-by-side speed and memory of every variant (fresh on each invocation), and the
+        measurements behind the claims: each activation's cost with intervals, saturation at
+        initialisation, Swish's β limits (the same whichever variants run)."""
+        from . import swish_beta
+        from .measure import (
+            ACTIVATION_COST_REPS,
+            activation_cost,
+            activation_cost_numel,
+            activation_timings,
+            ffn_timings,
+            saturation,
+            saved_bytes_per_token,
+        )
 
         kw = {"device": self.device, "dtype": self.dtype}
         bs = self.train_cfg.batch_size
@@ -79,6 +90,10 @@ class CompareRunner:
                                               reps=self.preset.timing_reps, backend=self.backend, **kw)
         self.measured["act_ns_per_element"] = activation_timings(
             self.variants, numel=self.preset.act_numel, reps=self.preset.timing_reps, **kw)
+        self.measured["activation_cost"] = activation_cost(
+            numel=activation_cost_numel(self.device), reps=ACTIVATION_COST_REPS, **kw)
+        self.measured["saturation"] = saturation(self.model_cfg, device=self.device)
+        self.measured["swish_beta"] = swish_beta.measure()
 
     # --- the runs ------------------------------------------------------------------------------
 
