@@ -14,7 +14,7 @@ EVERY_FIELD = {
     "device": torch.device("cpu", 0), "dtype": torch.bfloat16, "seed": 3, "seeds": 2,
     "steps": 7, "data": Path("texts/a.txt"), "backend": "reference", "nproc": 2,
     "dist_timeout": 30.0, "json": True, "resolution": 0.05, "max_seeds": 3, "workers": 1,
-    "data_fraction": 0.5,
+    "data_fraction": 0.5, "time_budget": 60.0,
 }
 
 
@@ -44,6 +44,8 @@ def test_defaults_and_normalisation():
     assert CompareConfig(seeds=3, max_seeds=8).seed_budget == 8
     assert CompareConfig(preset="smoke").seed_budget == 1  # smoke: no adaptive seeding
     assert CompareConfig(workers=3).worker_count() == 3
+    assert CompareConfig().time_budget_s == 540.0 and CompareConfig(preset="smoke").time_budget_s is None
+    assert CompareConfig(time_budget=float("inf")).time_budget_s is None
     assert CompareConfig(nproc=2).worker_count() == 1
     assert CompareConfig(preset="quick").seed_list() == list(range(PRESETS["quick"].seeds))
     assert CompareConfig(seed=5, seeds=3).seed_list() == [5, 6, 7]
@@ -70,6 +72,7 @@ def test_defaults_and_normalisation():
     ({"workers": 0}, "--workers must be a positive integer, got 0"),
     ({"workers": 2, "nproc": 2}, "--workers and --nproc exclude each other"),
     ({"data_fraction": 0.0}, "--data-fraction must be in (0, 1], got 0.0"),
+    ({"time_budget": 0}, "--time-budget must be a positive number of seconds, got 0"),
     ({"data_fraction": 1.5}, "--data-fraction must be in (0, 1], got 1.5"),
 ])
 def test_bad_values_are_one_clear_usage_error(kw, needle):

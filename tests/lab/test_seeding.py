@@ -4,7 +4,7 @@ import hashlib
 import itertools
 
 from ffnlab.lab import comparisons as CMP
-from ffnlab.lab.seeding import plan
+from ffnlab.lab.seeding import plan, trim_round
 
 
 def _noise(*parts) -> float:
@@ -24,6 +24,8 @@ def _world(spread: dict[str, float], gap: dict[str, float]):
         if (v, s) not in done:
             return None
         return {"seed": s, "val_bpb": 2.0 + gap[v] + spread[v] * _noise(v, s), "diverged": False}
+
+    finished.done = done  # the runs that have finished so far
 
     def run_to_completion(variants, **kw):
         rounds = []
@@ -96,3 +98,49 @@ def test_the_plan_depends_only_on_finished_rounds():
 
     again = plan(["relu", "gelu"], 0, initial=2, max_seeds=12, resolution=0.02, finished=partial)
     assert not again.complete and again.counts == full.counts
+
+
+def test_trim_round_serves_the_widest_intervals_first():
+    counts = {"relu": 4, "gelu": 4, "swish": 4, "geglu": 4}
+    new = {"relu": 6, "gelu": 6, "swish": 6, "geglu": 4}
+    priority = {"relu": 0.05, "swish": 0.04, "gelu": 0.03}
+    assert trim_round(counts, new, 3, priority) == {"relu": 5, "gelu": 5, "swish": 5, "geglu": 4}
+    assert trim_round(counts, new, 2, priority) == {"relu": 5, "gelu": 4, "swish": 5, "geglu": 4}
+    assert trim_round(counts, new, 0, priority) == counts
+    assert trim_round(counts, new, 99, priority) == new
+
+
+def test_a_time_budget_cuts_rounds_and_the_cut_rounds_are_replayed():
+    finished, run = _world({"relu": 0.03, "gelu": 0.03, "swiglu": 0.03},
+                           {"relu": 0.0, "gelu": -0.01, "swiglu": -0.04})
+    budget = {"runs": 5}  # a budget of 5 more runs in all, then nothing
+
+    def fit(counts, new, priority):
+        cut = trim_round(counts, new, budget["runs"], priority)
+        budget["runs"] -= sum(cut.values()) - sum(counts.values())
+        return cut
+
+    done, recorded = finished.done, []
+    fin = finished
+    while True:
+        p = plan(["relu", "gelu", "swiglu"], 0, initial=3, max_seeds=20, resolution=0.02,
+                 finished=fin, recorded=recorded, fit=fit)
+        recorded += p.new_rounds
+        missing = [k for k in p.wanted(0) if k not in done]
+        if not missing:
+            break
+        done.update(missing)
+    assert p.complete and p.stopped == "time budget"
+    assert sum(p.counts.values()) == 9 + 5 and p.counts["relu"] >= max(p.counts.values()) - 1
+    # Replayed without the budget, the recorded rounds give the same plan; deciding is off.
+    again = plan(["relu", "gelu", "swiglu"], 0, initial=3, max_seeds=20, resolution=0.02,
+                 finished=fin, recorded=recorded, decide=False)
+    assert again.counts == p.counts and again.complete and again.new_rounds == ()
+
+
+def test_the_reason_a_plan_stopped():
+    _, run = _world({"relu": 0.0, "gelu": 0.0}, {"relu": 0.0, "gelu": -0.05})
+    assert run(["relu", "gelu"], initial=2, max_seeds=5, resolution=0.02)[0].stopped == "resolved"
+    _, run = _world({"relu": 0.5, "gelu": 0.5}, {"relu": 0.0, "gelu": 0.0})
+    assert run(["relu", "gelu"], initial=2, max_seeds=3, resolution=0.02)[0].stopped == "max seeds"
+    assert run(["relu", "gelu"], initial=2, max_seeds=2, resolution=0.02)[0].stopped == "fixed"

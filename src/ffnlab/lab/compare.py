@@ -154,6 +154,7 @@ def _run(cfg: CompareConfig, ctx: distributed.DistContext) -> Results:
                            model_cfg=model_cfg, train_cfg=train_cfg, corpus=corpus,
                            data=None if cfg.data is None else str(cfg.data),
                            data_fraction=cfg.data_fraction, executor=executor,
+                           time_budget=cfg.time_budget_s,
                            device=ctx.device,  # under torchrun with cuda: this rank's GPU
                            dtype=cfg.dtype, backend=cfg.backend, fingerprint=fingerprint,
                            dist=ctx)

@@ -40,7 +40,8 @@ class Preset:
 
     ``seeds``: seeds every variant starts with; ``max_seeds``: how far adaptive seeding may go
     (equal to ``seeds``: no adaptive seeding); ``variants``: the default list (``()``: every
-    registered variant).
+    registered variant); ``time_budget_s``: wall seconds after which adaptive seeding starts
+    no new round (``None``: no limit).
     """
 
     model: dict
@@ -50,6 +51,7 @@ class Preset:
     act_numel: int
     max_seeds: int | None = None
     variants: tuple[str, ...] = DEFAULT_VARIANTS
+    time_budget_s: float | None = None
 
     @property
     def seed_budget(self) -> int:
@@ -72,7 +74,7 @@ PRESETS: dict[str, Preset] = {
         model={"dim": 64, "n_layers": 1, "n_heads": 4, "seq_len": 64},
         train={"steps": 1000, "batch_size": 32, "lr": 6e-3, "warmup": 100, "eval_every": 250,
                "eval_tokens": 100_000, "ckpt_every": 100, "min_lr_ratio": 0.0},
-        seeds=4, max_seeds=6, timing_reps=10, act_numel=1 << 20,
+        seeds=4, max_seeds=8, timing_reps=10, act_numel=1 << 20, time_budget_s=540.0,
     ),
     "full": Preset(
         model={"dim": 256, "n_layers": 4, "n_heads": 8, "seq_len": 256},
@@ -124,7 +126,10 @@ class CompareConfig:
     may reach while a comparison's 95 % interval is wider than ``resolution`` bits per byte;
     ``steps`` ``None`` keeps the preset's. ``workers``: independent runs train on that many
     local processes with one torch thread each (``None``: one per CPU core on cpu, 1 on cuda; 1:
-    this process). ``data_fraction``: the share of the training split used. ``nproc`` asks for that many data-parallel processes on this
+    this process). ``data_fraction``: the share of the training split used. ``time_budget``:
+    seconds of wall time after which adaptive seeding adds no seeds, and rounds are cut to what
+    fits (``None``: the preset's; quick has 540 s, so that the default run ends within ten
+    minutes with its measurements and report). ``nproc`` asks for that many data-parallel processes on this
     machine (``None``: this process, or the group torchrun started). ``json``: the command
     prints results.json when done. Paths are kept as given (relative to the current folder).
     """
@@ -136,6 +141,7 @@ class CompareConfig:
     max_seeds: int | None = None
     workers: int | None = None
     data_fraction: float = 1.0
+    time_budget: float | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     seed: int = 0
@@ -196,6 +202,12 @@ class CompareConfig:
                 or not 0.0 < self.data_fraction <= 1.0:
             raise UsageError(f"--data-fraction must be in (0, 1], got {self.data_fraction!r}")
         object.__setattr__(self, "data_fraction", float(self.data_fraction))
+        if self.time_budget is not None:
+            if isinstance(self.time_budget, bool) or not isinstance(self.time_budget, (int, float)) \
+                    or not self.time_budget > 0:
+                raise UsageError(f"--time-budget must be a positive number of seconds, got "
+                                 f"{self.time_budget!r}")
+            object.__setattr__(self, "time_budget", float(self.time_budget))
 
     # --- derived values -------------------------------------------------------------------------
 
@@ -223,6 +235,12 @@ class CompareConfig:
     def seed_list(self) -> list[int]:
         """The seeds every variant starts with: ``seed, seed + 1, ...``."""
         return [self.seed + i for i in range(self.initial_seeds)]
+
+    @property
+    def time_budget_s(self) -> float | None:
+        """The time budget in force (``time_budget``, else the preset's; inf: none)."""
+        t = PRESETS[self.preset].time_budget_s if self.time_budget is None else self.time_budget
+        return None if t is None or math.isinf(t) else t
 
     def worker_count(self) -> int:
         """Processes that train runs side by side (see ``workers``)."""

@@ -141,6 +141,13 @@ def _seeding_text(results: Mapping) -> str:
             f"comparison whose interval was too wide, up to {top}")
     if isinstance(rounds, int):
         text += f", in {rounds} round{'s' if rounds != 1 else ''}"
+    budget = seeding.get("time_budget_s")
+    why = {"resolved": "every interval reached the resolution",
+           "max seeds": "the variants of the remaining wide intervals reached the maximum",
+           "time budget": (f"the time budget ({budget:g} s) was spent" if isinstance(budget, (int, float))
+                           else "the time budget was spent")}.get(seeding.get("stopped"))
+    if seeding.get("complete") is True and why:
+        return text + f"; it stopped because {why}."
     if seeding.get("complete") is True:
         return text + "; it finished (every interval resolved, or its variants at the maximum)."
     if seeding.get("complete") is False:

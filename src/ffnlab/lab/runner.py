@@ -12,6 +12,7 @@ resumes from ``OUT/checkpoints/<variant>-s<seed>`` (see :mod:`ffnlab.lab.train`)
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from . import distributed, io
 from .config import Preset
 from .executor import RunJob
 from .results import build_results, now
-from .seeding import SeedPlan, plan
+from .seeding import SeedPlan, plan, trim_round
 
 __all__ = ["CompareRunner"]
 
@@ -38,12 +39,16 @@ class CompareRunner:
                  max_seeds: int, resolution: float | None, preset: Preset, preset_name: str,
                  model_cfg, train_cfg, corpus, data: str | None, data_fraction: float,
                  device: torch.device, dtype: torch.dtype, backend: str, fingerprint: dict,
-                 executor=None, threads: int | None = None,
+                 executor=None, threads: int | None = None, time_budget: float | None = None,
                  dist: distributed.DistContext = distributed.SINGLE) -> None:
         self.out, self.variants, self.seed0 = out, variants, seed0
         self.initial_seeds, self.max_seeds, self.resolution = initial_seeds, max_seeds, resolution
         self.data, self.data_fraction = data, data_fraction
         self.executor, self.threads = executor, threads
+        self.time_budget = time_budget
+        self.workers = 1 if executor is None else executor.workers
+        self.t0 = time.monotonic()
+        self.stopped: str | None = None
         self.preset, self.preset_name = preset, preset_name
         self.model_cfg, self.train_cfg, self.corpus = model_cfg, train_cfg, corpus
         self.device, self.dtype, self.backend, self.fingerprint = device, dtype, backend, fingerprint
@@ -97,10 +102,48 @@ class CompareRunner:
 
     # --- the runs ------------------------------------------------------------------------------
 
-    def plan(self) -> SeedPlan:
-        """The runs wanted now (adaptive seeding: :mod:`ffnlab.lab.seeding`)."""
-        return plan(self.variants, self.seed0, initial=self.initial_seeds,
-                    max_seeds=self.max_seeds, resolution=self.resolution, finished=self.finished)
+    @property
+    def seeding_path(self) -> Path:
+        return self.out / "seeding.json"
+
+    def recorded_rounds(self) -> list[dict[str, int]]:
+        """The adaptive rounds decided by earlier invocations (``OUT/seeding.json``)."""
+        try:
+            data = files.read_json(self.seeding_path)
+        except (OSError, ValueError):
+            return []
+        rounds = data.get("rounds") if isinstance(data, dict) else None
+        if not isinstance(rounds, list):
+            return []
+        return [{k: v for k, v in r.items() if isinstance(v, int)} for r in rounds
+                if isinstance(r, dict)]
+
+    def _fit(self, counts, new, priority) -> dict[str, int]:
+        """Cut a new round to what is left of the time budget (whole waves of runs)."""
+        if self.time_budget is None:
+            return dict(new)
+        walls = [r["wall_s"] for v, n in counts.items() for i in range(n)
+                 if (r := self.finished(v, self.seed0 + i)) is not None and r.get("wall_s")]
+        if not walls:
+            return dict(new)
+        per_run = sum(walls) / len(walls)
+        left = self.time_budget - (time.monotonic() - self.t0)
+        waves = int(left // per_run)
+        return trim_round(counts, new, waves * self.workers, priority)
+
+    def plan(self, *, deciding: bool = False) -> SeedPlan:
+        """The runs wanted now (adaptive seeding: :mod:`ffnlab.lab.seeding`). ``deciding``:
+        this invocation may decide new rounds (they are recorded), with its time budget."""
+        recorded = self.recorded_rounds()
+        p = plan(self.variants, self.seed0, initial=self.initial_seeds,
+                 max_seeds=self.max_seeds, resolution=self.resolution, finished=self.finished,
+                 recorded=recorded, fit=self._fit if deciding else None, decide=deciding)
+        if deciding and p.new_rounds:
+            files.atomic_write_json(self.seeding_path,
+                                    {"rounds": [*recorded, *p.new_rounds]})
+        if deciding:
+            self.stopped = p.stopped
+        return p
 
     def job(self, variant: str, seed: int) -> RunJob:
         return RunJob(variant=variant, seed=seed, model=self.model_cfg.as_dict(),
@@ -126,7 +169,8 @@ class CompareRunner:
         while True:
             # Every rank asks rank 0's files, so all agree on the round.
             pending = self.dist.agree(lambda: [
-                [v, s] for v, s in self.plan().wanted(self.seed0) if not self.finished(v, s)])
+                [v, s] for v, s in self.plan(deciding=True).wanted(self.seed0)
+                if not self.finished(v, s)])
             if not pending:
                 return
             self._run_round([self.job(v, s) for v, s in pending], console)
@@ -189,7 +233,9 @@ class CompareRunner:
             status=status, preset_name=self.preset_name, variants=self.variants,
             seeds=seeds, runs={(v, s): self.finished(v, s) for v, s in wanted},
             seeding={"initial": self.initial_seeds, "max": self.max_seeds,
-                     "rounds": p.rounds, "complete": p.complete, "counts": p.counts},
+                     "rounds": p.rounds, "complete": p.complete, "counts": p.counts,
+                     "stopped": self.stopped if p.complete else None,
+                     "time_budget_s": self.time_budget},
             resolution=self.resolution, data_fraction=self.data_fraction,
             model_cfg=self.model_cfg, train_cfg=self.train_cfg, device=self.device,
             dtype_name=self.fingerprint["dtype"], backend=self.backend,

@@ -7,10 +7,12 @@ needs (:func:`~ffnlab.lab.comparisons.seeds_needed`), at least one more, at most
 has (a spread from few seeds is itself uncertain), and never past ``max_seeds``. Variants that
 are resolved get no new seed unless a comparison they are part of needs one.
 
-The plan is a pure function of the finished runs of the earlier rounds, computed from round 0
-each time (:func:`plan`): an invocation that was interrupted, or runs on another machine with the
-same finished runs, asks for exactly the same runs, so a resumed adaptive run keeps the seeds it
-had and adds only what is missing.
+The plan is a function of the finished runs of the earlier rounds, computed from round 0 each
+time (:func:`plan`): an invocation that was interrupted asks for exactly the same runs, so a
+resumed adaptive run keeps the seeds it had and adds only what is missing. A time budget may
+cut a round short (:func:`trim_round`: the variants of the widest intervals first); that
+depends on the machine's speed, so the rounds decided are recorded (``OUT/seeding.json``) and
+replayed on resume rather than decided again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 from .comparisons import comparisons, seeds_needed
 
-__all__ = ["SeedPlan", "plan", "next_round"]
+__all__ = ["SeedPlan", "plan", "next_round", "trim_round"]
 
 Record = Mapping  # a finished run's record: at least "seed", "val_bpb", "diverged"
 
@@ -28,12 +30,16 @@ Record = Mapping  # a finished run's record: at least "seed", "val_bpb", "diverg
 @dataclass(frozen=True)
 class SeedPlan:
     """``counts``: variant -> number of seeds wanted (seeds ``seed0 .. seed0 + count - 1``);
-    ``rounds``: rounds computed; ``complete``: every wanted run has finished and no comparison
-    asks for more (resolved, or held back by ``max_seeds``)."""
+    ``rounds``: rounds so far; ``complete``: every wanted run has finished and no round follows;
+    ``stopped``: why no round follows (``"resolved"``, ``"max seeds"``, ``"time budget"``,
+    ``"fixed"`` when adaptive seeding is off; None while incomplete); ``new_rounds``: rounds
+    decided by this call, which the caller records so that a later call replays them."""
 
     counts: dict[str, int]
     rounds: int
     complete: bool
+    stopped: str | None = None
+    new_rounds: tuple[dict[str, int], ...] = ()
 
     def wanted(self, seed0: int) -> list[tuple[str, int]]:
         return [(v, seed0 + i) for v, n in self.counts.items() for i in range(n)]
@@ -50,38 +56,86 @@ def _results_view(counts: Mapping[str, int], seed0: int,
 
 
 def next_round(counts: Mapping[str, int], seed0: int, finished: Callable[[str, int], Record | None],
-               *, resolution: float, max_seeds: int) -> dict[str, int]:
-    """The counts after one more round, given that every run of ``counts`` has finished."""
+               *, resolution: float, max_seeds: int) -> tuple[dict[str, int], dict[str, float]]:
+    """The counts after one more round, given that every run of ``counts`` has finished, and
+    each variant's priority: the widest half-width among its comparisons that ask for seeds."""
     view = _results_view(counts, seed0, finished)
     new = dict(counts)
+    priority: dict[str, float] = {}
     for c in comparisons(view, resolution):
         if c.resolved:
             continue
         have = min(counts[c.a], counts[c.b])
         want = seeds_needed(c.std, resolution, at_least=have + 1, cap=max_seeds)
         want = min(max_seeds, max(have + 1, min(want, 2 * have)))
+        width = c.half_width if c.half_width == c.half_width else float("inf")  # NaN: 1 seed
         for v in (c.a, c.b):
-            new[v] = max(new[v], want)
-    return new
+            if want > new[v]:
+                new[v] = want
+            if want > counts[v]:
+                priority[v] = max(priority.get(v, 0.0), width)
+    return new, priority
+
+
+def trim_round(counts: Mapping[str, int], new: Mapping[str, int], runs: int,
+               priority: Mapping[str, float]) -> dict[str, int]:
+    """``new`` cut down to at most ``runs`` added runs: one seed at a time, to the variants of
+    the widest intervals first (so the seeds that remain still pair up with relu's)."""
+    out = dict(counts)
+    order = sorted((v for v in new if new[v] > counts[v]), key=lambda v: (-priority.get(v, 0.0), v))
+    left = max(0, int(runs))
+    while left > 0:
+        grew = False
+        for v in order:
+            if left > 0 and out[v] < new[v]:
+                out[v] += 1
+                left -= 1
+                grew = True
+        if not grew:
+            break
+    return out
+
+
+Fit = Callable[[Mapping[str, int], Mapping[str, int], Mapping[str, float]], dict[str, int]]
 
 
 def plan(variants: Sequence[str], seed0: int, *, initial: int, max_seeds: int,
-         resolution: float | None, finished: Callable[[str, int], Record | None]) -> SeedPlan:
-    """The runs wanted now: round 0, then one round more for each round that has finished.
+         resolution: float | None, finished: Callable[[str, int], Record | None],
+         recorded: Sequence[Mapping[str, int]] = (), fit: Fit | None = None,
+         decide: bool = True) -> SeedPlan:
+    """The runs wanted now: round 0, the ``recorded`` rounds, then one round more for each
+    round that has finished.
 
     ``finished(variant, seed)`` is the record of a finished run or None. ``resolution`` None
     (or ``max_seeds <= initial``) turns adaptive seeding off: round 0 is the whole plan.
+    ``fit(counts, new, priority)`` may cut a new round down (to what a time budget allows); a
+    round it cuts to nothing ends the plan with ``stopped="time budget"``.
     """
     counts = {v: initial for v in variants}
-    rounds = 1
+    for r in recorded:
+        counts = {v: max(n, int(r.get(v, 0))) for v, n in counts.items()}
+    rounds, new_rounds = 1 + len(recorded), []
     while True:
-        all_done = all(finished(v, seed0 + i) is not None
-                       for v, n in counts.items() for i in range(n))
-        if not all_done:
-            return SeedPlan(counts, rounds, complete=False)
+        if not all(finished(v, seed0 + i) is not None for v, n in counts.items() for i in range(n)):
+            return SeedPlan(counts, rounds, False, None, tuple(new_rounds))
         if resolution is None or max_seeds <= initial:
-            return SeedPlan(counts, rounds, complete=True)
-        new = next_round(counts, seed0, finished, resolution=resolution, max_seeds=max_seeds)
+            return SeedPlan(counts, rounds, True, "fixed", tuple(new_rounds))
+        if not decide:
+            return SeedPlan(counts, rounds, True, None, tuple(new_rounds))
+        new, priority = next_round(counts, seed0, finished, resolution=resolution,
+                                   max_seeds=max_seeds)
         if new == counts:
-            return SeedPlan(counts, rounds, complete=True)
+            stopped = "max seeds" if priority or _any_unresolved(counts, seed0, finished,
+                                                                 resolution) else "resolved"
+            return SeedPlan(counts, rounds, True, stopped, tuple(new_rounds))
+        if fit is not None:
+            new = fit(counts, new, priority)
+            if new == counts:
+                return SeedPlan(counts, rounds, True, "time budget", tuple(new_rounds))
         counts, rounds = new, rounds + 1
+        new_rounds.append(dict(new))
+
+
+def _any_unresolved(counts, seed0, finished, resolution) -> bool:
+    return any(not c.resolved for c in comparisons(_results_view(counts, seed0, finished),
+                                                   resolution))
