@@ -15,7 +15,7 @@ $(BIN)/activate:
 	$(BIN)/pip install --quiet $(TORCH_PIN)
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev,hf,triton]' $(TORCH_PIN)
+	$(BIN)/pip install --quiet -e '.[dev,hf,triton,ray]' $(TORCH_PIN)
 	touch $@
 
 venv: $(VENV)/.installed

@@ -42,7 +42,9 @@ def test_every_flag_is_a_config_field_and_every_field_a_flag(tmp_path):
     default = cmd.config_from_args(_parser().parse_args([]))
     assert default == CompareConfig()
     unchanged = [f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) == getattr(default, f.name)]
-    assert unchanged == []
+    assert unchanged == ["ray"]  # --ray excludes --nproc and --workers
+    ray = cmd.config_from_args(_parser().parse_args(["--ray", "auto"]))
+    assert ray.ray == "auto"
 
 
 def test_nproc_hands_every_field_to_the_workers(tmp_path, monkeypatch):

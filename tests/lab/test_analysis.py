@@ -226,20 +226,37 @@ def test_glu_quality_without_twins_is_not_measured():
     assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation
 
 
-@pytest.mark.parametrize("ratio, expected", [(1.25, C.SUPPORTED), (1.02, C.NOT_SUPPORTED)])
-def test_glu_compute_claim(ratio, expected):
-    r = make_results({"gelu": [2.5], "geglu": [2.4]}, {"geglu": {"ffn_ms": ratio}})
+def _with_ffn_ratios(r: dict, ratios: dict[str, tuple[float, float, float]]) -> dict:
+    r["measured"] = {"ffn_ratios": {k: {"median": m, "ci95": [lo, hi], "coverage": 0.98, "n": 30}
+                                    for k, (m, lo, hi) in ratios.items()}}
+    return r
+
+
+@pytest.mark.parametrize("interval, expected", [
+    ((1.25, 1.20, 1.31), C.SUPPORTED),      # slower beyond the band
+    ((1.01, 0.98, 1.03), C.NOT_SUPPORTED),  # inside the band: not slower
+    ((1.06, 1.02, 1.09), C.INCONCLUSIVE),   # straddles the band's edge
+])
+def test_glu_compute_claim(interval, expected):
+    r = _with_ffn_ratios(make_results({"gelu": [2.5], "geglu": [2.4]}), {"geglu/gelu": interval})
     v = _verdict(r, "glu_compute")
     assert v.verdict == expected
     # hidden 64 = 2/3 of 96: three [32x64] matmuls cost what two [32x96] ones do.
     assert v.numbers["pairs"]["geglu"]["matmul_flops_ratio"] == pytest.approx(1.0)
-    assert v.numbers["pairs"]["geglu"]["ffn_ms_ratio"] == pytest.approx(ratio)
+    assert v.numbers["pairs"]["geglu"]["ffn_time_ratio"]["median"] == interval[0]
+    assert f"[{interval[1]:.2f}, {interval[2]:.2f}]" in v.explanation
 
 
-def test_glu_compute_mixed_pairs_is_inconclusive():
-    r = make_results({"gelu": [2.5], "geglu": [2.4], "relu": [2.5], "reglu": [2.4]},
-                     {"geglu": {"ffn_ms": 1.3}, "reglu": {"ffn_ms": 1.0}})
-    assert _verdict(r, "glu_compute").verdict == C.INCONCLUSIVE
+def test_glu_compute_one_pair_not_slower_is_not_supported():
+    r = _with_ffn_ratios(make_results({"gelu": [2.5], "geglu": [2.4], "relu": [2.5],
+                                       "reglu": [2.4]}),
+                         {"geglu/gelu": (1.3, 1.25, 1.35), "reglu/relu": (1.0, 0.98, 1.02)})
+    assert _verdict(r, "glu_compute").verdict == C.NOT_SUPPORTED
+
+
+def test_glu_compute_without_ratios_is_not_measured():
+    v = _verdict(make_results({"gelu": [2.5], "geglu": [2.4]}), "glu_compute")
+    assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation
 
 
 @pytest.mark.parametrize("best, expected", [
@@ -290,7 +307,7 @@ def test_fixture_verdicts():
     assert got == {"speed_order": C.INCONCLUSIVE, "sigmoid_cost": C.INCONCLUSIVE,
                    "smooth_beats_relu": C.SUPPORTED, "relu_dies": C.SUPPORTED,
                    "saturation": C.INCONCLUSIVE, "swish_beta": C.INCONCLUSIVE,
-                   "glu_quality": C.SUPPORTED, "glu_compute": C.SUPPORTED,
+                   "glu_quality": C.SUPPORTED, "glu_compute": C.INCONCLUSIVE,
                    "glu_best": C.SUPPORTED}
     best, runner, pd = A.best_variant(r)
     assert (best, runner) == ("geglu", "swiglu") and not pd.distinguishable

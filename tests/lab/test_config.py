@@ -18,8 +18,13 @@ EVERY_FIELD = {
 }
 
 
+# --ray excludes --nproc and --workers: it is set in a configuration of its own.
+WITH_RAY = {**{k: v for k, v in EVERY_FIELD.items() if k not in ("nproc", "workers")},
+            "ray": "auto"}
+
+
 def test_every_field_is_set_above():
-    assert set(EVERY_FIELD) == {f.name for f in dataclasses.fields(CompareConfig)}
+    assert set(EVERY_FIELD) | {"ray"} == {f.name for f in dataclasses.fields(CompareConfig)}
     default = CompareConfig()
     for name, value in EVERY_FIELD.items():
         assert getattr(default, name) != value, name
@@ -29,8 +34,11 @@ def test_json_round_trip_keeps_every_field():
     cfg = CompareConfig(**EVERY_FIELD)
     back = CompareConfig.from_json(cfg.to_json())
     assert back == cfg
-    assert {f.name: getattr(back, f.name) for f in dataclasses.fields(back)} == EVERY_FIELD
+    assert {f.name: getattr(back, f.name) for f in dataclasses.fields(back)} == {
+        **EVERY_FIELD, "ray": None}
     assert CompareConfig.from_json(CompareConfig().to_json()) == CompareConfig()
+    ray = CompareConfig(**WITH_RAY)
+    assert CompareConfig.from_json(ray.to_json()) == ray and ray.ray == "auto"
 
 
 def test_defaults_and_normalisation():
@@ -73,6 +81,9 @@ def test_defaults_and_normalisation():
     ({"workers": 2, "nproc": 2}, "--workers and --nproc exclude each other"),
     ({"data_fraction": 0.0}, "--data-fraction must be in (0, 1], got 0.0"),
     ({"time_budget": 0}, "--time-budget must be a positive number of seconds, got 0"),
+    ({"ray": ""}, "--ray takes a Ray address"),
+    ({"ray": "auto", "workers": 2}, "--ray schedules the runs itself"),
+    ({"ray": "auto", "nproc": 2}, "--ray schedules the runs itself"),
     ({"data_fraction": 1.5}, "--data-fraction must be in (0, 1], got 1.5"),
 ])
 def test_bad_values_are_one_clear_usage_error(kw, needle):

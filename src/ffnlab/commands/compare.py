@@ -62,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds after which adaptive seeding starts no new round and cuts the "
                         "last to what fits; inf for none (default: the preset's, 540 for quick)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the training runs as tasks on a Ray cluster (auto, "
+                        "ray://host:port, or local); needs ffnlab[ray]")
     p.add_argument("--data-fraction", type=float, default=1.0,
                    help="train on this share of the training split, in (0, 1] (default: 1)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
@@ -79,7 +82,7 @@ def config_from_args(args: argparse.Namespace) -> CompareConfig:
     return CompareConfig(
         preset=args.preset, out=Path(args.out), variants=_variants(args.variants),
         resolution=args.resolution, max_seeds=args.max_seeds, workers=args.workers,
-        data_fraction=args.data_fraction, time_budget=args.time_budget,
+        data_fraction=args.data_fraction, time_budget=args.time_budget, ray=args.ray,
         device=parse_device(args.device), dtype=parse_dtype(args.dtype), seed=args.seed,
         seeds=args.seeds, steps=args.steps, data=None if args.data is None else Path(args.data),
         backend=args.backend, nproc=args.nproc, dist_timeout=args.dist_timeout, json=args.json,

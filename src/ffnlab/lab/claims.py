@@ -404,43 +404,45 @@ def claim_glu_quality(results: Mapping) -> Verdict:
 
 
 def claim_glu_compute(results: Mapping) -> Verdict:
+    """Gated vs plain FFN time at equal parameters, from the paired per-round ratios of the
+    whole FFN's forward+backward (``measured.ffn_ratios``) and their intervals."""
     cid = "glu_compute"
     claim = "GLU variants cost more compute than the plain FFN."
     src = "缺点:计算量更大,参数量也可能更多"
     by = variants_by_name(results)
-    pairs = [(g, p) for g, p in _twins(by)
-             if _metric(by, g, "ffn_ms") > 0 and _metric(by, p, "ffn_ms") > 0]
+    ratios = ((results.get("measured") or {}).get("ffn_ratios") or {})
+    pairs = [(g, p) for g, p in _twins(by) if isinstance(ratios.get(f"{g}/{p}"), Mapping)]
     if not pairs:
         return Verdict(cid, claim, src, INCONCLUSIVE, "Not measured: no gated variant was timed "
                        "together with its plain twin.", {})
     from ..sizing import ffn_flops_per_token
 
     dim = ((results.get("config") or {}).get("model") or {}).get("dim")
-    nums: dict = {"pairs": {}, "noise": TIMING_NOISE}
-    slower = 0
-    parts = []
+    nums: dict = {"pairs": {}, "band": SPEED_BAND}
+    calls, parts = [], []
     for g, p in pairs:
-        t = _metric(by, g, "ffn_ms") / _metric(by, p, "ffn_ms")
-        tps = _metric(by, g, "tokens_per_s") / _metric(by, p, "tokens_per_s")
+        r = ratios[f"{g}/{p}"]
+        call = ratio_call(r.get("ci95") or [])
         try:
             flops = (ffn_flops_per_token(g, dim, by[g]["hidden"])["matmul"]
                      / ffn_flops_per_token(p, dim, by[p]["hidden"])["matmul"])
         except (ValueError, TypeError, KeyError):
             flops = math.nan
-        nums["pairs"][g] = {"plain": p, "ffn_ms_ratio": t, "tokens_per_s_ratio": tps,
+        nums["pairs"][g] = {"plain": p, "ffn_time_ratio": r, "call": call,
                             "matmul_flops_ratio": flops}
-        slower += t > 1 + TIMING_NOISE
-        parts.append(f"{g}/{p}: FFN time {t:.2f}×, throughput {tps:.2f}×, matmul FLOPs "
-                     f"{flops:.2f}×")
-    if 2 * slower > len(pairs):
-        verdict, tail = SUPPORTED, "the gated FFN is measurably slower"
-    elif slower == 0:
-        verdict, tail = NOT_SUPPORTED, (f"at equal parameters (gated hidden ≈ 2/3) the gated "
-                                        f"FFN costs the same within {TIMING_NOISE:.0%}; it is "
-                                        "1.5× the FLOPs only at equal hidden size")
-    else:
-        verdict, tail = INCONCLUSIVE, "pairs disagree"
-    return Verdict(cid, claim, src, verdict, f"{'; '.join(parts)}: {tail}.", nums)
+        calls.append(call)
+        lo, hi = (as_float(x) for x in (r.get("ci95") or [math.nan, math.nan]))
+        parts.append(f"{g}/{p}: FFN time {as_float(r.get('median')):.2f}× [{lo:.2f}, {hi:.2f}] "
+                     f"({call}), matmul FLOPs {flops:.2f}×")
+    verdict = _speed_verdict(calls)
+    tail = {SUPPORTED: "the gated FFN is measurably slower at equal parameters",
+            NOT_SUPPORTED: (f"at equal parameters (gated hidden ≈ 2/3) a gated FFN is not slower "
+                            f"beyond the ±{SPEED_BAND:.0%} band; it is 1.5× the FLOPs only at "
+                            "equal hidden size"),
+            INCONCLUSIVE: f"an interval straddles the ±{SPEED_BAND:.0%} band"}[verdict]
+    return Verdict(cid, claim, src, verdict,
+                   f"Paired per-round ratios, median with 95 % interval: {'; '.join(parts)}: "
+                   f"{tail}.", nums)
 
 
 def claim_glu_best(results: Mapping) -> Verdict:

@@ -127,10 +127,25 @@ def run_compare(cfg: CompareConfig) -> Results:
         distributed.shutdown(ctx, orderly=orderly)
 
 
+def _executor(cfg: CompareConfig, ctx: distributed.DistContext):
+    """Where the runs go: Ray, a local pool, or None (this process, and DDP under torchrun)."""
+    if cfg.ray is not None:
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(cfg.ray, threads=1)  # connects now: before anything is written
+    workers = 1 if ctx.distributed else cfg.worker_count()
+    if workers > 1:
+        from .executor import PoolExecutor
+
+        return PoolExecutor(workers, threads=1)
+    return None
+
+
 def _run(cfg: CompareConfig, ctx: distributed.DistContext) -> Results:
     from .data import load_corpus
 
     preset, model_cfg, train_cfg = cfg.resolved()
+    executor = _executor(cfg, ctx)
     if ctx.distributed:
         # Every rank trains on its own copy of the corpus (on several machines, each reads its
         # own --data); rank 0 alone touches out, and all must hold the same bytes.
@@ -142,12 +157,6 @@ def _run(cfg: CompareConfig, ctx: distributed.DistContext) -> Results:
         out = cfg.out
     else:
         corpus, out, fingerprint = _prepare_out(cfg)
-    workers = 1 if ctx.distributed else cfg.worker_count()
-    executor = None
-    if workers > 1:
-        from .executor import PoolExecutor
-
-        executor = PoolExecutor(workers, threads=1)
     runner = CompareRunner(out=out, variants=list(cfg.variants), seed0=cfg.seed,
                            initial_seeds=cfg.initial_seeds, max_seeds=cfg.seed_budget,
                            resolution=cfg.resolution, preset=preset, preset_name=cfg.preset,

@@ -74,7 +74,7 @@ PRESETS: dict[str, Preset] = {
         model={"dim": 64, "n_layers": 1, "n_heads": 4, "seq_len": 64},
         train={"steps": 1000, "batch_size": 32, "lr": 6e-3, "warmup": 100, "eval_every": 250,
                "eval_tokens": 100_000, "ckpt_every": 100, "min_lr_ratio": 0.0},
-        seeds=4, max_seeds=8, timing_reps=10, act_numel=1 << 20, time_budget_s=540.0,
+        seeds=4, max_seeds=8, timing_reps=30, act_numel=1 << 20, time_budget_s=540.0,
     ),
     "full": Preset(
         model={"dim": 256, "n_layers": 4, "n_heads": 8, "seq_len": 256},
@@ -129,7 +129,9 @@ class CompareConfig:
     this process). ``data_fraction``: the share of the training split used. ``time_budget``:
     seconds of wall time after which adaptive seeding adds no seeds, and rounds are cut to what
     fits (``None``: the preset's; quick has 540 s, so that the default run ends within ten
-    minutes with its measurements and report). ``nproc`` asks for that many data-parallel processes on this
+    minutes with its measurements and report). ``ray``: a Ray cluster address (``auto``,
+    ``ray://host:port``, ``local``); the runs of each round become Ray tasks
+    (:mod:`ffnlab.lab.ray_executor`) instead of local workers. ``nproc`` asks for that many data-parallel processes on this
     machine (``None``: this process, or the group torchrun started). ``json``: the command
     prints results.json when done. Paths are kept as given (relative to the current folder).
     """
@@ -142,6 +144,7 @@ class CompareConfig:
     workers: int | None = None
     data_fraction: float = 1.0
     time_budget: float | None = None
+    ray: str | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     seed: int = 0
@@ -198,6 +201,12 @@ class CompareConfig:
             if self.nproc is not None and self.workers > 1:
                 raise UsageError("--workers and --nproc exclude each other: --nproc trains one "
                                  "run at a time on N processes, --workers N runs at a time")
+        if self.ray is not None:
+            if not isinstance(self.ray, str) or not self.ray.strip():
+                raise UsageError(f"--ray takes a Ray address (auto, ray://host:port, local), "
+                                 f"got {self.ray!r}")
+            if self.nproc is not None or self.workers is not None:
+                raise UsageError("--ray schedules the runs itself: leave out --nproc and --workers")
         if isinstance(self.data_fraction, bool) or not isinstance(self.data_fraction, (int, float)) \
                 or not 0.0 < self.data_fraction <= 1.0:
             raise UsageError(f"--data-fraction must be in (0, 1], got {self.data_fraction!r}")

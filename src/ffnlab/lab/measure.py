@@ -59,18 +59,31 @@ def saved_bytes_per_token(variant: str, model_cfg: ModelConfig, *, batch_size: i
     return nbytes * model_cfg.n_layers / (batch_size * model_cfg.seq_len)
 
 
-def _median_ms_side_by_side(fns: dict[str, Callable[[], None]], reps: int, device) -> dict[str, float]:
+def _median_ms_side_by_side(fns: dict[str, Callable[[], None]], reps: int, device,
+                            raw: dict | None = None) -> dict[str, float]:
     """Median wall time of each fn in ms, timed round-robin after one warm-up call each
-    (:func:`ffnlab.bench.timing.round_robin`); an error propagates."""
+    (:func:`ffnlab.bench.timing.round_robin`); an error propagates. ``raw``, when given,
+    receives each fn's per-round times in seconds (round ``i`` of every fn ran together)."""
     calls = {name: {"call": fn} for name, fn in fns.items()}
     times, _ = timing.round_robin(calls, torch.device(device), repeats=reps, errors=())
+    if raw is not None:
+        raw.update({k: list(t["call"]) for k, t in times.items()})
     return {k: timing.median(t["call"]) * 1e3 for k, t in times.items()}
+
+
+def paired_ratios(raw: dict[str, list[float]], pairs: list[tuple[str, str]]) -> dict[str, dict]:
+    """``"b/a" -> median_interval`` of the per-round time ratios ``t_b / t_a`` for each pair
+    present in ``raw`` (per-round times from :func:`_median_ms_side_by_side`)."""
+    return {f"{b}/{a}": median_interval([y / x for x, y in zip(raw[a], raw[b], strict=True)
+                                         if x > 0])
+            for a, b in pairs if a in raw and b in raw}
 
 
 def ffn_timings(variants: list[str], model_cfg: ModelConfig, *, batch_size: int, reps: int = 10,
                 backend: str = "auto", device: torch.device | str = "cpu",
-                dtype: torch.dtype = torch.float32) -> dict[str, float]:
-    """FFN-only forward+backward time in ms (median) at the model's size, for each variant.
+                dtype: torch.dtype = torch.float32, raw: dict | None = None) -> dict[str, float]:
+    """FFN-only forward+backward time in ms (median) at the model's size, for each variant
+    (``raw``: filled with the per-round times, for :func:`paired_ratios`).
 
     Equivalent PyTorch per call: ``y = ffn(x); y.backward(g)`` with ``x [B, T, dim]``.
     """
@@ -92,7 +105,7 @@ def ffn_timings(variants: list[str], model_cfg: ModelConfig, *, batch_size: int,
             ffn.zero_grad(set_to_none=True)
 
         fns[v] = fn
-    return _median_ms_side_by_side(fns, reps, device)
+    return _median_ms_side_by_side(fns, reps, device, raw)
 
 
 def activation_timings(variants: list[str], *, numel: int = 1 << 21, reps: int = 10,

@@ -28,7 +28,7 @@ DEFAULT_RESOLUTION = 0.02
 resolve (see docs/lab.md for what it costs)."""
 
 # Side measurements that are not per variant (recorded under "measured").
-EXTRA_MEASUREMENTS = ("activation_cost", "saturation", "swish_beta")
+EXTRA_MEASUREMENTS = ("activation_cost", "ffn_ratios", "saturation", "swish_beta")
 
 # The fields of a run record that results.json repeats per seed.
 PUBLIC_RUN_FIELDS = ("seed", "val_bpb", "curve", "tokens_per_s", "dead_fraction",
@@ -146,7 +146,9 @@ def build_results(*, status: str, preset_name: str, variants: list[str], seeds: 
             items.append(aggregate_variant(v, done, dim=m.dim, measured=measured))
     content = {"schema_version": SCHEMA_VERSION, "status": status, "config": config,
                "corpus": corpus_identity, "variants": items, "missing": missing,
-               "measured": {k: measured[k] for k in EXTRA_MEASUREMENTS if k in measured}}
+               # NaN (an interval from too few timing rounds) becomes null, as below
+               "measured": json_safe({k: measured[k] for k in EXTRA_MEASUREMENTS
+                                      if k in measured})}
     # NaN (a comparison with one seed) becomes null: results.json is strict JSON.
     content["comparisons"] = json_safe([c.to_dict() for c in
                                         comparisons(content, config["resolution_bpb"])])

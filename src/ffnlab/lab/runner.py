@@ -75,12 +75,14 @@ class CompareRunner:
         measurements behind the claims: each activation's cost with intervals, saturation at
         initialisation, Swish's β limits (the same whichever variants run)."""
         from . import swish_beta
+        from .comparisons import GATED_TWINS
         from .measure import (
             ACTIVATION_COST_REPS,
             activation_cost,
             activation_cost_numel,
             activation_timings,
             ffn_timings,
+            paired_ratios,
             saturation,
             saved_bytes_per_token,
         )
@@ -91,8 +93,13 @@ class CompareRunner:
             v: saved_bytes_per_token(v, self.model_cfg, batch_size=bs, backend=self.backend, **kw)
             for v in self.variants
         }
+        raw: dict = {}
         self.measured["ffn_ms"] = ffn_timings(self.variants, self.model_cfg, batch_size=bs,
-                                              reps=self.preset.timing_reps, backend=self.backend, **kw)
+                                              reps=self.preset.timing_reps, backend=self.backend,
+                                              raw=raw, **kw)
+        # gated / plain twin, paired by round: what the GLU-cost claim rests on
+        self.measured["ffn_ratios"] = paired_ratios(
+            raw, [(p, g) for g, p in GATED_TWINS.items() if g in raw and p in raw])
         self.measured["act_ns_per_element"] = activation_timings(
             self.variants, numel=self.preset.act_numel, reps=self.preset.timing_reps, **kw)
         self.measured["activation_cost"] = activation_cost(
