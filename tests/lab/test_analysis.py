@@ -61,15 +61,20 @@ def test_paired_difference_is_per_seed():
     assert lo == pytest.approx(-0.02 - 4.303 * 0.01 / math.sqrt(3))
     assert hi == pytest.approx(-0.02 + 4.303 * 0.01 / math.sqrt(3))
     assert pd.min_max == pytest.approx((-0.03, -0.01))
-    assert pd.distinguishable and pd.caution == ""
+    # |mean| is 3.5 standard errors, but with 2 degrees of freedom the t interval
+    # [-0.045, +0.005] still holds zero: not distinguishable, as the report's interval shows.
+    assert not pd.distinguishable and pd.caution == ""
+    four = A.paired_difference(make_results({"relu": [2.50, 2.40, 2.60, 2.55],
+                                             "gelu": [2.48, 2.39, 2.57, 2.53]}), "gelu", "relu")
+    assert four.ci95[1] < 0 and four.distinguishable
 
 
 def test_paired_and_unpaired_conclusions_differ():
     # Seed-to-seed variation (±0.1) is shared by both variants and dwarfs the 0.02 effect:
     # pairing removes it, the unpaired comparison drowns in it.
-    r = make_results({"relu": [2.50, 2.40, 2.60], "gelu": [2.48, 2.39, 2.57]})
+    r = make_results({"relu": [2.50, 2.40, 2.60, 2.55], "gelu": [2.48, 2.39, 2.57, 2.53]})
     assert A.paired_difference(r, "gelu", "relu").distinguishable
-    # Unpaired: difference of the means, Welch's standard error, the same 2-sigma rule.
+    # Unpaired: difference of the means, Welch's standard error, a 2-sigma rule (looser than t).
     xa = list(A.good_runs(A.variants_by_name(r)["gelu"]).values())
     xb = list(A.good_runs(A.variants_by_name(r)["relu"]).values())
     mean = statistics.fmean(xa) - statistics.fmean(xb)

@@ -8,8 +8,10 @@ never touch files or the training code. Conventions:
   same batches and the same non-FFN initialisation, so most seed-to-seed variation cancels
   in ``bpb_a(seed) - bpb_b(seed)``. The spread reported is the sample std (ddof=1) of those
   per-seed differences, with a Student-t 95 % interval and the min/max.
-* "Distinguishable from seed noise" means ``|mean| > 2 * std_error`` with at least 2 paired
-  seeds; fewer than 3 seeds earns a caution, since a std from 2 numbers is itself very loose.
+* "Distinguishable from seed noise" means that the Student-t 95 % interval of the mean
+  difference excludes zero, with at least 2 paired seeds (the same interval the comparisons and
+  the report show; ``2 * std_error`` would call more gaps real than that interval does with few
+  seeds); fewer than 3 seeds earns a caution, since a std from 2 numbers is itself very loose.
 * Timings are single medians without a spread, so relative differences under
   :data:`TIMING_NOISE` are called "within noise".
 """
@@ -138,10 +140,13 @@ class PairedDiff:
 
     @property
     def distinguishable(self) -> bool:
-        """``|mean| > 2·std_error`` with at least 2 paired seeds."""
+        """The 95 % interval excludes zero, with at least 2 paired seeds."""
         if self.n < 2:
             return False
-        return abs(self.mean) > 2 * self.sem if self.sem > 0 else self.mean != 0
+        if self.sem > 0:
+            lo, hi = self.ci95
+            return hi < 0 or lo > 0
+        return self.mean != 0
 
     @property
     def caution(self) -> str:

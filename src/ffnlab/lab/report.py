@@ -253,7 +253,7 @@ def build_blocks(results: Mapping, plots: Mapping[str, bytes]) -> list[Block]:
                 "and the same non-FFN initialisation, so the difference is taken seed by seed "
                 "and its std is over those per-seed differences; the interval is the Student-t 95 % "
                 "interval of the mean (wide with few seeds: t = 12.7 for 2, 4.3 for 3). `*` "
-                "marks a difference beyond seed noise (|mean| > 2·standard error, at least 2 "
+                "marks a difference beyond seed noise (its 95 % interval excludes zero, at least 2 "
                 "seeds).")
     if "relu" not in A.variants_by_name(results):
         baseline = "ReLU is not in this run, so there is no paired baseline column."
