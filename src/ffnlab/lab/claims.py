@@ -201,23 +201,33 @@ def _speed_verdict(calls: Sequence[str]) -> str:
     return INCONCLUSIVE
 
 
-def _not_measured_cost(cid: str, claim: str, src: str) -> Verdict:
-    return Verdict(cid, claim, src, INCONCLUSIVE, "Not measured: this results.json has no "
-                   "measured.activation_cost (written before it existed, or not measured).", {})
+def _cost_pairs(results: Mapping, cid: str, claim: str, src: str,
+                pairs: Sequence[tuple[str, str]]) -> tuple[Mapping, dict, dict] | Verdict:
+    """``(activation_cost, {"b/a": ratio}, numbers)`` for a speed claim, or its "not measured"
+    verdict when the run has no activation_cost or lacks one of the activations."""
+    cost = _cost(results)
+    if cost is None:
+        return Verdict(cid, claim, src, INCONCLUSIVE, "Not measured: this results.json has no "
+                       "measured.activation_cost (written before it existed, or not measured).",
+                       {})
+    got = _speed_pairs(cost, pairs)
+    if got is None:
+        names = sorted({n for pair in pairs for n in pair})
+        return Verdict(cid, claim, src, INCONCLUSIVE, "Not measured: activation_cost lacks "
+                       f"{', '.join(names[:-1])} or {names[-1]}.", {"activation_cost": dict(cost)})
+    nums: dict = {"ratios": got, "band": SPEED_BAND,
+                  "ns_per_element": dict(cost.get("ns_per_element") or {})}
+    return cost, got, nums
 
 
 def claim_speed_order(results: Mapping) -> Verdict:
     cid, claim = "speed_order", "Speed: ReLU is fastest, Swish next, GELU slowest."
     src = "速度:ReLU 最快,Swish 次之,GeLU 较慢"
-    cost = _cost(results)
-    if cost is None:
-        return _not_measured_cost(cid, claim, src)
-    pairs = _speed_pairs(cost, [("relu", "swish"), ("swish", "gelu"), ("relu", "gelu")])
-    if pairs is None:
-        return Verdict(cid, claim, src, INCONCLUSIVE, "Not measured: activation_cost lacks "
-                       "relu, swish or gelu.", {"activation_cost": dict(cost)})
-    nums: dict = {"ratios": pairs, "band": SPEED_BAND,
-                  "ns_per_element": dict(cost.get("ns_per_element") or {})}
+    got = _cost_pairs(results, cid, claim, src, [("relu", "swish"), ("swish", "gelu"),
+                                                 ("relu", "gelu")])
+    if isinstance(got, Verdict):
+        return got
+    cost, pairs, nums = got
     verdict = _speed_verdict([p["call"] for p in pairs.values()])
     shown = "; ".join(_fmt_ratio(*k.split("/"), p) for k, p in pairs.items())
     tail = {SUPPORTED: "each pair in the claimed order beyond the band",
@@ -254,15 +264,10 @@ def _ffn_note(results: Mapping, nums: dict) -> str:
 def claim_sigmoid_cost(results: Mapping) -> Verdict:
     cid, claim = "sigmoid_cost", "Sigmoid costs more to compute than ReLU."
     src = "相比于ReLU,Sigmoid涉及到指数运算和除法,计算复杂度更高"
-    cost = _cost(results)
-    if cost is None:
-        return _not_measured_cost(cid, claim, src)
-    pairs = _speed_pairs(cost, [("relu", "sigmoid")])
-    if pairs is None:
-        return Verdict(cid, claim, src, INCONCLUSIVE, "Not measured: activation_cost lacks "
-                       "relu or sigmoid.", {"activation_cost": dict(cost)})
-    nums: dict = {"ratios": pairs, "band": SPEED_BAND,
-                  "ns_per_element": dict(cost.get("ns_per_element") or {})}
+    got = _cost_pairs(results, cid, claim, src, [("relu", "sigmoid")])
+    if isinstance(got, Verdict):
+        return got
+    cost, pairs, nums = got
     (p,) = pairs.values()
     verdict = _speed_verdict([p["call"]])
     tail = {SUPPORTED: "sigmoid is slower beyond the band",
