@@ -39,14 +39,15 @@ class CompareRunner:
                  max_seeds: int, resolution: float | None, preset: Preset, preset_name: str,
                  model_cfg, train_cfg, corpus, data: str | None, data_fraction: float,
                  device: torch.device, dtype: torch.dtype, backend: str, fingerprint: dict,
-                 executor=None, threads: int | None = None, time_budget: float | None = None,
+                 executor=None, time_budget: float | None = None,
                  dist: distributed.DistContext = distributed.SINGLE) -> None:
         self.out, self.variants, self.seed0 = out, variants, seed0
         self.initial_seeds, self.max_seeds, self.resolution = initial_seeds, max_seeds, resolution
         self.data, self.data_fraction = data, data_fraction
-        self.executor, self.threads = executor, threads
-        self.time_budget = time_budget
+        self.executor, self.time_budget = executor, time_budget
+        # What each run of a job gets, from the executor that runs it (None: this process).
         self.workers = 1 if executor is None else executor.workers
+        self.threads = None if executor is None else executor.threads
         self.t0 = time.monotonic()
         self.stopped: str | None = None
         self.preset, self.preset_name = preset, preset_name

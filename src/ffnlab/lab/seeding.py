@@ -17,6 +17,7 @@ replayed on resume rather than decided again.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -68,7 +69,7 @@ def next_round(counts: Mapping[str, int], seed0: int, finished: Callable[[str, i
         have = min(counts[c.a], counts[c.b])
         want = seeds_needed(c.std, resolution, at_least=have + 1, cap=max_seeds)
         want = min(max_seeds, max(have + 1, min(want, 2 * have)))
-        width = c.half_width if c.half_width == c.half_width else float("inf")  # NaN: 1 seed
+        width = float("inf") if math.isnan(c.half_width) else c.half_width  # NaN: 1 seed
         for v in (c.a, c.b):
             if want > new[v]:
                 new[v] = want
