@@ -197,3 +197,13 @@ def test_compile_fullgraph_fused():
     m(x).sum().backward()
     torch.testing.assert_close(g, x.grad)
     assert compiled.aux_losses["load_balance"].ndim == 0
+
+
+def test_autocast_bfloat16():
+    """A float32 module under CPU autocast: both paths run their products in bfloat16."""
+    fused, ref = _pair(torch.float32, n_shared=1)
+    x = torch.randn(11, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, yr = fused(x), ref(x)
+    assert y.dtype == yr.dtype == torch.bfloat16
+    torch.testing.assert_close(y, yr, rtol=3e-2, atol=3e-2)

@@ -81,9 +81,21 @@ class Experts(nn.Module):
                     bound = 1.0 / math.sqrt(fan_in)
                     p.uniform_(-bound, bound)
 
-    def weights(self) -> tuple[Tensor | None, ...]:
-        """``(w1, w2, w3, b1, b2, b3)`` (None where absent)."""
-        return (self.w1, self.w2, self.w3, self.b1, self.b2, self.b3)
+    def weights(self, like: Tensor | None = None) -> tuple[Tensor | None, ...]:
+        """``(w1, w2, w3, b1, b2, b3)`` (None where absent); under autocast on ``like``'s
+        device, cast to the autocast dtype (what ``F.linear`` does to its operands there)."""
+        ws = (self.w1, self.w2, self.w3, self.b1, self.b2, self.b3)
+        if like is None or not torch.is_autocast_enabled(like.device.type):
+            return ws
+        dt = torch.get_autocast_dtype(like.device.type)
+        return tuple(None if w is None else w.to(dt) for w in ws)
+
+    @staticmethod
+    def autocast_input(x: Tensor) -> Tensor:
+        """``x`` in the autocast dtype when autocast is on for its device, else as it is."""
+        if torch.is_autocast_enabled(x.device.type):
+            return x.to(torch.get_autocast_dtype(x.device.type))
+        return x
 
     def forward(
         self, x: Tensor, routing: Routing, *, backend: str = "fused", recompute: str = "activation"
@@ -91,8 +103,9 @@ class Experts(nn.Module):
         """``x [T, dim]`` and its ``routing`` -> ``[T, dim]``, the gate-weighted sum of each
         token's experts (``routing.gate_input``: the gates scale the input instead)."""
         idx, gates = routing.expert_idx, routing.gates
+        x = self.autocast_input(x)
         if backend == "reference":
-            return experts_reference(x, idx, gates, *self.weights(), activation=self.activation,
+            return experts_reference(x, idx, gates, *self.weights(x), activation=self.activation,
                                      beta=self.beta, gate_input=routing.gate_input)  # fmt: skip
         top_k = idx.shape[1]
         order, _, offsets = sort_by_expert(idx, self.n_experts)
@@ -106,7 +119,7 @@ class Experts(nn.Module):
     def run_sorted(self, xs: Tensor, offsets: Tensor, *, recompute: str = "activation") -> Tensor:
         """Each expert's FFN on its segment of ``xs [M, dim]`` (sorted by expert, ``offsets
         [E]`` the cumulative ends) -> ``[M, dim]``: the grouped fused op."""
-        return grouped_feed_forward(xs, offsets, *self.weights(), activation=self.activation,
+        return grouped_feed_forward(xs, offsets, *self.weights(xs), activation=self.activation,
                                     beta=self.beta, recompute=recompute)  # fmt: skip
 
     def extra_repr(self) -> str:

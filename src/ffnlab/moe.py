@@ -177,7 +177,7 @@ class MoEFeedForward(nn.Module):
         routing = self.router(x2)
         backend = "reference" if self.backend == "reference" else "fused"
         y = self.experts(x2, routing, backend=backend, recompute=self.recompute)
-        if self.shared is not None:
+        if self.shared is not None:  # under autocast y is in the autocast dtype, as s is
             s = self.shared(x2)
             if self.shared_gate is not None:
                 s = s * torch.sigmoid(self.shared_gate(x2))

@@ -19,6 +19,10 @@ parameters' gradients summed over ranks (what data parallelism's all-reduce does
 gloo on the CPU supports ``all_to_all_single`` with uneven splits (checked on torch 2.13);
 its list form ``all_to_all`` needs equal sizes, so it is not used. The counts exchange needs a
 host synchronisation, so an expert-parallel forward is not one ``torch.compile`` graph.
+
+``moe.tokens_per_expert`` and ``moe.aux_losses`` then describe this rank's tokens: sum the counts
+over ranks (``dist.all_reduce``) and pass them to ``moe.update_bias(rate, counts=...)`` so that
+every replica's router bias moves alike.
 """
 
 from __future__ import annotations
@@ -85,6 +89,7 @@ class ExpertParallelExperts(Experts):
         experts as grouped products (the per-expert loop is the unsharded module's)."""
         idx, gates = routing.expert_idx, routing.gates
         t, k = idx.shape
+        x = self.autocast_input(x)
         order, counts, _ = sort_by_expert(idx, self.n_experts)
         xs = permute_tokens(x, order, k, gates if routing.gate_input else None)
         send = counts.reshape(self.world, self.n_local)  # [R, L]: rows for rank r's experts
