@@ -207,3 +207,15 @@ def test_autocast_bfloat16():
         y, yr = fused(x), ref(x)
     assert y.dtype == yr.dtype == torch.bfloat16
     torch.testing.assert_close(y, yr, rtol=3e-2, atol=3e-2)
+
+
+def test_non_contiguous_and_extreme_inputs():
+    fused, ref = _pair(router="sigmoid", variant="swiglu")
+    torch.manual_seed(9)
+    x = torch.randn(8, 5, dtype=torch.float64).T  # [5, 8], not contiguous
+    assert not x.is_contiguous()
+    _match(fused, ref, x, torch.float64)
+    big = torch.randn(6, 8, dtype=torch.float64) * 1e3  # saturated router, huge hidden values
+    y, yr = fused(big), ref(big)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, yr, rtol=1e-10, atol=1e-6)

@@ -142,3 +142,25 @@ def test_grouped_feed_forward_bad_shapes():
         grouped_feed_forward(torch.randn(3, 5), _offsets([1, 2]), *ws, activation="swish")
     with pytest.raises(UsageError, match="beta applies only to swish"):
         grouped_feed_forward(torch.randn(3, 4), _offsets([1, 2]), *ws, activation="gelu", beta=2.0)
+
+
+def test_recompute_modes_save_what_they_say():
+    """Bytes saved by the grouped op: none > activation > full, by the [M, hidden] tensors of
+    the table in ffnlab.ops.function (gated: h1, h3, a, m / h1, h3 / none)."""
+    from ffnlab.ops.memory import saved_tensor_bytes
+
+    counts, hidden = [4, 0, 5], 6
+    ws = _weights(3, 4, hidden, True, False, torch.float64)
+    xs = torch.randn(sum(counts), 4, dtype=torch.float64, requires_grad=True)
+    saved = {}
+    for mode in ("none", "activation", "full"):
+        saved[mode], _ = saved_tensor_bytes(
+            lambda m=mode: grouped_feed_forward(xs, _offsets(counts), *ws, activation="swish",
+                                                recompute=m),
+            exclude=[xs, *(w for w in ws if w is not None)],
+        )  # fmt: skip
+    row = sum(counts) * hidden * 8  # one [M, hidden] float64 tensor
+    offsets_bytes = 3 * 4
+    assert saved["full"] == offsets_bytes
+    assert saved["activation"] == offsets_bytes + 2 * row
+    assert saved["none"] == offsets_bytes + 4 * row
