@@ -219,3 +219,15 @@ def test_non_contiguous_and_extreme_inputs():
     y, yr = fused(big), ref(big)
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y, yr, rtol=1e-10, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_empty_batch(backend):
+    m = MoEFeedForward(8, 12, 4, 2, backend=backend)
+    x = torch.randn(2, 0, 8, requires_grad=True)
+    y = m(x)
+    assert y.shape == (2, 0, 8)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and torch.all(m.experts.w1.grad == 0)
+    assert m.aux_losses["load_balance"].item() == 0 and m.aux_losses["z_loss"].item() == 0
+    assert m.tokens_per_expert.tolist() == [0, 0, 0, 0]

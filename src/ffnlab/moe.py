@@ -31,13 +31,14 @@ def load_balancing_loss(probs: Tensor, counts: Tensor) -> Tensor:
     Qwen-MoE), it is ``top_k`` when the load and the probabilities are uniform.
     """
     n_tokens, n_experts = probs.shape
-    f = counts.to(probs.dtype) / max(n_tokens, 1)
-    return n_experts * (f * probs.mean(0)).sum()
+    t = max(n_tokens, 1)  # an empty batch: 0, not nan
+    return n_experts * (counts.to(probs.dtype) / t * (probs.sum(0) / t)).sum()
 
 
 def router_z_loss(logits: Tensor) -> Tensor:
-    """ST-MoE's router z-loss ``mean_t (logsumexp_e logits[t, e])²`` for ``logits [T, E]``."""
-    return torch.logsumexp(logits, dim=-1).square().mean()
+    """ST-MoE's router z-loss ``mean_t (logsumexp_e logits[t, e])²`` for ``logits [T, E]``
+    (0 for an empty batch)."""
+    return torch.logsumexp(logits, dim=-1).square().sum() / max(logits.shape[0], 1)
 
 
 class MoEFeedForward(nn.Module):

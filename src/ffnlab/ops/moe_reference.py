@@ -42,9 +42,9 @@ def experts_reference(
     """
     out = x.new_zeros(x.shape[0], w2.shape[1])
     for e in range(w1.shape[0]):
+        # an expert with no token still runs (on zero rows): its gradients are zeros, not
+        # None, as the fused path's, and an empty batch's output stays in the graph
         tok, slot = torch.where(expert_idx == e)
-        if tok.numel() == 0:
-            continue
         g = gates[tok, slot].unsqueeze(1).to(x.dtype)
         xe = x[tok] * g if gate_input else x[tok]
         ye = ffn_reference(
