@@ -26,7 +26,15 @@ SCALAR = {
     "geglu": lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))),
     "geglu_tanh": lambda v: 0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))),
     "swiglu": lambda v: v * _sig(v),
+    "quick_gelu": lambda v: v * _sig(1.702 * v),
+    "leaky_relu2": lambda v: (v if v > 0 else 0.5 * v) ** 2,
+    # xIELU at its initial alphas (0.8, 0.8), beta 0.5, eps -1e-6
+    "xielu": lambda v: 0.8 * v * v + 0.5 * v if v > 0 else (math.expm1(min(v, -1e-6)) - v) * 0.8 + 0.5 * v,
+    "qgeglu": lambda v: v * _sig(1.702 * v),
+    "clamped_swiglu": lambda v: min(v, 7.0) * _sig(1.702 * min(v, 7.0)),
 }
+# The value branch's transform (GPT-OSS clamps it and adds one); identity elsewhere.
+VALUE = {"clamped_swiglu": lambda v: min(max(v, -7.0), 7.0) + 1.0}
 
 
 def textbook(sd, x, name, gated):
@@ -35,7 +43,8 @@ def textbook(sd, x, name, gated):
     h1 = x @ w1.T + sd.get("w1.bias", 0)
     a = h1.clone().apply_(SCALAR[name])
     if gated:
-        a = a * (x @ sd["w3.weight"].T + sd.get("w3.bias", 0))
+        h3 = x @ sd["w3.weight"].T + sd.get("w3.bias", 0)
+        a = a * (h3.clone().apply_(VALUE[name]) if name in VALUE else h3)
     return a @ w2.T + sd.get("w2.bias", 0)
 
 
@@ -43,7 +52,7 @@ def textbook(sd, x, name, gated):
 @pytest.mark.parametrize("bias", [None, True])
 def test_equals_textbook_formula_float64(name, bias):
     ffn = FeedForward(12, 20, name, bias=bias, dtype=torch.float64)
-    x = torch.randn(7, 12, dtype=torch.float64) * 2
+    x = torch.randn(7, 12, dtype=torch.float64) * (2 if name != "clamped_swiglu" else 12)
     sd = ffn.state_dict()
     want = textbook(sd, x, name, ffnlab.get_variant(name).gated)
     torch.testing.assert_close(ffn(x), want, rtol=1e-10, atol=1e-10)
@@ -57,8 +66,10 @@ def test_state_dict_layout(name):
     want = {"w1.weight": (40, 16), "w2.weight": (16, 40)}
     if gated:
         want["w3.weight"] = (40, 16)
-    else:  # biases default on for plain variants, off for gated
-        want.update({"w1.bias": (40,), "w2.bias": (16,)})
+    if ffnlab.get_variant(name).default_bias:  # on for plain variants and GPT-OSS's
+        want.update({"w1.bias": (40,), "w2.bias": (16,)} | ({"w3.bias": (40,)} if gated else {}))
+    if name == "xielu":  # the raw alphas, [1] each as transformers stores them
+        want.update({"alpha_p": (1,), "alpha_n": (1,)})
     assert {k: tuple(v.shape) for k, v in sd.items()} == want
 
 

@@ -236,7 +236,8 @@ TRITON = TritonEngine(
     "triton",
     "engine_triton",
     activations=frozenset(
-        {"identity", "relu", "gelu", "gelu_tanh", "swish", "sigmoid", "tanh", "relu2"}
+        {"identity", "relu", "gelu", "gelu_tanh", "swish", "sigmoid", "tanh", "relu2",
+         "quick_gelu", "leaky_relu2", "xielu", "clamped_swish"}
     ),
 )
 INDUCTOR = InductorEngine(
