@@ -335,3 +335,56 @@ def test_forward_hooks_on_projections_fire():
     ref = FeedForward(6, 10, "geglu", backend="reference")
     ref.load_state_dict(ffn.state_dict())
     torch.testing.assert_close(y, ref(x))
+
+
+# --- activation= and act_kwargs= ----------------------------------------------------------
+
+
+def test_act_kwargs_change_the_function():
+    x = torch.randn(6, 8, dtype=torch.float64) * 3
+    base = FeedForward(8, 12, "leaky_relu2", dtype=torch.float64)
+    other = FeedForward(8, 12, "leaky_relu2", act_kwargs={"slope": 0.1}, dtype=torch.float64)
+    other.load_state_dict(base.state_dict())
+    h = base.w1(x)
+    want = base.w2((torch.where(h > 0, h, 0.1 * h)) ** 2)
+    torch.testing.assert_close(other(x), want)
+    assert (other(x) - base(x)).abs().max() > 1e-3
+    assert "act_kwargs={'slope': 0.1}" in repr(other)
+
+
+@pytest.mark.parametrize(("variant", "kwargs", "match"), [
+    ("leaky_relu2", {"s": 0.3}, "accepted keys: 'slope'"),
+    ("leaky_relu2", {"slope": -0.1}, "must be >= 0"),
+    ("clamped_swiglu", {"limit": 0.0}, "must be > 0.*accepted keys: 'alpha', 'limit'"),
+    ("clamped_swiglu", {"limit": float("nan")}, "finite"),
+    ("swiglu", {"beta": 2.0}, "accepted keys: none"),
+])
+def test_act_kwargs_errors_name_the_keys(variant, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FeedForward(8, 12, variant, act_kwargs=kwargs)
+
+
+def test_activation_by_name_replaces_the_variants():
+    x = torch.randn(5, 8, dtype=torch.float64)
+    ffn = FeedForward(8, 12, "swiglu", activation="mish", dtype=torch.float64)
+    assert ffn.gated and ffn.activation == "mish" and set(ffn.state_dict()) == {
+        "w1.weight", "w2.weight", "w3.weight"}
+    want = ffn.w2(torch.nn.functional.mish(ffn.w1(x)) * ffn.w3(x))
+    torch.testing.assert_close(ffn(x), want)
+
+
+def test_xielu_alphas_are_learnt_with_transformers_layout():
+    ffn = FeedForward(8, 12, "xielu", dtype=torch.float64)
+    sp = torch.nn.functional.softplus
+    assert sp(ffn.alpha_p).item() == pytest.approx(0.8) and (0.5 + sp(ffn.alpha_n)).item() == pytest.approx(0.8)
+    x = torch.randn(20, 8, dtype=torch.float64)
+    ffn(x).square().sum().backward()
+    assert ffn.alpha_p.grad.abs().item() > 0 and ffn.alpha_n.grad.abs().item() > 0
+    with torch.no_grad():
+        ffn.alpha_p.fill_(1.5)
+    h = ffn.w1(x)
+    ap, an = sp(ffn.alpha_p), 0.5 + sp(ffn.alpha_n)
+    a = torch.where(h > 0, ap * h * h + 0.5 * h, (torch.expm1(h.clamp(max=-1e-6)) - h) * an + 0.5 * h)
+    torch.testing.assert_close(ffn(x), ffn.w2(a))
+    ffn.reset_parameters()
+    assert sp(ffn.alpha_p).item() == pytest.approx(0.8)

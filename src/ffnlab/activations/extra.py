@@ -251,12 +251,12 @@ def xielu_packed_grad(x: torch.Tensor, theta: torch.Tensor | None = None) -> tor
     return xielu_grad(x, ap, an)
 
 
-@upcast
 def xielu_packed_param_grads(
     x: torch.Tensor, theta: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, ...]:
     """Elementwise (d/dp, d/dn) of xielu_packed: σ(p)·x² for x > 0 (else 0) and
-    σ(n)·(expm1(min(x, ε)) - x) for x <= 0 (else 0); the caller sums them."""
+    σ(n)·(expm1(min(x, ε)) - x) for x <= 0 (else 0); the caller sums them (in ``x``'s
+    dtype: the engines pass float32 for half inputs)."""
     t = _theta(theta, x)
     neg, _, em = _xielu_parts(x, None, None, XIELU_BETA, XIELU_EPS)
     zero = torch.zeros_like(x)
