@@ -54,6 +54,8 @@ def _act(
     activation: str, x: torch.Tensor, beta: float | torch.Tensor, options: tuple = ()
 ) -> torch.Tensor:
     """``act(x)`` (a new tensor unless ``act`` is the identity)."""
+    if activation == "relu2":  # squared in place: one [N, hidden] allocation, not two
+        return torch.relu(x).square_()
     act = get_activation(activation)
     return _call(act, act.fn, x, beta, options)
 
@@ -97,6 +99,8 @@ def _act_backward_(
         return t
     if activation == "relu":
         return _aten.threshold_backward.grad_input(t, x, 0, grad_input=t)
+    if activation == "relu2":  # t * 2 relu(x): one temporary, where relu2_grad makes two
+        return t.mul_(torch.relu(x)).mul_(2.0)
     if activation in ("gelu", "gelu_tanh"):
         approx = "tanh" if activation == "gelu_tanh" else "none"
         return _aten.gelu_backward.grad_input(t, x, approximate=approx, grad_input=t)

@@ -25,8 +25,9 @@ mode            saved for backward        recomputed in backward
 ``full``        x                         h1 and h3 (two matmuls) and the above
 ==============  =======================  ==============================================
 
-(plain variants: ``none`` keeps x, h1, act(h1); ``activation`` keeps x, h1.) What each mode
-saves and costs, measured, is in docs/benchmarks.md.
+(plain variants: ``none`` keeps x, h1, act(h1); ``activation`` keeps x, h1; plain relu2 and
+leaky_relu2 in float32/64 under ``none`` keep x and act(h1) only, plus a bool sign for leaky:
+:mod:`.square_output`.) What each mode saves and costs, measured, is in docs/benchmarks.md.
 
 Half inputs (float16, bfloat16): the matmuls run in the input dtype, the elementwise maths
 in float32, each elementwise result rounded once.
@@ -47,6 +48,7 @@ from torch import Tensor
 
 from ..activations import compute_dtype, get_activation
 from ..errors import UsageError, check_choice
+from . import square_output
 from .engines import ENGINES, Engine, select
 from .function_callable import callable_feed_forward
 from .reference import ActivationArg
@@ -80,8 +82,15 @@ def _beta_arg(beta: Tensor | None, beta_value: float) -> float | Tensor:
 # (they share the null storage).
 
 
-def _kept(recompute: str, gated: bool, activation: str) -> tuple[str, ...]:
-    """Names of the [N, hidden] tensors the forward returns for backward, in order."""
+def _kept(recompute: str, gated: bool, activation: str, dtype: torch.dtype | None = None,
+          engine: str = "auto") -> tuple[str, ...]:  # fmt: skip
+    """Names of the [N, hidden] tensors the forward returns for backward, in order. Plain
+    relu2 / leaky_relu2 in float32/64 keep their output instead of h1 (:mod:`.square_output`),
+    except with the Triton kernels named (they recompute in registers)."""
+    if engine != "triton" and dtype is not None:
+        trick = square_output.keeps_output(activation, gated, dtype, recompute)
+        if trick:
+            return trick
     if recompute == "full":
         return ()
     if recompute == "activation":
@@ -112,13 +121,15 @@ def _forward_impl(
     gated = w3 is not None
     h1 = _linear(x, w1, b1)
     h3 = _linear(x, w3, b3) if gated else None
-    kept = _kept(recompute, gated, activation)
+    kept = _kept(recompute, gated, activation, x.dtype, engine)
     m, a = _engine(engine, h1, activation, gated, "forward").hidden_forward(
         activation, h1, h3, _beta_arg(beta, beta_value), keep_act="a" in kept,
         options=tuple(options),
     )
     y = _linear(m, w2, b2)
     named = {"h1": h1, "h3": h3, "a": a, "m": m}
+    if "pos" in kept:
+        named["pos"] = h1 > 0
     return [y, *(named[k] for k in kept)]
 
 
@@ -131,8 +142,10 @@ _ffn_forward = torch.library.custom_op("ffnlab::ffn_forward", mutates_args=())(_
 def _ffn_forward_fake(x, w1, w2, w3, b1, b2, b3, beta, activation, beta_value, recompute, engine,
                       options):  # fmt: skip
     n, hidden = x.shape[0], w1.shape[0]
-    kept = _kept(recompute, w3 is not None, activation)
-    return [x.new_empty(n, w2.shape[0]), *(x.new_empty(n, hidden) for _ in kept)]
+    kept = _kept(recompute, w3 is not None, activation, x.dtype, engine)
+    dt = {"pos": torch.bool}
+    return [x.new_empty(n, w2.shape[0]),
+            *(x.new_empty(n, hidden, dtype=dt.get(k, x.dtype)) for k in kept)]  # fmt: skip
 
 
 # --- backward ----------------------------------------------------------------------------
@@ -161,7 +174,7 @@ def _backward_impl(
     whose ``needs`` entry is True, in that order. ``kept`` is what the forward returned."""
     need = dict(zip(_GRAD_NAMES, needs, strict=True))
     gated = w3 is not None
-    saved = dict(zip(_kept(recompute, gated, activation), kept, strict=True))
+    saved = dict(zip(_kept(recompute, gated, activation, x.dtype, engine), kept, strict=True))
     if recompute == "full":
         saved["h1"] = _linear(x, w1, b1)
         if gated:
@@ -171,7 +184,12 @@ def _backward_impl(
     options = tuple(options)
     out = dict.fromkeys(_GRAD_NAMES)
 
-    if any(need[k] for k in ("x", "w1", "w3", "b1", "b3", "beta")):
+    if h1 is None and m is not None:  # relu2 / leaky_relu2 kept their output: no h1 needed
+        if any(need[k] for k in ("x", "w1", "b1")):
+            slope = options[0] if options else 0.5
+            dh1 = square_output.backward_from_output(activation, torch.mm(grad, w2), m,
+                                                     saved.get("pos"), slope)  # fmt: skip
+    elif any(need[k] for k in ("x", "w1", "w3", "b1", "b3", "beta")):
         dm = torch.mm(grad, w2)  # [N, hidden]: ours, so the engine may overwrite it
         # For plain variants the kept m is act(h1), which the sigmoid/tanh derivatives reuse.
         dh1, dh3, m, dbeta = _engine(engine, h1, activation, gated, "backward").hidden_backward(
