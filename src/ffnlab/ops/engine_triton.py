@@ -126,7 +126,7 @@ def _act(x, beta, o0, o1, ACT: tl.constexpr):
         em = _expm1(tl.minimum(x, _XIELU_EPS))
         y = tl.where(x > 0.0, ap * x * x + _XIELU_BETA * x, (em - x) * an + _XIELU_BETA * x)
     else:
-        xc = tl.minimum(x, o1)
+        xc = tl.where(x > o1, o1, x)  # not tl.minimum: NaN must stay NaN, as in torch.clamp
         y = xc * _sigmoid(o0 * xc)
     return y
 
@@ -166,7 +166,7 @@ def _act_grad(x, beta, o0, o1, ACT: tl.constexpr):
         dneg = tl.where(x <= _XIELU_EPS, an * _expm1(x), -an) + _XIELU_BETA
         d = tl.where(x > 0.0, 2.0 * ap * x + _XIELU_BETA, dneg)
     else:
-        xc = tl.minimum(x, o1)
+        xc = tl.where(x > o1, o1, x)
         s = _sigmoid(o0 * xc)
         d = tl.where(x <= o1, s + o0 * (xc * (s * (1.0 - s))), 0.0)
     return d
@@ -176,7 +176,7 @@ def _act_grad(x, beta, o0, o1, ACT: tl.constexpr):
 def _value(v, o1, ACT: tl.constexpr):
     """The value branch's transform: clamp(v, -limit, limit) + 1 for GPT-OSS, else v."""
     if ACT == 11:
-        v = tl.minimum(tl.maximum(v, -o1), o1) + 1.0
+        v = tl.where(v > o1, o1, tl.where(v < -o1, -o1, v)) + 1.0  # NaN stays NaN
     return v
 
 
