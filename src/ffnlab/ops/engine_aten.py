@@ -186,6 +186,12 @@ def hidden_backward(
     x = h1.float() if half else h1
     g = dm.float() if half else dm
     scratch = half or dm_is_scratch
+    if activation == "relu2" and h3 is None and scratch and m is None:
+        # Plain relu2: relu(x) once for both m = r² and dh1 = dm·2r (two [N, hidden]
+        # allocations and four passes, where the general path makes relu(x) twice).
+        r = torch.relu(x)
+        m = torch.mul(r, r).to(dt) if need_m else None
+        return g.mul_(r.mul_(2.0)).to(dt), None, m, None
     a_c = None
     if a is not None:
         a_c = a.float() if half else a
