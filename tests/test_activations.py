@@ -18,6 +18,17 @@ TORCH_EQUIV = {
     "tanh": torch.tanh,
     "relu2": lambda x: F.relu(x) ** 2,
     "identity": lambda x: x,
+    "gelu_10": lambda x: torch.clip(F.gelu(x), -10, 10),
+    "gelu_accurate": lambda x: F.gelu(x, approximate="tanh"),
+    "hardswish": F.hardswish,
+    "laplace": lambda x: 0.5 * (1 + torch.erf((x - 0.707107) / (0.282095 * math.sqrt(2)))),
+    "leaky_relu": F.leaky_relu,
+    "leaky_relu2": lambda x: F.leaky_relu(x, 0.5) ** 2,
+    "mish": lambda x: x * torch.tanh(F.softplus(x)),
+    "relu6": F.relu6,
+    "xielu": lambda x: torch.where(x > 0, 0.8 * x * x + 0.5 * x,
+                                   (torch.expm1(torch.clamp(x, max=-1e-6)) - x) * 0.8 + 0.5 * x),
+    "clamped_swish": lambda x: x.clamp(max=7) * torch.sigmoid(1.702 * x.clamp(max=7)),
 }
 
 # Independent textbook formulas (math module, float64) for the functions.
@@ -31,6 +42,16 @@ TEXTBOOK = {
     "tanh": math.tanh,
     "relu2": lambda v: max(0.0, v) ** 2,
     "identity": lambda v: v,
+    "gelu_10": lambda v: min(10.0, v * 0.5 * (1 + math.erf(v / math.sqrt(2)))),
+    "gelu_accurate": lambda v: 0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))),
+    "hardswish": lambda v: v * min(max(v + 3, 0.0), 6.0) / 6,
+    "laplace": lambda v: 0.5 * (1 + math.erf((v - 0.707107) / (0.282095 * math.sqrt(2)))),
+    "leaky_relu": lambda v: v if v > 0 else 0.01 * v,
+    "leaky_relu2": lambda v: (v if v > 0 else 0.5 * v) ** 2,
+    "mish": lambda v: v * math.tanh(math.log1p(math.exp(v))),
+    "relu6": lambda v: min(max(v, 0.0), 6.0),
+    "xielu": lambda v: 0.8 * v * v + 0.5 * v if v > 0 else (math.expm1(min(v, -1e-6)) - v) * 0.8 + 0.5 * v,
+    "clamped_swish": lambda v: min(v, 7.0) / (1 + math.exp(-1.702 * min(v, 7.0))),
 }
 
 
@@ -128,3 +149,49 @@ def test_compute_dtype_is_float32_for_half_inputs_only():
     assert A.compute_dtype(torch.bfloat16) == torch.float32
     assert A.compute_dtype(torch.float32) == torch.float32
     assert A.compute_dtype(torch.float64) == torch.float64
+
+
+def test_equal_to_transformers_modules_float64():
+    acts = pytest.importorskip("transformers.activations")
+    x = torch.linspace(-12, 12, 2401, dtype=torch.float64)
+    for name in ("gelu_10", "gelu_accurate", "hardswish", "laplace", "leaky_relu", "mish",
+                 "relu6", "quick_gelu", "relu2"):
+        want = acts.ACT2FN[name](x)
+        torch.testing.assert_close(getattr(A, name)(x), want, rtol=1e-12, atol=1e-12, msg=name)
+    hf = acts.XIELUActivation(alpha_p_init=1.1, alpha_n_init=0.9, dtype=torch.float64)
+    theta = torch.cat([hf.alpha_p, hf.alpha_n]).detach()
+    torch.testing.assert_close(A.xielu_packed(x, theta), hf(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(A.xielu(x, 1.1, 0.9), hf(x), rtol=1e-12, atol=1e-12)
+
+
+def test_xielu_parameter_gradients_match_autograd():
+    x = X64.clone()
+    theta = torch.tensor([0.3, -0.7], dtype=torch.float64, requires_grad=True)
+    (dt,) = torch.autograd.grad(A.xielu_packed(x, theta).sum(), theta)
+    dp, dn = dt
+    gp, gn = A.xielu_packed_param_grads(x, theta.detach())
+    torch.testing.assert_close(torch.stack([gp.sum(), gn.sum()]), torch.stack([dp, dn]))
+    y = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(A.xielu_packed(y, theta.detach()).sum(), y)
+    torch.testing.assert_close(A.xielu_packed_grad(x, theta.detach()), g)
+
+
+@pytest.mark.parametrize(("name", "kw"), [("leaky_relu", {"slope": 0.2}),
+                                          ("leaky_relu2", {"slope": 0.3}),
+                                          ("clamped_swish", {"alpha": 1.1, "limit": 2.0}),
+                                          ("clamped_value", {"limit": 2.0})])
+def test_options_and_gradcheck(name, kw):
+    fn, grad = getattr(A, name), getattr(A, f"{name}_grad")
+    x = torch.tensor([-5.0, -2.5, -1.3, -0.2, 0.3, 1.7, 2.6, 6.1], dtype=torch.float64,
+                     requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: fn(t, **kw), (x,))
+    (g,) = torch.autograd.grad(fn(x, **kw).sum(), x)
+    torch.testing.assert_close(grad(x.detach(), **kw), g)
+
+
+def test_bind_options():
+    assert A.bind_options("leaky_relu2", None) == (0.5,)
+    assert A.bind_options("clamped_swish", {"limit": 3}) == (1.702, 3.0)
+    assert A.bind_options("gelu", {}) == ()
+    with pytest.raises(ValueError, match="accepted keys: 'alpha', 'limit'"):
+        A.bind_options("clamped_swish", {"alpa": 1.0})

@@ -9,7 +9,7 @@ def test_variants_json(capsys):
     assert main(["variants", "--dim", "4096", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     by = {r["name"]: r for r in rows}
-    assert len(rows) == 13
+    assert len(rows) == 18 and [r["name"] for r in rows][-2:] == ["qgeglu", "clamped_swiglu"]
     assert by["swiglu"]["hidden"] == 11008 and by["relu"]["hidden"] == 16384
 
 

@@ -26,7 +26,15 @@ SCALAR = {
     "geglu": lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))),
     "geglu_tanh": lambda v: 0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))),
     "swiglu": lambda v: v * _sig(v),
+    "quick_gelu": lambda v: v * _sig(1.702 * v),
+    "leaky_relu2": lambda v: (v if v > 0 else 0.5 * v) ** 2,
+    # xIELU at its initial alphas (0.8, 0.8), beta 0.5, eps -1e-6
+    "xielu": lambda v: 0.8 * v * v + 0.5 * v if v > 0 else (math.expm1(min(v, -1e-6)) - v) * 0.8 + 0.5 * v,
+    "qgeglu": lambda v: v * _sig(1.702 * v),
+    "clamped_swiglu": lambda v: min(v, 7.0) * _sig(1.702 * min(v, 7.0)),
 }
+# The value branch's transform (GPT-OSS clamps it and adds one); identity elsewhere.
+VALUE = {"clamped_swiglu": lambda v: min(max(v, -7.0), 7.0) + 1.0}
 
 
 def textbook(sd, x, name, gated):
@@ -35,7 +43,8 @@ def textbook(sd, x, name, gated):
     h1 = x @ w1.T + sd.get("w1.bias", 0)
     a = h1.clone().apply_(SCALAR[name])
     if gated:
-        a = a * (x @ sd["w3.weight"].T + sd.get("w3.bias", 0))
+        h3 = x @ sd["w3.weight"].T + sd.get("w3.bias", 0)
+        a = a * (h3.clone().apply_(VALUE[name]) if name in VALUE else h3)
     return a @ w2.T + sd.get("w2.bias", 0)
 
 
@@ -43,7 +52,7 @@ def textbook(sd, x, name, gated):
 @pytest.mark.parametrize("bias", [None, True])
 def test_equals_textbook_formula_float64(name, bias):
     ffn = FeedForward(12, 20, name, bias=bias, dtype=torch.float64)
-    x = torch.randn(7, 12, dtype=torch.float64) * 2
+    x = torch.randn(7, 12, dtype=torch.float64) * (2 if name != "clamped_swiglu" else 12)
     sd = ffn.state_dict()
     want = textbook(sd, x, name, ffnlab.get_variant(name).gated)
     torch.testing.assert_close(ffn(x), want, rtol=1e-10, atol=1e-10)
@@ -57,8 +66,10 @@ def test_state_dict_layout(name):
     want = {"w1.weight": (40, 16), "w2.weight": (16, 40)}
     if gated:
         want["w3.weight"] = (40, 16)
-    else:  # biases default on for plain variants, off for gated
-        want.update({"w1.bias": (40,), "w2.bias": (16,)})
+    if ffnlab.get_variant(name).default_bias:  # on for plain variants and GPT-OSS's
+        want.update({"w1.bias": (40,), "w2.bias": (16,)} | ({"w3.bias": (40,)} if gated else {}))
+    if name == "xielu":  # the raw alphas, [1] each as transformers stores them
+        want.update({"alpha_p": (1,), "alpha_n": (1,)})
     assert {k: tuple(v.shape) for k, v in sd.items()} == want
 
 
@@ -324,3 +335,56 @@ def test_forward_hooks_on_projections_fire():
     ref = FeedForward(6, 10, "geglu", backend="reference")
     ref.load_state_dict(ffn.state_dict())
     torch.testing.assert_close(y, ref(x))
+
+
+# --- activation= and act_kwargs= ----------------------------------------------------------
+
+
+def test_act_kwargs_change_the_function():
+    x = torch.randn(6, 8, dtype=torch.float64) * 3
+    base = FeedForward(8, 12, "leaky_relu2", dtype=torch.float64)
+    other = FeedForward(8, 12, "leaky_relu2", act_kwargs={"slope": 0.1}, dtype=torch.float64)
+    other.load_state_dict(base.state_dict())
+    h = base.w1(x)
+    want = base.w2((torch.where(h > 0, h, 0.1 * h)) ** 2)
+    torch.testing.assert_close(other(x), want)
+    assert (other(x) - base(x)).abs().max() > 1e-3
+    assert "act_kwargs={'slope': 0.1}" in repr(other)
+
+
+@pytest.mark.parametrize(("variant", "kwargs", "match"), [
+    ("leaky_relu2", {"s": 0.3}, "accepted keys: 'slope'"),
+    ("leaky_relu2", {"slope": -0.1}, "must be >= 0"),
+    ("clamped_swiglu", {"limit": 0.0}, "must be > 0.*accepted keys: 'alpha', 'limit'"),
+    ("clamped_swiglu", {"limit": float("nan")}, "finite"),
+    ("swiglu", {"beta": 2.0}, "accepted keys: none"),
+])
+def test_act_kwargs_errors_name_the_keys(variant, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FeedForward(8, 12, variant, act_kwargs=kwargs)
+
+
+def test_activation_by_name_replaces_the_variants():
+    x = torch.randn(5, 8, dtype=torch.float64)
+    ffn = FeedForward(8, 12, "swiglu", activation="mish", dtype=torch.float64)
+    assert ffn.gated and ffn.activation == "mish" and set(ffn.state_dict()) == {
+        "w1.weight", "w2.weight", "w3.weight"}
+    want = ffn.w2(torch.nn.functional.mish(ffn.w1(x)) * ffn.w3(x))
+    torch.testing.assert_close(ffn(x), want)
+
+
+def test_xielu_alphas_are_learnt_with_transformers_layout():
+    ffn = FeedForward(8, 12, "xielu", dtype=torch.float64)
+    sp = torch.nn.functional.softplus
+    assert sp(ffn.alpha_p).item() == pytest.approx(0.8) and (0.5 + sp(ffn.alpha_n)).item() == pytest.approx(0.8)
+    x = torch.randn(20, 8, dtype=torch.float64)
+    ffn(x).square().sum().backward()
+    assert ffn.alpha_p.grad.abs().item() > 0 and ffn.alpha_n.grad.abs().item() > 0
+    with torch.no_grad():
+        ffn.alpha_p.fill_(1.5)
+    h = ffn.w1(x)
+    ap, an = sp(ffn.alpha_p), 0.5 + sp(ffn.alpha_n)
+    a = torch.where(h > 0, ap * h * h + 0.5 * h, (torch.expm1(h.clamp(max=-1e-6)) - h) * an + 0.5 * h)
+    torch.testing.assert_close(ffn(x), ffn.w2(a))
+    ffn.reset_parameters()
+    assert sp(ffn.alpha_p).item() == pytest.approx(0.8)

@@ -11,12 +11,17 @@ DOCUMENTED_TABLE = {
     "sigmoid": (False, "sigmoid"),
     "tanh": (False, "tanh"),
     "relu2": (False, "relu2"),
+    "quick_gelu": (False, "quick_gelu"),
+    "leaky_relu2": (False, "leaky_relu2"),
+    "xielu": (False, "xielu"),
     "glu": (True, "sigmoid"),
     "bilinear": (True, "identity"),
     "reglu": (True, "relu"),
     "geglu": (True, "gelu"),
     "geglu_tanh": (True, "gelu_tanh"),
     "swiglu": (True, "swish"),
+    "qgeglu": (True, "quick_gelu"),
+    "clamped_swiglu": (True, "clamped_swish"),
 }
 
 
@@ -41,3 +46,9 @@ def test_parse_variant_list():
     assert parse_variant_list(" relu, silu,relu ") == ["relu", "swish"]
     with pytest.raises(ValueError, match="gelux"):
         parse_variant_list("relu,gelux")
+
+
+def test_default_bias_is_the_models():
+    assert not ffnlab.get_variant("swiglu").default_bias
+    assert ffnlab.get_variant("relu").default_bias
+    assert ffnlab.get_variant("clamped_swiglu").default_bias  # GPT-OSS has biases

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .activations import get_activation
 from .errors import UsageError, check_positive_int
 from .variants import get_variant
 
@@ -71,14 +72,15 @@ def ffn_params(variant: str, dim: int, hidden_dim: int, *, bias: bool | None = N
     """Parameters of one FFN of width ``dim``: ``(2 or 3) * dim * hidden_dim`` plus biases
     (``[hidden_dim]`` on W1 and W3, ``[dim]`` on W2).
 
-    ``bias=None`` means the variant's default (on for plain, off for gated).
+    ``bias=None`` means the variant's default (on for plain, off for gated; on for GPT-OSS's
+    clamped_swiglu). An activation's learnable parameters (xielu's two) are counted too.
     """
     v = get_variant(variant)
     check_positive_int("dim", dim)
     check_positive_int("hidden_dim", hidden_dim)
     if bias is None:
-        bias = not v.gated
-    n = v.matrices * dim * hidden_dim
+        bias = v.default_bias
+    n = v.matrices * dim * hidden_dim + get_activation(v.activation).n_params
     if bias:
         n += hidden_dim * (v.matrices - 1) + dim
     return n
@@ -96,6 +98,9 @@ ELEMENTWISE_FLOPS: dict[str, int] = {
     "gelu": 6,  # x/sqrt2, erf, +1, *0.5, *x
     "gelu_tanh": 9,  # x^3 (2), fma, *c, tanh, +1, *0.5, *x
     "quick_gelu": 6,
+    "leaky_relu2": 3,  # compare, select, square
+    "xielu": 9,  # min, expm1, sub, mul, x^2, fma (2), compare, select
+    "clamped_swish": 10,  # min, swish (6), value clamp (2), +1
 }
 
 

@@ -19,7 +19,8 @@ __all__ = ["Variant", "VARIANTS", "ALIASES", "get_variant", "variant_names"]
 @dataclass(frozen=True)
 class Variant:
     """One FFN variant: its name, whether it is gated, the activation of its W1 branch (a name
-    in :mod:`ffnlab.activations`), a one-line formula and where it comes from.
+    in :mod:`ffnlab.activations`), a one-line formula, where it comes from and, where its
+    model differs from the rule (plain: on, gated: off), whether it has biases.
 
     Computed for ``x [..., dim]`` by ``ffnlab.ops.reference.ffn_reference(x, w1, w2, w3, ...,
     activation=variant.activation)`` (the oracle) or any backend of ``ffnlab.FeedForward``.
@@ -30,6 +31,13 @@ class Variant:
     activation: str
     formula: str
     source: str
+    bias: bool | None = None
+
+    @property
+    def default_bias(self) -> bool:
+        """Whether ``FeedForward`` puts biases on by default: the variant's own choice where
+        its model has them (GPT-OSS), else on for plain and off for gated variants."""
+        return (not self.gated) if self.bias is None else self.bias
 
     @property
     def has_beta(self) -> bool:
@@ -53,12 +61,19 @@ _TABLE = (
     Variant("sigmoid", False, "sigmoid", _PLAIN.format(a="σ"), "classic"),
     Variant("tanh", False, "tanh", _PLAIN.format(a="tanh"), "classic"),
     Variant("relu2", False, "relu2", _PLAIN.format(a="ReLU²"), "So et al. 2021 (Primer)"),
+    Variant("quick_gelu", False, "quick_gelu", _PLAIN.format(a="QuickGELU"), "CLIP"),
+    Variant("leaky_relu2", False, "leaky_relu2", _PLAIN.format(a="LeakyReLU²"),
+            "modded-nanogpt"),
+    Variant("xielu", False, "xielu", _PLAIN.format(a="xIELU"), "Huang et al. 2025 (Apertus)"),
     Variant("glu", True, "sigmoid", _GATED.format(a="σ"), "Dauphin et al. 2016"),
     Variant("bilinear", True, "identity", "W2·(W1x⊙W3x)", "Shazeer 2020"),
     Variant("reglu", True, "relu", _GATED.format(a="ReLU"), "Shazeer 2020"),
     Variant("geglu", True, "gelu", _GATED.format(a="GELU"), "Shazeer 2020"),
     Variant("geglu_tanh", True, "gelu_tanh", _GATED.format(a="GELUtanh"), "Gemma"),
     Variant("swiglu", True, "swish", _GATED.format(a="Swishβ"), "Shazeer 2020; LLaMA"),
+    Variant("qgeglu", True, "quick_gelu", _GATED.format(a="QuickGELU"), "TransformerEngine"),
+    Variant("clamped_swiglu", True, "clamped_swish",
+            "W2·(Swish1.702(min(W1x+b1,7))⊙(clamp(W3x+b3,±7)+1))+b2", "GPT-OSS", bias=True),
 )
 
 VARIANTS: Mapping[str, Variant] = MappingProxyType({v.name: v for v in _TABLE})

@@ -127,3 +127,18 @@ def test_nan_ratio_is_written_as_null(tmp_path, monkeypatch, capsys):
     assert ok["fwd_vs_reference"] is None and ok["fwd_vs_matmul"] is None
     assert strict(capsys.readouterr().out) == result
     assert [p.name for p in tmp_path.glob(".*.tmp")] == []
+
+
+def test_new_variants_are_accepted_and_measured(tmp_path):
+    new = ["quick_gelu", "leaky_relu2", "xielu", "qgeglu", "clamped_swiglu"]
+    argv = ["bench", "--dim", "8", "--hidden", "16", "--tokens", "16", "--repeats", "1",
+            "--warmup", "0", "--no-elementwise", "--providers", "reference,fused:activation",
+            "--variants", ",".join(new), "--out", str(tmp_path), "--json"]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(argv) == 0
+    rows = json.loads(buf.getvalue())["rows"]
+    assert [r["variant"] for r in rows if r["provider"] == "reference"] == new
+    for r in rows:
+        assert r["status"] == "ok" and r["fwd_bwd_ms"] > 0, (r["variant"], r["provider"])
+        assert r["max_rel_err"] is None or r["max_rel_err"] < 1e-5

@@ -96,9 +96,9 @@ def test_errors(hf_models):
     model, _, _ = hf_models.build("llama", hidden_act="mish")
     with pytest.raises(ValueError, match="MishActivation"):
         ffnlab.from_hf(_mlp(model, "llama"))
-    model, _, _ = hf_models.build("llama", hidden_act="quick_gelu")  # no gated quick_gelu variant
+    model, _, _ = hf_models.build("llama", hidden_act="relu2")  # no gated relu2 variant
     with pytest.raises(
-        ValueError, match="no ffnlab variant is a gated FFN with activation 'quick_gelu'"
+        ValueError, match="no ffnlab variant is a gated FFN with activation 'relu2'"
     ):
         ffnlab.from_hf(_mlp(model, "llama"))
 

@@ -30,8 +30,8 @@ def _runnable_backends() -> list[str]:
 def test_reference_and_fused_run_anywhere():
     for x in (torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float64)):
         assert dispatch.backend_unsupported_reasons("reference", x) == []
-        assert dispatch.backend_unsupported_reasons("fused", x, activation="quick_gelu") == []
-        assert dispatch.backend_unsupported_reasons("auto", x, activation="quick_gelu") == []
+        assert dispatch.backend_unsupported_reasons("fused", x, activation="mish") == []
+        assert dispatch.backend_unsupported_reasons("auto", x, activation="mish") == []
 
 
 def test_triton_constraints_are_sentences(monkeypatch):
@@ -41,7 +41,7 @@ def test_triton_constraints_are_sentences(monkeypatch):
     assert "TRITON_INTERPRET=1" in " ".join(why("triton", x))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert "torch.int32" in " ".join(why("triton", x.int()))
-    assert "quick_gelu" in " ".join(why("triton", x, activation="quick_gelu"))
+    assert "mish" in " ".join(why("triton", x, activation="mish"))
     assert "meta" in " ".join(why("triton", x.to("meta")))
     monkeypatch.setattr(engines, "triton_import_error", lambda: "triton cannot be imported (x)")
     assert why("triton", x) == ["triton cannot be imported (x)"]
@@ -83,7 +83,7 @@ def test_auto_picks_triton_on_cuda():
     want = "aten" if dispatch.backend_unsupported_reasons("triton", x) else "triton"
     # auto and fused are the same code on CUDA: the same label, the engine naming Triton
     assert dispatch.plan("auto", x) == dispatch.plan("fused", x) == ("fused", want)
-    assert dispatch.plan("auto", x, activation="quick_gelu") == ("fused", "aten")
+    assert dispatch.plan("auto", x, activation="mish") == ("fused", "aten")
 
 
 def test_importing_does_not_import_triton_and_auto_on_cpu_skips_the_kernels():

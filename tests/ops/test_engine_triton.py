@@ -215,3 +215,49 @@ def test_compile_fullgraph_with_triton_backend():
     torch.testing.assert_close(y, ffn(x))
     torch.testing.assert_close(gx, x.grad)
     torch.testing.assert_close(gb, ffn.beta.grad)
+
+
+@pytest.mark.parametrize(("activation", "options"), [("leaky_relu2", (0.2,)),
+                                                     ("clamped_swish", (1.3, 2.5))])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_options_reach_the_kernels(activation, options, dtype):
+    # Non-default options: a kernel reading the defaults instead would fail here.
+    h1, h3, dm = inputs(50, 33, dtype, True, scale=4.0)
+    m, _ = tk.hidden_forward(activation, h1, h3, options=options)
+    dh1, dh3, m2, _ = tk.hidden_backward(activation, dm, h1, h3, options=options)
+    x = h1.double().requires_grad_()
+    v = h3.double().requires_grad_()
+    m64 = hidden_activation(activation, x, v, 1.0, options)
+    m64.backward(dm.double())
+    assert (m64 - hidden_activation(activation, x, v)).abs().max() > 1e-2
+    _check(m, m64.detach(), dtype, "m")
+    _check(m2, m64.detach(), dtype, "m (backward)")
+    _check(dh1, x.grad, dtype, "dh1", dm * h3)
+    _check(dh3, v.grad, dtype, "dh3")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_xielu_packed_parameters_and_their_gradient(dtype):
+    # 300 rows: five row blocks of partial sums, for both parameters.
+    h1, _, dm = inputs(300, 33, dtype, False, scale=2.0)
+    theta = torch.tensor([0.3, -0.4], dtype=torch.float64, device=DEVICE)
+    m, _ = tk.hidden_forward("xielu", h1, None, theta)
+    dh1, _, _, dtheta = tk.hidden_backward("xielu", dm, h1, None, theta, need_dbeta=True)
+    m64, dh1_64, _, dt64 = reference_grads("xielu", h1, None, theta, dm)
+    _check(m, m64, dtype, "m")
+    _check(dh1, dh1_64, dtype, "dh1", dm)
+    assert dtheta.shape == (2,)
+    torch.testing.assert_close(dtheta.double(), dt64, rtol=1e-4 if dtype == torch.float32 else 1e-10,
+                               atol=1e-4 * dt64.abs().max().item())
+
+
+@pytest.mark.parametrize("variant", ["qgeglu", "leaky_relu2", "xielu", "clamped_swiglu"])
+def test_fused_op_with_triton_kernels_new_variants(variant, match_reference):
+    kw = {"act_kwargs": {"slope": 0.3}} if variant == "leaky_relu2" else {}
+    ffn = ffnlab.FeedForward(16, 40, variant, backend="triton", bias=True, device=DEVICE, **kw)
+    ref = ffnlab.FeedForward(16, 40, variant, backend="reference", bias=True, device=DEVICE, **kw)
+    ref.load_state_dict(ffn.state_dict())
+    x = torch.randn(3, 37, 16, device=DEVICE) * 4
+    torch.testing.assert_close(ffn(x), ref(x), rtol=1e-5, atol=1e-5)
+    if variant != "leaky_relu2":  # the fixture's copy is built without act_kwargs
+        match_reference(ffn, x, rtol=1e-5, atol=1e-5)

@@ -120,6 +120,29 @@ def test_gradcheck_beta(variant, beta, mode):
     assert torch.autograd.gradcheck(f, args)
 
 
+@pytest.mark.parametrize(("variant", "options"), [("leaky_relu2", (0.2,)),
+                                                  ("clamped_swiglu", (1.3, 1.5)),
+                                                  ("xielu", ())])
+@pytest.mark.parametrize("mode", MODES)
+def test_options_and_packed_parameters_every_mode(variant, options, mode):
+    # Non-default options, and xielu's raw [p, n] learnt: gradcheck and the float64 reference.
+    args = list(make_args(variant, lead=(2, 3), scale=3.0))
+    if variant == "xielu":
+        args[7] = torch.tensor([0.4, -0.3], dtype=torch.float64, requires_grad=True)
+    act = ffnlab.get_variant(variant).activation
+
+    def f(*a):
+        return fused_feed_forward(*a[:7], activation=act, beta=a[7], recompute=mode,
+                                  options=options)  # fmt: skip
+
+    assert torch.autograd.gradcheck(f, tuple(args))
+    y = f(*args)
+    want = ffn_reference(*args[:7], activation=act, beta=args[7], options=options)
+    torch.testing.assert_close(y, want, rtol=1e-12, atol=1e-12)
+    default = ffn_reference(*args[:7], activation=act)
+    assert (want - default).abs().max() > 1e-3  # the options (xielu: the parameters) matter
+
+
 def test_beta_gradient_sums_over_all_leading_dims():
     # [2, 3, 4] input: dbeta must add up the 6 rows, as the reference's autograd does.
     args = make_args("swiglu", lead=(2, 3), beta="per_unit")
@@ -313,7 +336,7 @@ def _through_custom_op(x, w1, w2, w3, b1, b2, b3, *, activation, beta, recompute
     bt = beta if isinstance(beta, torch.Tensor) else None
     bv = 1.0 if bt is not None else float(beta)
     return torch.ops.ffnlab.ffn_forward(
-        x, w1, w2, w3, b1, b2, b3, bt, activation, bv, recompute, "aten"
+        x, w1, w2, w3, b1, b2, b3, bt, activation, bv, recompute, "aten", []
     )[0]
 
 
@@ -352,7 +375,7 @@ def test_opcheck():
     for mode in MODES:
         torch.library.opcheck(
             torch.ops.ffnlab.ffn_forward.default,
-            (x, w1, w2, w3, None, None, None, beta, "swish", 1.0, mode, "aten"),
+            (x, w1, w2, w3, None, None, None, beta, "swish", 1.0, mode, "aten", []),
         )
 
 

@@ -177,7 +177,9 @@ def test_nan_and_inf_propagate_like_the_reference(backend, variant, rows, specia
 EPS = {torch.float64: 2.0**-53, torch.float32: 2.0**-24, torch.bfloat16: 2.0**-8,
        torch.float16: 2.0**-11}
 BWD_TOL = {torch.float64: 1e-14, torch.float32: 1e-6, torch.bfloat16: 3e-2, torch.float16: 4e-3}
-KINKED = {"relu"}  # activations whose derivative jumps (at 0): relu, and so reglu
+# Activations whose derivative jumps, and where: relu (and so reglu) and xielu (by αn) at 0,
+# GPT-OSS's clamped gate at its limit 7 (and its value branch at ±7, see _grad_bounds).
+KINKED = {"relu": 0.0, "xielu": 0.0, "clamped_swish": 7.0}
 
 
 def _grad_bounds(ffn64: FeedForward, x64: torch.Tensor, g64: torch.Tensor, dtype) -> dict:
@@ -201,10 +203,14 @@ def _grad_bounds(ffn64: FeedForward, x64: torch.Tensor, g64: torch.Tensor, dtype
     dm = g_abs @ t(ffn64.w2)  # [.., hidden]
     slope = 2.0 * beta * (h1_mag + 1.0)
     if ffn64.activation in KINKED:
-        near_zero = h1.abs() <= 16 * EPS[dtype] * (h1_mag + 1e-300)
+        at = KINKED[ffn64.activation]
+        near_zero = (h1 - at).abs() <= 16 * EPS[dtype] * (h1_mag + 1e-300)
         slope = slope + near_zero / BWD_TOL[dtype]
     dh1 = dm * slope * h3_mag
     dh3 = dm * (a_abs + h1_mag + 1.0) if ffn64.w3 is not None else None
+    if dh3 is not None and ffn64.activation == "clamped_swish":  # the value clamp's jump at ±7
+        h3 = F.linear(x64, ffn64.w3.weight, ffn64.w3.bias)
+        dh3 = dh3 + dm * ((h3.abs() - 7.0).abs() <= 16 * EPS[dtype] * (h3_mag + 1e-300)) / BWD_TOL[dtype]
     rows = lambda a: a.reshape(-1, a.shape[-1])
     m_abs = (a_abs + h1_mag + 1.0) * h3_mag
     out = {
@@ -219,6 +225,8 @@ def _grad_bounds(ffn64: FeedForward, x64: torch.Tensor, g64: torch.Tensor, dtype
         out["w3.bias"] = rows(dh3).sum(0)
     # d act / d beta = h1² σ'(β h1) <= h1² / 4: bounded by slope * |h1| for the sum
     out["beta"] = (rows(dm * h3_mag * slope * (h1_mag + 1.0))).sum(0)
+    # xielu's raw alphas: |d act / d p| <= h1², |d act / d n| <= |expm1(min(h1, ε)) - h1|
+    out["alpha_p"] = out["alpha_n"] = rows(dm * h3_mag * (h1_mag + 1.0) ** 2).sum().reshape(1)
     return out
 
 

@@ -179,6 +179,8 @@ def init_parameters(model: TinyGPT, seed: int, *, embed_std: float = 0.02) -> No
         if "norm" in name:
             p.fill_(1.0)
             continue
+        if p.dim() == 1 and is_ffn_param(name):
+            continue  # an activation's own parameters (xielu's alphas) keep their initial values
         if name in ("tok.weight", "pos.weight"):
             std = embed_std
         else:

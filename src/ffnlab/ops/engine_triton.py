@@ -22,6 +22,11 @@ Equivalent PyTorch of the two kernels (``act`` one of :data:`ACT_IDS`)::
     dh1 = dm * h3 * act'(h1)           # plain: dm * act'(h1)
     m = act(h1) * h3                   # recomputed for W2's gradient when asked
     dbeta = (dm * h3 * h1**2 * s * (1 - s)).sum(0), s = sigmoid(beta * h1)   # Swish only
+
+The activations' options (leaky_relu2's slope, clamped_swish's alpha and limit) reach the
+kernels in a small tensor; xielu's packed raw parameters ``[p, n]`` take beta's place (their
+gradient is ``[2]``); GPT-OSS's value transform ``clamp(h3, -limit, limit) + 1`` replaces
+``h3`` in ``m`` (and its gradient masks ``dh3``).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..activations import compute_dtype
+from ..activations import compute_dtype, get_activation
 
 __all__ = ["ACT_IDS", "hidden_forward", "hidden_backward", "interpreted"]
 
@@ -43,10 +48,16 @@ ACT_IDS = {
     "sigmoid": 5,
     "tanh": 6,
     "relu2": 7,
+    "quick_gelu": 8,
+    "leaky_relu2": 9,  # option: slope (OPTS[0])
+    "xielu": 10,  # packed raw parameters [p, n] in BETA
+    "clamped_swish": 11,  # options: alpha, limit (OPTS[0], OPTS[1]); value: clamp(v, ±limit) + 1
 }
 
-# beta modes: a Python float (compile-time argument), one learnable value, one per unit.
-_BETA_CONST, _BETA_SCALAR, _BETA_PER_UNIT = 0, 1, 2
+# beta modes: a Python float (compile-time argument), one learnable value, one per unit, and
+# an activation's packed parameters (xielu's raw [p, n]).
+_BETA_CONST, _BETA_SCALAR, _BETA_PER_UNIT, _BETA_PACKED = 0, 1, 2, 3
+_XIELU_BETA, _XIELU_EPS = 0.5, -1e-6
 
 
 @triton.jit
@@ -72,8 +83,22 @@ def _tanh(x):
 
 
 @triton.jit
-def _act(x, beta, ACT: tl.constexpr):
-    """act(x), in x's (float32 or float64) dtype."""
+def _softplus(p):
+    return tl.where(p > 20.0, p, tl.log(1.0 + tl.exp(tl.minimum(p, 20.0))))
+
+
+@triton.jit
+def _expm1(x):
+    """exp(x) - 1 without the cancellation near 0 (a cubic Taylor polynomial for |x| < 1e-3:
+    its error, x^4/24 < 5e-14, is below float32's and float64's rounding of the result there)."""
+    small = x + x * x * (0.5 + x * (1.0 / 6.0))
+    return tl.where(tl.abs(x) < 1e-3, small, tl.exp(x) - 1.0)
+
+
+@triton.jit
+def _act(x, beta, o0, o1, ACT: tl.constexpr):
+    """act(x), in x's (float32 or float64) dtype. ``beta``: Swish's beta, or for xielu the
+    pair (αp, αn) as a 2-tuple; ``o0``, ``o1``: the activation's options."""
     if ACT == 0:
         y = x
     elif ACT == 1:
@@ -88,14 +113,26 @@ def _act(x, beta, ACT: tl.constexpr):
         y = _sigmoid(x)
     elif ACT == 6:
         y = _tanh(x)
-    else:
+    elif ACT == 7:
         r = tl.where(x < 0.0, 0.0, x)
         y = r * r
+    elif ACT == 8:
+        y = x * _sigmoid(1.702 * x)
+    elif ACT == 9:
+        r = tl.where(x > 0.0, x, o0 * x)
+        y = r * r
+    elif ACT == 10:
+        ap, an = beta
+        em = _expm1(tl.minimum(x, _XIELU_EPS))
+        y = tl.where(x > 0.0, ap * x * x + _XIELU_BETA * x, (em - x) * an + _XIELU_BETA * x)
+    else:
+        xc = tl.where(x > o1, o1, x)  # not tl.minimum: NaN must stay NaN, as in torch.clamp
+        y = xc * _sigmoid(o0 * xc)
     return y
 
 
 @triton.jit
-def _act_grad(x, beta, ACT: tl.constexpr):
+def _act_grad(x, beta, o0, o1, ACT: tl.constexpr):
     """act'(x) in x's dtype; the formulas of ffnlab.activations.*_grad, same operation order."""
     if ACT == 0:
         d = tl.full(x.shape, 1.0, x.dtype)
@@ -117,9 +154,39 @@ def _act_grad(x, beta, ACT: tl.constexpr):
         d = s * (1.0 - s)
     elif ACT == 6:
         _, d = _tanh_sech2(x)
-    else:
+    elif ACT == 7:
         d = 2.0 * tl.where(x < 0.0, 0.0, x)
+    elif ACT == 8:
+        s = _sigmoid(1.702 * x)
+        d = s + 1.702 * (x * (s * (1.0 - s)))
+    elif ACT == 9:
+        d = tl.where(x > 0.0, 2.0 * x, (2.0 * o0 * o0) * x)
+    elif ACT == 10:
+        ap, an = beta
+        dneg = tl.where(x <= _XIELU_EPS, an * _expm1(x), -an) + _XIELU_BETA
+        d = tl.where(x > 0.0, 2.0 * ap * x + _XIELU_BETA, dneg)
+    else:
+        xc = tl.where(x > o1, o1, x)
+        s = _sigmoid(o0 * xc)
+        d = tl.where(x <= o1, s + o0 * (xc * (s * (1.0 - s))), 0.0)
     return d
+
+
+@triton.jit
+def _value(v, o1, ACT: tl.constexpr):
+    """The value branch's transform: clamp(v, -limit, limit) + 1 for GPT-OSS, else v."""
+    if ACT == 11:
+        v = tl.where(v > o1, o1, tl.where(v < -o1, -o1, v)) + 1.0  # NaN stays NaN
+    return v
+
+
+@triton.jit
+def _value_grad(v, o1, ACT: tl.constexpr):
+    if ACT == 11:
+        dv = tl.where((v >= -o1) & (v <= o1), 1.0, 0.0)
+    else:
+        dv = 1.0
+    return dv
 
 
 @triton.jit
@@ -128,14 +195,16 @@ def _load_beta(BETA, cols, n_cols, beta_value, BETA_MODE: tl.constexpr, CT: tl.c
         b = beta_value  # float32 (float64 inputs pass beta as a tensor)
     elif BETA_MODE == 1:
         b = tl.load(BETA).to(CT)
-    else:
+    elif BETA_MODE == 2:
         b = tl.load(BETA + cols, mask=cols < n_cols, other=1.0).to(CT)[None, :]
+    else:  # xielu: αp = softplus(p), αn = β + softplus(n)
+        b = (_softplus(tl.load(BETA).to(CT)), _XIELU_BETA + _softplus(tl.load(BETA + 1).to(CT)))
     return b
 
 
 @triton.jit
 def _forward_kernel(
-    H1, H3, BETA, OUT, A_OUT, n_rows, n_cols, beta_value,
+    H1, H3, BETA, OPTS, OUT, A_OUT, n_rows, n_cols, beta_value,
     ACT: tl.constexpr, GATED: tl.constexpr, BETA_MODE: tl.constexpr, STORE_A: tl.constexpr,
     CT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -145,17 +214,18 @@ def _forward_kernel(
     offs = rows[:, None].to(tl.int64) * n_cols + cols[None, :]
     x = tl.load(H1 + offs, mask=mask, other=0.0).to(CT)
     beta = _load_beta(BETA, cols, n_cols, beta_value, BETA_MODE, CT)
-    a = _act(x, beta, ACT)
+    o0, o1 = tl.load(OPTS).to(CT), tl.load(OPTS + 1).to(CT)
+    a = _act(x, beta, o0, o1, ACT)
     if STORE_A:
         tl.store(A_OUT + offs, a.to(A_OUT.dtype.element_ty), mask=mask)
     if GATED:
-        a = a * tl.load(H3 + offs, mask=mask, other=0.0).to(CT)
+        a = a * _value(tl.load(H3 + offs, mask=mask, other=0.0).to(CT), o1, ACT)
     tl.store(OUT + offs, a.to(OUT.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _backward_kernel(
-    G, H1, H3, BETA, DH1, DH3, M, DBETA, n_rows, n_cols, beta_value,
+    G, H1, H3, BETA, OPTS, DH1, DH3, M, DBETA, n_rows, n_cols, beta_value,
     ACT: tl.constexpr, GATED: tl.constexpr, BETA_MODE: tl.constexpr, NEED_M: tl.constexpr,
     NEED_DBETA: tl.constexpr, CT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
@@ -167,10 +237,12 @@ def _backward_kernel(
     g = tl.load(G + offs, mask=mask, other=0.0).to(CT)
     x = tl.load(H1 + offs, mask=mask, other=0.0).to(CT)
     beta = _load_beta(BETA, cols, n_cols, beta_value, BETA_MODE, CT)
-    a = _act(x, beta, ACT)
+    o0, o1 = tl.load(OPTS).to(CT), tl.load(OPTS + 1).to(CT)
+    a = _act(x, beta, o0, o1, ACT)
     if GATED:
         v = tl.load(H3 + offs, mask=mask, other=0.0).to(CT)
-        tl.store(DH3 + offs, (g * a).to(DH3.dtype.element_ty), mask=mask)
+        tl.store(DH3 + offs, (g * a * _value_grad(v, o1, ACT)).to(DH3.dtype.element_ty), mask=mask)
+        v = _value(v, o1, ACT)
         gv = g * v
         if NEED_M:
             tl.store(M + offs, (a * v).to(M.dtype.element_ty), mask=mask)
@@ -178,8 +250,20 @@ def _backward_kernel(
         gv = g
         if NEED_M:
             tl.store(M + offs, a.to(M.dtype.element_ty), mask=mask)
-    tl.store(DH1 + offs, (gv * _act_grad(x, beta, ACT)).to(DH1.dtype.element_ty), mask=mask)
-    if NEED_DBETA:
+    tl.store(DH1 + offs, (gv * _act_grad(x, beta, o0, o1, ACT)).to(DH1.dtype.element_ty),
+             mask=mask)  # fmt: skip
+    if NEED_DBETA and ACT == 10:
+        # xielu: d/dp = σ(p)·x² (x > 0), d/dn = σ(n)·(expm1(min(x, ε)) - x) (x <= 0); their
+        # partial sums go to DBETA[0] and DBETA[1], each [row blocks, n_cols].
+        sp = _sigmoid(tl.load(BETA).to(CT))
+        sn = _sigmoid(tl.load(BETA + 1).to(CT))
+        em = _expm1(tl.minimum(x, _XIELU_EPS))
+        dp = tl.where(mask & (x > 0.0), gv * (sp * (x * x)), 0.0)
+        dn = tl.where(mask & (x <= 0.0), gv * (sn * (em - x)), 0.0)
+        blocks = tl.num_programs(0)
+        tl.store(DBETA + pid_r * n_cols + cols, tl.sum(dp, axis=0), mask=cols < n_cols)
+        tl.store(DBETA + (blocks + pid_r) * n_cols + cols, tl.sum(dn, axis=0), mask=cols < n_cols)
+    elif NEED_DBETA:
         s = _sigmoid(beta * x)
         # x * (x * s(1-s)): every intermediate stays finite (|x s(1-s)| <= |x| / 4).
         db = tl.where(mask, gv * (x * (x * (s * (1.0 - s)))), 0.0)
@@ -205,8 +289,12 @@ def _blocks(n_rows: int, n_cols: int) -> tuple[int, int]:
 
 
 def _beta_args(
-    beta: float | torch.Tensor, like: torch.Tensor
+    beta: float | torch.Tensor, like: torch.Tensor, activation: str = ""
 ) -> tuple[torch.Tensor, float, int]:
+    if activation == "xielu":
+        if not isinstance(beta, torch.Tensor):
+            beta = torch.tensor(get_activation("xielu").param_init, dtype=torch.float64)
+        return beta.detach().to(device=like.device).contiguous(), 1.0, _BETA_PACKED
     if not isinstance(beta, torch.Tensor):
         if like.dtype != torch.float64:
             return like, float(beta), _BETA_CONST
@@ -214,6 +302,14 @@ def _beta_args(
         beta = torch.tensor(float(beta), dtype=torch.float64)
     b = beta.detach().to(device=like.device).contiguous()
     return b, 1.0, _BETA_SCALAR if b.dim() == 0 else _BETA_PER_UNIT
+
+
+def _options(activation: str, options: tuple, like: torch.Tensor) -> torch.Tensor:
+    """The option values as a 2-element tensor of the compute dtype (a tensor, not float
+    arguments: those reach the kernel as float32, and float64 inputs need them exact)."""
+    vals = list(get_activation(activation).kwargs(tuple(options)).values())
+    vals = (vals + [0.0, 0.0])[:2]
+    return torch.tensor(vals, dtype=compute_dtype(like.dtype), device=like.device)
 
 
 def _check(activation: str, h1: torch.Tensor) -> int:
@@ -233,6 +329,7 @@ def hidden_forward(
     beta: float | torch.Tensor = 1.0,
     *,
     keep_act: bool = False,
+    options: tuple[float, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(m, a)``: ``m = act(h1) * h3`` (gated) or ``act(h1)``; ``a = act(h1)`` if ``keep_act``
     and gated, else None. Shapes ``[N, hidden]``, dtype of ``h1``.
@@ -247,11 +344,12 @@ def hidden_forward(
     a = torch.empty_like(h1) if keep_act and h3 is not None else None
     if h1.numel() == 0:
         return out, a
-    b, beta_value, beta_mode = _beta_args(beta, h1)
+    b, beta_value, beta_mode = _beta_args(beta, h1, activation)
     br, bc = _blocks(n_rows, n_cols)
     grid = (triton.cdiv(n_rows, br), triton.cdiv(n_cols, bc))
     _forward_kernel[grid](
-        h1, h1 if h3 is None else h3, b, out, out if a is None else a,
+        h1, h1 if h3 is None else h3, b, _options(activation, options, h1), out,
+        out if a is None else a,
         n_rows, n_cols, beta_value,
         ACT=act_id, GATED=h3 is not None, BETA_MODE=beta_mode, STORE_A=a is not None,
         CT=_TL_TYPES[compute_dtype(h1.dtype)],
@@ -272,6 +370,7 @@ def hidden_backward(
     need_m: bool = True,
     need_dbeta: bool = False,
     dm_is_scratch: bool = False,
+    options: tuple[float, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """``(dh1, dh3, m, dbeta)`` from ``dm = dL/dm``; the contract of
     :func:`ffnlab.ops.engine_aten.hidden_backward`. ``a`` is not needed (recomputed in registers, which
@@ -290,20 +389,25 @@ def hidden_backward(
     m_out = torch.empty_like(h1) if store_m else m
     br, bc = _blocks(n_rows, n_cols)
     n_row_blocks = triton.cdiv(n_rows, br)
+    packed = activation == "xielu"
     partial = (
-        torch.zeros(max(n_row_blocks, 1), n_cols, device=h1.device,
+        torch.zeros(*((2,) if packed else ()), max(n_row_blocks, 1), n_cols, device=h1.device,
                     dtype=compute_dtype(h1.dtype))
         if need_dbeta
         else None
     )
     if h1.numel() > 0:
-        b, beta_value, beta_mode = _beta_args(beta, h1)
+        b, beta_value, beta_mode = _beta_args(beta, h1, activation)
         _backward_kernel[(n_row_blocks, triton.cdiv(n_cols, bc))](
-            dm, h1, h1 if h3 is None else h3, b, dh1, dh1 if dh3 is None else dh3,
+            dm, h1, h1 if h3 is None else h3, b, _options(activation, options, h1),
+            dh1, dh1 if dh3 is None else dh3,
             m_out if store_m else dh1, h1 if partial is None else partial,
             n_rows, n_cols, beta_value,
             ACT=act_id, GATED=gated, BETA_MODE=beta_mode, NEED_M=store_m,
             NEED_DBETA=need_dbeta, CT=_TL_TYPES[compute_dtype(h1.dtype)], BLOCK_R=br, BLOCK_C=bc,
         )  # fmt: skip
-    dbeta = partial.sum(0) if partial is not None else None
+    if partial is None:
+        dbeta = None
+    else:  # [hidden] for Swish's beta; xielu's packed parameters: [2]
+        dbeta = partial.sum((1, 2)) if packed else partial.sum(0)
     return dh1, dh3, m_out, dbeta
