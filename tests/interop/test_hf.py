@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -17,14 +18,14 @@ pytest.importorskip("transformers")
 FAMILIES = ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "t5", "t5_gated", "bert"]
 # What each family's MLP must become: wrapper class and ffnlab activation.
 EXPECT = {
-    "llama": ("HFGatedMLP", "swish"),
-    "mistral": ("HFGatedMLP", "swish"),
-    "qwen2": ("HFGatedMLP", "swish"),
-    "gemma": ("HFGatedMLP", "gelu_tanh"),  # hidden_act="gelu_pytorch_tanh"
-    "phi3": ("HFPackedGatedMLP", "swish"),
-    "gpt2": ("HFConv1DMLP", "gelu_tanh"),  # "gelu_new"
-    "t5": ("HFT5Dense", "relu"),
-    "t5_gated": ("HFT5Dense", "gelu_tanh"),  # "gated-gelu" is gelu_new
+    "llama": ("HFMLP", "swish"),
+    "mistral": ("HFMLP", "swish"),
+    "qwen2": ("HFMLP", "swish"),
+    "gemma": ("HFMLP", "gelu_tanh"),  # hidden_act="gelu_pytorch_tanh"
+    "phi3": ("HFMLP", "swish"),
+    "gpt2": ("HFMLP", "gelu_tanh"),  # "gelu_new"
+    "t5": ("HFMLP", "relu"),
+    "t5_gated": ("HFMLP", "gelu_tanh"),  # "gated-gelu" is gelu_new
     "bert": ("HFBertFeedForward", "gelu"),
 }
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -46,7 +47,7 @@ def test_same_outputs_and_count(hf_models, family):
     assert len(wrappers) == n_mlp
     cls, act = EXPECT[family]
     assert {type(w).__name__ for w in wrappers} == {cls}
-    assert {w.activation for w in wrappers} == {act}
+    assert {w.ffn_activation for w in wrappers} == {act}
     with torch.no_grad():
         after = hf_models.output(model, inputs)
     torch.testing.assert_close(after, before, **TOL)
@@ -194,16 +195,55 @@ def test_unrecognised_mlp_is_left_alone_and_listed_once(hf_models):
     assert model.model.layers[1].mlp is odd
 
 
-def test_activation_without_ffnlab_equivalent_is_left_alone(hf_models):
-    model, inputs, n_mlp = hf_models.build("llama", hidden_act="mish")
+def test_activation_without_ffnlab_name_runs_as_the_models_callable(hf_models):
+    # gelu_10 (clipped GELU) has no ffnlab name: the wrapper calls the model's own object.
+    model, inputs, n_mlp = hf_models.build("llama", hidden_act="gelu_10")
     with torch.no_grad():
         before = hf_models.output(model, inputs)
-    with pytest.warns(UserWarning, match=r"left 2 MLP.*MishActivation") as record:
-        assert ffnlab.patch_hf(model) == 0
-    assert sum("ffnlab.patch_hf" in str(w.message) for w in record) == 1
-    assert not _wrappers(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ffnlab.patch_hf(model) == n_mlp
+    acts = {type(w.ffn_activation).__name__ for w in _wrappers(model)}
+    assert acts == {"ClippedGELUActivation"}
     with torch.no_grad():
-        torch.testing.assert_close(hf_models.output(model, inputs), before, rtol=0, atol=0)
+        torch.testing.assert_close(hf_models.output(model, inputs), before, **TOL)
+
+
+class Doubling(nn.Module):
+    """An MLP whose forward is not what its parts suggest: it must be left alone."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.up_proj = nn.Linear(dim, 2 * dim, bias=False)
+        self.down_proj = nn.Linear(2 * dim, dim, bias=False)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.up_proj(x))) * 2.0 + 0.001 * x
+
+
+def test_mlp_computing_something_else_is_left_alone_with_the_difference(hf_models):
+    model, inputs, n_mlp = hf_models.build("llama")
+    odd = Doubling(32)
+    model.model.layers[0].mlp = odd
+    with torch.no_grad():
+        before = hf_models.output(model, inputs)
+    with pytest.warns(UserWarning) as record:
+        assert ffnlab.patch_hf(model) == n_mlp - 1
+    msgs = [str(w.message) for w in record if "ffnlab.patch_hf" in str(w.message)]
+    assert len(msgs) == 1
+    assert re.search(r"model\.layers\.0\.mlp \(Doubling: no candidate matches it: smallest "
+                     r"relative difference [0-9.e+-]+ > 1e-10\)", msgs[0])  # fmt: skip
+    assert model.model.layers[0].mlp is odd
+    with torch.no_grad():
+        torch.testing.assert_close(hf_models.output(model, inputs), before, **TOL)
+
+
+def test_model_without_mlp_returns_zero_and_says_why():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    with pytest.warns(UserWarning, match="found no MLP in Sequential") as record:
+        assert ffnlab.patch_hf(model) == 0
+    assert len(record) == 1
 
 
 def test_bad_arguments(hf_models):
