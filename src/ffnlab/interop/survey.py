@@ -37,6 +37,21 @@ SMALL: dict[str, object] = dict(
     dff=64, d_inner=64, vocab_size_per_layer_input=128, hidden_size_per_layer_input=8,
     shape_vocab_size=32, pronunciation_vocab_size=32,
 )  # fmt: skip
+#: Per-family fields on top of :data:`SMALL`: what their validators need at the tiny sizes, or
+#: what makes the interesting MLP appear (Qwen3-Next's dense layers, Falcon-H1's multipliers,
+#: Gemma-3n's per-layer widths and gate sparsity).
+OVERRIDES: dict[str, dict] = {
+    "falcon_h1": dict(mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8,
+                      mlp_multipliers=[0.5, 2.0]),
+    "qwen3_next": dict(mlp_only_layers=[0]),
+    "gemma3n_text": dict(intermediate_size=[64, 48], activation_sparsity_pattern=[0.95, 0.0],
+                         num_kv_shared_layers=0, layer_types=["sliding_attention",
+                                                              "full_attention"]),
+    "dots3_note_text": dict(num_key_value_heads=4),
+    "zamba": dict(layer_types=["mamba", "hybrid"]),
+    "reformer": dict(is_decoder=True),
+    "zaya": dict(num_experts_per_tok=1),
+}  # fmt: skip
 #: Largest model (parameters) built from a tiny config; a family above it is reported.
 MAX_PARAMS = 4_000_000
 
@@ -60,14 +75,18 @@ def tiny_config(model_type: str, **overrides):
     """A small configuration of ``model_type`` (sub-configurations made small too)."""
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    return _tiny(CONFIG_MAPPING[model_type], overrides)
+    return _tiny(CONFIG_MAPPING[model_type], {**OVERRIDES.get(model_type, {}), **overrides})
 
 
 def _tiny(cls, overrides: dict):
     names = _fields(cls)
     kw = {k: v for k, v in SMALL.items() if k in names}
     for name, sub in (getattr(cls, "sub_configs", None) or {}).items():
-        if isinstance(sub, type) and name in names:
+        if name not in names or not isinstance(sub, type):
+            continue
+        if sub.__name__ == "AutoConfig":  # the default's own sub-config class
+            sub = type(getattr(cls(), name, None))
+        if hasattr(sub, "model_type"):
             kw[name] = _tiny(sub, {})
     kw.update({k: v for k, v in overrides.items() if k in names})
     return cls(**kw)
