@@ -52,8 +52,10 @@ def table(reports) -> str:
     for r in reports:
         why = r.reason or (r.left[0].split(" (", 1)[-1].rstrip(")") if r.left else "")
         why = why.replace("|", "\\|")
-        lines.append(f"| {r.family} | {STATUS[r.status]} | {r.found} | {r.patched} | "
-                     f"{_num(r.diff32)} | {_num(r.diff64)} | {why} |")
+        lines.append(
+            f"| {r.family} | {STATUS[r.status]} | {r.found} | {r.patched} | "
+            f"{_num(r.diff32)} | {_num(r.diff64)} | {why} |"
+        )
     return "\n".join(lines)
 
 
@@ -61,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("families", nargs="*", help="model types (default: all)")
     parser.add_argument("--check", action="store_true", help="print the table, write nothing")
-    parser.add_argument("--doc", default=str(pathlib.Path(__file__).parents[1] / "docs" / "interop.md"))
+    parser.add_argument(
+        "--doc", default=str(pathlib.Path(__file__).parents[1] / "docs" / "interop.md")
+    )
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     import transformers

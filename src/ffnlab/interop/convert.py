@@ -15,7 +15,7 @@ from ..ffn import FeedForward
 from ..variants import VARIANTS
 from .hf import _is_bert_layer, build_wrapper
 from .hf_activations import describe, hf_activation
-from .hf_modules import HFFeedForward, HFMLP
+from .hf_modules import HFMLP, HFFeedForward
 from .recognise import MLPSpec
 from .verify import verified_spec
 
@@ -154,7 +154,7 @@ def _build(module, lins, act_obj, dropout, scales, backend, recompute, copy) -> 
         w1_lin, w2_lin, w3_lin = (
             None if lin is None else _linear(lin.weight * s, None if lin.bias is None
                                              else lin.bias * s, True)
-            for lin, s in zip(lins, (gs, os_, 1.0))
+            for lin, s in zip(lins, (gs, os_, 1.0), strict=True)
         )  # fmt: skip
     hidden, dim = w1_lin.weight.shape
     ffn = FeedForward(

@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import check_choice
 from ..ops.dispatch import BACKENDS
 from .hf_activations import HF_ACTIVATIONS, describe, hf_activation
-from .hf_modules import HFBertFeedForward, HFBertOutputTail, HFFeedForward, HFMLP
+from .hf_modules import HFMLP, HFBertFeedForward, HFBertOutputTail, HFFeedForward
 from .recognise import MLPSpec, candidates, is_moe_block, why_not_mlp
 from .verify import TOLERANCE, Probe, verified_spec
 
@@ -59,9 +59,17 @@ def _signature(module: nn.Module) -> tuple:
                            if isinstance(v, (bool, int, float, str, type(None)))))  # fmt: skip
     params = tuple((n, tuple(p.shape), p.dtype, str(p.device))
                    for n, p in module.named_parameters())  # fmt: skip
-    children = tuple((n, type(c), tuple(sorted((k, v) for k, v in vars(c).items()
-                      if isinstance(v, (bool, int, float, str)))))  # fmt: skip
-                     for n, c in module.named_modules() if n)
+    children = tuple(
+        (
+            n,
+            type(c),
+            tuple(
+                sorted((k, v) for k, v in vars(c).items() if isinstance(v, (bool, int, float, str)))
+            ),
+        )  # fmt: skip
+        for n, c in module.named_modules()
+        if n
+    )
     return type(module), scalars, params, children
 
 
@@ -77,9 +85,7 @@ class _Patcher:
             return None, math.nan
         key = _signature(module)
         if key not in self.cache:
-            self.cache[key] = verified_spec(
-                module, lambda m, s: build_wrapper(m, s, "reference")
-            )
+            self.cache[key] = verified_spec(module, lambda m, s: build_wrapper(m, s, "reference"))
         return self.cache[key]
 
     def walk(self, parent: nn.Module, prefix: str) -> None:
@@ -154,7 +160,9 @@ def _is_bert_layer(module: nn.Module) -> bool:
     return (
         isinstance(getattr(inter, "dense", None), nn.Linear)
         and hasattr(inter, "intermediate_act_fn")
-        and all(isinstance(getattr(out, n, None), nn.Module) for n in ("dense", "dropout", "LayerNorm"))
+        and all(
+            isinstance(getattr(out, n, None), nn.Module) for n in ("dense", "dropout", "LayerNorm")
+        )
         and hasattr(module, "feed_forward_chunk")
         and not isinstance(inter, HFFeedForward)
     )

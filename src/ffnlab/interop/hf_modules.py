@@ -117,9 +117,14 @@ class HFFeedForward(nn.Module):
         return self._ffn(x)
 
     def extra_repr(self) -> str:
-        act = self.ffn_activation if isinstance(self.ffn_activation, str) else type(self.ffn_activation).__name__
-        return f"replaces={type(self.original).__name__}, activation={act!r}, backend={self.backend!r}"
-
+        act = (
+            self.ffn_activation
+            if isinstance(self.ffn_activation, str)
+            else type(self.ffn_activation).__name__
+        )
+        return (
+            f"replaces={type(self.original).__name__}, activation={act!r}, backend={self.backend!r}"
+        )
 
 
 def _bias(linear: nn.Module) -> torch.Tensor | None:
@@ -162,7 +167,9 @@ class HFMLP(HFFeedForward):
         for name, p in original.named_parameters(recurse=False):
             self.register_parameter(name, p)
         for name, b in original.named_buffers(recurse=False):
-            self.register_buffer(name, b, persistent=name not in original._non_persistent_buffers_set)
+            self.register_buffer(
+                name, b, persistent=name not in original._non_persistent_buffers_set
+            )
 
     def _float(self, name: str | None) -> float:
         return 1.0 if name is None else float(getattr(self.original, name))
@@ -175,7 +182,12 @@ class HFMLP(HFFeedForward):
             h = w1.shape[0] // 2
             first, second = (slice(0, h), slice(h, None))
             g, u = (first, second) if s.gate_first else (second, first)
-            w1, w3, b1, b3 = w1[g], w1[u], None if b1 is None else b1[g], None if b1 is None else b1[u]
+            w1, w3, b1, b3 = (
+                w1[g],
+                w1[u],
+                None if b1 is None else b1[g],
+                None if b1 is None else b1[u],
+            )
         elif s.up is not None:
             w3, b3 = _weight_of(self._modules[s.up])
         w2, b2 = _weight_of(self._modules[s.down])
@@ -211,7 +223,9 @@ class HFMLP(HFFeedForward):
         if name is None:
             return h
         d = getattr(self.original, name) if name not in self._modules else self._modules[name]
-        return d(h) if isinstance(d, nn.Module) else F.dropout(h, p=float(d), training=self.training)
+        return (
+            d(h) if isinstance(d, nn.Module) else F.dropout(h, p=float(d), training=self.training)
+        )
 
     def _one_dtype(self, x: torch.Tensor) -> bool:
         """Whether every projection weight has ``x``'s dtype (T5 may keep ``wo`` in float32
@@ -246,8 +260,12 @@ class HFMLP(HFFeedForward):
         s = self.spec
         if s.input_norm is not None:
             x = self._modules[s.input_norm](x)
-        if (s.fusable and isinstance(self.ffn_activation, str) and not self._hidden_dropout_active()
-                and self._one_dtype(x)):
+        if (
+            s.fusable
+            and isinstance(self.ffn_activation, str)
+            and not self._hidden_dropout_active()
+            and self._one_dtype(x)
+        ):
             y = self._ffn(x)
         else:
             y = self.module_ffn(x)

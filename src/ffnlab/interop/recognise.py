@@ -34,15 +34,33 @@ from torch import nn
 
 from .hf_activations import hf_activation
 
-__all__ = ["MLPSpec", "candidates", "forward_inputs", "is_moe_block", "projection_shape",
-           "why_not_mlp"]
+__all__ = [
+    "MLPSpec",
+    "candidates",
+    "forward_inputs",
+    "is_moe_block",
+    "projection_shape",
+    "why_not_mlp",
+]
 
 #: ffnlab activations tried when a module stores no activation object (its forward calls a
 #: function such as ``F.silu`` directly, as Lfm2MLP does).
 _IMPLICIT_ACTIVATIONS = ("swish", "gelu", "gelu_tanh", "relu", "relu2", "sigmoid", "tanh")
 _GATE_NAMES = ("gate_proj", "w1", "wi_0", "gate", "fc1", "c_fc", "linear_1", "w_gate")
-_DOWN_NAMES = ("down_proj", "w2", "wo", "fc2", "c_proj", "dense_4h_to_h", "fc_out", "linear_2",
-               "out_proj", "w_out", "output_dense", "dense2")
+_DOWN_NAMES = (
+    "down_proj",
+    "w2",
+    "wo",
+    "fc2",
+    "c_proj",
+    "dense_4h_to_h",
+    "fc_out",
+    "linear_2",
+    "out_proj",
+    "w_out",
+    "output_dense",
+    "dense2",
+)
 _MULTIPLIER = re.compile(r"(multiplier|scale|scaling)$")
 _MOE_NAMES = ("experts", "router", "shared_experts", "shared_expert", "routed_experts")
 # Class names of MoE blocks end so (the models and layers holding them end otherwise).

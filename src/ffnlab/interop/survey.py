@@ -5,7 +5,7 @@ layers, vocabulary 128 ...: only the fields the family's config has), :func:`sur
 patches a model built from it and measures the logits before and after, in float32 and
 float64. ``scripts/interop_families.py`` runs it over
 ``transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` and writes the
-family table of ``docs/interop.md``; ``tests/interop/test_families.py`` checks every family.
+family table of ``docs/interop.md``; ``tests/interop/test_survey.py`` checks every family.
 transformers is imported inside the functions only (the ``hf`` extra).
 """
 
@@ -193,8 +193,10 @@ def _why_none(model: nn.Module) -> str:
     inline = [m for m in model.modules() if {"fc1", "fc2"} <= set(m._modules)
               and len(m._modules) > 3]  # fmt: skip
     if inline:
-        return (f"the FFN is written inline in {type(inline[0]).__name__} (fc1/fc2 are the "
-                f"layer's own children): no module to replace")
+        return (
+            f"the FFN is written inline in {type(inline[0]).__name__} (fc1/fc2 are the "
+            f"layer's own children): no module to replace"
+        )
     return "no module holds an MLP's projections (no FFN, or one of another form)"
 
 

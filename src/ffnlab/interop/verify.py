@@ -33,6 +33,7 @@ TOLERANCE = 1e-10
 TOLERANCE_FLOAT32 = 1e-5
 NEAR = 1e-5
 
+
 def _randomise(module: nn.Module, seed: int) -> None:
     """Redraw every float parameter: ``N(0, 1/in)`` for matrices, ``N(1, 0.25)`` for norm
     weights, ``N(0, 0.25)`` otherwise (biases, learnable activation parameters)."""
@@ -82,7 +83,9 @@ class Probe:
         self.x.requires_grad_()
         self.args = [self.x]
         if forward_inputs(module) == 2:
-            self.args.append(torch.randn(2, 3, dim, generator=g, dtype=torch.float64).to(device, dtype))
+            self.args.append(
+                torch.randn(2, 3, dim, generator=g, dtype=torch.float64).to(device, dtype)
+            )
         self.dropout = _has_dropout(self.module)
         y, _ = self._run(self.module, None)
         self.cot = torch.randn(y.shape, generator=g, dtype=torch.float64).to(device, dtype)
@@ -91,8 +94,10 @@ class Probe:
 
     def _run(self, m: nn.Module, cot: torch.Tensor | None):
         # enable_grad: patch_hf may be called under torch.no_grad(), the probe needs gradients
-        with torch.random.fork_rng(devices=[self.x.device] if self.x.is_cuda else []), \
-                torch.enable_grad():
+        with (
+            torch.random.fork_rng(devices=[self.x.device] if self.x.is_cuda else []),
+            torch.enable_grad(),
+        ):
             torch.manual_seed(self.seed)
             y = m(*self.args)
         if not isinstance(y, torch.Tensor):
@@ -115,7 +120,9 @@ class Probe:
         try:
             replacement.eval()
             y, grads = self._run(replacement, self.cot)
-            worst = max([_rel(self.y, y)] + [_rel(a, b) for a, b in zip(self.grads, grads)])
+            worst = max(
+                [_rel(self.y, y)] + [_rel(a, b) for a, b in zip(self.grads, grads, strict=True)]
+            )
             if self.dropout:
                 worst = max(worst, _rel(self.y_train, self._train(replacement)))
         except Exception:  # noqa: BLE001 - any failure of a candidate means "does not match"
