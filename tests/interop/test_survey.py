@@ -35,7 +35,7 @@ NOT_PATCHED = {
         ["bart", "bigbird_pegasus", "biogpt", "blenderbot", "blenderbot-small", "marian",
          "mbart", "mvp", "opt", "pegasus", "plbart", "trocr", "whisper", "xglm"],
         "the FFN is written inline"),
-    **dict.fromkeys(["mamba", "falcon_mamba"], "no module holds an MLP's projections"),
+    **dict.fromkeys(["mamba", "mamba2", "falcon_mamba"], "no module holds an MLP's projections"),
     **dict.fromkeys(["megatron-bert", "roberta-prelayernorm", "xlm-roberta-xl"],
                     "Intermediate: holds no two or three projections"),  # a norm inside
     "cpmant": "CpmAntFFNBlock: holds no two or three projections",  # nested gated projection
@@ -43,20 +43,26 @@ NOT_PATCHED = {
     "dory": "no candidate matches it",  # learnable per-unit scales on both branches
     "xlnet": "no candidate matches it",  # residual and LayerNorm inside the FFN module
     "gemma4": "Gemma4VisionMLP: holds no two or three projections",  # vision tower only
+    "zamba2": "Zamba2MLP: holds no two or three projections",  # per-layer LoRA adapter list
+    "reformer": "ChunkReformerFeedForward: holds no two or three projections",  # nested
 }  # fmt: skip
 # The model itself rounds to float32 inside the MLP (BeamMLP computes act(gate.float())), so
 # its float64 logits cannot agree to 1e-10; float32 still must.
 FLOAT64_ROUNDS = {"beam"}
-# Families whose MLP exercises one feature of the recognition: what the spec must say.
+# Families whose MLPs exercise one feature of the recognition: what their specs must say.
 FEATURES = {
-    "falcon_h1": lambda s: s.gate_scale is not None and s.out_scale is not None,
-    "bitnet": lambda s: s.hidden_norm is not None,
-    "gemma3n_text": lambda s: s.gate_transform == "_gaussian_topk" or s.gate_transform is None,
-    "bloom": lambda s: s.residual,
-    "phi3": lambda s: s.packed and s.gate_first,
-    "gpt2": lambda s: s.out_dropout == "dropout",
-    "lfm2": lambda s: s.act_attr is None and s.activation == "swish",  # calls F.silu itself
-    "apertus": lambda s: s.activation is None,  # xIELU: the model's own (learnable) callable
+    "falcon_h1": lambda specs: all(s.gate_scale and s.out_scale for s in specs),
+    "bitnet": lambda specs: all(s.hidden_norm == "ffn_sub_norm" for s in specs),
+    # layer 0 has activation sparsity 0.95 (survey.OVERRIDES), layer 1 none
+    "gemma3n_text": lambda specs: [s.gate_transform for s in specs] == ["_gaussian_topk", None],
+    "bloom": lambda specs: all(s.residual for s in specs),
+    "mpt": lambda specs: all(s.residual for s in specs),
+    "phi3": lambda specs: all(s.packed and s.gate_first for s in specs),
+    "gpt2": lambda specs: all(s.out_dropout == "dropout" for s in specs),
+    "lfm2": lambda specs: all(s.act_attr is None and s.activation == "swish" for s in specs),
+    "apertus": lambda specs: all(s.activation is None for s in specs),  # xIELU, learnable
+    "granitemoehybrid": lambda specs: len(specs) == 2,  # each layer's shared_mlp
+    "qwen3_next": lambda specs: len(specs) == 1,  # the dense layer (mlp_only_layers=[0])
 }
 
 
@@ -107,7 +113,12 @@ def test_family(built, family):
     model, inputs = got
     with torch.no_grad():
         want32 = survey.logits(model, inputs)
-    want_grads = _grads(model, inputs)
+    try:
+        want_grads = _grads(model, inputs)
+    except Exception:  # Reformer's backward needs train mode; it is left alone anyway
+        if family not in NOT_PATCHED:
+            raise
+        want_grads = None
     want64 = survey._float64_logits(model, inputs)
     keys = list(model.state_dict())
     originals = dict(model.named_modules())
@@ -123,13 +134,13 @@ def test_family(built, family):
         return
     assert n == len(_wrappers(model))
     if family in FEATURES:
-        assert all(FEATURES[family](w.spec) for w in _wrappers(model) if hasattr(w, "spec"))
+        assert FEATURES[family]([w.spec for w in _wrappers(model)])
     assert list(model.state_dict()) == keys
     with torch.no_grad():
         torch.testing.assert_close(survey.logits(model, inputs), want32, rtol=1e-5, atol=1e-6)
-    got_grads = _grads(model, inputs)
-    assert got_grads.keys() == want_grads.keys()
-    for k in want_grads:
+    got_grads = _grads(model, inputs) if want_grads is not None else {}
+    assert got_grads.keys() == (want_grads or {}).keys()
+    for k in got_grads:
         torch.testing.assert_close(got_grads[k], want_grads[k], rtol=1e-4, atol=1e-6, msg=k)
     if want64 is not None:
         tol = 1e-6 if family in FLOAT64_ROUNDS else 1e-10

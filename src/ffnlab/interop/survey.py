@@ -49,8 +49,15 @@ OVERRIDES: dict[str, dict] = {
                          num_kv_shared_layers=0, layer_types=["sliding_attention",
                                                               "full_attention"]),
     "dots3_note_text": dict(num_key_value_heads=4),
-    "zamba": dict(layer_types=["mamba", "hybrid"]),
-    "reformer": dict(is_decoder=True),
+    "reformer": dict(is_decoder=True, axial_pos_shape=[8, 16], axial_pos_embds_dim=[16, 16],
+                     attn_layers=["local", "lsh"], feed_forward_size=64, attention_head_size=8),
+    "gpt_neo": dict(attention_types=[[["global", "local"], 1]]),
+    "zamba2": dict(layers_block_type=["mamba", "hybrid"], mamba_headdim=8, n_mamba_heads=8),
+    "zamba": dict(num_hidden_layers=3, layers_block_type=["mamba", "hybrid", "hybrid"],
+                  mamba_d_state=8, n_mamba_heads=4),
+    "dots1": dict(first_k_dense_replace=1, n_shared_experts=1, topk_group=1, n_group=1),
+    "lfm2_moe": dict(layer_types=["full_attention", "conv"], num_dense_layers=1),
+    "mamba2": dict(num_heads=8, head_dim=8, n_groups=1),
     "zaya": dict(num_experts_per_tok=1),
 }  # fmt: skip
 #: Largest model (parameters) built from a tiny config; a family above it is reported.
