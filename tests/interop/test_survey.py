@@ -36,8 +36,6 @@ NOT_PATCHED = {
          "mbart", "mvp", "opt", "pegasus", "plbart", "trocr", "whisper", "xglm"],
         "the FFN is written inline"),
     **dict.fromkeys(["mamba", "mamba2", "falcon_mamba"], "no module holds an MLP's projections"),
-    **dict.fromkeys(["megatron-bert", "roberta-prelayernorm", "xlm-roberta-xl"],
-                    "Intermediate: holds no two or three projections"),  # a norm inside
     "cpmant": "CpmAntFFNBlock: holds no two or three projections",  # nested gated projection
     "rwkv": "fit no plain, gated or packed MLP",  # receptance-gated, token-shifted
     "dory": "no candidate matches it",  # learnable per-unit scales on both branches

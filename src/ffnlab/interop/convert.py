@@ -75,7 +75,13 @@ def from_hf(
     if _is_bert_layer(module):
         inter, out = module.intermediate, module.output
         act_obj = inter.intermediate_act_fn
-        return _build(module, (inter.dense, out.dense, None), act_obj, out.dropout.p,
+        if isinstance(getattr(inter, "LayerNorm", None), nn.Module):
+            raise UsageError(
+                f"{type(inter).__name__} applies a LayerNorm to its input, which a FeedForward "
+                f"does not have; ffnlab.patch_hf can still run this layer"
+            )
+        dropout = out.dropout.p if isinstance(getattr(out, "dropout", None), nn.Dropout) else 0.0
+        return _build(module, (inter.dense, out.dense, None), act_obj, dropout,
                       (1.0, 1.0), backend, recompute, copy)  # fmt: skip
     if spec is None:
         spec, diff = verified_spec(module, lambda m, s: build_wrapper(m, s, "reference"))

@@ -281,14 +281,19 @@ class HFBertFeedForward(HFFeedForward):
     ``output.dense``, which stays registered in :class:`HFBertOutputTail` only. The layer's
     ``feed_forward_chunk`` calls ``self.output(self.intermediate(x), x)``, so the two wrappers
     together compute exactly BERT's ``LayerNorm(dropout(W2 act(W1 x + b1) + b2) + x)``.
+    An intermediate holding its own ``LayerNorm`` (RoBERTa-PreLayerNorm) applies it to ``x``
+    first, as the original does.
     """
 
     def __init__(
         self, original: nn.Module, output: nn.Module, *, activation: Activation, backend: str
     ) -> None:
         super().__init__(original, activation=activation, backend=backend)
-        self.dense = original.dense
-        self.intermediate_act_fn = original.intermediate_act_fn  # its parameters' keys, if any
+        # every child in the original's order (dense, the activation, a LayerNorm): same keys
+        for name, child in original.named_children():
+            self.add_module(name, child)
+        if "intermediate_act_fn" not in self._modules:  # a plain function
+            self.intermediate_act_fn = original.intermediate_act_fn
         # The layer's output module (the tail once patched), not registered here: W2 is read
         # from its ``dense`` at each call, so replacing ``output.dense`` later (an adapter,
         # a quantised Linear) is seen here too.
@@ -311,10 +316,18 @@ class HFBertFeedForward(HFFeedForward):
     def down(self, m: torch.Tensor) -> torch.Tensor:
         return self._down(m)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., dim]`` -> ``[..., dim]`` (the FFN output, before the tail's residual)."""
+        if "LayerNorm" in self._modules:
+            x = self.LayerNorm(x)
+        return self._ffn(x)
+
 
 class HFBertOutputTail(HFFeedForward):
     """Replaces BERT's ``output`` when its ``intermediate`` is an :class:`HFBertFeedForward`:
-    ``dense`` has already been applied, so this is ``LayerNorm(dropout(h) + input_tensor)``.
+    ``dense`` has already been applied, so this is ``LayerNorm(dropout(h) + input_tensor)``,
+    without the dropout or the LayerNorm where the original has none (Megatron-BERT's and
+    XLM-RoBERTa-XL's outputs end with the residual).
 
     It keeps ``dense``, ``dropout`` and ``LayerNorm`` registered under their names so the
     state dict is unchanged.
@@ -324,13 +337,15 @@ class HFBertOutputTail(HFFeedForward):
 
     def __init__(self, original: nn.Module, *, activation: Activation, backend: str) -> None:
         super().__init__(original, activation=activation, backend=backend)
-        self.dense = original.dense
-        self.dropout = original.dropout
-        self.LayerNorm = original.LayerNorm
+        for name, child in original.named_children():  # dense, dropout, LayerNorm, in order
+            self.add_module(name, child)
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         """``hidden_states [..., dim]`` (the FFN output), ``input_tensor [..., dim]`` -> same."""
-        return self.LayerNorm(self.dropout(hidden_states) + input_tensor)
+        if "dropout" in self._modules:
+            hidden_states = self.dropout(hidden_states)
+        y = hidden_states + input_tensor
+        return self.LayerNorm(y) if "LayerNorm" in self._modules else y
 
     def extra_repr(self) -> str:
         return f"replaces={type(self.original).__name__} (dense applied by intermediate)"
