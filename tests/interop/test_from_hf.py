@@ -106,3 +106,28 @@ def test_errors(hf_models):
 def test_from_hf_is_a_function_not_a_feed_forward_method():
     assert ffnlab.from_hf is ffnlab.interop.from_hf
     assert not hasattr(FeedForward, "from_hf")  # the module layer does not import interop
+
+
+def test_structurally_recognised_families():
+    from ffnlab.interop import survey
+
+    # Nemotron: plain up_proj/down_proj with relu2, Linears shared
+    nemotron = survey.build_model("nemotron")
+    mlp = nemotron.model.layers[0].mlp
+    ffn = ffnlab.from_hf(mlp)
+    assert ffn.variant == "relu2" and ffn.w1 is mlp.up_proj and ffn.w2 is mlp.down_proj
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ffn(x), mlp(x), rtol=1e-5, atol=1e-6)
+    # Falcon-H1: gate/down multipliers cannot be carried without copying
+    falcon = survey.build_model("falcon_h1")
+    mlp = falcon.model.layers[0].feed_forward
+    with pytest.raises(ValueError, match="multiplies its gate or output by a constant"):
+        ffnlab.from_hf(mlp)
+    ffn = ffnlab.from_hf(mlp, copy=True)
+    with torch.no_grad():
+        torch.testing.assert_close(ffn(x), mlp(x), rtol=1e-5, atol=1e-6)
+    # BitNet: a norm on the hidden units has no place in a FeedForward
+    bitnet = survey.build_model("bitnet")
+    with pytest.raises(ValueError, match="a norm on the hidden units"):
+        ffnlab.from_hf(bitnet.model.layers[0].mlp)

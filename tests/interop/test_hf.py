@@ -364,3 +364,11 @@ def test_bert_sees_an_output_dense_replaced_after_patching(hf_models):
     assert model.encoder.layer[0].output.dense is new
     with torch.no_grad():
         torch.testing.assert_close(hf_models.output(model, inputs), after, **TOL)
+
+
+def test_meta_device_modules_cannot_be_checked_and_are_left(hf_models):
+    with torch.device("meta"):
+        model, _, n_mlp = hf_models.llama()
+    with pytest.warns(UserWarning, match="parameters are on the meta device"):
+        assert ffnlab.patch_hf(model) == 0
+    assert not _wrappers(model)
