@@ -6,13 +6,10 @@ parameter-free modules (activation, dropout), activation modules with parameters
 ``XIELUActivation``) and 1-D norms, and its forward takes one tensor. The projections' shapes
 give the roles (``dim`` the model width, ``hidden`` the MLP width):
 
-=====================================  ==================================================
-projections                            candidate combinations
-=====================================  ==================================================
-``[hidden, dim]``, ``[dim, hidden]``   plain ``down(act(in(x)))``
-``[2*hidden, dim]``, ``[dim, hidden]``  packed gated: gate the first or the second half
-two ``[hidden, dim]``, ``[dim, hidden]``  gated ``down(act(gate(x)) * up(x))``, either as gate
-=====================================  ==================================================
+* ``[hidden, dim]`` and ``[dim, hidden]``: plain ``down(act(in(x)))``;
+* ``[2*hidden, dim]`` and ``[dim, hidden]``: packed gated, the gate the first or second half;
+* two ``[hidden, dim]`` and ``[dim, hidden]``: gated ``down(act(gate(x)) * up(x))``, either one
+  as the gate.
 
 Each candidate (an :class:`MLPSpec`) also fixes the activation (an ffnlab name from
 :mod:`.hf_activations`, or the module's own activation object, or an ffnlab name tried when the
