@@ -108,9 +108,8 @@ def test_from_hf_is_a_function_not_a_feed_forward_method():
     assert not hasattr(FeedForward, "from_hf")  # the module layer does not import interop
 
 
-def test_structurally_recognised_families():
-    from ffnlab.interop import survey
-
+def test_structurally_recognised_families(families):
+    survey = families
     # Nemotron: plain up_proj/down_proj with relu2, Linears shared
     nemotron = survey.build_model("nemotron")
     mlp = nemotron.model.layers[0].mlp

@@ -31,7 +31,7 @@ from .hf_modules import HFMLP, HFBertFeedForward, HFBertOutputTail, HFFeedForwar
 from .recognise import MLPSpec, candidates, is_moe_block, why_not_mlp
 from .verify import TOLERANCE, Probe, verified_spec
 
-__all__ = ["HF_ACTIVATIONS", "hf_activation", "patch_hf", "unpatch_hf"]
+__all__ = ["HF_ACTIVATIONS", "hf_activation", "patch_hf", "patch_hf_report", "unpatch_hf"]
 
 # Class and attribute names that look like an FFN; such a module that is not patched is
 # reported (other modules that fail the check, attention blocks say, are not MLPs).
@@ -185,25 +185,31 @@ def patch_hf(model: nn.Module, backend: str = "auto") -> int:
         model: any ``nn.Module`` (typically a ``PreTrainedModel``).
         backend: the ffnlab backend the replacements use (see :mod:`ffnlab.ops.dispatch`).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"patch_hf expects an nn.Module, got {type(model).__name__}")
-    check_choice("backend", backend, BACKENDS)
-    patcher = _Patcher(backend)
-    patcher.walk(model, "")
+    count, left = patch_hf_report(model, backend)
     already = any(isinstance(m, HFFeedForward) for m in model.modules())
-    if patcher.skipped:
+    if left:
         warnings.warn(
-            f"ffnlab.patch_hf left {len(patcher.skipped)} MLP module(s) unchanged: "
-            + "; ".join(patcher.skipped),
+            f"ffnlab.patch_hf left {len(left)} MLP module(s) unchanged: " + "; ".join(left),
             stacklevel=2,
         )
-    elif patcher.count == 0 and not already:
+    elif count == 0 and not already:
         warnings.warn(
             f"ffnlab.patch_hf found no MLP in {type(model).__name__}: no module outside "
             f"mixture-of-experts blocks holds two or three projections shaped as an MLP's",
             stacklevel=2,
         )
-    return patcher.count
+    return count
+
+
+def patch_hf_report(model: nn.Module, backend: str = "auto") -> tuple[int, list[str]]:
+    """:func:`patch_hf` without the warning: ``(patched, left)``, ``left`` the MLP-like modules
+    left unchanged as ``"path (Class: reason)"`` (what the warning lists)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"patch_hf expects an nn.Module, got {type(model).__name__}")
+    check_choice("backend", backend, BACKENDS)
+    patcher = _Patcher(backend)
+    patcher.walk(model, "")
+    return patcher.count, patcher.skipped
 
 
 def _is_ffnlab(module: nn.Module) -> bool:

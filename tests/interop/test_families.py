@@ -1,7 +1,7 @@
 """patch_hf on a tiny random model of every causal-LM family of the installed transformers.
 
-Each family is built once (``ffnlab.interop.survey.build_model``: width 32, two layers); one
-test per family checks the MLP count, logits (float32 rtol 1e-5, float64 1e-10), gradients of
+Each family is built once (``scripts/interop_families.py``'s ``build_model``: width 32, two
+layers); one test per family checks the MLP count, logits (float32 rtol 1e-5, float64 1e-10), gradients of
 every parameter, the state-dict keys and ``unpatch_hf``. Families whose config does not build
 offline, or whose tiny model does not run on ``input_ids``, are skipped with the reason; a
 family with no MLP ffnlab patches must be listed in ``NOT_PATCHED`` with why, so a family
@@ -10,7 +10,10 @@ transformers adds later fails here until it is patched or listed.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +22,20 @@ import ffnlab
 from ffnlab.interop.hf_modules import HFFeedForward
 
 transformers = pytest.importorskip("transformers")
-survey = pytest.importorskip("ffnlab.interop.survey")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location(
+        "interop_families", ROOT / "scripts" / "interop_families.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("interop_families", module)  # dataclasses look their module up
+    spec.loader.exec_module(sys.modules["interop_families"])
+    return sys.modules["interop_families"]
+
+
+survey = _load_script()
 
 # Families left (wholly or partly) unpatched, with the reason the survey reports.
 NOT_PATCHED = {
@@ -51,7 +67,7 @@ FLOAT64_ROUNDS = {"beam"}
 FEATURES = {
     "falcon_h1": lambda specs: all(s.gate_scale and s.out_scale for s in specs),
     "bitnet": lambda specs: all(s.hidden_norm == "ffn_sub_norm" for s in specs),
-    # layer 0 has activation sparsity 0.95 (survey.OVERRIDES), layer 1 none
+    # layer 0 has activation sparsity 0.95 (OVERRIDES of the script), layer 1 none
     "gemma3n_text": lambda specs: [s.gate_transform for s in specs] == ["_gaussian_topk", None],
     "bloom": lambda specs: all(s.residual for s in specs),
     "mpt": lambda specs: all(s.residual for s in specs),
