@@ -10,6 +10,7 @@ from . import activations, parallel
 from .errors import UsageError
 from .ffn import FeedForward
 from .interop import from_hf, patch_hf, unpatch_hf
+from .moe import MoEFeedForward
 from .sizing import default_hidden_dim, ffn_flops_per_token, ffn_params, llama_hidden_dim
 from .variants import ALIASES, VARIANTS, Variant, get_variant
 
@@ -28,6 +29,7 @@ __all__ = [
     "from_hf",
     "get_variant",
     "llama_hidden_dim",
+    "MoEFeedForward",
     "parallel",
     "patch_hf",
     "unpatch_hf",

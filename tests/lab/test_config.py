@@ -14,7 +14,7 @@ EVERY_FIELD = {
     "device": torch.device("cpu", 0), "dtype": torch.bfloat16, "seed": 3, "seeds": 2,
     "steps": 7, "data": Path("texts/a.txt"), "backend": "reference", "nproc": 2,
     "dist_timeout": 30.0, "json": True, "resolution": 0.05, "max_seeds": 3, "workers": 1,
-    "data_fraction": 0.5, "time_budget": 60.0,
+    "data_fraction": 0.5, "time_budget": 60.0, "dim": 16,
 }
 
 

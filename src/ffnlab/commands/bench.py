@@ -9,17 +9,21 @@ them all alike; a ratio between two providers is the median of their per-repeat 
 this device's copy bandwidth and matmul rate, so each row reads as a share of the roofline.
 
 Writes bench.json, bench.md and bench.png into --out and prints a table and the targets.
+``--moe EXPERTSxTOPK`` (e.g. ``8x2``) instead times a mixture of experts of one variant, fused
+against the reference loop (:mod:`ffnlab.bench.moe`), and writes moe_bench.json and moe_bench.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 from .. import files
 from ..bench import BenchConfig, run_bench
 from ..bench import report as R
+from ..bench.moe import MoEBenchConfig, format_moe_rows, parse_moe_shape, run_moe_bench
 from ..bench.providers import PROVIDERS, parse_providers
 from ..errors import UsageError, check_positive_int
 from .common import (
@@ -64,6 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--elementwise", action=argparse.BooleanOptionalAction,
                    default=_DEFAULT["elementwise"],
                    help="also time the elementwise middle alone (default: on)")
+    p.add_argument("--moe", default=None, metavar="EXPERTSxTOPK",
+                   help="time a mixture of experts instead (e.g. 8x2): one variant (swiglu "
+                        "unless --variants names one), expert hidden size --hidden (default: "
+                        "--dim), the first --tokens; fused against the reference loop")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -87,10 +95,47 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
+def moe_config_from_args(args: argparse.Namespace) -> MoEBenchConfig:
+    """The :class:`MoEBenchConfig` of ``--moe``; a UsageError naming the flag."""
+    n_experts, top_k = parse_moe_shape(args.moe)
+    variants = ["swiglu"] if args.variants == _comma(_DEFAULT["variants"]) else parse_variants(
+        args.variants)
+    if len(variants) != 1:
+        raise UsageError(f"--moe times one variant; --variants names {len(variants)}")
+    hidden = [args.dim] if args.hidden is None else parse_int_list("--hidden", args.hidden)
+    tokens = parse_int_list("--tokens", args.tokens)
+    if len(hidden) > 1 or len(tokens) > 1:
+        raise UsageError("--moe times one shape: give one --hidden and one --tokens")
+    return MoEBenchConfig(
+        n_experts=n_experts, top_k=top_k, variant=variants[0],
+        dim=check_positive_int("--dim", args.dim), hidden=hidden[0], tokens=tokens[0],
+        dtype=parse_dtype(args.dtype), device=parse_device(args.device),
+        repeats=check_positive_int("--repeats", args.repeats),
+        warmup=max(1, args.warmup), seed=args.seed,
+    )  # fmt: skip
+
+
+def _run_moe(args: argparse.Namespace) -> int:
+    cfg = moe_config_from_args(args)
+    out = prepare_out_dir(args.out)
+    result = files.json_safe(run_moe_bench(cfg))
+    (Path(out) / "moe_bench.json").write_text(json.dumps(result, indent=1))
+    table = format_moe_rows(result)
+    (Path(out) / "moe_bench.md").write_text(f"# ffnlab bench --moe\n\n{table}\n")
+    if args.json:
+        print_json(result)
+        return 0
+    print(table)
+    print(f"wrote {Path(out) / 'moe_bench.json'}, moe_bench.md")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if args.moe is not None:
+        return _run_moe(args)
     cfg = config_from_args(args)
     out = prepare_out_dir(args.out)
     err = Console(stderr=True)

@@ -25,10 +25,12 @@ from ..lab import distributed
 from ..lab.compare import prepare_launch, run_compare
 from ..lab.config import DEFAULT_OUT, DEFAULT_VARIANTS, CompareConfig
 from ..lab.results import DEFAULT_RESOLUTION
+from ..lab.sweep import SweepConfig, run_sweep
 from .common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     add_common,
+    parse_int_list,
     parse_device,
     parse_dtype,
     parse_variants,
@@ -38,7 +40,7 @@ from .common import (
 # What each process of ``--nproc N`` runs: ``python -m WORKER_MODULE CONFIG.json``.
 WORKER_MODULE = "ffnlab.commands.compare_worker"
 
-__all__ = ["add_arguments", "config_from_args", "run", "run_process", "launch", "WORKER_MODULE"]
+__all__ = ["add_arguments", "config_from_args", "sweep_from_args", "run", "run_sweep_command", "run_process", "launch", "WORKER_MODULE"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,8 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run the training runs as tasks on a Ray cluster (auto, "
                         "ray://host:port, or local); needs ffnlab[ray]")
-    p.add_argument("--data-fraction", type=float, default=1.0,
-                   help="train on this share of the training split, in (0, 1] (default: 1)")
+    p.add_argument("--data-fraction", default="1",
+                   help="train on this share of the training split, in (0, 1] (default: 1); "
+                        "several values (0.25,1) run the comparison at each and decide the "
+                        "small-data claim (a sweep)")
+    p.add_argument("--dims", dest="dim", default=None,
+                   help="model width(s) (default: the preset's); several (32,64,128) run the "
+                        "comparison at each width and decide the width claim (a sweep)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--data", default=None, help="a text file or a folder of them (default: pydoc_data.topics)")
     p.add_argument("--backend", default="auto", help="FeedForward backend (default: auto)")
@@ -77,12 +84,58 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds a process waits for the others before giving up (default: 600)")
 
 
-def config_from_args(args: argparse.Namespace) -> CompareConfig:
-    """The parsed flags as a validated :class:`CompareConfig` (UsageError naming the flag)."""
+def _fractions(text: str) -> list[float]:
+    out = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise UsageError(f"--data-fraction takes numbers in (0, 1], got {part!r}") from None
+        if not 0.0 < value <= 1.0:
+            raise UsageError(f"--data-fraction must be in (0, 1], got {value!r}")
+        out.append(value)
+    if not out:
+        raise UsageError("--data-fraction needs a number in (0, 1]")
+    return out
+
+
+def sweep_from_args(args: argparse.Namespace) -> SweepConfig | None:
+    """A :class:`SweepConfig` when ``--dims`` or ``--data-fraction`` lists several values,
+    else None (one comparison)."""
+    dims = [] if args.dim is None else parse_int_list("--dims", args.dim)
+    fracs = _fractions(args.data_fraction)
+    if len(dims) < 2 and len(fracs) < 2:
+        return None
+    base = config_from_args(args, dim=dims[0] if len(dims) == 1 else None,
+                            data_fraction=fracs[0] if len(fracs) == 1 else 1.0)
+    return SweepConfig(base, dims=tuple(dims) if len(dims) > 1 else (),
+                       data_fractions=tuple(fracs) if len(fracs) > 1 else ())
+
+
+_FROM_ARGS = object()  # config_from_args: take the value from the parsed flags
+
+
+def config_from_args(args: argparse.Namespace, *, dim=_FROM_ARGS,
+                     data_fraction=_FROM_ARGS) -> CompareConfig:
+    """The parsed flags as a validated :class:`CompareConfig` (UsageError naming the flag);
+    ``dim`` / ``data_fraction``, when given, replace a list-valued ``--dims`` /
+    ``--data-fraction`` (what a sweep does for each setting)."""
+    if dim is _FROM_ARGS:
+        dims = [] if args.dim is None else parse_int_list("--dims", args.dim)
+        if len(dims) > 1:
+            raise UsageError("--dims with several widths is a sweep (see sweep_from_args)")
+        dim = dims[0] if dims else None
+    if data_fraction is _FROM_ARGS:
+        fracs = _fractions(args.data_fraction)
+        if len(fracs) > 1:
+            raise UsageError("--data-fraction with several values is a sweep")
+        data_fraction = fracs[0]
     return CompareConfig(
         preset=args.preset, out=Path(args.out), variants=_variants(args.variants),
         resolution=args.resolution, max_seeds=args.max_seeds, workers=args.workers,
-        data_fraction=args.data_fraction, time_budget=args.time_budget, ray=args.ray,
+        data_fraction=data_fraction, dim=dim, time_budget=args.time_budget, ray=args.ray,
         device=parse_device(args.device), dtype=parse_dtype(args.dtype), seed=args.seed,
         seeds=args.seeds, steps=args.steps, data=None if args.data is None else Path(args.data),
         backend=args.backend, nproc=args.nproc, dist_timeout=args.dist_timeout, json=args.json,
@@ -98,6 +151,9 @@ def _variants(text: str | None) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    sweep = sweep_from_args(args)
+    if sweep is not None:
+        return run_sweep_command(sweep)
     if args.nproc is not None:
         return launch(config_from_args(args))
     return run_process(lambda: config_from_args(args))
@@ -124,6 +180,16 @@ def run_process(load_config: Callable[[], CompareConfig]) -> int:
             print_json(results.content)
         print(f"Report: {results.report_path}  (results: {results.results_path})", file=sys.stderr)
     return EXIT_INTERRUPTED if results.interrupted else 0
+
+
+def run_sweep_command(cfg: SweepConfig) -> int:
+    """Every setting's comparison in turn, then the sweep's report (see ffnlab.lab.sweep)."""
+    res = run_sweep(cfg)
+    if cfg.base.json:
+        print_json(res.content)
+    print(f"Sweep report: {res.report_path}  (each setting's report in its folder)",
+          file=sys.stderr)
+    return EXIT_INTERRUPTED if res.interrupted else 0
 
 
 def launch(cfg: CompareConfig) -> int:

@@ -85,10 +85,12 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def resolve_config(preset_name: str, *, steps: int | None = None):
-    """``(preset, ModelConfig, TrainConfig)`` for a preset and an optional step override.
+def resolve_config(preset_name: str, *, steps: int | None = None, dim: int | None = None):
+    """``(preset, ModelConfig, TrainConfig)`` for a preset and optional step and width overrides.
 
     With ``steps`` given, warm-up stays at most 10% of it and evaluation happens at least 4 times.
+    ``dim`` replaces the preset's model width (heads, depth and the recipe stay the preset's);
+    a width the head count does not divide is a UsageError naming both.
     """
     from .model import ModelConfig
     from .train import TrainConfig
@@ -103,7 +105,14 @@ def resolve_config(preset_name: str, *, steps: int | None = None):
             eval_every=max(1, min(train.eval_every, steps // 4)),
             ckpt_every=max(1, min(train.ckpt_every, steps // 4)),
         )
-    return preset, ModelConfig(**preset.model), train
+    model = dict(preset.model)
+    if dim is not None:
+        check_positive_int("--dims", dim)
+        if dim % model["n_heads"]:
+            raise UsageError(f"--dims: width {dim} is not divisible by the {model['n_heads']} "
+                             f"attention heads of preset {preset_name!r}")
+        model["dim"] = dim
+    return preset, ModelConfig(**model), train
 
 
 def _variant_list(names: tuple[str, ...], preset: str) -> tuple[str, ...]:
@@ -124,7 +133,7 @@ class CompareConfig:
     of seeds every variant starts with, ``None`` for the preset's, and the seeds run are
     ``seed, seed + 1, ...``; ``max_seeds`` (``None``: the preset's) is how many adaptive seeding
     may reach while a comparison's 95 % interval is wider than ``resolution`` bits per byte;
-    ``steps`` ``None`` keeps the preset's. ``workers``: independent runs train on that many
+    ``steps`` and ``dim`` (model width) ``None`` keep the preset's. ``workers``: independent runs train on that many
     local processes with one torch thread each (``None``: one per CPU core on cpu, 1 on cuda; 1:
     this process). ``data_fraction``: the share of the training split used. ``time_budget``:
     seconds of wall time after which adaptive seeding adds no seeds, and rounds are cut to what
@@ -150,6 +159,7 @@ class CompareConfig:
     seed: int = 0
     seeds: int | None = None
     steps: int | None = None
+    dim: int | None = None
     data: Path | None = None
     backend: str = "auto"
     nproc: int | None = None
@@ -168,7 +178,7 @@ class CompareConfig:
         }
         for name, value in normal.items():
             object.__setattr__(self, name, value)
-        resolve_config(self.preset, steps=self.steps)  # preset name and --steps
+        self.resolved()  # preset name, --steps and --dims
         if self.device.type not in ("cpu", "cuda"):
             raise UsageError(f"device {str(self.device)!r} is not supported (use cpu or cuda)")
         if self.dtype not in FLOAT_DTYPES.values():
@@ -227,7 +237,7 @@ class CompareConfig:
 
     def resolved(self):
         """``(preset, ModelConfig, TrainConfig)`` of this configuration."""
-        return resolve_config(self.preset, steps=self.steps)
+        return resolve_config(self.preset, steps=self.steps, dim=self.dim)
 
     @property
     def initial_seeds(self) -> int:

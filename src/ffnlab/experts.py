@@ -1,0 +1,127 @@
+"""``Experts``: the routed experts of a mixture of experts, their weights stacked per expert.
+
+Parameters (state dict keys under ``experts.``): ``w1 [E, hidden, dim]``, ``w2 [E, dim, hidden]``,
+``w3 [E, hidden, dim]`` (gated variants), ``b1 [E, hidden]``, ``b2 [E, dim]``, ``b3 [E, hidden]``
+(when biases are on). Expert ``e`` is the FFN of ``FeedForward`` with ``w1.weight = w1[e]`` and
+so on.
+
+Two ways to run them on routed tokens (same maths, :meth:`Experts.forward`):
+
+* ``"reference"``: :func:`ffnlab.ops.moe_reference.experts_reference`, a loop over the
+  experts gathering each one's tokens (the oracle);
+* ``"fused"``: sort the ``T*k`` (token, expert) pairs by expert once
+  (:func:`~ffnlab.ops.grouped.sort_by_expert`), gather the rows, run every expert as grouped
+  matrix products with the fused elementwise middle
+  (:func:`~ffnlab.ops.grouped_function.grouped_feed_forward`) and sum the rows back into
+  token order with their gates in one ``index_add`` (:func:`~ffnlab.ops.grouped.unpermute_tokens`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .ops.grouped import permute_tokens, sort_by_expert, unpermute_tokens
+from .ops.grouped_function import grouped_feed_forward
+from .ops.moe_reference import experts_reference
+from .routers import Routing
+
+__all__ = ["Experts"]
+
+
+class Experts(nn.Module):
+    """``n_experts`` FFNs of one variant: ``dim -> hidden -> dim``, weights ``[E, ...]``.
+
+    ``activation`` is the variant's (``ffnlab.get_variant(v).activation``), ``gated`` whether
+    it has ``w3``, ``beta`` Swish's fixed beta.
+    """
+
+    def __init__(
+        self,
+        n_experts: int,
+        dim: int,
+        hidden_dim: int,
+        *,
+        activation: str,
+        gated: bool,
+        bias: bool,
+        beta: float = 1.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.n_experts, self.dim, self.hidden_dim = n_experts, dim, hidden_dim
+        self.activation, self.beta = activation, float(beta)
+        kw = {"device": device, "dtype": dtype}
+
+        def param(*shape):
+            return nn.Parameter(torch.empty(*shape, **kw))
+
+        self.w1 = param(n_experts, hidden_dim, dim)
+        self.w2 = param(n_experts, dim, hidden_dim)
+        self.w3 = param(n_experts, hidden_dim, dim) if gated else None
+        self.b1 = param(n_experts, hidden_dim) if bias else None
+        self.b2 = param(n_experts, dim) if bias else None
+        self.b3 = param(n_experts, hidden_dim) if bias and gated else None
+        self.reset_parameters()
+
+    @property
+    def gated(self) -> bool:
+        return self.w3 is not None
+
+    def reset_parameters(self) -> None:
+        """Each expert as ``nn.Linear`` draws it: weights and biases ~ U(±1/sqrt(fan_in))."""
+        with torch.no_grad():
+            for p, fan_in in ((self.w1, self.dim), (self.w3, self.dim), (self.b1, self.dim),
+                              (self.b3, self.dim), (self.w2, self.hidden_dim),
+                              (self.b2, self.hidden_dim)):  # fmt: skip
+                if p is not None:
+                    bound = 1.0 / math.sqrt(fan_in)
+                    p.uniform_(-bound, bound)
+
+    def weights(self, like: Tensor | None = None) -> tuple[Tensor | None, ...]:
+        """``(w1, w2, w3, b1, b2, b3)`` (None where absent); under autocast on ``like``'s
+        device, cast to the autocast dtype (what ``F.linear`` does to its operands there)."""
+        ws = (self.w1, self.w2, self.w3, self.b1, self.b2, self.b3)
+        if like is None or not torch.is_autocast_enabled(like.device.type):
+            return ws
+        dt = torch.get_autocast_dtype(like.device.type)
+        return tuple(None if w is None else w.to(dt) for w in ws)
+
+    @staticmethod
+    def autocast_input(x: Tensor) -> Tensor:
+        """``x`` in the autocast dtype when autocast is on for its device, else as it is."""
+        if torch.is_autocast_enabled(x.device.type):
+            return x.to(torch.get_autocast_dtype(x.device.type))
+        return x
+
+    def forward(
+        self, x: Tensor, routing: Routing, *, backend: str = "fused", recompute: str = "activation"
+    ) -> Tensor:
+        """``x [T, dim]`` and its ``routing`` -> ``[T, dim]``, the gate-weighted sum of each
+        token's experts (``routing.gate_input``: the gates scale the input instead)."""
+        idx, gates = routing.expert_idx, routing.gates
+        x = self.autocast_input(x)
+        if backend == "reference":
+            return experts_reference(x, idx, gates, *self.weights(x), activation=self.activation,
+                                     beta=self.beta, gate_input=routing.gate_input)  # fmt: skip
+        top_k = idx.shape[1]
+        order, _, offsets = sort_by_expert(idx, self.n_experts)
+        ys = self.run_sorted(
+            permute_tokens(x, order, top_k, gates if routing.gate_input else None),
+            offsets, recompute=recompute,
+        )  # fmt: skip
+        return unpermute_tokens(ys, order, x.shape[0], top_k,
+                                None if routing.gate_input else gates)  # fmt: skip
+
+    def run_sorted(self, xs: Tensor, offsets: Tensor, *, recompute: str = "activation") -> Tensor:
+        """Each expert's FFN on its segment of ``xs [M, dim]`` (sorted by expert, ``offsets
+        [E]`` the cumulative ends) -> ``[M, dim]``: the grouped fused op."""
+        return grouped_feed_forward(xs, offsets, *self.weights(xs), activation=self.activation,
+                                    beta=self.beta, recompute=recompute)  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return (f"n_experts={self.n_experts}, dim={self.dim}, hidden_dim={self.hidden_dim}, "
+                f"activation={self.activation!r}, gated={self.gated}, bias={self.b1 is not None}")

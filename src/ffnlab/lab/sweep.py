@@ -1,0 +1,129 @@
+"""A lab comparison repeated over model widths or data sizes: ``ffnlab compare --dims 32,64,128``
+or ``--data-fraction 0.25,1``.
+
+Two advices of the sources depend on a size, not on one run: "small tasks: ReLU or Swish; large
+models: GELU or a gated FFN", and "on small data a GLU may bring no gain". A sweep answers them
+by running the whole comparison (:func:`ffnlab.lab.compare.run_compare`: paired seeds, adaptive
+seeding, its own report) once per setting, each in its own folder ``OUT/dim-64`` /
+``OUT/data-0.25``, then reading every setting's paired intervals side by side
+(:mod:`ffnlab.lab.sweep_claims`) into ``OUT/sweep.json`` and ``OUT/sweep.md`` with a plot of each
+difference against the swept size (:mod:`ffnlab.lab.sweep_report`).
+
+Every setting is an ordinary compare folder, so an interrupted sweep resumes setting by setting
+with the runs it had, and the time budget and seed limits apply to each setting.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .. import files
+from ..errors import UsageError, check_positive_int
+from .config import CompareConfig
+
+__all__ = ["SweepConfig", "Setting", "SweepResults", "run_sweep"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of a sweep: a width and/or a data fraction (``None``: the base config's)."""
+
+    dim: int | None
+    data_fraction: float | None
+
+    @property
+    def label(self) -> str:
+        """The folder name: ``dim-64``, ``data-0.25`` or ``dim-64-data-0.25``."""
+        parts = []
+        if self.dim is not None:
+            parts.append(f"dim-{self.dim}")
+        if self.data_fraction is not None:
+            parts.append(f"data-{self.data_fraction:g}")
+        return "-".join(parts) or "base"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A base :class:`CompareConfig` and the sizes to sweep (at least one list non-empty).
+
+    ``dims``: model widths (each divisible by the preset's head count); ``data_fractions``:
+    shares of the training split in (0, 1]. Both given: every combination. Values are sorted
+    and de-duplicated; a sweep needs two or more settings.
+    """
+
+    base: CompareConfig
+    dims: tuple[int, ...] = ()
+    data_fractions: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        dims = tuple(sorted({check_positive_int("--dims", d) for d in self.dims}))
+        fracs = []
+        for f in self.data_fractions:
+            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < f <= 1.0:
+                raise UsageError(f"--data-fraction must be in (0, 1], got {f!r}")
+            fracs.append(float(f))
+        object.__setattr__(self, "dims", dims)
+        object.__setattr__(self, "data_fractions", tuple(sorted(set(fracs))))
+        if self.base.nproc is not None:
+            raise UsageError("a sweep (--dims / several --data-fraction values) runs its settings "
+                             "one after another; leave out --nproc")
+        if len(self.settings()) < 2:
+            raise UsageError("a sweep needs at least two settings (e.g. --dims 32,64,128 or "
+                             "--data-fraction 0.25,1)")
+        for s in self.settings():
+            self.config_for(s)  # every width checked against the heads before anything runs
+
+    def settings(self) -> list[Setting]:
+        dims = self.dims or (None,)
+        fracs = self.data_fractions or (None,)
+        return [Setting(d, f) for d, f in itertools.product(dims, fracs)]
+
+    def config_for(self, s: Setting) -> CompareConfig:
+        """The compare configuration of one setting (its own folder under ``base.out``)."""
+        kw: dict[str, Any] = {"out": Path(self.base.out) / s.label, "json": False}
+        if s.dim is not None:
+            kw["dim"] = s.dim
+        if s.data_fraction is not None:
+            kw["data_fraction"] = s.data_fraction
+        return replace(self.base, **kw)
+
+
+@dataclass(frozen=True)
+class SweepResults:
+    """What :func:`run_sweep` produced: ``OUT/sweep.json``'s content; ``interrupted``."""
+
+    out: Path
+    interrupted: bool
+    content: dict[str, Any]
+
+    @property
+    def report_path(self) -> Path:
+        return self.out / "sweep.md"
+
+
+def run_sweep(cfg: SweepConfig) -> SweepResults:
+    """Run the comparison of every setting in turn (each resumable on its own), then write
+    ``sweep.json``, ``sweep.md`` and the plots. Ctrl-C stops after the setting that was
+    running wrote its partial report; the sweep files then cover the settings done so far."""
+    from .compare import run_compare
+    from .sweep_claims import sweep_content
+    from .sweep_report import write_sweep_report
+
+    out = files.prepare_out_dir(cfg.base.out)
+    done: list[tuple[Setting, dict]] = []
+    interrupted = False
+    for s in cfg.settings():
+        res = run_compare(cfg.config_for(s))
+        if res.content is not None:
+            done.append((s, res.content))
+        if res.interrupted:
+            interrupted = True
+            break
+    content = sweep_content(done, status="partial" if interrupted else "complete",
+                            resolution=cfg.base.resolution)
+    files.atomic_write_json(out / "sweep.json", content)
+    write_sweep_report(content, out)
+    return SweepResults(out=out, interrupted=interrupted, content=content)

@@ -1,0 +1,233 @@
+"""MoEFeedForward: the fused path against the reference loop, routers, shared experts, the
+state dict, auxiliary losses, update_bias, bad input and torch.compile."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import ffnlab
+from ffnlab import MoEFeedForward
+from ffnlab.errors import UsageError
+
+# rtol, atol of the output and the input gradient per dtype; parameter gradients sum over
+# tokens, so their atol is 4x
+TOL = {torch.float64: (1e-10, 1e-10), torch.float32: (1e-5, 1e-5), torch.bfloat16: (3e-2, 3e-2)}
+
+
+def _pair(dtype=torch.float64, **kw):
+    """A fused MoE and a reference one with the same state."""
+    torch.manual_seed(0)
+    kw = {"dim": 8, "hidden_dim": 12, "n_experts": 4, "top_k": 2, **kw}
+    fused = MoEFeedForward(**kw, backend="fused", dtype=dtype)
+    ref = MoEFeedForward(**kw, backend="reference", dtype=dtype)
+    ref.load_state_dict(fused.state_dict())
+    return fused, ref
+
+
+def _match(fused, ref, x, dtype):
+    rtol, atol = TOL[dtype]
+    xf, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, yr = fused(xf), ref(xr)
+    torch.testing.assert_close(y, yr, rtol=rtol, atol=atol)
+    g = torch.randn_like(y)
+    y.backward(g)
+    yr.backward(g)
+    torch.testing.assert_close(xf.grad, xr.grad, rtol=rtol, atol=atol)
+    for (name, p), q in zip(fused.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=rtol, atol=4 * atol, msg=name)
+    assert torch.equal(fused.tokens_per_expert, ref.tokens_per_expert)
+
+
+# dim 8 / hidden 12 are aligned for torch._grouped_mm in float32 and bfloat16; 15 tokens
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("router", ["softmax", "sigmoid", "sigmoid_input"])
+def test_fused_matches_reference_per_dtype(dtype, router):
+    fused, ref = _pair(dtype, router=router, n_shared=1, variant="swiglu")
+    torch.manual_seed(3)
+    _match(fused, ref, torch.randn(3, 5, 8, dtype=dtype), dtype)
+
+
+@pytest.mark.parametrize("variant", list(ffnlab.VARIANTS))
+def test_every_variant(variant):
+    # dim 6 / hidden 10 in float64: the per-segment fallback; an odd number of tokens (7)
+    fused, ref = _pair(variant=variant, dim=6, hidden_dim=10, n_experts=3, top_k=2)
+    assert fused.experts.gated == ffnlab.get_variant(variant).gated
+    torch.manual_seed(3)
+    _match(fused, ref, torch.randn(7, 6, dtype=torch.float64), torch.float64)
+
+
+@pytest.mark.parametrize("top_k", [1, 4])
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_top_k_extremes_and_recompute(top_k, recompute):
+    fused, ref = _pair(top_k=top_k, recompute=recompute, variant="geglu")
+    torch.manual_seed(4)
+    _match(fused, ref, torch.randn(9, 8, dtype=torch.float64), torch.float64)
+    assert fused.tokens_per_expert.sum() == 9 * top_k
+    if top_k == 4:
+        assert fused.tokens_per_expert.tolist() == [9, 9, 9, 9]
+
+
+def test_expert_with_no_token_and_bias_update():
+    fused, ref = _pair(router="softmax", router_bias=True, norm_topk=False, routed_scaling=2.0)
+    for m in (fused, ref):
+        with torch.no_grad():
+            m.router.bias.copy_(torch.tensor([0.0, 0.0, 0.0, -10.0]))  # softmax p <= 1
+    torch.manual_seed(5)
+    _match(fused, ref, torch.randn(6, 8, dtype=torch.float64), torch.float64)
+    counts = fused.tokens_per_expert
+    assert counts[3] == 0 and counts.sum() == 12
+    assert torch.all(fused.experts.w1.grad[3] == 0)
+    before = fused.router.bias.clone()
+    fused.update_bias(0.01)
+    mean = counts.double().mean()
+    torch.testing.assert_close(fused.router.bias - before, 0.01 * torch.sign(mean - counts.double()))
+    assert fused.router.bias[3] > before[3]  # the starved expert becomes more likely
+    fused.update_bias(0.5, counts=torch.tensor([3, 3, 3, 3]))  # balanced: no change
+    torch.testing.assert_close(fused.router.bias - before, 0.01 * torch.sign(mean - counts.double()))
+    with pytest.raises(UsageError, match="needs a router bias"):
+        MoEFeedForward(8, 12, 4, 2).update_bias(0.1)
+
+
+def test_gradcheck_fused_float64():
+    torch.manual_seed(6)
+    m = MoEFeedForward(4, 6, 3, 2, "swiglu", router="sigmoid", n_shared=1, shared_gate=True,
+                       backend="fused", dtype=torch.float64)  # fmt: skip
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-6)
+
+
+def test_shared_experts_and_gate_by_hand():
+    torch.manual_seed(7)
+    m = MoEFeedForward(8, 12, 4, 2, "swiglu", n_shared=2, shared_hidden_dim=5, shared_gate=True,
+                       dtype=torch.float64)  # fmt: skip
+    assert m.shared.hidden_dim == 10
+    x = torch.randn(6, 8, dtype=torch.float64)
+    routed = m.experts(x, m.router(x), backend="reference")
+    want = routed + torch.sigmoid(x @ m.shared_gate.weight.T) * m.shared(x)
+    torch.testing.assert_close(m(x), want)
+    # two shared experts of 5 units each = one FFN of their 10 concatenated units
+    sh = m.shared
+    parts = [ffnlab.ops.ffn_reference(x, sh.w1.weight[s], sh.w2.weight[:, s], sh.w3.weight[s],
+                                      activation="swish") for s in (slice(0, 5), slice(5, 10))]  # fmt: skip
+    torch.testing.assert_close(sh(x), parts[0] + parts[1])
+
+
+def test_state_dict_keys():
+    m = MoEFeedForward(8, 12, 4, 2, "swiglu", router="sigmoid", n_shared=1, shared_gate=True)
+    shapes = {k: list(v.shape) for k, v in m.state_dict().items()}
+    assert shapes == {
+        "router.weight": [4, 8], "router.bias": [4],
+        "experts.w1": [4, 12, 8], "experts.w2": [4, 8, 12], "experts.w3": [4, 12, 8],
+        "shared.w1.weight": [12, 8], "shared.w2.weight": [8, 12], "shared.w3.weight": [12, 8],
+        "shared_gate.weight": [1, 8],
+    }  # fmt: skip
+    plain = MoEFeedForward(8, 12, 4, 2, "gelu")
+    assert {k: list(v.shape) for k, v in plain.state_dict().items()} == {
+        "router.weight": [4, 8], "experts.w1": [4, 12, 8], "experts.w2": [4, 8, 12],
+        "experts.b1": [4, 12], "experts.b2": [4, 8],
+    }  # fmt: skip
+
+
+def test_aux_losses_by_hand():
+    torch.manual_seed(8)
+    m = MoEFeedForward(8, 12, 4, 2, dtype=torch.float64)
+    x = torch.randn(10, 8, dtype=torch.float64)
+    m(x)
+    logits = x @ m.router.weight.T
+    p = logits.softmax(-1)
+    counts = torch.zeros(4, dtype=torch.float64)
+    for row in p.topk(2, -1).indices:
+        counts[row] += 1
+    torch.testing.assert_close(m.tokens_per_expert.double(), counts)
+    torch.testing.assert_close(m.aux_losses["load_balance"], 4 * ((counts / 10) * p.mean(0)).sum())
+    torch.testing.assert_close(m.aux_losses["z_loss"], (torch.logsumexp(logits, -1) ** 2).mean())
+    sum(m.aux_losses.values()).backward()
+    assert m.router.weight.grad.abs().sum() > 0
+    # uniform router: the balance loss is top_k, the z-loss log(E)^2
+    with torch.no_grad():
+        m.router.weight.zero_()
+    m(x)
+    torch.testing.assert_close(m.aux_losses["load_balance"].item(), 2.0)
+    torch.testing.assert_close(m.aux_losses["z_loss"].item(), math.log(4) ** 2)
+
+
+def test_bad_input():
+    with pytest.raises(UsageError, match="top_k=5 exceeds n_experts=4"):
+        MoEFeedForward(8, 12, 4, 5)
+    with pytest.raises(UsageError, match="n_experts must be an integer >= 1, got 0"):
+        MoEFeedForward(8, 12, 0, 1)
+    with pytest.raises(ValueError, match=r"unknown router 'sigmod'; did you mean 'sigmoid'"):
+        MoEFeedForward(8, 12, 4, 2, router="sigmod")
+    with pytest.raises(ValueError, match="unknown variant"):
+        MoEFeedForward(8, 12, 4, 2, "swiglux")
+    with pytest.raises(UsageError, match="takes no act_kwargs"):
+        MoEFeedForward(8, 12, 4, 2, act_kwargs={"alpha": 1.0})
+    with pytest.raises(UsageError, match="give n_shared >= 1"):
+        MoEFeedForward(8, 12, 4, 2, shared_gate=True)
+    with pytest.raises(ValueError, match="unknown backend 'triton'"):
+        MoEFeedForward(8, 12, 4, 2, backend="triton")
+    m = MoEFeedForward(8, 12, 4, 2)
+    with pytest.raises(ValueError, match=r"expects input \[..., 8\], got shape \[3, 7\]"):
+        m(torch.randn(3, 7))
+    with pytest.raises(TypeError, match="float input"):
+        m(torch.ones(3, 8, dtype=torch.int64))
+    with pytest.raises(TypeError, match="does not match"):
+        m(torch.randn(3, 8, dtype=torch.float64))
+    with pytest.raises(UsageError, match="needs a forward first"):
+        MoEFeedForward(8, 12, 4, 2, router="sigmoid").update_bias()
+
+
+def test_compile_fullgraph_fused():
+    """The fused path is one graph: routing, sort and un-permute trace as plain ops; the
+    grouped FFN is a custom op with a fake implementation (it hides the fallback's host
+    synchronisation). aot_eager checks tracing and the backward graph without inductor's
+    code generation (about 20 s on this machine)."""
+    torch._dynamo.reset()
+    m = MoEFeedForward(8, 12, 4, 2, router="sigmoid", n_shared=1)
+    x = torch.randn(2, 7, 8, requires_grad=True)
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    y = compiled(x)
+    y.sum().backward()
+    g = x.grad.clone()
+    x.grad = None
+    torch.testing.assert_close(y, m(x))
+    m(x).sum().backward()
+    torch.testing.assert_close(g, x.grad)
+    assert compiled.aux_losses["load_balance"].ndim == 0
+
+
+def test_autocast_bfloat16():
+    """A float32 module under CPU autocast: both paths run their products in bfloat16."""
+    fused, ref = _pair(torch.float32, n_shared=1)
+    x = torch.randn(11, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, yr = fused(x), ref(x)
+    assert y.dtype == yr.dtype == torch.bfloat16
+    torch.testing.assert_close(y, yr, rtol=3e-2, atol=3e-2)
+
+
+def test_non_contiguous_and_extreme_inputs():
+    fused, ref = _pair(router="sigmoid", variant="swiglu")
+    torch.manual_seed(9)
+    x = torch.randn(8, 5, dtype=torch.float64).T  # [5, 8], not contiguous
+    assert not x.is_contiguous()
+    _match(fused, ref, x, torch.float64)
+    big = torch.randn(6, 8, dtype=torch.float64) * 1e3  # saturated router, huge hidden values
+    y, yr = fused(big), ref(big)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, yr, rtol=1e-10, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_empty_batch(backend):
+    m = MoEFeedForward(8, 12, 4, 2, backend=backend)
+    x = torch.randn(2, 0, 8, requires_grad=True)
+    y = m(x)
+    assert y.shape == (2, 0, 8)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and torch.all(m.experts.w1.grad == 0)
+    assert m.aux_losses["load_balance"].item() == 0 and m.aux_losses["z_loss"].item() == 0
+    assert m.tokens_per_expert.tolist() == [0, 0, 0, 0]
