@@ -18,6 +18,17 @@ TORCH_EQUIV = {
     "tanh": torch.tanh,
     "relu2": lambda x: F.relu(x) ** 2,
     "identity": lambda x: x,
+    "gelu_10": lambda x: torch.clip(F.gelu(x), -10, 10),
+    "gelu_accurate": lambda x: F.gelu(x, approximate="tanh"),
+    "hardswish": F.hardswish,
+    "laplace": lambda x: 0.5 * (1 + torch.erf((x - 0.707107) / (0.282095 * math.sqrt(2)))),
+    "leaky_relu": F.leaky_relu,
+    "leaky_relu2": lambda x: F.leaky_relu(x, 0.5) ** 2,
+    "mish": lambda x: x * torch.tanh(F.softplus(x)),
+    "relu6": F.relu6,
+    "xielu": lambda x: torch.where(x > 0, 0.8 * x * x + 0.5 * x,
+                                   (torch.expm1(torch.clamp(x, max=-1e-6)) - x) * 0.8 + 0.5 * x),
+    "clamped_swish": lambda x: x.clamp(max=7) * torch.sigmoid(1.702 * x.clamp(max=7)),
 }
 
 # Independent textbook formulas (math module, float64) for the functions.
@@ -31,6 +42,16 @@ TEXTBOOK = {
     "tanh": math.tanh,
     "relu2": lambda v: max(0.0, v) ** 2,
     "identity": lambda v: v,
+    "gelu_10": lambda v: min(10.0, v * 0.5 * (1 + math.erf(v / math.sqrt(2)))),
+    "gelu_accurate": lambda v: 0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))),
+    "hardswish": lambda v: v * min(max(v + 3, 0.0), 6.0) / 6,
+    "laplace": lambda v: 0.5 * (1 + math.erf((v - 0.707107) / (0.282095 * math.sqrt(2)))),
+    "leaky_relu": lambda v: v if v > 0 else 0.01 * v,
+    "leaky_relu2": lambda v: (v if v > 0 else 0.5 * v) ** 2,
+    "mish": lambda v: v * math.tanh(math.log1p(math.exp(v))),
+    "relu6": lambda v: min(max(v, 0.0), 6.0),
+    "xielu": lambda v: 0.8 * v * v + 0.5 * v if v > 0 else (math.expm1(min(v, -1e-6)) - v) * 0.8 + 0.5 * v,
+    "clamped_swish": lambda v: min(v, 7.0) / (1 + math.exp(-1.702 * min(v, 7.0))),
 }
 
 

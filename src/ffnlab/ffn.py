@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
 
+from .activations import bind_options, get_activation
 from .errors import UsageError, check_choice, check_positive_int
 from .local_shards import is_sharded, sharded_forward
 from .ops.dispatch import BACKENDS, RECOMPUTE_MODES
@@ -36,6 +38,17 @@ class FeedForward(nn.Module):
         beta: Swish's beta (swish and swiglu only; must be 1.0 for other variants).
         learnable_beta: ``False``; ``True`` or ``"scalar"`` for one learnable beta;
             ``"per_unit"`` for one per hidden unit (shape ``[hidden]``). Stored as ``beta``.
+        activation: replaces the variant's activation, keeping its gatedness, hidden size and
+            state-dict layout: a callable ``[..., hidden] -> [..., hidden]`` (a function or an
+            ``nn.Module``, e.g. a transformers activation module; a module is registered as the
+            submodule ``act_fn``, so its parameters keep their keys such as
+            ``act_fn.alpha_p``), or a name in ``ffnlab.activations.ACTIVATIONS``. A callable
+            runs on the ``"reference"`` and ``"fused"`` backends (``"auto"`` is fused; the
+            fused op re-runs it under autograd in backward); ``"triton"`` raises.
+        act_kwargs: the options of the variant's activation (of ``activation`` when that is
+            a name), e.g. ``{"slope": 0.3}`` for leaky_relu2 or ``{"alpha": 1.702, "limit":
+            7.0}`` for clamped_swiglu; ValueError naming the accepted keys for an unknown key
+            or an out-of-range value. Swish's beta keeps ``beta=`` / ``learnable_beta=``.
         backend: ``"auto"``, ``"reference"``, ``"fused"`` or ``"triton"`` (see ``ops.dispatch``).
         recompute: ``"none"``, ``"activation"`` or ``"full"``: what backward keeps (fused backends).
         device, dtype: where and in which float dtype to create the parameters.
@@ -45,7 +58,10 @@ class FeedForward(nn.Module):
 
     State dict keys: ``w1.weight [hidden, dim]``, ``w2.weight [out_dim, hidden]``, ``w3.weight
     [hidden, dim]`` (gated only), their ``.bias`` when biases are on (``[hidden]``, ``[out_dim]``),
-    and ``beta`` when learnable.
+    ``beta`` when learnable, ``alpha_p`` and ``alpha_n`` (``[1]`` each, the raw parameters of
+    xielu: αp = softplus(alpha_p), αn = 0.5 + softplus(alpha_n), as transformers'
+    ``XIELUActivation`` stores them) for the xielu variant, and the ``act_fn.`` parameters of
+    a module given as ``activation``.
 
     ``shard_layouts`` is None, or the ``(input, output)`` placements of a tensor-parallel
     FeedForward, set by ``ffnlab.parallel.PrepareFeedForward`` (see ``ffnlab.local_shards``).
@@ -66,11 +82,36 @@ class FeedForward(nn.Module):
         learnable_beta: bool | str = False,
         backend: str = "auto",
         recompute: str = "activation",
+        activation: Callable[[torch.Tensor], torch.Tensor] | str | None = None,
+        act_kwargs: Mapping[str, float] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         v = get_variant(variant)
+        act_name = v.activation if activation is None else activation
+        if isinstance(activation, str):
+            act_name = get_activation(activation).name
+        elif activation is not None and not callable(activation):
+            raise TypeError(
+                f"activation must be a callable or an activation name, got {type(activation).__name__}"
+            )
+        if act_kwargs is not None and not isinstance(act_kwargs, Mapping):
+            raise TypeError(f"act_kwargs must be a dict, got {type(act_kwargs).__name__}")
+        if callable(act_name):
+            if act_kwargs:
+                raise ValueError(
+                    "act_kwargs configure a registry activation; a callable activation takes "
+                    f"its options itself (got keys {sorted(act_kwargs)})"
+                )
+            if backend == "triton":
+                raise UsageError(
+                    "backend='triton' runs only the registry's activations, not a callable "
+                    "activation; use backend 'fused' (or 'auto') or 'reference'"
+                )
+            act_options: tuple[float, ...] = ()
+        else:
+            act_options = bind_options(act_name, act_kwargs)
         check_positive_int("dim", dim)
         if hidden_dim is None:
             hidden_dim = default_hidden_dim(
@@ -90,17 +131,26 @@ class FeedForward(nn.Module):
         beta = float(beta)
         if not math.isfinite(beta):
             raise UsageError(f"beta must be finite, got {beta!r}")
-        if not v.has_beta and (beta != 1.0 or beta_mode is not None):
-            raise UsageError(f"beta applies only to swish and swiglu, not to variant {v.name!r}")
+        swish_act = not callable(act_name) and get_activation(act_name).has_beta
+        if not swish_act and (beta != 1.0 or beta_mode is not None):
+            what = f"variant {v.name!r}" if activation is None else f"activation {activation!r}"
+            raise UsageError(f"beta applies only to swish and swiglu, not to {what}")
         if dtype is not None and not dtype.is_floating_point:
             raise TypeError(f"FeedForward parameters need a float dtype, got {dtype}")
         if bias is None:
-            bias = not v.gated
+            bias = v.default_bias
 
         self.dim = dim
         self.hidden_dim = hidden_dim
         self.out_dim = out_dim
         self.variant = v.name
+        self.act_options = act_options
+        # The activation replacing the variant's: a registry name, a plain callable (kept as
+        # an attribute), or None when a module is registered as ``act_fn`` below.
+        self._act: Callable | str | None = act_name
+        if isinstance(act_name, nn.Module):
+            self.act_fn = act_name
+            self._act = None
         self.backend = backend
         self.recompute = recompute
         self.shard_layouts: tuple | None = None
@@ -116,6 +166,10 @@ class FeedForward(nn.Module):
             shape = () if beta_mode == "scalar" else (hidden_dim,)
             self.beta_value = beta
             self.beta = nn.Parameter(torch.full(shape, beta, **kw))
+        packed = () if callable(act_name) else get_activation(act_name).param_init
+        if packed:  # xielu: the raw (p, n), one [1] parameter each, as transformers has them
+            self.alpha_p = nn.Parameter(torch.full((1,), packed[0], **kw))
+            self.alpha_n = nn.Parameter(torch.full((1,), packed[1], **kw))
 
     def reset_parameters(self, std: float | None = None, num_layers: int = 1) -> None:
         """Re-draw the parameters in place; a learnable beta goes back to its initial value.
@@ -144,17 +198,28 @@ class FeedForward(nn.Module):
                     lin.bias.zero_()
             if self.beta is not None:
                 self.beta.fill_(self.beta_value)
+            if "alpha_p" in self._parameters:
+                p, n = get_activation(self._act).param_init
+                self.alpha_p.fill_(p)
+                self.alpha_n.fill_(n)
 
     @property
     def gated(self) -> bool:
         return self.w3 is not None
 
     @property
-    def activation(self) -> str:
-        return get_variant(self.variant).activation
+    def activation(self) -> Callable[[torch.Tensor], torch.Tensor] | str:
+        """The activation that runs: a name in ``ffnlab.activations.ACTIVATIONS`` (the
+        variant's unless replaced) or the callable given as ``activation``."""
+        act = self._act
+        return self._modules["act_fn"] if act is None else act
 
     def beta_tensor_or_value(self) -> float | torch.Tensor:
-        """The learnable beta parameter, or the fixed float."""
+        """The learnable beta parameter, or the fixed float; for xielu the packed raw
+        parameters ``[alpha_p, alpha_n]`` (``[2]``), which the ops take in beta's place."""
+        params = self._parameters
+        if "alpha_p" in params:
+            return torch.cat([params["alpha_p"], params["alpha_n"]])
         return self.beta if self.beta is not None else self.beta_value
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -204,6 +269,7 @@ class FeedForward(nn.Module):
             beta=self.beta_tensor_or_value(),
             backend=self.backend,
             recompute=self.recompute,
+            options=self.act_options,
         )
         return self._dropout(y)
 
@@ -237,6 +303,12 @@ class FeedForward(nn.Module):
             f"backend={self.backend!r}",
             f"recompute={self.recompute!r}",
         ]
-        if get_variant(self.variant).has_beta:
+        act = self.activation
+        if act != get_variant(self.variant).activation:
+            parts.append(f"activation={act!r}" if isinstance(act, str)
+                         else f"activation={type(act).__name__}")  # fmt: skip
+        if isinstance(act, str) and get_activation(act).has_beta:
             parts.append(f"beta={'learnable' if self.beta is not None else self.beta_value}")
+        if self.act_options and isinstance(act, str):
+            parts.append(f"act_kwargs={get_activation(act).kwargs(self.act_options)}")
         return ", ".join(parts)

@@ -165,7 +165,7 @@ def sharded_forward(ffn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(beta, DTensor):  # per-unit beta, sharded like W1's rows
         beta = beta.to_local()
     elif isinstance(beta, torch.Tensor):
-        if beta.dim() != 0:
+        if beta.dim() != 0 and "alpha_p" not in ffn._parameters:  # xielu's [2] is replicated
             raise UsageError(
                 "a per-unit learnable beta must be sharded with the hidden units; "
                 "ffnlab.parallel.tensor_parallel and tp_plan do that"
@@ -186,6 +186,7 @@ def sharded_forward(ffn: nn.Module, x: torch.Tensor) -> torch.Tensor:
         beta=beta,
         backend=ffn.backend,
         recompute=ffn.recompute,
+        options=ffn.act_options,
     )
     out_placement = Replicate() if out_dim is None else Shard(out_dim)
     y = DTensor.from_local(y_partial, mesh, [Partial()], run_check=False)

@@ -19,7 +19,8 @@ __all__ = ["Variant", "VARIANTS", "ALIASES", "get_variant", "variant_names"]
 @dataclass(frozen=True)
 class Variant:
     """One FFN variant: its name, whether it is gated, the activation of its W1 branch (a name
-    in :mod:`ffnlab.activations`), a one-line formula and where it comes from.
+    in :mod:`ffnlab.activations`), a one-line formula, where it comes from and, where its
+    model differs from the rule (plain: on, gated: off), whether it has biases.
 
     Computed for ``x [..., dim]`` by ``ffnlab.ops.reference.ffn_reference(x, w1, w2, w3, ...,
     activation=variant.activation)`` (the oracle) or any backend of ``ffnlab.FeedForward``.
@@ -30,6 +31,13 @@ class Variant:
     activation: str
     formula: str
     source: str
+    bias: bool | None = None
+
+    @property
+    def default_bias(self) -> bool:
+        """Whether ``FeedForward`` puts biases on by default: the variant's own choice where
+        its model has them (GPT-OSS), else on for plain and off for gated variants."""
+        return (not self.gated) if self.bias is None else self.bias
 
     @property
     def has_beta(self) -> bool:

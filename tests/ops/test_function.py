@@ -313,7 +313,7 @@ def _through_custom_op(x, w1, w2, w3, b1, b2, b3, *, activation, beta, recompute
     bt = beta if isinstance(beta, torch.Tensor) else None
     bv = 1.0 if bt is not None else float(beta)
     return torch.ops.ffnlab.ffn_forward(
-        x, w1, w2, w3, b1, b2, b3, bt, activation, bv, recompute, "aten"
+        x, w1, w2, w3, b1, b2, b3, bt, activation, bv, recompute, "aten", []
     )[0]
 
 
@@ -352,7 +352,7 @@ def test_opcheck():
     for mode in MODES:
         torch.library.opcheck(
             torch.ops.ffnlab.ffn_forward.default,
-            (x, w1, w2, w3, None, None, None, beta, "swish", 1.0, mode, "aten"),
+            (x, w1, w2, w3, None, None, None, beta, "swish", 1.0, mode, "aten", []),
         )
 
 

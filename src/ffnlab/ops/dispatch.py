@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import check_choice
+from ..errors import UsageError, check_choice
 from .engines import TRITON, select
 from .function import RECOMPUTE_MODES, fused_feed_forward
-from .reference import ffn_reference
+from .reference import ActivationArg, ffn_reference
 
 __all__ = [
     "BACKENDS",
@@ -105,27 +105,36 @@ def feed_forward(
     b2: torch.Tensor | None = None,
     b3: torch.Tensor | None = None,
     *,
-    activation: str,
+    activation: ActivationArg,
     beta: float | torch.Tensor = 1.0,
     backend: str = "auto",
     recompute: str = "activation",
+    options: tuple[float, ...] = (),
 ) -> torch.Tensor:
     """Run the FFN with the chosen backend. Shapes as :func:`ffn_reference`.
 
     ``recompute`` applies to the fused op; the reference keeps what eager autograd keeps.
     ``auto`` and ``fused`` let the engines table choose the elementwise engine per direction
-    (at run time, on the hidden tensor), ``triton`` names the Triton engine. Equivalent
-    PyTorch (any backend)::
+    (at run time, on the hidden tensor), ``triton`` names the Triton engine. ``activation``
+    is a registry name or a callable (reference and fused only: ``UsageError`` for
+    ``triton``); ``options`` the activation's option values. Equivalent PyTorch (any
+    backend)::
 
         ffn_reference(x, w1, w2, w3, b1, b2, b3, activation=activation, beta=beta)
     """
     check_choice("backend", backend, BACKENDS)
     check_choice("recompute mode", recompute, RECOMPUTE_MODES)
     if backend == "reference":
-        return ffn_reference(x, w1, w2, w3, b1, b2, b3, activation=activation, beta=beta)
+        return ffn_reference(x, w1, w2, w3, b1, b2, b3, activation=activation, beta=beta,
+                             options=options)  # fmt: skip
     if backend == "triton":
+        if callable(activation):
+            raise UsageError(
+                "backend='triton' runs only the registry's activations, not a callable "
+                f"({type(activation).__name__}); use backend 'fused' or 'reference'"
+            )
         plan(backend, x, activation=activation, hidden_dim=w1.shape[0], gated=w3 is not None)
     return fused_feed_forward(
         x, w1, w2, w3, b1, b2, b3, activation=activation, beta=beta, recompute=recompute,
-        engine="triton" if backend == "triton" else "auto",
+        engine="triton" if backend == "triton" else "auto", options=options,
     )  # fmt: skip

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import torch
 
-from ..activations import compute_dtype, get_activation, swish_grad_beta
+from ..activations import Activation, compute_dtype, get_activation, swish_grad_beta
 
-__all__ = ["hidden_forward", "hidden_backward"]
+__all__ = ["hidden_forward", "hidden_backward", "param_grad", "value_transform"]
 
 _aten = torch.ops.aten
 
@@ -35,13 +35,50 @@ def _is_unit_beta(beta: float | torch.Tensor) -> bool:
     return not isinstance(beta, torch.Tensor) and float(beta) == 1.0
 
 
-def _act(activation: str, x: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
+def _param(act: Activation, x: torch.Tensor, beta: float | torch.Tensor):
+    """Swish's beta or the packed parameters, in ``x``'s dtype (their defaults if not given)."""
+    if act.n_params and not isinstance(beta, torch.Tensor):
+        return torch.tensor(act.param_init, dtype=x.dtype, device=x.device)
+    return beta.to(x.dtype) if isinstance(beta, torch.Tensor) else beta
+
+
+def _call(act: Activation, fn, x: torch.Tensor, beta, options: tuple) -> torch.Tensor:
+    """``fn(x, [param,] **options)`` for ``fn`` one of ``act``'s functions."""
+    kw = act.kwargs(options)
+    if act.has_beta or act.n_params:
+        return fn(x, _param(act, x, beta), **kw)
+    return fn(x, **kw)
+
+
+def _act(
+    activation: str, x: torch.Tensor, beta: float | torch.Tensor, options: tuple = ()
+) -> torch.Tensor:
     """``act(x)`` (a new tensor unless ``act`` is the identity)."""
     act = get_activation(activation)
+    return _call(act, act.fn, x, beta, options)
+
+
+def param_grad(
+    activation: str, t: torch.Tensor, x: torch.Tensor, beta, options: tuple = ()
+) -> torch.Tensor:
+    """The gradient of the activation's parameter given ``t = dL/d act(x)``: Swish's
+    ``(t * swish_grad_beta(x, beta)).sum(0)`` (``[hidden]``), or for packed parameters the
+    ``[n_params]`` sums ``(t * d act / d theta_i).sum()``."""
+    act = get_activation(activation)
     if act.has_beta:
-        b = beta.to(x.dtype) if isinstance(beta, torch.Tensor) else beta
-        return act.fn(x, b)
-    return act.fn(x)
+        return (t * swish_grad_beta(x, _param(act, x, beta))).sum(0)
+    grads = _call(act, act.param_grads, x, beta, options)
+    return torch.stack([(t * g).sum() for g in grads])
+
+
+def value_transform(activation: str, v: torch.Tensor, options: tuple = ()):
+    """``(value_fn(v), value_grad(v))`` of a gated activation with a value transform, else
+    ``(v, None)``."""
+    act = get_activation(activation)
+    if act.value_fn is None:
+        return v, None
+    kw = act.kwargs(options)
+    return act.value_fn(v, **kw), act.value_grad(v, **kw)
 
 
 def _act_backward_(
@@ -50,6 +87,7 @@ def _act_backward_(
     x: torch.Tensor,
     beta: float | torch.Tensor,
     a: torch.Tensor | None,
+    options: tuple = (),
 ) -> torch.Tensor:
     """Overwrite ``t`` with ``t * act'(x)`` and return it (``a = act(x)`` if known).
 
@@ -69,10 +107,7 @@ def _act_backward_(
         kernel = _aten.sigmoid_backward if activation == "sigmoid" else _aten.tanh_backward
         return kernel.grad_input(t, out, grad_input=t)
     act = get_activation(activation)
-    if act.has_beta:
-        b = beta.to(x.dtype) if isinstance(beta, torch.Tensor) else beta
-        return t.mul_(act.grad(x, b))
-    return t.mul_(act.grad(x))
+    return t.mul_(_call(act, act.grad, x, beta, options))
 
 
 def hidden_forward(
@@ -82,11 +117,15 @@ def hidden_forward(
     beta: float | torch.Tensor = 1.0,
     *,
     keep_act: bool = False,
+    options: tuple[float, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``m = act(h1) * h3`` (gated) or ``act(h1)`` (plain), and ``act(h1)`` if ``keep_act``.
 
     Returns ``(m, a)``, both ``[N, hidden]`` in ``h1``'s dtype; ``a`` is None unless
     ``keep_act`` and the variant is gated (for plain variants ``m`` is ``act(h1)``).
+    ``beta`` is Swish's beta or an activation's packed parameters, ``options`` its option
+    values (``ffnlab.activations.bind_options``); a gated activation with a value transform
+    (GPT-OSS's clamp) multiplies by ``value_fn(h3)`` instead of ``h3``.
 
     Equivalent PyTorch::
 
@@ -95,12 +134,12 @@ def hidden_forward(
     dt = h1.dtype
     half = compute_dtype(dt) != dt
     x = h1.float() if half else h1
-    a = _act(activation, x, beta)
+    a = _act(activation, x, beta, options)
     if h3 is None:
         if a is h1:  # identity activation: never hand back an alias of an input
             a = a.clone()
         return a.to(dt), None
-    v = h3.float() if half else h3
+    v = value_transform(activation, h3.float() if half else h3, options)[0]
     if keep_act or a is x:
         m = torch.mul(a, v)
         return m.to(dt), (a.to(dt) if keep_act else None)
@@ -119,6 +158,7 @@ def hidden_backward(
     need_m: bool = True,
     need_dbeta: bool = False,
     dm_is_scratch: bool = False,
+    options: tuple[float, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients of the elementwise middle, given ``dm = dL/dm`` (``[N, hidden]``).
 
@@ -127,7 +167,9 @@ def hidden_backward(
 
     Returns ``(dh1, dh3, m, dbeta)``: ``dh1, dh3 [N, hidden]`` in ``h1``'s dtype (``dh3`` None
     for plain variants), ``m`` (recomputed when ``need_m`` and not given, else as given) and
-    ``dbeta`` (``[hidden]`` in the compute dtype, summed over rows; None unless ``need_dbeta``).
+    ``dbeta`` (``[hidden]`` in the compute dtype, summed over rows; for packed parameters
+    ``[n_params]``, summed over everything; None unless ``need_dbeta``). ``beta``, ``options``
+    and the value transform as :func:`hidden_forward` (then ``dh3 = dm * a * value_grad(h3)``).
 
     Equivalent PyTorch (gated)::
 
@@ -145,23 +187,23 @@ def hidden_backward(
         a_c = a.float() if half else a
     dh3 = None
     if h3 is not None:
-        v = h3.float() if half else h3
+        v, dv = value_transform(activation, h3.float() if half else h3, options)
         if a_c is None:
-            a_c = _act(activation, x, beta)
-        dh3 = torch.mul(g, a_c).to(dt)
+            a_c = _act(activation, x, beta, options)
+        dh3 = torch.mul(g, a_c)
+        dh3 = (dh3 if dv is None else dh3.mul_(dv)).to(dt)
         t = g.mul_(v) if scratch else torch.mul(g, v)
     else:
         t = g if scratch else g.clone()
     dbeta = None
     if need_dbeta:
-        b = beta.to(x.dtype) if isinstance(beta, torch.Tensor) else beta
         # Summed over every row (all leading dims), in float32 for half inputs.
-        dbeta = (t * swish_grad_beta(x, b)).sum(0)
-    dh1 = _act_backward_(activation, t, x, beta, a_c)
+        dbeta = param_grad(activation, t, x, beta, options)
+    dh1 = _act_backward_(activation, t, x, beta, a_c, options)
     dh1 = dh1.to(dt)
     if need_m and m is None:
         if h3 is None:
-            m = (a_c if a_c is not None else _act(activation, x, beta)).to(dt)
+            m = (a_c if a_c is not None else _act(activation, x, beta, options)).to(dt)
         else:
             # a_c is ours unless it was the kept activation or an alias of h1 (identity).
             own = a is None and a_c is not x

@@ -51,6 +51,14 @@ def _beta_arg(beta: float | torch.Tensor) -> tuple[object, torch.Tensor | None]:
     return float(beta), None
 
 
+def _packed_default(activation: str, beta, like: torch.Tensor):
+    """An activation with packed parameters and none given runs with their initial values."""
+    act = get_activation(activation)
+    if act.n_params and not isinstance(beta, torch.Tensor):
+        return torch.tensor(act.param_init, dtype=compute_dtype(like.dtype), device=like.device)
+    return beta
+
+
 def _named(fn: Callable, name: str) -> Callable:
     """``fn`` with its own code object: torch.compile keeps its cache and recompile budget per
     code object, and each key here must not evict another's kernel."""
@@ -60,49 +68,67 @@ def _named(fn: Callable, name: str) -> Callable:
     return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
 
 
-def _act_and_grad(act, x, b, *, need_grad: bool):
+def _act_and_grad(act, x, b, *, need_grad: bool, kw=None):
     """``(act(x), act'(x) or None)``, through ``act.value_and_grad`` where there is one.
 
     The generated loop evaluates exactly the expressions it is given: ``F.gelu``'s
     decomposition and :func:`ffnlab.activations.gelu_grad` spell the erf argument with
     constants that differ in the last bit, so taken separately erf ran twice per element.
     """
-    args = (x, b) if act.has_beta else (x,)
+    args = (x, b) if act.has_beta or act.n_params else (x,)
+    kw = kw or {}
     if act.value_and_grad is not None:
-        a, da = act.value_and_grad(*args)
+        a, da = act.value_and_grad(*args, **kw)
         return a, (da if need_grad else None)  # an unused da is dropped by the compiler
-    return act.fn(*args), (act.grad(*args) if need_grad else None)
+    return act.fn(*args, **kw), (act.grad(*args, **kw) if need_grad else None)
 
 
-def _forward_fn(activation: str, gated: bool, keep_act: bool, beta_const, dtype):
+def _param_grad(act, t, x, b, kw):
+    """As :func:`ffnlab.ops.engine_aten.param_grad`, traced into the loop."""
+    if act.has_beta:
+        return (t * swish_grad_beta(x, b)).sum(0)
+    return torch.stack([(t * g).sum() for g in act.param_grads(x, b, **kw)])
+
+
+def _forward_fn(activation: str, gated: bool, keep_act: bool, beta_const, dtype, options=()):
     act = get_activation(activation)
     cd = compute_dtype(dtype)
+    kw = act.kwargs(options)
 
     def forward(h1, h3, beta_t):
         x = h1.to(cd)
         b = beta_t.to(cd) if beta_t is not None else beta_const
-        a, _ = _act_and_grad(act, x, b, need_grad=False)
-        m = a * h3.to(cd) if gated else a
+        a, _ = _act_and_grad(act, x, b, need_grad=False, kw=kw)
+        if gated:
+            v = h3.to(cd)
+            m = a * (v if act.value_fn is None else act.value_fn(v, **kw))
+        else:
+            m = a
         return m.to(dtype), (a.to(dtype) if keep_act else None)
 
     return forward
 
 
 def _backward_fn(activation: str, gated: bool, has_a: bool, want_m: bool, need_dbeta: bool,
-                 inplace: bool, beta_const, dtype):  # fmt: skip
+                 inplace: bool, beta_const, dtype, options=()):  # fmt: skip
     act = get_activation(activation)
     cd = compute_dtype(dtype)
+    kw = act.kwargs(options)
 
     def backward(dm, h1, h3, a, beta_t):
         x, g = h1.to(cd), dm.to(cd)
         b = beta_t.to(cd) if beta_t is not None else beta_const
-        a_c, da = _act_and_grad(act, x, b, need_grad=True)
+        a_c, da = _act_and_grad(act, x, b, need_grad=True, kw=kw)
         if has_a:
             a_c = a.to(cd)
         dh3 = m = None
         if gated:
             v = h3.to(cd)
-            dh3 = (g * a_c).to(dtype)
+            if act.value_fn is None:
+                dh3 = (g * a_c).to(dtype)
+            else:
+                dh3 = (g * a_c * act.value_grad(v, **kw)).to(dtype)
+                v = act.value_fn(v, **kw)
             t = g * v
             if want_m:
                 m = (a_c * v).to(dtype)
@@ -110,7 +136,7 @@ def _backward_fn(activation: str, gated: bool, has_a: bool, want_m: bool, need_d
             t = g
             if want_m:
                 m = a_c.to(dtype)
-        dbeta = (t * swish_grad_beta(x, b)).sum(0) if need_dbeta else None
+        dbeta = _param_grad(act, t, x, b, kw) if need_dbeta else None
         dh1 = (t * da).to(dtype)
         if inplace:  # written over dm in the same loop: one [N, hidden] allocation fewer
             dm.copy_(dh1)
@@ -155,20 +181,25 @@ def hidden_forward(
     beta: float | torch.Tensor = 1.0,
     *,
     keep_act: bool = False,
+    options: tuple[float, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``m = act(h1) * h3`` (gated) or ``act(h1)`` (plain), and ``act(h1)`` if ``keep_act``.
 
-    Returns ``(m, a)`` as :func:`ffnlab.ops.engine_aten.hidden_forward`. Equivalent PyTorch::
+    Returns ``(m, a)`` as :func:`ffnlab.ops.engine_aten.hidden_forward` (``options`` and the
+    value transform as there). Equivalent PyTorch::
 
         a = act(h1); m = a * h3 if h3 is not None else a
     """
     gated = h3 is not None
     keep = keep_act and gated
+    beta = _packed_default(activation, beta, h1)
     bkey, bt = _beta_arg(beta)
-    key = (activation, gated, keep, bkey, h1.dtype)
+    options = tuple(options)
+    key = (activation, gated, keep, bkey, h1.dtype, options)
     m, a = _run(
-        "fwd", key, lambda: _forward_fn(activation, gated, keep, bkey, h1.dtype),
-        lambda: engine_aten.hidden_forward(activation, h1, h3, beta, keep_act=keep_act),
+        "fwd", key, lambda: _forward_fn(activation, gated, keep, bkey, h1.dtype, options),
+        lambda: engine_aten.hidden_forward(activation, h1, h3, beta, keep_act=keep_act,
+                                           options=options),
         h1, h3, bt,
     )  # fmt: skip
     if m is h1:  # a compiled identity hands its input back: never return an alias of h1
@@ -188,6 +219,7 @@ def hidden_backward(
     need_m: bool = True,
     need_dbeta: bool = False,
     dm_is_scratch: bool = False,
+    options: tuple[float, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients of the elementwise middle, as :func:`ffnlab.ops.engine_aten.hidden_backward`.
 
@@ -202,15 +234,17 @@ def hidden_backward(
     # Overwriting dm saves an allocation (and the page faults of touching fresh memory); only
     # a contiguous scratch dm of h1's dtype qualifies.
     inplace = dm_is_scratch and dm.dtype == h1.dtype and dm.is_contiguous()
+    beta = _packed_default(activation, beta, h1)
     bkey, bt = _beta_arg(beta)
-    key = (activation, gated, a is not None, want_m, need_dbeta, inplace, bkey, h1.dtype)
+    options = tuple(options)
+    key = (activation, gated, a is not None, want_m, need_dbeta, inplace, bkey, h1.dtype, options)
     out = _run(
         "bwd", key,
         lambda: _backward_fn(activation, gated, a is not None, want_m, need_dbeta, inplace, bkey,
-                             h1.dtype),
+                             h1.dtype, options),
         lambda: engine_aten.hidden_backward(
             activation, dm, h1, h3, beta, a=a, m=m, need_m=need_m, need_dbeta=need_dbeta,
-            dm_is_scratch=dm_is_scratch,
+            dm_is_scratch=dm_is_scratch, options=options,
         ),
         dm, h1, h3, a, bt,
     )  # fmt: skip

@@ -233,6 +233,7 @@ def hidden_forward(
     beta: float | torch.Tensor = 1.0,
     *,
     keep_act: bool = False,
+    options: tuple[float, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(m, a)``: ``m = act(h1) * h3`` (gated) or ``act(h1)``; ``a = act(h1)`` if ``keep_act``
     and gated, else None. Shapes ``[N, hidden]``, dtype of ``h1``.
@@ -272,6 +273,7 @@ def hidden_backward(
     need_m: bool = True,
     need_dbeta: bool = False,
     dm_is_scratch: bool = False,
+    options: tuple[float, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """``(dh1, dh3, m, dbeta)`` from ``dm = dL/dm``; the contract of
     :func:`ffnlab.ops.engine_aten.hidden_backward`. ``a`` is not needed (recomputed in registers, which

@@ -129,13 +129,14 @@ class Engine:
     def module(self) -> ModuleType:
         return importlib.import_module(f"{__package__}.{self.module_name}")
 
-    def hidden_forward(self, activation, h1, h3, beta=1.0, *, keep_act=False):
+    def hidden_forward(self, activation, h1, h3, beta=1.0, *, keep_act=False, options=()):
         """``(m, a)`` for ``h1, h3 [N, hidden]``: this engine's ``hidden_forward`` (contract in
         :func:`ffnlab.ops.engine_aten.hidden_forward`). Equivalent PyTorch::
 
             a = act(h1); m = a * h3 if h3 is not None else a
         """
-        return self.module.hidden_forward(activation, h1, h3, beta, keep_act=keep_act)
+        return self.module.hidden_forward(activation, h1, h3, beta, keep_act=keep_act,
+                                          options=options)
 
     def hidden_backward(self, activation, dm, h1, h3, beta=1.0, **options):
         """``(dh1, dh3, m, dbeta)`` from ``dm = dL/dm [N, hidden]``: this engine's

@@ -45,9 +45,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..activations import get_activation
+from ..activations import compute_dtype, get_activation
 from ..errors import UsageError, check_choice
 from .engines import ENGINES, Engine, select
+from .function_callable import callable_feed_forward
+from .reference import ActivationArg
 
 __all__ = ["fused_feed_forward", "RECOMPUTE_MODES"]
 
@@ -103,6 +105,7 @@ def _forward_impl(
     beta_value: float,
     recompute: str,
     engine: str,
+    options: list[float],
 ) -> list[Tensor]:
     """``x [N, dim]`` -> ``[y [N, out], *kept]`` with ``kept`` the ``[N, hidden]`` tensors that
     backward keeps under ``recompute``, named by :func:`_kept`."""
@@ -111,7 +114,8 @@ def _forward_impl(
     h3 = _linear(x, w3, b3) if gated else None
     kept = _kept(recompute, gated, activation)
     m, a = _engine(engine, h1, activation, gated, "forward").hidden_forward(
-        activation, h1, h3, _beta_arg(beta, beta_value), keep_act="a" in kept
+        activation, h1, h3, _beta_arg(beta, beta_value), keep_act="a" in kept,
+        options=tuple(options),
     )
     y = _linear(m, w2, b2)
     named = {"h1": h1, "h3": h3, "a": a, "m": m}
@@ -124,7 +128,8 @@ _ffn_forward = torch.library.custom_op("ffnlab::ffn_forward", mutates_args=())(_
 
 
 @_ffn_forward.register_fake
-def _ffn_forward_fake(x, w1, w2, w3, b1, b2, b3, beta, activation, beta_value, recompute, engine):
+def _ffn_forward_fake(x, w1, w2, w3, b1, b2, b3, beta, activation, beta_value, recompute, engine,
+                      options):  # fmt: skip
     n, hidden = x.shape[0], w1.shape[0]
     kept = _kept(recompute, w3 is not None, activation)
     return [x.new_empty(n, w2.shape[0]), *(x.new_empty(n, hidden) for _ in kept)]
@@ -149,6 +154,7 @@ def _backward_impl(
     beta_value: float,
     recompute: str,
     engine: str,
+    options: list[float],
     needs: Sequence[bool],
 ) -> list[Tensor]:
     """The gradients for ``grad = dL/dy [N, out]`` of the inputs named in ``_GRAD_NAMES``
@@ -162,6 +168,7 @@ def _backward_impl(
             saved["h3"] = _linear(x, w3, b3)
     h1, h3, a, m = (saved.get(k) for k in ("h1", "h3", "a", "m"))
     beta_arg = _beta_arg(beta, beta_value)
+    options = tuple(options)
     out = dict.fromkeys(_GRAD_NAMES)
 
     if any(need[k] for k in ("x", "w1", "w3", "b1", "b3", "beta")):
@@ -169,13 +176,13 @@ def _backward_impl(
         # For plain variants the kept m is act(h1), which the sigmoid/tanh derivatives reuse.
         dh1, dh3, m, dbeta = _engine(engine, h1, activation, gated, "backward").hidden_backward(
             activation, dm, h1, h3, beta_arg, a=a if gated else m, m=m,
-            need_m=need["w2"], need_dbeta=need["beta"], dm_is_scratch=True,
+            need_m=need["w2"], need_dbeta=need["beta"], dm_is_scratch=True, options=options,
         )  # fmt: skip
         del dm
     elif need["w2"] and m is None:
         # m alone is a forward computation: the forward direction's engine
         m, _ = _engine(engine, h1, activation, gated, "forward").hidden_forward(
-            activation, h1, h3, beta_arg
+            activation, h1, h3, beta_arg, options=options
         )
     if need["w2"]:
         out["w2"] = torch.mm(grad.t(), m)
@@ -203,31 +210,32 @@ _ffn_backward = torch.library.custom_op("ffnlab::ffn_backward", mutates_args=())
 
 @_ffn_backward.register_fake
 def _ffn_backward_fake(
-    grad, x, w1, w2, w3, b1, b3, beta, kept, activation, beta_value, recompute, engine, needs
+    grad, x, w1, w2, w3, b1, b3, beta, kept, activation, beta_value, recompute, engine, options,
+    needs
 ):  # fmt: skip
     like = (x, w1, w2, w3, b1, grad.new_empty(w2.shape[0]), b3, beta)
     return [torch.empty_like(t) for t, n in zip(like, needs, strict=True) if n]
 
 
 def _save(ctx, inputs: tuple, kept) -> None:
-    """What both autograd paths keep for backward, from the forward's 12 inputs."""
-    x, w1, w2, w3, b1, b2, b3, beta, activation, beta_value, recompute, engine = inputs
+    """What both autograd paths keep for backward, from the forward's 13 inputs."""
+    x, w1, w2, w3, b1, b2, b3, beta, activation, beta_value, recompute, engine, options = inputs
     ctx.set_materialize_grads(False)
     # Parameters are saved too (the model keeps them anyway; saved_tensor_bytes leaves them
     # out); the activations saved are exactly the mode's list in the module docstring.
     ctx.save_for_backward(x, w1, w2, w3, b1, b3, beta, *kept)
-    ctx.meta = (activation, beta_value, recompute, engine)
+    ctx.meta = (activation, beta_value, recompute, engine, options)
 
 
 def _grads(ctx, grad_y, backward) -> tuple:
-    """The 12 input gradients from ``backward`` (the custom op or the impl), None where an
+    """The 13 input gradients from ``backward`` (the custom op or the impl), None where an
     input is None or needs no gradient (those cost nothing)."""
     needs = [bool(n) for n in ctx.needs_input_grad[:8]]
     if grad_y is None or not any(needs):
-        return (None,) * 12
+        return (None,) * 13
     x, w1, w2, w3, b1, b3, beta, *kept = ctx.saved_tensors
     it = iter(backward(grad_y, x, w1, w2, w3, b1, b3, beta, kept, *ctx.meta, needs))
-    return (*(next(it) if n else None for n in needs), None, None, None, None)
+    return (*(next(it) if n else None for n in needs), None, None, None, None, None)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -236,7 +244,9 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grads):
-    return _grads(ctx, grads[0], torch.ops.ffnlab.ffn_backward)
+    # The custom op's gradients mirror its inputs' structure: the options list gets a list.
+    *out, _ = _grads(ctx, grads[0], torch.ops.ffnlab.ffn_backward)
+    return (*out, [None] * len(ctx.meta[4]))
 
 
 _ffn_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -266,7 +276,7 @@ class _FusedFFN(torch.autograd.Function):
 # --- public entry point ------------------------------------------------------------------
 
 
-def _check(x, w1, w2, w3, b1, b2, b3, beta) -> None:
+def _check(x, w1, w2, w3, b1, b2, b3, beta, n_params: int = 0) -> None:
     hidden, dim = w1.shape
     if w2.shape[1] != hidden:
         raise UsageError(f"w2 must be [out, {hidden}], got {list(w2.shape)}")
@@ -279,7 +289,12 @@ def _check(x, w1, w2, w3, b1, b2, b3, beta) -> None:
             raise UsageError(f"{name} must be [{n}], got {list(b.shape)}")
     if b3 is not None and w3 is None:
         raise UsageError("b3 given without w3")
-    if isinstance(beta, Tensor) and beta.shape not in ((), (hidden,)):
+    if n_params:
+        if isinstance(beta, Tensor) and beta.shape != (n_params,):
+            raise UsageError(
+                f"the activation's packed parameters must be [{n_params}], got {list(beta.shape)}"
+            )
+    elif isinstance(beta, Tensor) and beta.shape not in ((), (hidden,)):
         raise UsageError(f"beta must be a scalar or [{hidden}], got {list(beta.shape)}")
 
 
@@ -292,18 +307,22 @@ def fused_feed_forward(
     b2: Tensor | None = None,
     b3: Tensor | None = None,
     *,
-    activation: str,
+    activation: ActivationArg,
     beta: float | Tensor = 1.0,
     recompute: str = "activation",
     engine: str = "auto",
+    options: tuple[float, ...] = (),
 ) -> Tensor:
     """The FFN through the fused op. ``x [..., dim]`` -> ``[..., out]`` (``out = w2.shape[0]``).
 
     Shapes: ``w1, w3 [hidden, dim]``, ``w2 [out, hidden]``, ``b1, b3 [hidden]``, ``b2 [out]``,
     ``beta`` a float or a tensor ``[]`` / ``[hidden]`` (its gradient is summed over every
-    leading dim of ``x``). ``engine``: ``"auto"`` (the engines table chooses per direction) or
-    one of :data:`ffnlab.ops.engines.ENGINES` (``NotImplementedError`` with the reasons if it
-    cannot run here). Equivalent PyTorch::
+    leading dim of ``x``), or for an activation with packed parameters (xielu) those, ``[2]``.
+    ``options``: the activation's option values (:func:`ffnlab.activations.bind_options`).
+    ``engine``: ``"auto"`` (the engines table chooses per direction) or one of
+    :data:`ffnlab.ops.engines.ENGINES` (``NotImplementedError`` with the reasons if it cannot
+    run here). A callable ``activation`` runs :func:`ffnlab.ops.function_callable.callable_feed_forward`
+    (no engine: the callable is recomputed under autograd in backward). Equivalent PyTorch::
 
         h1 = F.linear(x, w1, b1)
         m = act(h1) * F.linear(x, w3, b3) if w3 is not None else act(h1)
@@ -311,10 +330,25 @@ def fused_feed_forward(
     """
     check_choice("recompute mode", recompute, RECOMPUTE_MODES)
     check_choice("engine", engine, ("auto", *ENGINES))
+    if callable(activation):
+        if engine not in ("auto", "aten"):
+            raise UsageError(
+                f"engine={engine!r} runs only the registry's activations; a callable activation "
+                "runs with engine 'auto' (it is recomputed under autograd in backward)"
+            )
+        _check(x, w1, w2, w3, b1, b2, b3, None)
+        return callable_feed_forward(x, w1, w2, w3, b1, b2, b3, activation=activation,
+                                     recompute=recompute)  # fmt: skip
     act = get_activation(activation)
-    if not act.has_beta and (isinstance(beta, Tensor) or float(beta) != 1.0):
+    if not (act.has_beta or act.n_params) and (isinstance(beta, Tensor) or float(beta) != 1.0):
         raise UsageError(f"beta applies only to swish, not to activation {activation!r}")
-    _check(x, w1, w2, w3, b1, b2, b3, beta)
+    if act.n_params and not isinstance(beta, Tensor):
+        beta = torch.tensor(act.param_init, dtype=compute_dtype(x.dtype), device=x.device)
+    if len(options) not in (0, len(act.options)):
+        raise UsageError(f"activation {act.name!r} takes options {act.option_names}, "
+                         f"got {len(options)} values")  # fmt: skip
+    options = [float(o) for o in (options or act.kwargs().values())]
+    _check(x, w1, w2, w3, b1, b2, b3, beta, act.n_params)
     if engine != "auto":  # a named engine must be able to run: say why not before any work
         select(engine, x, hidden_dim=w1.shape[0], activation=act.name, gated=w3 is not None)
     if torch.is_autocast_enabled(x.device.type):
@@ -325,7 +359,7 @@ def fused_feed_forward(
     x2 = x.reshape(-1, x.shape[-1])
     beta_t = beta if isinstance(beta, Tensor) else None
     beta_value = 1.0 if beta_t is not None else float(beta)
-    args = (x2, w1, w2, w3, b1, b2, b3, beta_t, act.name, beta_value, recompute, engine)
+    args = (x2, w1, w2, w3, b1, b2, b3, beta_t, act.name, beta_value, recompute, engine, options)
     if torch.compiler.is_compiling():
         y = torch.ops.ffnlab.ffn_forward(*args)[0]
     else:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .dispatch import feed_forward
-from .reference import hidden_activation
+from .reference import ActivationArg, hidden_activation
 
 __all__ = ["Weights", "projections_are_plain", "projected_feed_forward"]
 
@@ -61,10 +61,11 @@ def projected_feed_forward(
     branches: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
     down: Callable[[torch.Tensor], torch.Tensor],
     *,
-    activation: str,
+    activation: ActivationArg,
     beta: float | torch.Tensor = 1.0,
     backend: str = "auto",
     recompute: str = "activation",
+    options: tuple[float, ...] = (),
 ) -> torch.Tensor:
     """The FFN of a block of projection modules: ``x [..., dim]`` -> ``[..., out]``.
 
@@ -75,7 +76,8 @@ def projected_feed_forward(
         branches: ``x -> (h1, h3)`` by calling the modules (``h1 = W1 x + b1``, ``h3 = W3 x +
             b3`` or None for plain variants), each ``[..., hidden]``.
         down: ``m [..., hidden] -> [..., out]`` by calling the down projection module.
-        activation, beta, backend, recompute: as :func:`ffnlab.ops.dispatch.feed_forward`.
+        activation, beta, backend, recompute, options: as
+            :func:`ffnlab.ops.dispatch.feed_forward`.
 
     Plain projections run ``feed_forward(x, *weights(), ...)`` with the chosen backend;
     otherwise ``down(hidden_activation(activation, *branches(x), beta))``.
@@ -85,6 +87,7 @@ def projected_feed_forward(
         return feed_forward(
             x, w1, w2, w3, b1, b2, b3,
             activation=activation, beta=beta, backend=backend, recompute=recompute,
+            options=options,
         )  # fmt: skip
     h1, h3 = branches(x)
-    return down(hidden_activation(activation, h1, h3, beta))
+    return down(hidden_activation(activation, h1, h3, beta, options))

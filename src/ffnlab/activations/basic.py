@@ -30,18 +30,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .errors import unknown_choice
-
 __all__ = [
-    "ACTIVATIONS",
-    "Activation",
+    "QUICK_GELU_BETA",
     "compute_dtype",
-    "get_activation",
+    "upcast",
     "relu",
     "relu_grad",
     "gelu",
@@ -84,7 +80,7 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _HALF_DTYPES else dtype
 
 
-def _upcast(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+def upcast(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     """Evaluate ``fn`` in float32 for half inputs and cast the result back."""
 
     def wrapper(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -112,14 +108,14 @@ def relu_grad(x: torch.Tensor) -> torch.Tensor:
     return (x > 0).to(x.dtype)
 
 
-@_upcast
+@upcast
 def relu2(x: torch.Tensor) -> torch.Tensor:
     """max(0, x)**2 (squared ReLU, So et al. 2021, "Primer")."""
     r = torch.relu(x)
     return r * r
 
 
-@_upcast
+@upcast
 def relu2_grad(x: torch.Tensor) -> torch.Tensor:
     """2 * max(0, x)."""
     return 2.0 * torch.relu(x)
@@ -128,7 +124,7 @@ def relu2_grad(x: torch.Tensor) -> torch.Tensor:
 # --- GELU family -------------------------------------------------------------------------
 
 
-@_upcast
+@upcast
 def gelu(x: torch.Tensor) -> torch.Tensor:
     """x * Phi(x) with Phi the standard normal CDF (erf form, exact)."""
     return F.gelu(x)
@@ -142,13 +138,13 @@ def gelu_value_and_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x * cdf, cdf + x * pdf
 
 
-@_upcast
+@upcast
 def gelu_grad(x: torch.Tensor) -> torch.Tensor:
     """d/dx gelu = Φ(x) + x·φ(x)."""
     return gelu_value_and_grad(x)[1]
 
 
-@_upcast
+@upcast
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (GPT-2's "gelu_new")."""
     return F.gelu(x, approximate="tanh")
@@ -166,13 +162,13 @@ def gelu_tanh_value_and_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return 0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * (x * sech2) * du
 
 
-@_upcast
+@upcast
 def gelu_tanh_grad(x: torch.Tensor) -> torch.Tensor:
     """d/dx of the tanh approximation of GELU."""
     return gelu_tanh_value_and_grad(x)[1]
 
 
-@_upcast
+@upcast
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     """x * sigmoid(1.702 x) (CLIP's sigmoid approximation of GELU)."""
     return x * torch.sigmoid(QUICK_GELU_BETA * x)
@@ -192,7 +188,7 @@ def _beta_like(beta: float | torch.Tensor, x: torch.Tensor) -> float | torch.Ten
     return float(beta)
 
 
-@_upcast
+@upcast
 def swish(x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> torch.Tensor:
     """x * sigmoid(beta x) (Ramachandran et al. 2017). beta=1 is SiLU.
 
@@ -215,13 +211,13 @@ def swish_value_and_grad(
     return x * s, s + b * (x * (s * (1.0 - s)))
 
 
-@_upcast
+@upcast
 def swish_grad(x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> torch.Tensor:
     """d/dx swish = σ(βx) + βx·σ(βx)(1 − σ(βx))."""
     return swish_value_and_grad(x, beta)[1]
 
 
-@_upcast
+@upcast
 def swish_grad_beta(x: torch.Tensor, beta: float | torch.Tensor = 1.0) -> torch.Tensor:
     """d/dbeta [x sigma(bx)] = x^2 s (1 - s), s = sigma(bx), elementwise."""
     b = _beta_like(beta, x)
@@ -240,7 +236,7 @@ def sigmoid(x: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(x)
 
 
-@_upcast
+@upcast
 def sigmoid_grad(x: torch.Tensor) -> torch.Tensor:
     """s (1 - s), s = sigma(x)."""
     s = torch.sigmoid(x)
@@ -252,7 +248,7 @@ def tanh(x: torch.Tensor) -> torch.Tensor:
     return torch.tanh(x)
 
 
-@_upcast
+@upcast
 def tanh_grad(x: torch.Tensor) -> torch.Tensor:
     """1 - tanh(x)^2."""
     t = torch.tanh(x)
@@ -267,58 +263,3 @@ def identity(x: torch.Tensor) -> torch.Tensor:
 def identity_grad(x: torch.Tensor) -> torch.Tensor:
     """1."""
     return torch.ones_like(x)
-
-
-# --- Table -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Activation:
-    """One scalar activation: its function, derivative and how to write it.
-
-    ``fn(x)`` and ``grad(x)`` map a tensor to a tensor of the same shape and dtype.
-    ``has_beta``: the function takes a second argument ``beta`` (Swish).
-    ``value_and_grad(x)``: ``(fn(x), grad(x))`` with their common subexpressions written once
-    (for fused code that needs both), where that saves work; None otherwise.
-    """
-
-    name: str
-    fn: Callable[..., torch.Tensor]
-    grad: Callable[..., torch.Tensor]
-    formula: str
-    has_beta: bool = False
-    monotonic: bool = True
-    value_and_grad: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
-
-
-ACTIVATIONS: dict[str, Activation] = {
-    a.name: a
-    for a in (
-        Activation("relu", relu, relu_grad, "max(0, x)"),
-        Activation("gelu", gelu, gelu_grad, "x·Φ(x)", monotonic=False,
-                   value_and_grad=gelu_value_and_grad),
-        Activation(
-            "gelu_tanh",
-            gelu_tanh,
-            gelu_tanh_grad,
-            "0.5x(1+tanh(√(2/π)(x+0.044715x³)))",
-            monotonic=False,
-            value_and_grad=gelu_tanh_value_and_grad,
-        ),
-        Activation("quick_gelu", quick_gelu, quick_gelu_grad, "x·σ(1.702x)", monotonic=False),
-        Activation("swish", swish, swish_grad, "x·σ(βx)", has_beta=True, monotonic=False,
-                   value_and_grad=swish_value_and_grad),
-        Activation("sigmoid", sigmoid, sigmoid_grad, "σ(x) = 1/(1+e^-x)"),
-        Activation("tanh", tanh, tanh_grad, "tanh(x)"),
-        Activation("relu2", relu2, relu2_grad, "max(0, x)²"),
-        Activation("identity", identity, identity_grad, "x"),
-    )
-}
-
-
-def get_activation(name: str) -> Activation:
-    """Look up an activation by name (``silu`` is an alias of ``swish``)."""
-    key = "swish" if name == "silu" else name
-    if key not in ACTIVATIONS:
-        raise unknown_choice("activation", name, [*ACTIVATIONS, "silu"])
-    return ACTIVATIONS[key]
