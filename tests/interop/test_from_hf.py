@@ -88,19 +88,33 @@ def test_from_patched_wrapper_and_options(hf_models):
     assert (ffn.backend, ffn.recompute) == ("reference", "full")
 
 
-def test_errors(hf_models):
+def test_errors():
     with pytest.raises(ValueError, match="does not recognise Linear"):
         ffnlab.from_hf(nn.Linear(3, 3))
     with pytest.raises(TypeError):
         ffnlab.from_hf("LlamaMLP")
-    model, _, _ = hf_models.build("llama", hidden_act="mish")
-    with pytest.raises(ValueError, match="MishActivation"):
-        ffnlab.from_hf(_mlp(model, "llama"))
-    model, _, _ = hf_models.build("llama", hidden_act="quick_gelu")  # no gated quick_gelu variant
-    with pytest.raises(
-        ValueError, match="no ffnlab variant is a gated FFN with activation 'quick_gelu'"
-    ):
-        ffnlab.from_hf(_mlp(model, "llama"))
+
+
+@pytest.mark.parametrize(
+    ("hidden_act", "activation"),
+    [("mish", "mish"), ("quick_gelu", "quick_gelu"), ("leaky_relu", "leaky_relu"),
+     ("gelu_10", "gelu_10"), ("xielu", "XIELUActivation"), ("prelu", "PReLU")],
+)  # fmt: skip
+def test_activations_without_a_variant_replace_the_variants(hf_models, hidden_act, activation):
+    """A gated mish (no such variant) is ``reglu`` with ``activation="mish"``; a learnable one
+    (xIELU, PReLU) is the model's own module, shared, so its parameters keep training."""
+    model, _, _ = hf_models.build("llama", hidden_act=hidden_act)
+    module = _mlp(model, "llama")
+    ffn = ffnlab.from_hf(module)
+    act = ffn.activation
+    assert (act if isinstance(act, str) else type(act).__name__) == activation
+    if not isinstance(act, str):
+        assert act is module.act_fn
+    x = torch.randn(3, 4, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ffn(x), module(x), rtol=1e-5, atol=1e-6)
+    copied = ffnlab.from_hf(module, copy=True)
+    assert isinstance(act, str) or copied.activation is not module.act_fn
 
 
 def test_from_hf_is_a_function_not_a_feed_forward_method():

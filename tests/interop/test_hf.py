@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import ffnlab
-from ffnlab.interop.hf import hf_activation
+from ffnlab.interop.hf_activations import hf_activation, hf_activation_options
 from ffnlab.interop.hf_modules import HFFeedForward
+from ffnlab.ops.reference import hidden_activation
 
 pytest.importorskip("transformers")
 
@@ -195,18 +196,21 @@ def test_unrecognised_mlp_is_left_alone_and_listed_once(hf_models):
     assert model.model.layers[1].mlp is odd
 
 
-def test_activation_without_ffnlab_name_runs_as_the_models_callable(hf_models):
-    # gelu_10 (clipped GELU) has no ffnlab name: the wrapper calls the model's own object.
-    model, inputs, n_mlp = hf_models.build("llama", hidden_act="gelu_10")
+def test_learnable_activation_runs_as_the_models_callable(hf_models):
+    # PReLU learns its slope: the wrapper calls the model's own module (fused op, re-run under
+    # autograd), which keeps its parameter, state-dict key and gradient.
+    model, inputs, n_mlp = hf_models.build("llama", hidden_act="prelu")
+    keys = list(model.state_dict())
     with torch.no_grad():
         before = hf_models.output(model, inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert ffnlab.patch_hf(model) == n_mlp
-    acts = {type(w.ffn_activation).__name__ for w in _wrappers(model)}
-    assert acts == {"ClippedGELUActivation"}
-    with torch.no_grad():
-        torch.testing.assert_close(hf_models.output(model, inputs), before, **TOL)
+    assert {type(w.ffn_activation).__name__ for w in _wrappers(model)} == {"PReLU"}
+    assert list(model.state_dict()) == keys and "model.layers.0.mlp.act_fn.weight" in keys
+    torch.testing.assert_close(hf_models.output(model, inputs), before, **TOL)
+    hf_models.output(model, inputs).sum().backward()
+    assert model.model.layers[0].mlp.act_fn.weight.grad is not None
 
 
 class Doubling(nn.Module):
@@ -266,31 +270,31 @@ def test_reference_backend_matches_in_float64(hf_models):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-# transformers ACT2FN names -> the ffnlab activation hf_activation must name; those marked
-# "if present" are named only where ffnlab's table has them (else the model's callable runs).
+# transformers ACT2FN names -> the ffnlab activation hf_activation must name (None: the model's
+# own callable runs).
 ACT_NAMES = {
     "silu": "swish", "swish": "swish", "gelu": "gelu", "gelu_python": "gelu",
     "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
     "quick_gelu": "quick_gelu", "relu": "relu", "relu2": "relu2", "sigmoid": "sigmoid",
     "tanh": "tanh", "linear": "identity",
-    "mish": None, "gelu_10": None, "leaky_relu": None, "prelu": None, "xielu": None,
+    "gelu_accurate": "gelu_accurate", "relu6": "relu6", "hardswish": "hardswish",
+    "mish": "mish", "laplace": "laplace", "gelu_10": "gelu_10", "leaky_relu": "leaky_relu",
+    # learnable: the model's own module runs (its parameters are the model's)
+    "prelu": None, "xielu": None,
 }  # fmt: skip
-IF_PRESENT = {"gelu_accurate": "gelu_accurate", "relu6": "relu6", "hardswish": "hardswish",
-              "mish": "mish", "laplace": "laplace"}  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted({*ACT_NAMES, *IF_PRESENT}))
+@pytest.mark.parametrize("name", list(ACT_NAMES))
 def test_activation_map_computes_the_same_function(name):
     from transformers.activations import ACT2FN
 
     act = ACT2FN[name]
-    want = ACT_NAMES.get(name)
-    if name in IF_PRESENT and IF_PRESENT[name] in ffnlab.activations.ACTIVATIONS:
-        want = IF_PRESENT[name]
+    want = ACT_NAMES[name]
     assert hf_activation(act) == want
     if want is not None:
-        x = torch.linspace(-8, 8, 1001, dtype=torch.float64)
-        mine = ffnlab.activations.get_activation(want).fn(x)
+        x = torch.linspace(-12, 12, 1201, dtype=torch.float64)
+        options = hf_activation_options(act)
+        mine = hidden_activation(want, x, None, 1.0, options)
         torch.testing.assert_close(mine, act(x), rtol=1e-6, atol=1e-7)
 
 
@@ -372,3 +376,11 @@ def test_meta_device_modules_cannot_be_checked_and_are_left(hf_models):
     with pytest.warns(UserWarning, match="parameters are on the meta device"):
         assert ffnlab.patch_hf(model) == 0
     assert not _wrappers(model)
+
+
+def test_clipped_gelu_other_than_10_and_leaky_slopes():
+    from transformers.activations import ClippedGELUActivation
+
+    assert hf_activation(ClippedGELUActivation(-5, 5)) is None  # runs as the callable
+    assert hf_activation_options(nn.LeakyReLU(0.2)) == (0.2,)
+    assert hf_activation_options(nn.SiLU()) == ()

@@ -7,14 +7,17 @@ Shapes: the FeedForward takes ``[..., dim]`` and returns ``[..., out_dim]``, wit
 
 from __future__ import annotations
 
+from copy import deepcopy
+
 import torch
 from torch import nn
 
+from ..activations import get_activation
 from ..errors import UsageError
 from ..ffn import FeedForward
 from ..variants import VARIANTS
 from .hf import _is_bert_layer, build_wrapper
-from .hf_activations import describe, hf_activation
+from .hf_activations import hf_activation, hf_activation_options
 from .hf_modules import HFMLP, HFFeedForward
 from .recognise import MLPSpec
 from .verify import verified_spec
@@ -22,15 +25,17 @@ from .verify import verified_spec
 __all__ = ["from_hf"]
 
 
-def _variant_for(gated: bool, activation: str) -> str:
-    for v in VARIANTS.values():
-        if v.gated == gated and v.activation == activation:
-            return v.name
-    kind = "gated" if gated else "plain"
-    raise UsageError(
-        f"no ffnlab variant is a {kind} FFN with activation {activation!r}; "
-        f"ffnlab.patch_hf can still run this module"
-    )
+def _variant_and_activation(gated: bool, act, options: tuple[float, ...]) -> tuple[str, dict]:
+    """The variant with this gating and activation, or a base variant (``reglu`` / ``relu``)
+    with ``activation=`` (a name with its ``act_kwargs``, or the callable itself)."""
+    if isinstance(act, str) and not options:
+        for v in VARIANTS.values():
+            if v.gated == gated and v.activation == act:
+                return v.name, {}
+    kw: dict = {"activation": act}
+    if isinstance(act, str) and options:
+        kw["act_kwargs"] = get_activation(act).kwargs(options)
+    return ("reglu" if gated else "relu"), kw
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None, copy: bool) -> nn.Linear:
@@ -51,17 +56,22 @@ def from_hf(
 ) -> FeedForward:
     """A :class:`ffnlab.FeedForward` computing what a transformers MLP computes.
 
-    ``module`` is one of the MLPs listed in :mod:`ffnlab.interop.recognise` (or its
-    ``patch_hf`` wrapper), or a BERT *layer* (the ``BertIntermediate``/``BertOutput`` pair
+    ``module`` is an MLP :mod:`ffnlab.interop.recognise` describes and :mod:`.verify` checks
+    (or its ``patch_hf`` wrapper), or a BERT-shaped *layer* (the ``BertIntermediate``/``BertOutput`` pair
     lives there; the FeedForward covers ``output.dropout(output.dense(intermediate(x)))``, not
     the residual and LayerNorm).
 
     Weights: where the module holds ``nn.Linear`` layers (LLaMA family, T5, BERT) those very
     Linear modules become ``w1``/``w2``/``w3``: the parameters are shared, not copied.
     Phi-3's packed ``gate_up_proj`` and GPT-2's transposed ``Conv1D`` cannot be shared as
-    separate ``[out, in]`` Linear weights: they raise a UsageError unless ``copy=True``, which
-    builds the FeedForward from copies (later training of one does not change the other).
+    separate ``[out, in]`` Linear weights, nor can Falcon-H1's multipliers be carried: they
+    raise a UsageError unless ``copy=True``, which builds the FeedForward from copies
+    (multipliers folded in; later training of one does not change the other).
     ``copy=True`` copies in every case.
+
+    Activation: the variant with the module's gating and activation, or ``reglu``/``relu``
+    with ``activation=`` the ffnlab name (options as ``act_kwargs``) or the module's own
+    activation object (learnable ones: shared, copied with ``copy=True``).
 
     Dropout: GPT-2's and BERT's output dropout carries over (FeedForward applies dropout to its
     output too). T5 applies dropout to the hidden units, which FeedForward does not have: the
@@ -81,7 +91,9 @@ def from_hf(
                 f"does not have; ffnlab.patch_hf can still run this layer"
             )
         dropout = out.dropout.p if isinstance(getattr(out, "dropout", None), nn.Dropout) else 0.0
-        return _build(module, (inter.dense, out.dense, None), act_obj, dropout,
+        act = hf_activation(act_obj) or act_obj
+        return _build(module, (inter.dense, out.dense, None), act,
+                      hf_activation_options(act_obj), dropout,
                       (1.0, 1.0), backend, recompute, copy)  # fmt: skip
     if spec is None:
         spec, diff = verified_spec(module, lambda m, s: build_wrapper(m, s, "reference"))
@@ -111,7 +123,8 @@ def from_hf(
         lins = tuple(None if n is None else module._modules[n]
                      for n in (spec.gate, spec.down, spec.up))  # fmt: skip
     dropout = _p(module, spec.out_dropout)
-    return _build(module, lins, act_obj, dropout, scales, backend, recompute, copy)
+    return _build(module, lins, act_obj, spec.act_options, dropout, scales, backend, recompute,
+                  copy)  # fmt: skip
 
 
 def _p(module: nn.Module, name: str | None) -> float:
@@ -133,15 +146,11 @@ def _check_representable(module: nn.Module, spec: MLPSpec) -> None:
         )
 
 
-def _build(module, lins, act_obj, dropout, scales, backend, recompute, copy) -> FeedForward:
-    act = act_obj if isinstance(act_obj, str) else hf_activation(act_obj)
-    if act is None:
-        raise UsageError(
-            f"{type(module).__name__} uses activation {describe(act_obj)}, which has no ffnlab "
-            f"name; ffnlab.patch_hf runs it as a callable"
-        )
+def _build(module, lins, act, options, dropout, scales, backend, recompute, copy) -> FeedForward:
+    if copy and isinstance(act, nn.Module):
+        act = deepcopy(act)  # a learnable activation's parameters are copied with the weights
     gated = lins[2] is not None
-    variant = _variant_for(gated, act)
+    variant, act_kw = _variant_and_activation(gated, act, options)
     biases = {getattr(lin, "bias", None) is not None for lin in lins if lin is not None}
     if len(biases) != 1:
         raise UsageError(
@@ -172,6 +181,7 @@ def _build(module, lins, act_obj, dropout, scales, backend, recompute, copy) -> 
         dropout=dropout,
         backend=backend,
         recompute=recompute,
+        **act_kw,
         device="meta",  # placeholders only: replaced by the module's layers just below
     )
     ffn.w1, ffn.w2 = w1_lin, w2_lin

@@ -18,12 +18,14 @@ from torch import nn
 
 from ..activations import ACTIVATIONS
 
-__all__ = ["HF_ACTIVATIONS", "describe", "hf_activation"]
+__all__ = ["HF_ACTIVATIONS", "describe", "hf_activation", "hf_activation_options"]
 
 #: Class name of a transformers (or torch.nn) activation module -> ffnlab activation.
 #: ``FastGELUActivation`` computes 0.5x(1+tanh(0.7978845608·x(1+0.044715x²))), the same
 #: function as gelu_tanh written differently (they differ by float rounding only).
-#: Names ffnlab does not have at run time (its table decides) fall back to the callable.
+#: Names ffnlab does not have at run time (its table decides) fall back to the callable, and
+#: so do activations with learnable parameters (``XIELUActivation``, ``PReLU``): the model's
+#: own object keeps its parameters.
 HF_ACTIVATIONS: dict[str, str] = {
     "SiLUActivation": "swish",  # "silu"
     "SiLU": "swish",  # "swish" (torch.nn.SiLU)
@@ -34,6 +36,8 @@ HF_ACTIVATIONS: dict[str, str] = {
     "FastGELUActivation": "gelu_tanh",  # "gelu_fast"
     "QuickGELUActivation": "quick_gelu",  # "quick_gelu" (CLIP)
     "AccurateGELUActivation": "gelu_accurate",  # "gelu_accurate"
+    "ClippedGELUActivation": "gelu_10",  # "gelu_10" (when it clips at -10, 10)
+    "LeakyReLU": "leaky_relu",  # torch.nn.LeakyReLU, its negative_slope as the option
     "ReLU": "relu",
     "ReLUSquaredActivation": "relu2",  # "relu2"
     "ReLU6": "relu6",
@@ -54,7 +58,8 @@ def hf_activation(act: object) -> str | None:
 
     None means "no exact ffnlab name": the object runs as a callable instead. Only exact
     classes of ``transformers.*`` and ``torch.nn`` are named (a subclass may compute anything),
-    and only when ffnlab's activation table has the name.
+    and only when ffnlab's activation table has the name without learnable parameters. Options
+    (leaky ReLU's slope) come from :func:`hf_activation_options`.
     """
     name: str | None = None
     if isinstance(act, nn.Module):
@@ -63,6 +68,8 @@ def hf_activation(act: object) -> str | None:
         cls = type(act).__name__
         if cls == "GELU":  # torch.nn.GELU
             name = "gelu_tanh" if act.approximate == "tanh" else "gelu"
+        elif cls == "ClippedGELUActivation" and (act.min, act.max) != (-10, 10):
+            return None
         else:
             name = HF_ACTIVATIONS.get(cls)
     else:
@@ -70,7 +77,18 @@ def hf_activation(act: object) -> str | None:
             name = _FUNCTIONS.get(act)
         except TypeError:  # unhashable
             return None
-    return name if name in ACTIVATIONS else None
+    if name not in ACTIVATIONS or ACTIVATIONS[name].n_params or ACTIVATIONS[name].value_fn:
+        return None
+    return name
+
+
+def hf_activation_options(act: object) -> tuple[float, ...]:
+    """The option values (:attr:`ffnlab.activations.Activation.options` order) of the ffnlab
+    activation :func:`hf_activation` names for ``act``: ``(slope,)`` for ``nn.LeakyReLU``,
+    ``()`` otherwise."""
+    if hf_activation(act) == "leaky_relu":
+        return (float(act.negative_slope),)
+    return ()
 
 
 def describe(act: object) -> str:

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..activations import get_activation
 from ..ops.projections import Weights, projected_feed_forward
+from ..ops.reference import hidden_activation
 from .recognise import MLPSpec
 
 __all__ = ["HFFeedForward", "HFMLP", "HFBertFeedForward", "HFBertOutputTail"]
@@ -42,11 +42,11 @@ Activation = str | Callable[[torch.Tensor], torch.Tensor]
 activation object)."""
 
 
-def apply_activation(activation: Activation, h1: torch.Tensor) -> torch.Tensor:
-    """``act(h1)``: ffnlab's function for a name, else the callable itself."""
-    if isinstance(activation, str):
-        return get_activation(activation).fn(h1)
-    return activation(h1)
+def apply_activation(
+    activation: Activation, h1: torch.Tensor, options: tuple[float, ...] = ()
+) -> torch.Tensor:
+    """``act(h1)``: ffnlab's function for a name (with its option values), else the callable."""
+    return hidden_activation(activation, h1, None, 1.0, options)
 
 
 class HFFeedForward(nn.Module):
@@ -54,19 +54,31 @@ class HFFeedForward(nn.Module):
 
     Args:
         original: the transformers module this wrapper replaces (restored by ``unpatch_hf``).
-        activation: (attribute ``ffn_activation``) ffnlab activation name of the W1 branch (``"swish"``, ``"gelu_tanh"`` ...),
-            or a callable (the module's own activation object) run on the hidden tensor.
+        activation: (attribute ``ffn_activation``) ffnlab activation name of the W1 branch
+            (``"swish"``, ``"gelu_tanh"`` ...), or a callable (the module's own activation
+            object) run on the hidden tensor; both run in the fused op, a callable re-run under
+            autograd in backward (``backend="triton"`` takes names only: a callable then runs
+            through the modules).
+        options: the named activation's option values (leaky ReLU's slope).
         backend: ffnlab backend (``"auto"``, ``"reference"``, ``"fused"``, ``"triton"``).
     """
 
     #: True for wrappers that count as one patched MLP (the BERT tail does not).
     counts_as_mlp = True
 
-    def __init__(self, original: nn.Module, *, activation: Activation, backend: str) -> None:
+    def __init__(
+        self,
+        original: nn.Module,
+        *,
+        activation: Activation,
+        backend: str,
+        options: tuple[float, ...] = (),
+    ) -> None:
         super().__init__()
         # Bypass nn.Module.__setattr__: registering either would duplicate parameters.
         self.__dict__["_hf_original"] = original
         self.__dict__["ffn_activation"] = activation
+        self.act_options = tuple(options)
         self.backend = backend
         self.train(original.training)
 
@@ -96,11 +108,16 @@ class HFFeedForward(nn.Module):
         """The same FFN computed by calling the projection modules (what runs when one of them
         is replaced, e.g. by a LoRA adapter, or hooked)."""
         h1, h3 = self.branches(x)
-        m = apply_activation(self.ffn_activation, h1)
+        m = apply_activation(self.ffn_activation, h1, self.act_options)
         return self.down(m if h3 is None else m * h3)
 
+    def fused_runs(self) -> bool:
+        """Whether the fused op can run this activation with this backend (Triton runs only
+        the registry's activations)."""
+        return isinstance(self.ffn_activation, str) or self.backend != "triton"
+
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(self.ffn_activation, str):
+        if not self.fused_runs():
             return self.module_ffn(x)
         return projected_feed_forward(
             x,
@@ -110,6 +127,7 @@ class HFFeedForward(nn.Module):
             self.down,
             activation=self.ffn_activation,
             backend=self.backend,
+            options=self.act_options,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -160,7 +178,8 @@ class HFMLP(HFFeedForward):
 
     def __init__(self, original: nn.Module, spec: MLPSpec, *, activation: Activation,
                  backend: str) -> None:  # fmt: skip
-        super().__init__(original, activation=activation, backend=backend)
+        super().__init__(original, activation=activation, backend=backend,
+                         options=spec.act_options)  # fmt: skip
         self.__dict__["spec"] = spec
         for name, child in original.named_children():
             self.add_module(name, child)
@@ -246,7 +265,7 @@ class HFMLP(HFFeedForward):
         h1, h3 = self.branches(x)
         if s.gate_transform is not None:
             h1 = getattr(self.original, s.gate_transform)(h1)
-        m = apply_activation(self.ffn_activation, h1)
+        m = apply_activation(self.ffn_activation, h1, self.act_options)
         if h3 is not None:
             m = m * h3
         m = self._dropout(s.hidden_dropout, m)
@@ -262,7 +281,7 @@ class HFMLP(HFFeedForward):
             x = self._modules[s.input_norm](x)
         if (
             s.fusable
-            and isinstance(self.ffn_activation, str)
+            and self.fused_runs()
             and not self._hidden_dropout_active()
             and self._one_dtype(x)
         ):

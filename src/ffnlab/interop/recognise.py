@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from .hf_activations import hf_activation
+from .hf_activations import hf_activation, hf_activation_options
 
 __all__ = [
     "MLPSpec",
@@ -77,6 +77,7 @@ class MLPSpec:
         up: the W3 projection of an unpacked gated MLP, else None.
         packed: ``gate`` holds W1 and W3 stacked by rows; ``gate_first`` says which half is W1.
         activation: ffnlab activation name, or None to call attribute ``act_attr``.
+        act_options: the named activation's option values (leaky ReLU's slope).
         act_attr: attribute holding the module's activation object (callable route).
         gate_scale / out_scale: float attributes multiplying the gate pre-activation / output.
         hidden_norm / input_norm: norm modules on the hidden units / on the input.
@@ -92,6 +93,7 @@ class MLPSpec:
     packed: bool = False
     gate_first: bool = True
     activation: str | None = None
+    act_options: tuple[float, ...] = ()
     act_attr: str | None = None
     gate_scale: str | None = None
     out_scale: str | None = None
@@ -109,10 +111,9 @@ class MLPSpec:
 
     @property
     def fusable(self) -> bool:
-        """Whether ffnlab's fused op can run it whole (a named activation, and nothing between
-        the branches and the down projection but the activation and the product)."""
-        return (self.activation is not None and self.hidden_norm is None
-                and self.gate_transform is None)  # fmt: skip
+        """Whether ffnlab's fused op can run it whole (nothing between the branches and the
+        down projection but the activation, named or callable, and the product)."""
+        return self.hidden_norm is None and self.gate_transform is None
 
 
 def projection_shape(module: nn.Module) -> tuple[int, int] | None:
@@ -226,9 +227,11 @@ def _activations(module: nn.Module, act_children: list[str]) -> list[dict]:
             found.append(name)
     out: list[dict] = []
     for name in found:
-        named = hf_activation(getattr(module, name))
+        obj = getattr(module, name)
+        named = hf_activation(obj)
         if named is not None:
-            out.append({"activation": named, "act_attr": name})
+            out.append({"activation": named, "act_attr": name,
+                        "act_options": hf_activation_options(obj)})  # fmt: skip
         out.append({"activation": None, "act_attr": name})
     out.extend({"activation": a, "act_attr": None} for a in _IMPLICIT_ACTIVATIONS)
     return out
