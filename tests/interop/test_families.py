@@ -56,7 +56,7 @@ NOT_PATCHED = {
     "rwkv": "fit no plain, gated or packed MLP",  # receptance-gated, token-shifted
     "dory": "no candidate matches it",  # learnable per-unit scales on both branches
     "xlnet": "no candidate matches it",  # residual and LayerNorm inside the FFN module
-    "gemma4": "Gemma4VisionMLP: holds no two or three projections",  # vision tower only
+    "gemma4": "Gemma4AudioFeedForward: no candidate matches it",  # clamps, norms, residual
     "zamba2": "Zamba2MLP: holds no two or three projections",  # per-layer LoRA adapter list
     "reformer": "ChunkReformerFeedForward: holds no two or three projections",  # nested
 }  # fmt: skip

@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ffnlab.interop.recognise import candidates, forward_inputs, is_moe_block, why_not_mlp
+from ffnlab.interop.recognise import (
+    candidates,
+    forward_inputs,
+    is_moe_block,
+    projection_shape,
+    why_not_mlp,
+)
 
 
 class Packed(nn.Module):
@@ -113,3 +119,19 @@ def test_conv1d_like_projection_shapes_come_from_transformers_only():
     m = nn.Module()
     m.c_fc, m.c_proj = Conv1D(), Conv1D()
     assert not list(candidates(m))
+
+
+def test_a_module_wrapping_one_linear_is_a_projection():
+    class Clipped(nn.Module):  # Gemma-4's clippable linear: clamps around its Linear
+        def __init__(self, i, o):
+            super().__init__()
+            self.linear = nn.Linear(i, o, bias=False)
+
+        def forward(self, x):
+            return self.linear(x).clamp(-1, 1)
+
+    m = nn.Module()
+    m.up_proj, m.down_proj, m.act_fn = Clipped(8, 12), Clipped(12, 8), nn.ReLU()
+    m.forward = lambda x: m.down_proj(m.act_fn(m.up_proj(x)))
+    assert projection_shape(m.up_proj) == (8, 12)
+    assert [(s.gate, s.down) for s in candidates(m)][:1] == [("up_proj", "down_proj")]

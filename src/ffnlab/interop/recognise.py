@@ -117,7 +117,18 @@ class MLPSpec:
 
 
 def projection_shape(module: nn.Module) -> tuple[int, int] | None:
-    """``(in, out)`` of a projection (``nn.Linear`` or transformers' ``Conv1D``), else None."""
+    """``(in, out)`` of a projection, else None: an ``nn.Linear``, transformers' ``Conv1D``, or
+    a module wrapping one ``nn.Linear`` child and nothing else with parameters (Gemma-4's
+    clippable linear clamps around its ``linear``; such a wrapper is always called, never read
+    through its weights, see :func:`ffnlab.ops.projections.projections_are_plain`)."""
+    children = list(module.children())
+    if (
+        not isinstance(module, nn.Linear)
+        and len(children) == 1
+        and not list(module.parameters(recurse=False))
+    ):
+        inner = children[0]
+        return projection_shape(inner) if type(inner) is nn.Linear else None
     w = getattr(module, "weight", None)
     if not isinstance(w, nn.Parameter) or w.dim() != 2:
         return None
