@@ -384,3 +384,29 @@ def test_clipped_gelu_other_than_10_and_leaky_slopes():
     assert hf_activation(ClippedGELUActivation(-5, 5)) is None  # runs as the callable
     assert hf_activation_options(nn.LeakyReLU(0.2)) == (0.2,)
     assert hf_activation_options(nn.SiLU()) == ()
+
+
+def test_subclasses_are_patched_by_what_they_compute(hf_models):
+    """The exact-class rule is gone: a subclass with LLaMA's forward is patched, one that
+    changes the forward is left alone with its difference."""
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    class Renamed(LlamaMLP):
+        pass
+
+    class Halved(LlamaMLP):
+        def forward(self, x):
+            return 0.5 * super().forward(x)
+
+    model, inputs, n_mlp = hf_models.build("llama")
+    cfg = model.config
+    model.model.layers[0].mlp = Renamed(cfg)
+    model.model.layers[1].mlp = Halved(cfg)
+    with torch.no_grad():
+        before = hf_models.output(model, inputs)
+    with pytest.warns(UserWarning, match=r"layers\.1\.mlp \(Halved: no candidate matches"):
+        assert ffnlab.patch_hf(model) == 1
+    assert isinstance(model.model.layers[0].mlp, HFFeedForward)
+    assert type(model.model.layers[1].mlp) is Halved
+    with torch.no_grad():
+        torch.testing.assert_close(hf_models.output(model, inputs), before, **TOL)
