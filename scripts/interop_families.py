@@ -71,7 +71,7 @@ OVERRIDES: dict[str, dict] = {
     "zaya": dict(num_experts_per_tok=1),
 }  # fmt: skip
 #: Largest model (parameters) built from a tiny config; a family above it is reported.
-MAX_PARAMS = 4_000_000
+MAX_PARAMS = 20_000_000
 
 
 def family_names() -> list[str]:

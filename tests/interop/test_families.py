@@ -42,8 +42,8 @@ NOT_PATCHED = {
     **dict.fromkeys(
         ["aria_text", "cohere2_moe", "deepseek_v2", "deepseek_v4", "flex_olmo", "gpt_oss",
          "granitemoe", "granitemoe_swa", "granitemoeshared", "hunyuan_v1_moe", "inkling_text",
-         "jetmoe", "kolibri1", "lara_mini", "llama4", "llama4_text", "mellum", "minimax",
-         "minimax_m2", "minimax_m3_vl_text", "mixtral", "olmoe", "phimoe", "qwen2_moe",
+         "inkling2_text", "inkling2_loop_text", "jetmoe", "kolibri1", "lara_mini", "llama4",
+         "llama4_text", "mellum", "minimax", "minimax_m2", "minimax_m3_vl_text", "mixtral", "olmoe", "phimoe", "qwen2_moe",
          "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_moe", "qwen4_exp", "qwen4_exp_text",
          "solar_open", "zaya"],
         "every FFN is a mixture of experts"),
