@@ -54,6 +54,7 @@ OVERRIDES: dict[str, dict] = {
     "falcon_h1": dict(mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8,
                       mlp_multipliers=[0.5, 2.0]),
     "qwen3_next": dict(mlp_only_layers=[0]),
+    "glm4_moe_lite": dict(qk_rope_head_dim=8, head_dim=4),
     "kimi_linear": dict(linear_head_dim=8, linear_num_heads=4),
     "gemma3n_text": dict(intermediate_size=[64, 48], activation_sparsity_pattern=[0.95, 0.0],
                          num_kv_shared_layers=0, layer_types=["sliding_attention",
