@@ -39,6 +39,16 @@ LOOKS_LIKE_MLP = re.compile(r"(MLP|Mlp|FeedForward|FFN|ActDense|Intermediate)$")
 _MLP_ATTR = re.compile(r"^(mlp|ffn|ff|feed_forward|shared_mlp|ffns?|mlp\d*)$")
 
 
+def _why(diff: float) -> str:
+    """The reason a candidate module is left, from the smallest difference measured."""
+    if math.isnan(diff):
+        return "its parameters are on the meta device"
+    if math.isinf(diff):
+        return ("no candidate matches it: none runs on the probe or uses every parameter "
+                "it has (a scale or adapter parameter of its own)")  # fmt: skip
+    return f"no candidate matches it: smallest relative difference {diff:.2g} > {TOLERANCE:g}"
+
+
 def _looks_like_mlp(name: str, module: nn.Module) -> bool:
     if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
         return False  # a container of layers: its items are looked at one by one
@@ -107,10 +117,7 @@ class _Patcher:
                 elif not _looks_like_mlp(name, child):
                     pass  # e.g. an attention block with three square projections: not an MLP
                 else:
-                    why = ("its parameters are on the meta device" if math.isnan(diff)
-                           else f"no candidate matches it: smallest relative difference "
-                                f"{diff:.2g} > {TOLERANCE:g}")  # fmt: skip
-                    self.skipped.append(f"{path} ({type(child).__name__}: {why})")
+                    self.skipped.append(f"{path} ({type(child).__name__}: {_why(diff)})")
                 continue
             if _looks_like_mlp(name, child):
                 self.skipped.append(f"{path} ({type(child).__name__}: {why_not_mlp(child)})")
