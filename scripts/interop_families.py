@@ -268,7 +268,7 @@ def table(reports) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in reports:
-        why = r.reason or (r.left[0].split(" (", 1)[-1].rstrip(")") if r.left else "")
+        why = r.reason or (r.left[0].split(" (", 1)[-1].removesuffix(")") if r.left else "")
         why = why.replace("|", "\\|")
         lines.append(
             f"| {r.family} | {STATUS[r.status]} | {r.found} | {r.patched} | "

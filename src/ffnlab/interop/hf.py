@@ -45,7 +45,7 @@ def _why(diff: float) -> str:
         return "its parameters are on the meta device"
     if math.isinf(diff):
         return ("no candidate matches it: none runs on the probe or uses every parameter "
-                "it has (a scale or adapter parameter of its own)")  # fmt: skip
+                "it has, such as a scale or adapter parameter of its own")  # fmt: skip
     return f"no candidate matches it: smallest relative difference {diff:.2g} > {TOLERANCE:g}"
 
 
