@@ -9,8 +9,10 @@ Dropout is off unless asked for, so that train-mode forwards are deterministic.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -115,6 +117,22 @@ def output(model, inputs) -> torch.Tensor:
     """The model's main float output (logits, or BERT's last hidden state)."""
     out = model(**inputs)
     return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def families():
+    """``scripts/interop_families.py`` as a module: tiny models of every causal-LM family."""
+    pytest.importorskip("transformers")
+    spec = importlib.util.spec_from_file_location(
+        "interop_families", ROOT / "scripts" / "interop_families.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("interop_families", module)  # dataclasses look their module up
+    spec.loader.exec_module(sys.modules["interop_families"])
+    return sys.modules["interop_families"]
 
 
 @pytest.fixture(scope="session")

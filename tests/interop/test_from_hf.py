@@ -88,21 +88,59 @@ def test_from_patched_wrapper_and_options(hf_models):
     assert (ffn.backend, ffn.recompute) == ("reference", "full")
 
 
-def test_errors(hf_models):
+def test_errors():
     with pytest.raises(ValueError, match="does not recognise Linear"):
         ffnlab.from_hf(nn.Linear(3, 3))
     with pytest.raises(TypeError):
         ffnlab.from_hf("LlamaMLP")
-    model, _, _ = hf_models.build("llama", hidden_act="mish")
-    with pytest.raises(ValueError, match="MishActivation"):
-        ffnlab.from_hf(_mlp(model, "llama"))
-    model, _, _ = hf_models.build("llama", hidden_act="relu2")  # no gated relu2 variant
-    with pytest.raises(
-        ValueError, match="no ffnlab variant is a gated FFN with activation 'relu2'"
-    ):
-        ffnlab.from_hf(_mlp(model, "llama"))
+
+
+@pytest.mark.parametrize(
+    ("hidden_act", "activation"),
+    [("mish", "mish"), ("quick_gelu", "quick_gelu"), ("leaky_relu", "leaky_relu"),
+     ("gelu_10", "gelu_10"), ("xielu", "XIELUActivation"), ("prelu", "PReLU")],
+)  # fmt: skip
+def test_activations_without_a_variant_replace_the_variants(hf_models, hidden_act, activation):
+    """A gated mish (no such variant) is ``reglu`` with ``activation="mish"``; a learnable one
+    (xIELU, PReLU) is the model's own module, shared, so its parameters keep training."""
+    model, _, _ = hf_models.build("llama", hidden_act=hidden_act)
+    module = _mlp(model, "llama")
+    ffn = ffnlab.from_hf(module)
+    act = ffn.activation
+    assert (act if isinstance(act, str) else type(act).__name__) == activation
+    if not isinstance(act, str):
+        assert act is module.act_fn
+    x = torch.randn(3, 4, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ffn(x), module(x), rtol=1e-5, atol=1e-6)
+    copied = ffnlab.from_hf(module, copy=True)
+    assert isinstance(act, str) or copied.activation is not module.act_fn
 
 
 def test_from_hf_is_a_function_not_a_feed_forward_method():
     assert ffnlab.from_hf is ffnlab.interop.from_hf
     assert not hasattr(FeedForward, "from_hf")  # the module layer does not import interop
+
+
+def test_structurally_recognised_families(families):
+    survey = families
+    # Nemotron: plain up_proj/down_proj with relu2, Linears shared
+    nemotron = survey.build_model("nemotron")
+    mlp = nemotron.model.layers[0].mlp
+    ffn = ffnlab.from_hf(mlp)
+    assert ffn.variant == "relu2" and ffn.w1 is mlp.up_proj and ffn.w2 is mlp.down_proj
+    x = torch.randn(3, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ffn(x), mlp(x), rtol=1e-5, atol=1e-6)
+    # Falcon-H1: gate/down multipliers cannot be carried without copying
+    falcon = survey.build_model("falcon_h1")
+    mlp = falcon.model.layers[0].feed_forward
+    with pytest.raises(ValueError, match="multiplies its gate or output by a constant"):
+        ffnlab.from_hf(mlp)
+    ffn = ffnlab.from_hf(mlp, copy=True)
+    with torch.no_grad():
+        torch.testing.assert_close(ffn(x), mlp(x), rtol=1e-5, atol=1e-6)
+    # BitNet: a norm on the hidden units has no place in a FeedForward
+    bitnet = survey.build_model("bitnet")
+    with pytest.raises(ValueError, match="a norm on the hidden units"):
+        ffnlab.from_hf(bitnet.model.layers[0].mlp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -9,22 +10,23 @@ import torch
 from torch import nn
 
 import ffnlab
-from ffnlab.interop.hf import hf_activation
+from ffnlab.interop.hf_activations import hf_activation, hf_activation_options
 from ffnlab.interop.hf_modules import HFFeedForward
+from ffnlab.ops.reference import hidden_activation
 
 pytest.importorskip("transformers")
 
 FAMILIES = ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "t5", "t5_gated", "bert"]
 # What each family's MLP must become: wrapper class and ffnlab activation.
 EXPECT = {
-    "llama": ("HFGatedMLP", "swish"),
-    "mistral": ("HFGatedMLP", "swish"),
-    "qwen2": ("HFGatedMLP", "swish"),
-    "gemma": ("HFGatedMLP", "gelu_tanh"),  # hidden_act="gelu_pytorch_tanh"
-    "phi3": ("HFPackedGatedMLP", "swish"),
-    "gpt2": ("HFConv1DMLP", "gelu_tanh"),  # "gelu_new"
-    "t5": ("HFT5Dense", "relu"),
-    "t5_gated": ("HFT5Dense", "gelu_tanh"),  # "gated-gelu" is gelu_new
+    "llama": ("HFMLP", "swish"),
+    "mistral": ("HFMLP", "swish"),
+    "qwen2": ("HFMLP", "swish"),
+    "gemma": ("HFMLP", "gelu_tanh"),  # hidden_act="gelu_pytorch_tanh"
+    "phi3": ("HFMLP", "swish"),
+    "gpt2": ("HFMLP", "gelu_tanh"),  # "gelu_new"
+    "t5": ("HFMLP", "relu"),
+    "t5_gated": ("HFMLP", "gelu_tanh"),  # "gated-gelu" is gelu_new
     "bert": ("HFBertFeedForward", "gelu"),
 }
 TOL = {"rtol": 1e-5, "atol": 1e-5}
@@ -46,7 +48,7 @@ def test_same_outputs_and_count(hf_models, family):
     assert len(wrappers) == n_mlp
     cls, act = EXPECT[family]
     assert {type(w).__name__ for w in wrappers} == {cls}
-    assert {w.activation for w in wrappers} == {act}
+    assert {w.ffn_activation for w in wrappers} == {act}
     with torch.no_grad():
         after = hf_models.output(model, inputs)
     torch.testing.assert_close(after, before, **TOL)
@@ -194,16 +196,58 @@ def test_unrecognised_mlp_is_left_alone_and_listed_once(hf_models):
     assert model.model.layers[1].mlp is odd
 
 
-def test_activation_without_ffnlab_equivalent_is_left_alone(hf_models):
-    model, inputs, n_mlp = hf_models.build("llama", hidden_act="mish")
+def test_learnable_activation_runs_as_the_models_callable(hf_models):
+    # PReLU learns its slope: the wrapper calls the model's own module (fused op, re-run under
+    # autograd), which keeps its parameter, state-dict key and gradient.
+    model, inputs, n_mlp = hf_models.build("llama", hidden_act="prelu")
+    keys = list(model.state_dict())
     with torch.no_grad():
         before = hf_models.output(model, inputs)
-    with pytest.warns(UserWarning, match=r"left 2 MLP.*MishActivation") as record:
-        assert ffnlab.patch_hf(model) == 0
-    assert sum("ffnlab.patch_hf" in str(w.message) for w in record) == 1
-    assert not _wrappers(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ffnlab.patch_hf(model) == n_mlp
+    assert {type(w.ffn_activation).__name__ for w in _wrappers(model)} == {"PReLU"}
+    assert list(model.state_dict()) == keys and "model.layers.0.mlp.act_fn.weight" in keys
+    torch.testing.assert_close(hf_models.output(model, inputs), before, **TOL)
+    hf_models.output(model, inputs).sum().backward()
+    assert model.model.layers[0].mlp.act_fn.weight.grad is not None
+
+
+class Doubling(nn.Module):
+    """An MLP whose forward is not what its parts suggest: it must be left alone."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.up_proj = nn.Linear(dim, 2 * dim, bias=False)
+        self.down_proj = nn.Linear(2 * dim, dim, bias=False)
+        self.act_fn = nn.SiLU()
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.up_proj(x))) * 2.0 + 0.001 * x
+
+
+def test_mlp_computing_something_else_is_left_alone_with_the_difference(hf_models):
+    model, inputs, n_mlp = hf_models.build("llama")
+    odd = Doubling(32)
+    model.model.layers[0].mlp = odd
     with torch.no_grad():
-        torch.testing.assert_close(hf_models.output(model, inputs), before, rtol=0, atol=0)
+        before = hf_models.output(model, inputs)
+    with pytest.warns(UserWarning) as record:
+        assert ffnlab.patch_hf(model) == n_mlp - 1
+    msgs = [str(w.message) for w in record if "ffnlab.patch_hf" in str(w.message)]
+    assert len(msgs) == 1
+    assert re.search(r"model\.layers\.0\.mlp \(Doubling: no candidate matches it: smallest "
+                     r"relative difference [0-9.e+-]+ > 1e-10\)", msgs[0])  # fmt: skip
+    assert model.model.layers[0].mlp is odd
+    with torch.no_grad():
+        torch.testing.assert_close(hf_models.output(model, inputs), before, **TOL)
+
+
+def test_model_without_mlp_returns_zero_and_says_why():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    with pytest.warns(UserWarning, match="found no MLP in Sequential") as record:
+        assert ffnlab.patch_hf(model) == 0
+    assert len(record) == 1
 
 
 def test_bad_arguments(hf_models):
@@ -226,13 +270,17 @@ def test_reference_backend_matches_in_float64(hf_models):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-# transformers ACT2FN names -> what hf_activation must say (None: ffnlab has no equivalent).
+# transformers ACT2FN names -> the ffnlab activation hf_activation must name (None: the model's
+# own callable runs).
 ACT_NAMES = {
     "silu": "swish", "swish": "swish", "gelu": "gelu", "gelu_python": "gelu",
     "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
     "quick_gelu": "quick_gelu", "relu": "relu", "relu2": "relu2", "sigmoid": "sigmoid",
     "tanh": "tanh", "linear": "identity",
-    "mish": None, "gelu_10": None, "relu6": None, "leaky_relu": None, "gelu_accurate": None,
+    "gelu_accurate": "gelu_accurate", "relu6": "relu6", "hardswish": "hardswish",
+    "mish": "mish", "laplace": "laplace", "gelu_10": "gelu_10", "leaky_relu": "leaky_relu",
+    # learnable: the model's own module runs (its parameters are the model's)
+    "prelu": None, "xielu": None,
 }  # fmt: skip
 
 
@@ -241,10 +289,12 @@ def test_activation_map_computes_the_same_function(name):
     from transformers.activations import ACT2FN
 
     act = ACT2FN[name]
-    assert hf_activation(act) == ACT_NAMES[name]
-    if ACT_NAMES[name] is not None:
-        x = torch.linspace(-8, 8, 1001, dtype=torch.float64)
-        mine = ffnlab.activations.get_activation(ACT_NAMES[name]).fn(x)
+    want = ACT_NAMES[name]
+    assert hf_activation(act) == want
+    if want is not None:
+        x = torch.linspace(-12, 12, 1201, dtype=torch.float64)
+        options = hf_activation_options(act)
+        mine = hidden_activation(want, x, None, 1.0, options)
         torch.testing.assert_close(mine, act(x), rtol=1e-6, atol=1e-7)
 
 
@@ -318,3 +368,45 @@ def test_bert_sees_an_output_dense_replaced_after_patching(hf_models):
     assert model.encoder.layer[0].output.dense is new
     with torch.no_grad():
         torch.testing.assert_close(hf_models.output(model, inputs), after, **TOL)
+
+
+def test_meta_device_modules_cannot_be_checked_and_are_left(hf_models):
+    with torch.device("meta"):
+        model, _, n_mlp = hf_models.llama()
+    with pytest.warns(UserWarning, match="parameters are on the meta device"):
+        assert ffnlab.patch_hf(model) == 0
+    assert not _wrappers(model)
+
+
+def test_clipped_gelu_other_than_10_and_leaky_slopes():
+    from transformers.activations import ClippedGELUActivation
+
+    assert hf_activation(ClippedGELUActivation(-5, 5)) is None  # runs as the callable
+    assert hf_activation_options(nn.LeakyReLU(0.2)) == (0.2,)
+    assert hf_activation_options(nn.SiLU()) == ()
+
+
+def test_subclasses_are_patched_by_what_they_compute(hf_models):
+    """The exact-class rule is gone: a subclass with LLaMA's forward is patched, one that
+    changes the forward is left alone with its difference."""
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    class Renamed(LlamaMLP):
+        pass
+
+    class Halved(LlamaMLP):
+        def forward(self, x):
+            return 0.5 * super().forward(x)
+
+    model, inputs, n_mlp = hf_models.build("llama")
+    cfg = model.config
+    model.model.layers[0].mlp = Renamed(cfg)
+    model.model.layers[1].mlp = Halved(cfg)
+    with torch.no_grad():
+        before = hf_models.output(model, inputs)
+    with pytest.warns(UserWarning, match=r"layers\.1\.mlp \(Halved: no candidate matches"):
+        assert ffnlab.patch_hf(model) == 1
+    assert isinstance(model.model.layers[0].mlp, HFFeedForward)
+    assert type(model.model.layers[1].mlp) is Halved
+    with torch.no_grad():
+        torch.testing.assert_close(hf_models.output(model, inputs), before, **TOL)

@@ -1,106 +1,222 @@
 """Hugging Face transformers interop: run a transformers model's MLPs with ffnlab.
 
-* :func:`patch_hf` replaces each recognised MLP **instance** in a model by a wrapper from
+* :func:`patch_hf` replaces each MLP **instance** it recognises in a model by a wrapper from
   :mod:`ffnlab.interop.hf_modules` (``setattr`` on its parent; transformers' classes are never
-  touched). The wrappers share the original parameters and keep the state-dict keys, so
-  training, ``save_pretrained`` and ``from_pretrained`` behave as before.
+  touched). Recognition is structural (:mod:`ffnlab.interop.recognise`: the projections, the
+  activation, norms, multipliers) and every replacement is checked against the module on a
+  probe before it is made (:mod:`ffnlab.interop.verify`), so any class, a subclass or one
+  transformers adds later, is safe to patch. The wrappers share the original parameters and
+  keep the state-dict keys, so training, ``save_pretrained`` and ``from_pretrained`` behave as
+  before.
 * :func:`unpatch_hf` puts the original instances back.
 * :func:`ffnlab.from_hf` (:mod:`ffnlab.interop.convert`) builds a standalone
   :class:`ffnlab.FeedForward` from one MLP.
 
-The recognised modules and their weights' roles are listed in :mod:`ffnlab.interop.recognise`.
-transformers is never imported here.
+Mixture-of-experts blocks (:func:`ffnlab.interop.recognise.is_moe_block`) and everything inside
+them are left alone here. transformers is never imported.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import warnings
 
 from torch import nn
 
 from ..errors import check_choice
 from ..ops.dispatch import BACKENDS
-from .hf_modules import HFBertFeedForward, HFBertOutputTail, HFFeedForward
-from .recognise import (
-    ACT_ATTR,
-    HF_ACTIVATIONS,
-    LOOKS_LIKE_MLP,
-    WRAPPERS,
-    describe,
-    family,
-    hf_activation,
-    is_bert_layer,
-)
+from .hf_activations import HF_ACTIVATIONS, describe, hf_activation
+from .hf_modules import HFMLP, HFBertFeedForward, HFBertOutputTail, HFFeedForward
+from .recognise import MLPSpec, candidates, is_moe_block, why_not_mlp
+from .verify import TOLERANCE, Probe, verified_spec
 
-__all__ = ["HF_ACTIVATIONS", "hf_activation", "patch_hf", "unpatch_hf"]
+__all__ = ["HF_ACTIVATIONS", "hf_activation", "patch_hf", "patch_hf_report", "unpatch_hf"]
+
+# Class and attribute names that look like an FFN; such a module that is not patched is
+# reported (other modules that fail the check, attention blocks say, are not MLPs).
+LOOKS_LIKE_MLP = re.compile(r"(MLP|Mlp|FeedForward|FFN|ActDense|Intermediate)$")
+_MLP_ATTR = re.compile(r"^(mlp|ffn|ff|feed_forward|shared_mlp|ffns?|mlp\d*)$")
+
+
+def _why(diff: float) -> str:
+    """The reason a candidate module is left, from the smallest difference measured."""
+    if math.isnan(diff):
+        return "its parameters are on the meta device"
+    if math.isinf(diff):
+        return ("no candidate matches it: none runs on the probe or uses every parameter "
+                "it has, such as a scale or adapter parameter of its own")  # fmt: skip
+    return f"no candidate matches it: smallest relative difference {diff:.2g} > {TOLERANCE:g}"
+
+
+def _looks_like_mlp(name: str, module: nn.Module) -> bool:
+    if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+        return False  # a container of layers: its items are looked at one by one
+    return bool(LOOKS_LIKE_MLP.search(type(module).__name__) or _MLP_ATTR.match(name)
+                or _MLP_ATTR.match(name.rstrip("0123456789")))  # fmt: skip
+
+
+def build_wrapper(module: nn.Module, spec: MLPSpec, backend: str) -> HFMLP:
+    """The :class:`HFMLP` computing ``module`` as ``spec`` says."""
+    act = spec.activation if spec.activation is not None else getattr(module, spec.act_attr)
+    return HFMLP(module, spec, activation=act, backend=backend)
+
+
+def _signature(module: nn.Module) -> tuple:
+    """What decides a module's function: its class, its parameters' shapes and dtypes, its
+    children's classes and its scalar attributes (multipliers, dropout p, sparsity)."""
+    scalars = tuple(sorted((k, v) for k, v in vars(module).items()
+                           if isinstance(v, (bool, int, float, str, type(None)))))  # fmt: skip
+    params = tuple((n, tuple(p.shape), p.dtype, str(p.device))
+                   for n, p in module.named_parameters())  # fmt: skip
+    children = tuple(
+        (
+            n,
+            type(c),
+            tuple(
+                sorted((k, v) for k, v in vars(c).items() if isinstance(v, (bool, int, float, str)))
+            ),
+        )  # fmt: skip
+        for n, c in module.named_modules()
+        if n
+    )
+    return type(module), scalars, params, children
+
+
+class _Patcher:
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.cache: dict[tuple, tuple[MLPSpec | None, float]] = {}
+        self.skipped: list[str] = []
+        self.count = 0
+
+    def spec_for(self, module: nn.Module) -> tuple[MLPSpec | None, float]:
+        if any(p.is_meta for p in module.parameters()):
+            return None, math.nan
+        key = _signature(module)
+        if key not in self.cache:
+            self.cache[key] = verified_spec(module, lambda m, s: build_wrapper(m, s, "reference"))
+        return self.cache[key]
+
+    def walk(self, parent: nn.Module, prefix: str) -> None:
+        handled: set[str] = set()
+        if _is_bert_layer(parent):
+            handled = {"intermediate", "output"}
+            self._patch_bert(parent, prefix)
+        for name, child in list(parent.named_children()):
+            path = f"{prefix}.{name}" if prefix else name
+            if name in handled or isinstance(child, HFFeedForward) or _is_ffnlab(child):
+                continue
+            if is_moe_block(child):
+                continue
+            if next(candidates(child), None) is not None:
+                spec, diff = self.spec_for(child)
+                if spec is not None:
+                    setattr(parent, name, build_wrapper(child, spec, self.backend))
+                    self.count += 1
+                elif not _looks_like_mlp(name, child):
+                    pass  # e.g. an attention block with three square projections: not an MLP
+                else:
+                    self.skipped.append(f"{path} ({type(child).__name__}: {_why(diff)})")
+                continue
+            if _looks_like_mlp(name, child):
+                self.skipped.append(f"{path} ({type(child).__name__}: {why_not_mlp(child)})")
+                continue
+            self.walk(child, path)
+
+    def _patch_bert(self, layer: nn.Module, prefix: str) -> None:
+        inter, out = layer.intermediate, layer.output
+        act_obj = inter.intermediate_act_fn
+        act = hf_activation(act_obj) or act_obj
+        tail = HFBertOutputTail(out, activation=act, backend=self.backend)
+        head = HFBertFeedForward(inter, tail, activation=act, backend=self.backend)
+        diff = _bert_difference(layer, act)
+        if diff > TOLERANCE:
+            self.skipped.append(f"{prefix}.intermediate ({type(inter).__name__} with "
+                                f"{describe(act_obj)}: relative difference {diff:.2g})")  # fmt: skip
+            return
+        layer.intermediate, layer.output = head, tail
+        self.count += 1
+
+
+def _bert_difference(layer: nn.Module, act) -> float:
+    """A BERT layer's ``feed_forward_chunk`` against the patched pair, on a probe copy."""
+
+    class _Chunk(nn.Module):
+        def __init__(self, inter: nn.Module, out: nn.Module) -> None:
+            super().__init__()
+            self.inter, self.out = inter, out
+
+        def forward(self, x):
+            return self.out(self.inter(x), x)
+
+    pair = _Chunk(layer.intermediate, layer.output)
+    probe = Probe(pair, dim=layer.output.dense.weight.shape[0])
+    copy_inter, copy_out = probe.module.inter, probe.module.out
+    act_copy = act if isinstance(act, str) else copy_inter.intermediate_act_fn
+    tail = HFBertOutputTail(copy_out, activation=act_copy, backend="reference")
+    head = HFBertFeedForward(copy_inter, tail, activation=act_copy, backend="reference")
+    return probe.difference(_Chunk(head, tail))
+
+
+def _is_bert_layer(module: nn.Module) -> bool:
+    """A BERT-shaped layer: ``intermediate`` (``dense`` + ``intermediate_act_fn``, perhaps a
+    ``LayerNorm`` first) and ``output`` (``dense``, perhaps ``dropout`` and ``LayerNorm``) used
+    as ``output(intermediate(x), x)`` by the layer's ``feed_forward_chunk``. Whether the pair
+    computes what the wrappers compute is checked on a probe before patching."""
+    inter = getattr(module, "intermediate", None)
+    out = getattr(module, "output", None)
+    return (
+        isinstance(getattr(inter, "dense", None), nn.Linear)
+        and hasattr(inter, "intermediate_act_fn")
+        and isinstance(getattr(out, "dense", None), nn.Linear)
+        and hasattr(module, "feed_forward_chunk")
+        and not isinstance(inter, HFFeedForward)
+    )
 
 
 def patch_hf(model: nn.Module, backend: str = "auto") -> int:
-    """Replace every recognised MLP instance in ``model`` by an ffnlab module; return how many.
+    """Replace every MLP instance of ``model`` that it recognises by an ffnlab module; return
+    how many.
 
-    The replacements compute the same function (same outputs to float rounding, forward and
-    backward), share the original ``nn.Parameter`` objects (Phi-3's packed and GPT-2's
-    transposed weights are used through views) and keep ``model.state_dict()``'s keys.
-    A BERT layer's ``intermediate``/``output`` pair counts as one MLP. Modules already patched
-    are skipped, so patching twice returns 0 the second time. MLP-like modules that are left
-    alone (unknown class, or an activation ffnlab does not have) are listed in one warning.
+    The replacements compute the same function (checked on a probe as each is made, forward
+    and backward, see :mod:`ffnlab.interop.verify`), share the original ``nn.Parameter``
+    objects (packed, transposed or scaled weights are used through views) and keep
+    ``model.state_dict()``'s keys. A BERT layer's ``intermediate``/``output`` pair counts as one
+    MLP. Modules already patched are skipped, so patching twice returns 0 the second time.
+    Mixture-of-experts blocks are left alone. MLP-like modules that are left alone (no
+    candidate matches, with the measured difference) are listed in one warning; a model with no
+    MLP it recognises gets one warning saying so.
 
     Args:
         model: any ``nn.Module`` (typically a ``PreTrainedModel``).
         backend: the ffnlab backend the replacements use (see :mod:`ffnlab.ops.dispatch`).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"patch_hf expects an nn.Module, got {type(model).__name__}")
-    check_choice("backend", backend, BACKENDS)
-    skipped: list[str] = []
-    count = _patch(model, "", backend, skipped)
-    if skipped:
+    count, left = patch_hf_report(model, backend)
+    already = any(isinstance(m, HFFeedForward) for m in model.modules())
+    if left:
         warnings.warn(
-            f"ffnlab.patch_hf left {len(skipped)} MLP module(s) unchanged: " + "; ".join(skipped),
+            f"ffnlab.patch_hf left {len(left)} MLP module(s) unchanged: " + "; ".join(left),
+            stacklevel=2,
+        )
+    elif count == 0 and not already:
+        warnings.warn(
+            f"ffnlab.patch_hf found no MLP in {type(model).__name__}: no module outside "
+            f"mixture-of-experts blocks holds two or three projections shaped as an MLP's",
             stacklevel=2,
         )
     return count
 
 
-def _patch(parent: nn.Module, prefix: str, backend: str, skipped: list[str]) -> int:
-    count = 0
-    handled: set[str] = set()
-    if is_bert_layer(parent):
-        handled = {"intermediate", "output"}
-        inter, out = parent.intermediate, parent.output
-        act = hf_activation(inter.intermediate_act_fn)
-        if act is None:
-            skipped.append(
-                f"{prefix}.intermediate ({type(inter).__name__}: activation "
-                f"{describe(inter.intermediate_act_fn)} has no ffnlab equivalent)"
-            )
-        else:
-            tail = HFBertOutputTail(out, activation=act, backend=backend)
-            parent.intermediate = HFBertFeedForward(inter, tail, activation=act, backend=backend)
-            parent.output = tail
-            count += 1
-    for name, child in list(parent.named_children()):
-        path = f"{prefix}.{name}" if prefix else name
-        if isinstance(child, HFFeedForward) or name in handled:
-            continue
-        kind = family(child)
-        if kind is not None:
-            act_obj = getattr(child, ACT_ATTR[kind], None)
-            act = hf_activation(act_obj)
-            if act is None:
-                skipped.append(
-                    f"{path} ({type(child).__name__}: activation {describe(act_obj)} "
-                    f"has no ffnlab equivalent)"
-                )
-            else:
-                setattr(parent, name, WRAPPERS[kind](child, activation=act, backend=backend))
-                count += 1
-            continue
-        if LOOKS_LIKE_MLP.search(type(child).__name__) and not _is_ffnlab(child):
-            skipped.append(f"{path} ({type(child).__name__}: not a recognised MLP)")
-            continue
-        count += _patch(child, path, backend, skipped)
-    return count
+def patch_hf_report(model: nn.Module, backend: str = "auto") -> tuple[int, list[str]]:
+    """:func:`patch_hf` without the warning: ``(patched, left)``, ``left`` the MLP-like modules
+    left unchanged as ``"path (Class: reason)"`` (what the warning lists)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"patch_hf expects an nn.Module, got {type(model).__name__}")
+    check_choice("backend", backend, BACKENDS)
+    patcher = _Patcher(backend)
+    patcher.walk(model, "")
+    return patcher.count, patcher.skipped
 
 
 def _is_ffnlab(module: nn.Module) -> bool:
@@ -110,7 +226,7 @@ def _is_ffnlab(module: nn.Module) -> bool:
 def unpatch_hf(model: nn.Module) -> int:
     """Put back the original transformers modules replaced by :func:`patch_hf`; return how many
     MLPs were restored (a BERT pair counts as one). Their ``train``/``eval`` mode follows the
-    wrappers', and a projection replaced on a wrapper after patching (an adapter, say) is
+    wrappers', and a submodule replaced on a wrapper after patching (an adapter, say) is
     carried over to the original module. A model that was never patched returns 0."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"unpatch_hf expects an nn.Module, got {type(model).__name__}")

@@ -1,17 +1,21 @@
 """Drop-in replacements for Hugging Face transformers MLP modules, run by ffnlab's FFN op.
 
 Each wrapper takes one MLP *instance* of a transformers model and registers that instance's own
-submodules (``gate_proj``, ``c_fc``, ``wi_0`` ...) under their original names, so
+submodules, parameters and buffers (``gate_proj``, ``c_fc``, ``act_fn``, ``ffn_sub_norm`` ...)
+under their original names, so
 
 * the parameters are the very same ``nn.Parameter`` objects (training updates the original),
 * ``model.state_dict()`` keys do not change (``save_pretrained``/``from_pretrained`` round-trip),
+  including a learnable activation's (``act_fn.alpha_p`` of xIELU),
 * the wrapper's forward computes the module's function through
   :func:`ffnlab.ops.projections.projected_feed_forward` (as :class:`ffnlab.FeedForward` does)
   with W1/W2/W3 taken from those parameters: the parameters themselves, or views of them
-  (Phi-3's packed ``gate_up_proj`` is split with a slice, GPT-2's ``Conv1D`` weights
-  ``[in, out]`` are transposed), so gradients still land on the original parameter; a
+  (a packed ``gate_up_proj`` is split with a slice, ``Conv1D`` weights ``[in, out]`` are
+  transposed, a multiplier scales them), so gradients still land on the original parameter; a
   replaced or hooked projection is called instead.
 
+:class:`HFMLP` covers every MLP that :mod:`ffnlab.interop.recognise` describes with an
+:class:`~ffnlab.interop.recognise.MLPSpec`; the BERT pair has its own two wrappers.
 The original module is kept as a plain attribute (not a registered submodule, which would list
 every parameter twice) so that :func:`ffnlab.interop.hf.unpatch_hf` can put it back.
 
@@ -21,21 +25,28 @@ W2 ``[dim, hidden]`` (after transposing or splitting).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..ops.projections import Weights, projected_feed_forward
 from ..ops.reference import hidden_activation
+from .recognise import MLPSpec
 
-__all__ = [
-    "HFFeedForward",
-    "HFGatedMLP",
-    "HFPackedGatedMLP",
-    "HFConv1DMLP",
-    "HFT5Dense",
-    "HFBertFeedForward",
-    "HFBertOutputTail",
-]
+__all__ = ["HFFeedForward", "HFMLP", "HFBertFeedForward", "HFBertOutputTail"]
+
+Activation = str | Callable[[torch.Tensor], torch.Tensor]
+"""An ffnlab activation name, or a callable ``[..., hidden] -> [..., hidden]`` (the model's own
+activation object)."""
+
+
+def apply_activation(
+    activation: Activation, h1: torch.Tensor, options: tuple[float, ...] = ()
+) -> torch.Tensor:
+    """``act(h1)``: ffnlab's function for a name (with its option values), else the callable."""
+    return hidden_activation(activation, h1, None, 1.0, options)
 
 
 class HFFeedForward(nn.Module):
@@ -43,18 +54,31 @@ class HFFeedForward(nn.Module):
 
     Args:
         original: the transformers module this wrapper replaces (restored by ``unpatch_hf``).
-        activation: ffnlab activation name of the W1 branch (``"swish"``, ``"gelu_tanh"`` ...).
+        activation: (attribute ``ffn_activation``) ffnlab activation name of the W1 branch
+            (``"swish"``, ``"gelu_tanh"`` ...), or a callable (the module's own activation
+            object) run on the hidden tensor; both run in the fused op, a callable re-run under
+            autograd in backward (``backend="triton"`` takes names only: a callable then runs
+            through the modules).
+        options: the named activation's option values (leaky ReLU's slope).
         backend: ffnlab backend (``"auto"``, ``"reference"``, ``"fused"``, ``"triton"``).
     """
 
     #: True for wrappers that count as one patched MLP (the BERT tail does not).
     counts_as_mlp = True
 
-    def __init__(self, original: nn.Module, *, activation: str, backend: str) -> None:
+    def __init__(
+        self,
+        original: nn.Module,
+        *,
+        activation: Activation,
+        backend: str,
+        options: tuple[float, ...] = (),
+    ) -> None:
         super().__init__()
-        # Bypass nn.Module.__setattr__: registering it would duplicate every parameter.
+        # Bypass nn.Module.__setattr__: registering either would duplicate parameters.
         self.__dict__["_hf_original"] = original
-        self.activation = activation
+        self.__dict__["ffn_activation"] = activation
+        self.act_options = tuple(options)
         self.backend = backend
         self.train(original.training)
 
@@ -83,17 +107,27 @@ class HFFeedForward(nn.Module):
     def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
         """The same FFN computed by calling the projection modules (what runs when one of them
         is replaced, e.g. by a LoRA adapter, or hooked)."""
-        return self.down(hidden_activation(self.activation, *self.branches(x)))
+        h1, h3 = self.branches(x)
+        m = apply_activation(self.ffn_activation, h1, self.act_options)
+        return self.down(m if h3 is None else m * h3)
+
+    def fused_runs(self) -> bool:
+        """Whether the fused op can run this activation with this backend (Triton runs only
+        the registry's activations)."""
+        return isinstance(self.ffn_activation, str) or self.backend != "triton"
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fused_runs():
+            return self.module_ffn(x)
         return projected_feed_forward(
             x,
             self.projections(),
             self.ffn_weights,
             self.branches,
             self.down,
-            activation=self.activation,
+            activation=self.ffn_activation,
             backend=self.backend,
+            options=self.act_options,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -101,9 +135,13 @@ class HFFeedForward(nn.Module):
         return self._ffn(x)
 
     def extra_repr(self) -> str:
+        act = (
+            self.ffn_activation
+            if isinstance(self.ffn_activation, str)
+            else type(self.ffn_activation).__name__
+        )
         return (
-            f"replaces={type(self.original).__name__}, activation={self.activation!r}, "
-            f"backend={self.backend!r}"
+            f"replaces={type(self.original).__name__}, activation={act!r}, backend={self.backend!r}"
         )
 
 
@@ -111,150 +149,147 @@ def _bias(linear: nn.Module) -> torch.Tensor | None:
     return getattr(linear, "bias", None)
 
 
-class HFGatedMLP(HFFeedForward):
-    """LLaMA-style ``down_proj(act(gate_proj(x)) * up_proj(x))`` (LlamaMLP, MistralMLP, Qwen2MLP,
-    GemmaMLP ...): gate_proj = W1, up_proj = W3, down_proj = W2, biases if the Linears have them.
+def _weight_of(proj: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(W [out, in], b [out] or None)`` of an ``nn.Linear`` or a ``Conv1D`` (a transposed view)."""
+    w = proj.weight
+    return (w if isinstance(proj, nn.Linear) else w.t()), _bias(proj)
 
-    Equivalent PyTorch: ``F.linear(act(F.linear(x, W1, b1)) * F.linear(x, W3, b3), W2, b2)``.
+
+def _scaled(t: torch.Tensor | None, s: float) -> torch.Tensor | None:
+    return t if t is None or s == 1.0 else t * s
+
+
+class HFMLP(HFFeedForward):
+    """Any MLP that an :class:`~ffnlab.interop.recognise.MLPSpec` describes (LLaMA's
+    ``down_proj(act(gate_proj(x)) * up_proj(x))``, GPT-2's Conv1D ``c_proj(act(c_fc(x)))``,
+    Phi-3's packed ``gate_up_proj``, Falcon-H1's multipliers, BitNet's hidden norm ...).
+
+    Equivalent PyTorch (gated, with the spec's optional steps in brackets)::
+
+        x = [input_norm](x)
+        h1 = [gate_transform](F.linear(x, W1, b1) * [gate_scale])
+        m = [hidden_norm]([hidden_dropout](act(h1) * F.linear(x, W3, b3)))
+        y = [out_dropout](F.linear(m, W2, b2) * [out_scale]) [+ residual]
+
+    Every child, parameter and buffer of the original is registered here under its own name.
+    The fused op runs the whole FFN when the spec allows it (:attr:`MLPSpec.fusable`, no active
+    hidden dropout, plain projections); otherwise the same steps run through the modules.
     """
 
-    def __init__(self, original: nn.Module, *, activation: str, backend: str) -> None:
-        super().__init__(original, activation=activation, backend=backend)
-        self.gate_proj = original.gate_proj
-        self.up_proj = original.up_proj
-        self.down_proj = original.down_proj
+    def __init__(self, original: nn.Module, spec: MLPSpec, *, activation: Activation,
+                 backend: str) -> None:  # fmt: skip
+        super().__init__(original, activation=activation, backend=backend,
+                         options=spec.act_options)  # fmt: skip
+        self.__dict__["spec"] = spec
+        for name, child in original.named_children():
+            self.add_module(name, child)
+        for name, p in original.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, b in original.named_buffers(recurse=False):
+            self.register_buffer(
+                name, b, persistent=name not in original._non_persistent_buffers_set
+            )
+
+    def _float(self, name: str | None) -> float:
+        return 1.0 if name is None else float(getattr(self.original, name))
 
     def ffn_weights(self) -> Weights:
-        g, u, d = self.gate_proj, self.up_proj, self.down_proj
-        return g.weight, d.weight, u.weight, _bias(g), _bias(d), _bias(u)
+        s = self.spec
+        w1, b1 = _weight_of(self._modules[s.gate])
+        w3 = b3 = None
+        if s.packed:
+            h = w1.shape[0] // 2
+            first, second = (slice(0, h), slice(h, None))
+            g, u = (first, second) if s.gate_first else (second, first)
+            w1, w3, b1, b3 = (
+                w1[g],
+                w1[u],
+                None if b1 is None else b1[g],
+                None if b1 is None else b1[u],
+            )
+        elif s.up is not None:
+            w3, b3 = _weight_of(self._modules[s.up])
+        w2, b2 = _weight_of(self._modules[s.down])
+        gs, os_ = self._float(s.gate_scale), self._float(s.out_scale)
+        return _scaled(w1, gs), _scaled(w2, os_), w3, _scaled(b1, gs), _scaled(b2, os_), b3
 
     def projections(self) -> tuple[nn.Module, ...]:
-        return self.gate_proj, self.up_proj, self.down_proj
+        s = self.spec
+        return tuple(self._modules[n] for n in (s.gate, s.up, s.down) if n is not None)
 
     def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.gate_proj(x), self.up_proj(x)
+        s = self.spec
+        h1 = self._modules[s.gate](x)
+        h3 = None
+        if s.packed:
+            a, b = h1.chunk(2, dim=-1)
+            h1, h3 = (a, b) if s.gate_first else (b, a)
+        elif s.up is not None:
+            h3 = self._modules[s.up](x)
+        gs = self._float(s.gate_scale)
+        return (h1 if gs == 1.0 else h1 * gs), h3
 
     def down(self, m: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(m)
+        proj = self._modules[self.spec.down]
+        w = getattr(proj, "weight", None)
+        if isinstance(w, torch.Tensor) and w.is_floating_point() and m.dtype != w.dtype:
+            m = m.to(w.dtype)  # T5 keeps wo in float32 under half precision and casts first
+        y = proj(m)
+        os_ = self._float(self.spec.out_scale)
+        return y if os_ == 1.0 else y * os_
 
-
-class HFPackedGatedMLP(HFFeedForward):
-    """Phi-3's ``down_proj(up * act(gate))`` with ``gate, up = gate_up_proj(x).chunk(2, -1)``.
-
-    ``gate_up_proj.weight`` is ``[2*hidden, dim]``: rows ``[:hidden]`` are W1 (gate), rows
-    ``[hidden:]`` W3 (up). They are passed as slices (views) of the one packed parameter.
-    """
-
-    def __init__(self, original: nn.Module, *, activation: str, backend: str) -> None:
-        super().__init__(original, activation=activation, backend=backend)
-        self.gate_up_proj = original.gate_up_proj
-        self.down_proj = original.down_proj
-
-    def ffn_weights(self) -> Weights:
-        packed, b = self.gate_up_proj.weight, _bias(self.gate_up_proj)
-        h = packed.shape[0] // 2
-        b1, b3 = (None, None) if b is None else (b[:h], b[h:])
-        return packed[:h], self.down_proj.weight, packed[h:], b1, _bias(self.down_proj), b3
-
-    def projections(self) -> tuple[nn.Module, ...]:
-        return self.gate_up_proj, self.down_proj
-
-    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return gate, up
-
-    def down(self, m: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(m)
-
-
-class HFConv1DMLP(HFFeedForward):
-    """GPT-2's ``dropout(c_proj(act(c_fc(x))))`` with ``Conv1D`` layers.
-
-    ``Conv1D`` stores its weight as ``[in, out]`` and computes ``x @ W + b``; W1 and W2 are the
-    transposed views ``c_fc.weight.T [hidden, dim]`` and ``c_proj.weight.T [dim, hidden]``.
-    The output dropout stays where GPT-2 has it, after the down projection.
-    """
-
-    def __init__(self, original: nn.Module, *, activation: str, backend: str) -> None:
-        super().__init__(original, activation=activation, backend=backend)
-        self.c_fc = original.c_fc
-        self.c_proj = original.c_proj
-        self.dropout = original.dropout
-
-    def ffn_weights(self) -> Weights:
+    def _dropout(self, name: str | None, h: torch.Tensor) -> torch.Tensor:
+        if name is None:
+            return h
+        d = getattr(self.original, name) if name not in self._modules else self._modules[name]
         return (
-            self.c_fc.weight.t(),
-            self.c_proj.weight.t(),
-            None,
-            self.c_fc.bias,
-            self.c_proj.bias,
-            None,
+            d(h) if isinstance(d, nn.Module) else F.dropout(h, p=float(d), training=self.training)
         )
 
-    def projections(self) -> tuple[nn.Module, ...]:
-        return self.c_fc, self.c_proj
+    def _one_dtype(self, x: torch.Tensor) -> bool:
+        """Whether every projection weight has ``x``'s dtype (T5 may keep ``wo`` in float32
+        under bfloat16: then the module path casts the hidden units as T5 does)."""
+        ws = [getattr(p, "weight", None) for p in self.projections()]
+        return all(not isinstance(w, torch.Tensor) or w.dtype == x.dtype for w in ws)
 
-    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.c_fc(x), None
+    def _hidden_dropout_active(self) -> bool:
+        name = self.spec.hidden_dropout
+        if name is None or not self.training:
+            return False
+        d = self._modules.get(name, getattr(self.original, name))
+        return (d.p if isinstance(d, nn.Dropout) else float(d)) > 0
 
-    def down(self, m: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(m)
+    def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
+        """The spec's steps through the modules (the Equivalent PyTorch above)."""
+        s = self.spec
+        h1, h3 = self.branches(x)
+        if s.gate_transform is not None:
+            h1 = getattr(self.original, s.gate_transform)(h1)
+        m = apply_activation(self.ffn_activation, h1, self.act_options)
+        if h3 is not None:
+            m = m * h3
+        m = self._dropout(s.hidden_dropout, m)
+        if s.hidden_norm is not None:
+            m = self._modules[s.hidden_norm](m)
+        return self.down(m)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., dim]`` -> ``[..., dim]``."""
-        return self.dropout(self._ffn(x))
-
-
-class HFT5Dense(HFFeedForward):
-    """T5's ``T5DenseActDense`` (``wo(dropout(act(wi(x))))``) and ``T5DenseGatedActDense``
-    (``wo(dropout(act(wi_0(x)) * wi_1(x)))``); no biases.
-
-    T5 applies dropout to the *hidden* units and casts them to ``wo``'s dtype before the down
-    projection (``wo`` may be kept in float32 while the rest runs in half precision). The fused
-    op covers neither, so whenever the dropout is active (training with p > 0) or the dtypes
-    differ, this runs the same steps in T5's order, with ffnlab's elementwise middle; otherwise
-    it is the plain fused FFN.
-    """
-
-    def __init__(self, original: nn.Module, *, activation: str, backend: str) -> None:
-        super().__init__(original, activation=activation, backend=backend)
-        self.gated = hasattr(original, "wi_0")
-        if self.gated:
-            self.wi_0 = original.wi_0
-            self.wi_1 = original.wi_1
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [..., dim]`` -> ``[..., dim]`` (plus ``residual [..., dim]`` where the original
+        MLP adds it: :attr:`MLPSpec.residual`)."""
+        s = self.spec
+        if s.input_norm is not None:
+            x = self._modules[s.input_norm](x)
+        if (
+            s.fusable
+            and self.fused_runs()
+            and not self._hidden_dropout_active()
+            and self._one_dtype(x)
+        ):
+            y = self._ffn(x)
         else:
-            self.wi = original.wi
-        self.wo = original.wo
-        self.dropout = original.dropout
-
-    def ffn_weights(self) -> Weights:
-        w1 = (self.wi_0 if self.gated else self.wi).weight
-        w3 = self.wi_1.weight if self.gated else None
-        return w1, self.wo.weight, w3, None, None, None
-
-    def projections(self) -> tuple[nn.Module, ...]:
-        return (self.wi_0, self.wi_1, self.wo) if self.gated else (self.wi, self.wo)
-
-    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.gated:
-            return self.wi_0(x), self.wi_1(x)
-        return self.wi(x), None
-
-    def down(self, m: torch.Tensor) -> torch.Tensor:
-        """T5's own steps: hidden dropout, then the cast to ``wo``'s dtype, then ``wo``."""
-        h = self.dropout(m)
-        w2 = self.wo.weight
-        if isinstance(w2, torch.Tensor) and h.dtype != w2.dtype and w2.dtype != torch.int8:
-            h = h.to(w2.dtype)
-        return self.wo(h)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., d_model]`` -> ``[..., d_model]``."""
-        w1, w2, _, _, _, _ = self.ffn_weights()
-        hidden_dropout = self.training and self.dropout.p > 0
-        if not hidden_dropout and x.dtype == w1.dtype == w2.dtype:
-            return self._ffn(x)
-        return self.module_ffn(x)
+            y = self.module_ffn(x)
+        y = self._dropout(s.out_dropout, y)
+        return y if residual is None else residual + y
 
 
 class HFBertFeedForward(HFFeedForward):
@@ -265,13 +300,19 @@ class HFBertFeedForward(HFFeedForward):
     ``output.dense``, which stays registered in :class:`HFBertOutputTail` only. The layer's
     ``feed_forward_chunk`` calls ``self.output(self.intermediate(x), x)``, so the two wrappers
     together compute exactly BERT's ``LayerNorm(dropout(W2 act(W1 x + b1) + b2) + x)``.
+    An intermediate holding its own ``LayerNorm`` (RoBERTa-PreLayerNorm) applies it to ``x``
+    first, as the original does.
     """
 
     def __init__(
-        self, original: nn.Module, output: nn.Module, *, activation: str, backend: str
+        self, original: nn.Module, output: nn.Module, *, activation: Activation, backend: str
     ) -> None:
         super().__init__(original, activation=activation, backend=backend)
-        self.dense = original.dense
+        # every child in the original's order (dense, the activation, a LayerNorm): same keys
+        for name, child in original.named_children():
+            self.add_module(name, child)
+        if "intermediate_act_fn" not in self._modules:  # a plain function
+            self.intermediate_act_fn = original.intermediate_act_fn
         # The layer's output module (the tail once patched), not registered here: W2 is read
         # from its ``dense`` at each call, so replacing ``output.dense`` later (an adapter,
         # a quantised Linear) is seen here too.
@@ -294,10 +335,18 @@ class HFBertFeedForward(HFFeedForward):
     def down(self, m: torch.Tensor) -> torch.Tensor:
         return self._down(m)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., dim]`` -> ``[..., dim]`` (the FFN output, before the tail's residual)."""
+        if "LayerNorm" in self._modules:
+            x = self.LayerNorm(x)
+        return self._ffn(x)
+
 
 class HFBertOutputTail(HFFeedForward):
     """Replaces BERT's ``output`` when its ``intermediate`` is an :class:`HFBertFeedForward`:
-    ``dense`` has already been applied, so this is ``LayerNorm(dropout(h) + input_tensor)``.
+    ``dense`` has already been applied, so this is ``LayerNorm(dropout(h) + input_tensor)``,
+    without the dropout or the LayerNorm where the original has none (Megatron-BERT's and
+    XLM-RoBERTa-XL's outputs end with the residual).
 
     It keeps ``dense``, ``dropout`` and ``LayerNorm`` registered under their names so the
     state dict is unchanged.
@@ -305,15 +354,17 @@ class HFBertOutputTail(HFFeedForward):
 
     counts_as_mlp = False
 
-    def __init__(self, original: nn.Module, *, activation: str, backend: str) -> None:
+    def __init__(self, original: nn.Module, *, activation: Activation, backend: str) -> None:
         super().__init__(original, activation=activation, backend=backend)
-        self.dense = original.dense
-        self.dropout = original.dropout
-        self.LayerNorm = original.LayerNorm
+        for name, child in original.named_children():  # dense, dropout, LayerNorm, in order
+            self.add_module(name, child)
 
     def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
         """``hidden_states [..., dim]`` (the FFN output), ``input_tensor [..., dim]`` -> same."""
-        return self.LayerNorm(self.dropout(hidden_states) + input_tensor)
+        if "dropout" in self._modules:
+            hidden_states = self.dropout(hidden_states)
+        y = hidden_states + input_tensor
+        return self.LayerNorm(y) if "LayerNorm" in self._modules else y
 
     def extra_repr(self) -> str:
         return f"replaces={type(self.original).__name__} (dense applied by intermediate)"
