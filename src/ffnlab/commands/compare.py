@@ -30,9 +30,9 @@ from .common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,
     add_common,
-    parse_int_list,
     parse_device,
     parse_dtype,
+    parse_int_list,
     parse_variants,
     print_json,
 )

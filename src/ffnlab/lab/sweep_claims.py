@@ -25,10 +25,17 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 from ..numbers import as_float
-from .analysis import good_runs, ranking, variants_by_name
+from .analysis import paired_difference, ranking, variants_by_name
 from .claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Verdict
 from .comparisons import (
-    A_BETTER, B_BETTER, BASELINE, EQUIVALENT, GATED_TWINS, UNRESOLVED, Comparison, compare,
+    A_BETTER,
+    B_BETTER,
+    BASELINE,
+    EQUIVALENT,
+    GATED_TWINS,
+    UNRESOLVED,
+    Comparison,
+    compare,
 )
 from .results import now
 
@@ -55,8 +62,8 @@ def _per_seed(results: Mapping, a: str, b: str) -> dict[int, float]:
     by = variants_by_name(results)
     if a not in by or b not in by:
         return {}
-    ra, rb = good_runs(by[a]), good_runs(by[b])
-    return {s: ra[s] - rb[s] for s in ra if s in rb}
+    pd = paired_difference(results, a, b)
+    return dict(zip(pd.seeds, pd.diffs, strict=True))
 
 
 def trend(small: Mapping, large: Mapping, a: str, b: str, resolution: float) -> Comparison:
