@@ -61,3 +61,23 @@ def test_a_failing_run_is_named(tmp_path, corpus):
 def test_workers_must_be_positive():
     with pytest.raises(ValueError, match="workers must be a positive integer, got 0"):
         E.PoolExecutor(0)
+
+
+def test_the_pool_serves_every_round_until_closed(tmp_path, corpus):
+    with E.PoolExecutor(2) as ex:
+        first = [k for k, *_ in ex.run([_job(tmp_path, "relu", 0, corpus)])]
+        pids = sorted(p.pid for p in ex._pool._pool)
+        second = [k for k, *_ in ex.run([_job(tmp_path, "relu", 1, corpus),
+                                         _job(tmp_path, "swiglu", 0, corpus)])]
+        assert sorted(p.pid for p in ex._pool._pool) == pids  # no new workers per round
+    assert first.count("done") == 1 and second.count("done") == 2
+    assert ex._pool is None  # closed with the block
+
+
+def test_leaving_a_round_early_stops_the_workers(tmp_path, corpus):
+    ex = E.PoolExecutor(1)
+    events = ex.run([_job(tmp_path, "relu", 0, corpus)])
+    next(events)  # the first event, then the consumer goes away (Ctrl-C in the caller)
+    events.close()
+    assert ex._pool is None
+    ex.close()  # idempotent

@@ -144,3 +144,42 @@ def test_the_reason_a_plan_stopped():
     _, run = _world({"relu": 0.5, "gelu": 0.5}, {"relu": 0.0, "gelu": 0.0})
     assert run(["relu", "gelu"], initial=2, max_seeds=3, resolution=0.02)[0].stopped == "max seeds"
     assert run(["relu", "gelu"], initial=2, max_seeds=2, resolution=0.02)[0].stopped == "fixed"
+
+
+def test_fill_waves_gives_idle_slots_paired_seeds_widest_first():
+    from ffnlab.lab.seeding import fill_waves
+
+    pairs = [("gelu", "relu"), ("swish", "relu"), ("swiglu", "relu"), ("swiglu", "swish")]
+    counts = {"relu": 5, "gelu": 5, "swish": 5, "swiglu": 5}
+    new = {"relu": 6, "gelu": 6, "swish": 6, "swiglu": 5}  # 3 runs: one slot of a wave of 2
+    priority = {"relu": 0.03, "gelu": 0.03, "swish": 0.025, "swiglu": 0.01}
+    # swiglu's seed 5 pairs at once with relu's and swish's: the one useful filler
+    assert fill_waves(counts, new, 2, priority, max_seeds=8, pairs=pairs) == {**new, "swiglu": 6}
+    # a full wave already: nothing added
+    even = {"relu": 6, "gelu": 6, "swish": 5, "swiglu": 5}
+    assert fill_waves(counts, even, 2, priority, max_seeds=8, pairs=pairs) == even
+    # relu alone grows: the filler is the widest partner whose seed 5 pairs with relu's
+    lone = {"relu": 6, "gelu": 5, "swish": 5, "swiglu": 5}
+    assert fill_waves(counts, lone, 2, priority, max_seeds=8, pairs=pairs) == {**lone, "gelu": 6}
+    # nothing pairs up at once (every variant grew alike): the widest gets a seed anyway
+    alike = {"relu": 6, "gelu": 6, "swish": 6, "swiglu": 5}
+    assert fill_waves(counts, {**alike, "swiglu": 6}, 2, priority, max_seeds=8, pairs=pairs) == {
+        **alike, "swiglu": 6}  # 4 runs: whole waves already
+    three = {"relu": 6, "gelu": 6, "swish": 6}
+    assert fill_waves({"relu": 5, "gelu": 5, "swish": 5}, three, 2, priority, max_seeds=8,
+                      pairs=pairs[:2]) == {**three, "gelu": 7}  # tie with relu: by name
+    # max_seeds is never passed
+    capped = {"relu": 6, "gelu": 6, "swish": 6, "swiglu": 5}
+    assert fill_waves(counts, capped, 2, priority, max_seeds=5, pairs=pairs) == capped
+
+
+def test_rounds_fill_the_waves_of_the_workers():
+    spread = {"relu": 0.02, "gelu": 0.01, "swish": 0.02}
+    gap = {"relu": 0.0, "gelu": -0.01, "swish": 0.0}
+    _, run = _world(spread, gap)
+    p, rounds = run(["relu", "gelu", "swish"], initial=3, max_seeds=12, resolution=0.02, wave=2)
+    assert len(rounds) > 1
+    assert all(len(r) % 2 == 0 for r in rounds[1:]), rounds  # whole waves after round 0
+    _, run1 = _world(spread, gap)
+    _, rounds1 = run1(["relu", "gelu", "swish"], initial=3, max_seeds=12, resolution=0.02)
+    assert any(len(r) % 2 for r in rounds1[1:]), rounds1  # one worker: rounds as they come

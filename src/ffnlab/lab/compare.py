@@ -175,6 +175,9 @@ def _run(cfg: CompareConfig, ctx: distributed.DistContext) -> Results:
         if ctx.is_main:
             print("ffnlab compare: interrupted; writing a partial report "
                   "(run the same command again to resume)", file=sys.stderr)
+    finally:
+        if executor is not None:
+            executor.close()
     if not ctx.is_main:
         return Results(out=out, interrupted=interrupted, content=None)
     from .report import write_report  # matplotlib: imported only when a report is written

@@ -97,3 +97,7 @@ class RayExecutor:
         finally:
             for ref in refs:  # interrupted: stop what is still running
                 ray.cancel(ref, force=True)
+
+    def close(self) -> None:
+        """Nothing to stop: the cluster's workers belong to Ray (the same method as the
+        local pool's, so callers close whichever executor they have)."""

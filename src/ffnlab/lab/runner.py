@@ -145,7 +145,8 @@ class CompareRunner:
         recorded = self.recorded_rounds()
         p = plan(self.variants, self.seed0, initial=self.initial_seeds,
                  max_seeds=self.max_seeds, resolution=self.resolution, finished=self.finished,
-                 recorded=recorded, fit=self._fit if deciding else None, decide=deciding)
+                 recorded=recorded, fit=self._fit if deciding else None, decide=deciding,
+                 wave=self.workers)
         if deciding and p.new_rounds:
             files.atomic_write_json(self.seeding_path,
                                     {"rounds": [*recorded, *p.new_rounds]})
