@@ -2,7 +2,9 @@
 # The whole GPU measurement in one call: SwiGLU and GeGLU-tanh FFNs at LLaMA sizes (dim 4096,
 # hidden 11008 and 14336), 8k-32k tokens, bfloat16, forward and forward+backward, against eager
 # PyTorch, Liger-Kernel (when its wheel is present) and the matmul-only floor; the elementwise
-# kernels alone against the copy bandwidth; the GPU targets evaluated from the same run.
+# kernels alone against the copy bandwidth; the GPU targets evaluated from the same run; then a
+# mixture of experts at Qwen3-30B-A3B's shape (dim 2048, 128 experts of 768 units, top 8;
+# Mixtral-like 8x2 at dim 4096, 14336 units with QUICK unset), fused against the reference loop.
 #
 # Installs nothing from the internet. Needs torch with CUDA, triton, rich, safetensors and numpy
 # on the machine (matplotlib for the chart). To compare against Liger-Kernel, put its wheel in
@@ -63,5 +65,21 @@ mkdir -p "$DEST"
 for ext in json md png; do
     if [[ -f "$WORK/bench/bench.$ext" ]]; then cp "$WORK/bench/bench.$ext" "$DEST/gpu-$DATE.$ext"; fi
 done
+
+# Mixture of experts: one row per shape, fused (sorted tokens, grouped products) against the
+# per-expert reference loop, each with its share of the matmul rate.
+MOE_SHAPES=("2048 768 128x8 16384")
+if [[ "${QUICK:-0}" == 0 ]]; then MOE_SHAPES+=("4096 14336 8x2 8192"); fi
+for shape in "${MOE_SHAPES[@]}"; do
+    read -r dim hidden moe tokens <<<"$shape"
+    "$PY" -m ffnlab bench --moe "$moe" \
+        --device cuda --dtype bfloat16 --dim "$dim" --hidden "$hidden" --tokens "$tokens" \
+        --repeats "$REPEATS" --warmup 3 --out "$WORK/moe-$moe" | tee -a "$DEST/gpu-moe-$DATE.txt"
+    for ext in json md; do
+        if [[ -f "$WORK/moe-$moe/moe_bench.$ext" ]]; then
+            cp "$WORK/moe-$moe/moe_bench.$ext" "$DEST/gpu-moe-$moe-$DATE.$ext"
+        fi
+    done
+done
 rm -rf "$WORK"
-echo "results: $DEST/gpu-$DATE.{json,md,png,txt}"
+echo "results: $DEST/gpu-$DATE.{json,md,png,txt}, $DEST/gpu-moe-*-$DATE.{json,md}"
