@@ -209,3 +209,15 @@ def test_the_balancing_loss_is_part_of_the_objective(corpus, monkeypatch):
     # Same batches and initial weights: only the router's extra gradient differs.
     assert with_aux["curve"][0] == without["curve"][0]
     assert with_aux["curve"][-1] != without["curve"][-1]
+
+
+def test_memory_estimate_counts_every_expert():
+    from ffnlab.lab.measure import estimate_memory_bytes
+
+    dense = estimate_memory_bytes(SMALL, batch_size=4, dtype=torch.float32)
+    assert estimate_memory_bytes(SMALL, batch_size=4, dtype=torch.float32,
+                                 ffn_params=lab_variant("swiglu").params_total(16)) == dense
+    moe = lab_variant("moe:swiglu:16x1").params_total(16)
+    extra = (moe - 8 * 16 * 16) * 4 * 4 * 1.5  # x4 copies (weights, grads, 2 moments), fp32
+    assert estimate_memory_bytes(SMALL, batch_size=4, dtype=torch.float32,
+                                 ffn_params=moe) == pytest.approx(dense + extra, abs=2)

@@ -380,17 +380,21 @@ def saturation(model_cfg: ModelConfig, *, names: tuple[str, ...] = SATURATION_SE
 # --- memory -----------------------------------------------------------------------------------
 
 
-def estimate_memory_bytes(model_cfg: ModelConfig, *, batch_size: int, dtype: torch.dtype) -> int:
+def estimate_memory_bytes(model_cfg: ModelConfig, *, batch_size: int, dtype: torch.dtype,
+                          ffn_params: int | None = None) -> int:
     """A generous upper estimate of one run's peak memory (the largest variant).
 
     Parameters x 4 (weights, gradients, two AdamW moments) in the master dtype, plus per layer
     the activations autograd keeps: ~12 dim-wide and 3 hidden-wide tensors per token and the
     attention matrix (the CPU kernel materialises ``[B, H, T, T]``), plus logits, their softmax
     and gradient (``3 * vocab`` per token); then x 1.5 for allocator slack and temporaries.
+    ``ffn_params``: the largest FFN's weights per layer when above the dense budget ``8 dim²``
+    (a mixture of experts holds ``E / k`` times it).
     """
     d, L, T, B = model_cfg.dim, model_cfg.n_layers, model_cfg.seq_len, batch_size
     hidden = 4 * d
-    params = model_cfg.vocab * d + T * d + L * (4 * d * d + 2 * d * hidden + 2 * d) + d
+    ffn = max(2 * d * hidden, ffn_params or 0)
+    params = model_cfg.vocab * d + T * d + L * (4 * d * d + ffn + 2 * d) + d
     w = 8 if dtype == torch.float64 else 4
     per_layer = B * T * (12 * d + 3 * hidden) + 2 * B * model_cfg.n_heads * T * T
     acts = L * per_layer + 3 * B * T * model_cfg.vocab
