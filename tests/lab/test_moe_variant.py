@@ -221,3 +221,22 @@ def test_memory_estimate_counts_every_expert():
     extra = (moe - 8 * 16 * 16) * 4 * 4 * 1.5  # x4 copies (weights, grads, 2 moments), fp32
     assert estimate_memory_bytes(SMALL, batch_size=4, dtype=torch.float32,
                                  ffn_params=moe) == pytest.approx(dense + extra, abs=2)
+
+
+def test_moe_run_resumes_to_the_same_numbers(corpus, tmp_path):
+    kw = {"backend": "reference"}
+    straight = train_run("moe:swiglu:4x2", 2, corpus, SMALL, TRAIN, **kw)
+    stem = tmp_path / "ck" / "moe-swiglu-4x2-s2"
+    small_ckpt = TrainConfig(**{**TRAIN.as_dict(), "ckpt_every": 3})
+
+    def stop(ev):
+        if ev["step"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run("moe:swiglu:4x2", 2, corpus, SMALL, small_ckpt, checkpoint=stem, on_step=stop,
+                  **kw)
+    resumed = train_run("moe:swiglu:4x2", 2, corpus, SMALL, small_ckpt, checkpoint=stem, **kw)
+    assert resumed["resumed_from"] == 3
+    assert resumed["curve"] == straight["curve"]
+    assert resumed["load_balance"] == straight["load_balance"]
