@@ -24,6 +24,7 @@ from ..errors import UsageError
 from ..lab import distributed
 from ..lab.compare import prepare_launch, run_compare
 from ..lab.config import DEFAULT_OUT, DEFAULT_VARIANTS, CompareConfig
+from ..lab.moe_variant import parse_lab_variants
 from ..lab.results import DEFAULT_RESOLUTION
 from ..lab.sweep import SweepConfig, run_sweep
 from .common import (
@@ -33,7 +34,6 @@ from .common import (
     parse_device,
     parse_dtype,
     parse_int_list,
-    parse_variants,
     print_json,
 )
 
@@ -48,7 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                json_flag=False)
     p.add_argument("--variants", default=None,
                    help="comma-separated variant names, or all (default: "
-                        f"{','.join(DEFAULT_VARIANTS)}; every variant for --preset smoke)")
+                        f"{','.join(DEFAULT_VARIANTS)}; every variant for --preset smoke); "
+                        "moe:VARIANT:ExK is a mixture of E experts of VARIANT, K per token, "
+                        "with the dense variant's active FFN parameters (e.g. moe:swiglu:8x2)")
     p.add_argument("--preset", default="quick", help="smoke, quick or full (default: quick)")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds every variant starts with (default: the preset's)")
@@ -147,7 +149,7 @@ def _variants(text: str | None) -> tuple[str, ...]:
         return ()  # the preset's list
     if text.strip() == "all":
         return ("all",)
-    return tuple(parse_variants(text))
+    return tuple(parse_lab_variants(text))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from .comparisons import (
     Comparison,
     compare,
 )
+from .moe_variant import is_moe
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
@@ -581,6 +582,24 @@ ALL_CLAIMS = (claim_speed_order, claim_sigmoid_cost, claim_smooth_beats_relu, cl
               claim_glu_best)
 
 
+def _dense_only(results: Mapping) -> Mapping:
+    """``results`` without its mixture-of-experts variants and their comparisons: the sources'
+    claims are about the dense FFNs (an MoE of SwiGLU is not a contender for "the best FFN")."""
+    variants = results.get("variants")
+    if not isinstance(variants, list) or not any(
+            isinstance(v, Mapping) and is_moe(v.get("name")) for v in variants):
+        return results
+    comps = results.get("comparisons")
+    out = dict(results)
+    out["variants"] = [v for v in variants if not (isinstance(v, Mapping) and is_moe(v.get("name")))]
+    if isinstance(comps, list):
+        out["comparisons"] = [c for c in comps if not (isinstance(c, Mapping) and (
+            is_moe(c.get("a")) or is_moe(c.get("b"))))]
+    return out
+
+
 def check_claims(results: Mapping) -> list[Verdict]:
-    """Every claim of the sources checked against ``results``, in a fixed order."""
+    """Every claim of the sources checked against ``results``, in a fixed order (mixture of
+    experts variants left out: :func:`_dense_only`)."""
+    results = _dense_only(results)
     return [check(results) for check in ALL_CLAIMS]

@@ -40,10 +40,13 @@ def check_config(cfg: CompareConfig, *, world_size: int) -> None:
     """What depends on the machine: ``world_size`` processes split the global batch, and one
     run's estimated peak memory fits in what is free on ``cfg.device``; else a UsageError."""
     from .measure import available_memory_bytes, estimate_memory_bytes
+    from .moe_variant import lab_variant
 
     _, model_cfg, train_cfg = cfg.resolved()
     distributed.check_world_size(world_size, train_cfg.batch_size)
-    need = estimate_memory_bytes(model_cfg, batch_size=train_cfg.batch_size, dtype=cfg.dtype)
+    ffn = max((lab_variant(v).params_total(model_cfg.dim) for v in cfg.variants), default=None)
+    need = estimate_memory_bytes(model_cfg, batch_size=train_cfg.batch_size, dtype=cfg.dtype,
+                                 ffn_params=ffn)
     free = available_memory_bytes(cfg.device)
     if free is not None and need > free:
         raise UsageError(

@@ -17,9 +17,10 @@ and its verdict, against the resolution ``r`` (bits per byte) the run asked for:
 Equivalence is checked first: an interval such as ``[+0.002, +0.015]`` at ``r = 0.02`` is a
 real but practically negligible gap, reported as ``equivalent`` with its interval.
 
-The pairs compared (:func:`comparison_pairs`): every variant against ``relu``, and every gated
+The pairs compared (:func:`comparison_pairs`): every variant against ``relu``, every gated
 variant against the plain variant with the same activation (``swiglu`` vs ``swish``, ...), which
-have equal FFN parameters by construction.
+have equal FFN parameters by construction, and every mixture of experts against its dense
+variant (``moe:swiglu:8x2`` vs ``swiglu``: equal active FFN parameters, router aside).
 
 :func:`seeds_needed` is what adaptive seeding asks: how many paired seeds a spread ``std`` needs
 for a half-width of at most ``r``.
@@ -32,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .analysis import paired_difference, t_quantile_975, variants_by_name
+from .moe_variant import is_moe, lab_variant
 
 __all__ = [
     "A_BETTER", "B_BETTER", "EQUIVALENT", "UNRESOLVED", "VERDICTS", "BASELINE", "GATED_TWINS",
@@ -49,13 +51,16 @@ GATED_TWINS = {"reglu": "relu", "geglu": "gelu", "geglu_tanh": "gelu_tanh", "swi
 
 
 def comparison_pairs(names: Sequence[str]) -> list[tuple[str, str]]:
-    """``(a, b)`` pairs to compare among ``names``: each vs relu, then each gated vs its twin."""
+    """``(a, b)`` pairs to compare among ``names``: each vs relu, then each gated vs its twin,
+    then each MoE vs its dense variant."""
     present = list(dict.fromkeys(names))
     pairs: list[tuple[str, str]] = []
     if BASELINE in present:
         pairs += [(n, BASELINE) for n in present if n != BASELINE]
     pairs += [(g, p) for g, p in GATED_TWINS.items()
               if g in present and p in present and (g, p) not in pairs]
+    pairs += [(m, base) for m in present if is_moe(m)
+              if (base := lab_variant(m).base) in present and (m, base) not in pairs]
     return pairs
 
 

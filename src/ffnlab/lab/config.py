@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError, check_choice, check_positive_int
-from ..variants import get_variant, variant_names
+from ..variants import variant_names
 from .distributed import DEFAULT_TIMEOUT_S
 from .precision import FLOAT_DTYPES
 from .results import DEFAULT_RESOLUTION
@@ -121,14 +121,17 @@ def _variant_list(names: tuple[str, ...], preset: str) -> tuple[str, ...]:
     if not names:
         default = PRESETS[preset].variants if preset in PRESETS else DEFAULT_VARIANTS
         return tuple(default) or tuple(variant_names())
-    return tuple(dict.fromkeys(get_variant(v).name for v in names))
+    from .moe_variant import canonical_name
+
+    return tuple(dict.fromkeys(canonical_name(v) for v in names))
 
 
 @dataclass(frozen=True)
 class CompareConfig:
     """Every option of one lab invocation (the ``ffnlab compare`` flags, typed).
 
-    ``variants`` are canonical names (``()``: the preset's list, :data:`DEFAULT_VARIANTS` for
+    ``variants`` are canonical names (registry names, or ``moe:<variant>:<E>x<k>`` for a
+    mixture of experts: :mod:`ffnlab.lab.moe_variant`; ``()``: the preset's list, :data:`DEFAULT_VARIANTS` for
     quick and full, every variant for smoke; ``("all",)`` every variant); ``seeds`` is the number
     of seeds every variant starts with, ``None`` for the preset's, and the seeds run are
     ``seed, seed + 1, ...``; ``max_seeds`` (``None``: the preset's) is how many adaptive seeding

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 
 from ..activations import get_activation
 from ..bench import timing
-from ..ffn import FeedForward
 from ..ops.memory import saved_tensor_bytes
 from ..ops.reference import hidden_activation
 from ..sizing import default_hidden_dim
 from ..variants import get_variant
 from .model import ModelConfig, TinyGPT, init_parameters
+from .moe_variant import build_ffn, lab_variant
 from .precision import autocast, param_dtype
 
 __all__ = [
@@ -48,11 +48,10 @@ def saved_bytes_per_token(variant: str, model_cfg: ModelConfig, *, batch_size: i
     One FFN call on a training-shaped input ``[batch_size, seq_len, dim]``, times ``n_layers``,
     divided by ``batch_size * seq_len``. The FFN is built in ``dtype`` and run without autocast:
     under autocast it would also save its cast copies of the weights, which are new storages
-    that the parameter exclusion cannot see, and would bill weights as activations.
+    that the parameter exclusion cannot see, and would bill weights as activations. An MoE lab
+    variant (``moe:swiglu:8x2``) is measured the same way, with its router at initialisation.
     """
-    hidden = default_hidden_dim(variant, model_cfg.dim, multiple_of=1)
-    ffn = FeedForward(model_cfg.dim, hidden, variant, bias=False, backend=backend, device=device,
-                      dtype=dtype)
+    ffn = build_ffn(variant, model_cfg.dim, backend=backend, device=device, dtype=dtype)
     x = torch.randn(batch_size, model_cfg.seq_len, model_cfg.dim, device=device, dtype=dtype,
                     requires_grad=True)
     nbytes, _ = saved_tensor_bytes(lambda: ffn(x), exclude=list(ffn.parameters()))
@@ -85,14 +84,14 @@ def ffn_timings(variants: list[str], model_cfg: ModelConfig, *, batch_size: int,
     """FFN-only forward+backward time in ms (median) at the model's size, for each variant
     (``raw``: filled with the per-round times, for :func:`paired_ratios`).
 
-    Equivalent PyTorch per call: ``y = ffn(x); y.backward(g)`` with ``x [B, T, dim]``.
+    Equivalent PyTorch per call: ``y = ffn(x); y.backward(g)`` with ``x [B, T, dim]``. An MoE
+    lab variant is timed as built (router at initialisation: near-random routing, the load a
+    trained router is pushed towards by its balancing loss).
     """
     device = torch.device(device)
     fns = {}
     for v in variants:
-        hidden = default_hidden_dim(v, model_cfg.dim, multiple_of=1)
-        ffn = FeedForward(model_cfg.dim, hidden, v, bias=False, backend=backend, device=device,
-                          dtype=param_dtype(dtype))
+        ffn = build_ffn(v, model_cfg.dim, backend=backend, device=device, dtype=param_dtype(dtype))
         x = torch.randn(batch_size, model_cfg.seq_len, model_cfg.dim, device=device,
                         dtype=param_dtype(dtype), requires_grad=True)
         g = torch.randn_like(x)
@@ -115,12 +114,13 @@ def activation_timings(variants: list[str], *, numel: int = 1 << 21, reps: int =
 
     Equivalent PyTorch: ``a = act(h1)`` (plain) or ``a = act(h1) * h3`` (gated, the product is
     part of a GLU's elementwise cost), then ``a.backward(g)``; ``h1, h3, g`` of ``numel``
-    elements. The default 2M elements (8 MB in fp32) is far above any CPU cache.
+    elements. The default 2M elements (8 MB in fp32) is far above any CPU cache. An MoE lab
+    variant's experts run its dense variant's elementwise maths, timed under its own name.
     """
     device = torch.device(device)
     fns = {}
     for v in variants:
-        var = get_variant(v)
+        var = get_variant(lab_variant(v).base)
         h1 = torch.randn(numel, device=device, dtype=dtype, requires_grad=True)
         h3 = torch.randn(numel, device=device, dtype=dtype, requires_grad=True) if var.gated else None
         g = torch.randn(numel, device=device, dtype=dtype)
@@ -380,17 +380,21 @@ def saturation(model_cfg: ModelConfig, *, names: tuple[str, ...] = SATURATION_SE
 # --- memory -----------------------------------------------------------------------------------
 
 
-def estimate_memory_bytes(model_cfg: ModelConfig, *, batch_size: int, dtype: torch.dtype) -> int:
+def estimate_memory_bytes(model_cfg: ModelConfig, *, batch_size: int, dtype: torch.dtype,
+                          ffn_params: int | None = None) -> int:
     """A generous upper estimate of one run's peak memory (the largest variant).
 
     Parameters x 4 (weights, gradients, two AdamW moments) in the master dtype, plus per layer
     the activations autograd keeps: ~12 dim-wide and 3 hidden-wide tensors per token and the
     attention matrix (the CPU kernel materialises ``[B, H, T, T]``), plus logits, their softmax
     and gradient (``3 * vocab`` per token); then x 1.5 for allocator slack and temporaries.
+    ``ffn_params``: the largest FFN's weights per layer when above the dense budget ``8 dim²``
+    (a mixture of experts holds ``E / k`` times it).
     """
     d, L, T, B = model_cfg.dim, model_cfg.n_layers, model_cfg.seq_len, batch_size
     hidden = 4 * d
-    params = model_cfg.vocab * d + T * d + L * (4 * d * d + 2 * d * hidden + 2 * d) + d
+    ffn = max(2 * d * hidden, ffn_params or 0)
+    params = model_cfg.vocab * d + T * d + L * (4 * d * d + ffn + 2 * d) + d
     w = 8 if dtype == torch.float64 else 4
     per_layer = B * T * (12 * d + 3 * hidden) + 2 * B * model_cfg.n_heads * T * T
     acts = L * per_layer + 3 * B * T * model_cfg.vocab

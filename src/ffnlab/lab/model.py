@@ -17,6 +17,10 @@ Initialisation (:func:`init_parameters`) is what makes runs *paired*: every non-
 is drawn from a generator seeded by the seed alone, in name order, so all variants of one seed
 start from the same embedding, attention and norms; the FFN weights come from a generator
 seeded by (seed, variant).
+
+The FFN may also be a mixture of experts (``moe:swiglu:8x2``, :mod:`ffnlab.lab.moe_variant`):
+:class:`ffnlab.MoEFeedForward` with experts of the dense hidden size / k, so a token passes
+through as many FFN weights as in the dense model (plus the router).
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ from torch import nn
 
 from ..errors import UsageError, check_positive_int
 from ..ffn import FeedForward
-from ..sizing import default_hidden_dim
-from ..variants import get_variant
+from ..moe import MoEFeedForward
 from .data import VOCAB
+from .moe_variant import canonical_name, lab_variant
 
 __all__ = ["ModelConfig", "TinyGPT", "init_parameters", "is_ffn_param"]
 
@@ -80,17 +84,15 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block with an ffnlab :class:`FeedForward`."""
+    """Pre-norm transformer block with an ffnlab :class:`FeedForward` (or, for an MoE lab
+    variant, an :class:`ffnlab.MoEFeedForward`)."""
 
     def __init__(self, cfg: ModelConfig, variant: str, backend: str) -> None:
         super().__init__()
         self.norm1 = nn.RMSNorm(cfg.dim)
         self.attn = CausalSelfAttention(cfg.dim, cfg.n_heads)
         self.norm2 = nn.RMSNorm(cfg.dim)
-        self.ffn = FeedForward(
-            cfg.dim, default_hidden_dim(variant, cfg.dim, multiple_of=1), variant, bias=False,
-            backend=backend,
-        )
+        self.ffn = lab_variant(variant).build(cfg.dim, backend=backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -103,7 +105,7 @@ class TinyGPT(nn.Module):
     def __init__(self, cfg: ModelConfig, variant: str, *, backend: str = "auto") -> None:
         super().__init__()
         self.cfg = cfg
-        self.variant = get_variant(variant).name
+        self.variant = canonical_name(variant)
         self.tok = nn.Embedding(cfg.vocab, cfg.dim)
         self.pos = nn.Embedding(cfg.seq_len, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg, self.variant, backend) for _ in range(cfg.n_layers))
@@ -119,8 +121,16 @@ class TinyGPT(nn.Module):
         # Tied head: logits = norm(x) @ E^T, so the embedding is the only vocab-sized matrix.
         return F.linear(self.norm(x), self.tok.weight)
 
-    def ffns(self) -> list[FeedForward]:
+    def ffns(self) -> list[FeedForward | MoEFeedForward]:
         return [b.ffn for b in self.blocks]
+
+    @property
+    def is_moe(self) -> bool:
+        return lab_variant(self.variant).is_moe
+
+    def moe_layers(self) -> list[MoEFeedForward]:
+        """The MoE FFNs (every layer's for an MoE variant, none for a dense one)."""
+        return [f for f in self.ffns() if isinstance(f, MoEFeedForward)]
 
     @contextmanager
     def capture_gate_preactivations(self) -> Iterator[list[list[torch.Tensor]]]:
@@ -131,7 +141,12 @@ class TinyGPT(nn.Module):
         Linears with the reference elementwise maths instead of handing the weights to the
         chosen backend, changing what runs: a forward *pre*-hook on the FFN takes its input
         ``x`` and computes ``W1 x`` (+ b1) itself, leaving the FFN's own path alone.
+
+        An MoE model has no single ``W1`` (each expert sees only its tokens): UsageError.
         """
+        if self.is_moe:
+            raise UsageError(f"{self.variant}: gate pre-activations are per expert and per routed "
+                             f"token; capture_gate_preactivations covers dense FFNs only")
         store: list[list[torch.Tensor]] = [[] for _ in self.blocks]
         handles = []
         for i, ffn in enumerate(self.ffns()):
@@ -169,7 +184,9 @@ def init_parameters(model: TinyGPT, seed: int, *, embed_std: float = 0.02) -> No
     and a GLU's product of two small branches starts near zero and learns slowly; docs/lab.md
     has the measurement). The output
     projections (``attn.proj``, ``w2``) are further scaled by 1/sqrt(2 * n_layers), GPT-2's
-    residual scaling. Norm gains are 1.
+    residual scaling. Norm gains are 1. Stacked expert weights ``[E, out, in]`` are drawn
+    the same way (fan-in ``shape[-1]``; ``experts.w2`` is an output projection); the router
+    ``[E, dim]`` is a Linear weight like any other.
     """
     base = torch.Generator().manual_seed(_seed_from("ffnlab.lab", seed))
     ffn_gen = torch.Generator().manual_seed(_seed_from("ffnlab.lab.ffn", seed, model.variant))
@@ -184,7 +201,7 @@ def init_parameters(model: TinyGPT, seed: int, *, embed_std: float = 0.02) -> No
         if name in ("tok.weight", "pos.weight"):
             std = embed_std
         else:
-            std = p.shape[1] ** -0.5
-            if name.endswith(("attn.proj.weight", "ffn.w2.weight")):
+            std = p.shape[-1] ** -0.5
+            if name.endswith(("attn.proj.weight", "ffn.w2.weight", "ffn.experts.w2")):
                 std *= residual
         p.copy_(torch.randn(p.shape, generator=g) * std)

@@ -22,7 +22,7 @@ from .comparisons import A_BETTER, B_BETTER, EQUIVALENT, UNRESOLVED, VERDICTS
 
 __all__ = ["render_plots", "plot_learning_curves", "plot_quality_vs_time", "plot_final_bpb",
            "plot_speed", "plot_memory", "plot_dead_units", "plot_forest", "forest_rows",
-           "time_series", "PLOTS"]
+           "plot_load_balance", "time_series", "PLOTS"]
 
 PLAIN_COLOR, GATED_COLOR = "tab:blue", "tab:orange"
 
@@ -298,6 +298,47 @@ def plot_forest(results: Mapping) -> bytes | None:
     return _png(fig)
 
 
+def _sorted_shares(v: Mapping) -> list[list[float]]:
+    """Every (run, layer) load of an MoE variant, each sorted busiest first."""
+    out = []
+    for r in v.get("runs") or []:
+        lb = r.get("load_balance") if isinstance(r, Mapping) else None
+        shares = lb.get("share") if isinstance(lb, Mapping) else None
+        for layer in shares if isinstance(shares, list) else []:
+            xs = [as_float(x) for x in layer] if isinstance(layer, list) else []
+            if xs and not any(math.isnan(x) for x in xs):
+                out.append(sorted(xs, reverse=True))
+    return out
+
+
+def plot_load_balance(results: Mapping) -> bytes | None:
+    """Per MoE variant: the share of routed tokens of each expert on the validation set at the
+    end of training, busiest first (bars: mean over seeds and layers; dots: each seed's layer),
+    against the uniform share 1/E."""
+    rows = [(v, _sorted_shares(v)) for v in results.get("variants", [])
+            if isinstance(v.get("load_balance"), Mapping)]
+    rows = [(v, s) for v, s in rows if s]
+    if not rows:
+        return None
+    fig, axes = _figure("Load balance: share of routed tokens per expert\n(validation set, end "
+                        "of training)", ncols=len(rows), size=(max(6.5, 4.5 * len(rows)), 4.5))
+    for ax, (v, shares) in zip(axes, rows, strict=True):
+        n = len(shares[0])
+        mean = [statistics.fmean(col) for col in zip(*shares, strict=True)]
+        ax.bar(range(n), mean, color=GATED_COLOR if v.get("gated") else PLAIN_COLOR, alpha=0.8)
+        for row in shares:
+            ax.plot(range(n), row, ".", color="0.25", ms=4)
+        ax.axhline(1.0 / n, color="0.2", ls="--", lw=1, label=f"uniform 1/{n}")
+        lb = v["load_balance"]
+        cv, mom = as_float(lb.get("cv")), as_float(lb.get("max_over_mean"))
+        ax.set_title(f"{v['name']}: cv {cv:.2f}, max/mean {mom:.2f}", fontsize=9)
+        ax.set_xticks(range(n), [str(i + 1) for i in range(n)])
+        ax.set_xlabel("expert, busiest first")
+        ax.set_ylabel("share of routed (token, expert) slots")
+        ax.legend(fontsize=8)
+    return _png(fig)
+
+
 PLOTS: dict[str, tuple[Callable[[Mapping], bytes | None], str]] = {
     "learning_curves": (plot_learning_curves, "Learning curves"),
     "quality_vs_time": (plot_quality_vs_time, "Quality against training wall time"),
@@ -306,6 +347,7 @@ PLOTS: dict[str, tuple[Callable[[Mapping], bytes | None], str]] = {
     "memory": (plot_memory, "Memory saved for backward"),
     "dead_units": (plot_dead_units, "Dead units"),
     "forest": (plot_forest, "Paired comparisons: 95 % intervals against the resolution"),
+    "load_balance": (plot_load_balance, "Mixture of experts: load per expert"),
 }
 """stem -> (plot function, caption)."""
 

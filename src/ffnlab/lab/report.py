@@ -22,6 +22,7 @@ from ..numbers import as_float, fmt_number
 from . import analysis as A
 from . import claims as C
 from . import comparisons as K
+from .moe_report import moe_blocks
 from .plots import PLOTS, render_plots
 
 __all__ = ["write_report", "build_blocks", "render_markdown", "render_html"]
@@ -59,7 +60,10 @@ def _config_lines(results: Mapping) -> list[str]:
 
 def _ranking_table(results: Mapping) -> tuple[list[str], list[list[str]]]:
     paired = A.paired_vs_baseline(results, "relu")
-    headers = ["rank", "variant", "gated", "FFN params", "val bpb (mean ± std)",
+    # With a mixture of experts, "FFN params" is the total and the active count gets a column.
+    moe = any(isinstance(v.get("moe"), Mapping) for v in results.get("variants", []))
+    headers = ["rank", "variant", "gated", *(["FFN params total", "FFN params active"] if moe
+                                             else ["FFN params"]), "val bpb (mean ± std)",
                "Δ vs ReLU, paired (mean ± std)", "Δ 95% t-interval", "tokens/s",
                "saved B/token", "dead %"]
     rows = []
@@ -86,9 +90,12 @@ def _ranking_table(results: Mapping) -> tuple[list[str], list[list[str]]]:
                 lo, hi = pd.ci95
                 interval = f"[{lo:+.4f}, {hi:+.4f}]"
         params = v.get("params")
+        active = [] if not moe else [f"{x:,}" if isinstance(x := v.get("params_active", params), int)
+                                     else "n/a"]
         rows.append([str(i) if not math.isnan(mean) else "–", f"`{name}`",
                      "yes" if v.get("gated") else "no",
-                     f"{params:,}" if isinstance(params, int) else "n/a", bpb, delta, interval,
+                     f"{params:,}" if isinstance(params, int) else "n/a", *active, bpb, delta,
+                     interval,
                      fmt_number(v.get("tokens_per_s"), ",.0f"),
                      fmt_number(v.get("saved_bytes_per_token"), ",.0f"),
                      fmt_number(v.get("dead_fraction"), ".1f", scale=100)])
@@ -118,7 +125,7 @@ def _best_paragraph(results: Mapping) -> str:
 
 # Figures shown in a section of their own, not under "Figures" (PLOTS' order places the rest:
 # the quality-against-time figure follows the learning curves).
-_OWN_SECTION = {"forest"}
+_OWN_SECTION = {"forest", "load_balance"}
 
 
 def _seeds_per_variant(results: Mapping) -> str:
@@ -259,6 +266,7 @@ def build_blocks(results: Mapping, plots: Mapping[str, bytes]) -> list[Block]:
         baseline = "ReLU is not in this run, so there is no paired baseline column."
     blocks.append(("p", baseline))
     blocks += _comparison_blocks(results, plots)
+    blocks += moe_blocks(results, plots, PLOTS["load_balance"][1])
     blocks.append(("h2", "The sources' claims, checked"))
     blocks.append(("ul", _claim_items(results)))
     figures = [stem for stem in plots if stem not in _OWN_SECTION]

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 
 from ..files import json_safe
-from ..sizing import default_hidden_dim, ffn_params
+from ..sizing import default_hidden_dim
 from ..variants import get_variant
+from .moe_variant import LOAD_BALANCE_COEF, lab_variant
 
 __all__ = ["DEFAULT_RESOLUTION", "SCHEMA_VERSION", "Results", "aggregate_variant", "build_results", "now", "versions"]
 
@@ -32,7 +33,7 @@ EXTRA_MEASUREMENTS = ("activation_cost", "ffn_ratios", "saturation", "swish_beta
 
 # The fields of a run record that results.json repeats per seed.
 PUBLIC_RUN_FIELDS = ("seed", "val_bpb", "curve", "tokens_per_s", "dead_fraction",
-                     "final_train_loss", "wall_s", "diverged")
+                     "final_train_loss", "wall_s", "diverged", "load_balance")
 
 DEAD_RULE = ("a unit is dead if |act(W1 x)| <= threshold on every validation token; threshold 0 "
              "for relu/relu2/reglu, else dead_threshold x the layer's largest |act(W1 x)|")
@@ -76,10 +77,53 @@ def _mean(xs: list[float]) -> float | None:
     return statistics.fmean(xs) if xs else None
 
 
+def _load_balance(name: str, runs: list[dict]) -> dict[str, Any] | None:
+    """An MoE variant's load over its runs (None for a dense one, or when no run measured it).
+
+    ``cv`` / ``max_over_mean``: the mean over seeds of each run's mean over layers (cv) and
+    largest layer (max / mean); ``sorted_share``: the share of the busiest expert, the next,
+    ... (each layer of each run sorted, then averaged: expert numbers mean nothing across
+    seeds); ``uniform_share``: 1 / E.
+    """
+    lv = lab_variant(name)
+    loads = [r["load_balance"] for r in runs if isinstance(r.get("load_balance"), dict)]
+    if not lv.is_moe or not loads:
+        return None
+    cvs = [statistics.fmean(c for c in lb["cv"] if c is not None) for lb in loads
+           if any(c is not None for c in lb["cv"])]
+    mom = [max(c for c in lb["max_over_mean"] if c is not None) for lb in loads
+           if any(c is not None for c in lb["max_over_mean"])]
+    rows = [sorted(share, reverse=True) for lb in loads for share in lb["share"]]
+    return {"cv": _mean(cvs), "cv_per_seed": cvs, "max_over_mean": _mean(mom),
+            "max_over_mean_per_seed": mom,
+            "sorted_share": [statistics.fmean(col) for col in zip(*rows, strict=True)],
+            "uniform_share": 1.0 / lv.n_experts}
+
+
+def _moe_fields(name: str, dim: int) -> dict[str, Any]:
+    lv = lab_variant(name)
+    if not lv.is_moe:
+        return {}
+    from .train import DEAD_SKIPPED_MOE
+
+    return {"moe": {"base": lv.base, "n_experts": lv.n_experts, "top_k": lv.top_k,
+                    "expert_hidden": lv.hidden(dim), "dense_hidden": lv.dense_hidden(dim),
+                    "router": "softmax", "router_params": lv.n_experts * dim,
+                    "load_balance_coef": LOAD_BALANCE_COEF},
+            "skipped": {"dead_fraction": DEAD_SKIPPED_MOE}}
+
+
 def aggregate_variant(name: str, runs: list[dict], *, dim: int, measured: dict) -> dict[str, Any]:
-    """One ``variants`` item of results.json from the variant's finished runs."""
-    v = get_variant(name)
-    hidden = default_hidden_dim(name, dim, multiple_of=1)
+    """One ``variants`` item of results.json from the variant's finished runs.
+
+    ``params`` is every FFN weight of one layer (``params_total``; for an MoE, all experts and
+    the router); ``params_active`` the weights one token uses (equal for a dense FFN). An MoE
+    variant also has ``moe`` (its shape and sizing), ``load_balance`` and ``skipped`` (what
+    was not measured, and why).
+    """
+    lv = lab_variant(name)
+    v = get_variant(lv.base)
+    hidden = lv.hidden(dim)
     # Quality numbers (bpb, curve, dead units) come from the runs that did not diverge: a seed
     # that blew up mid-run would otherwise shift every later point of the mean curve.
     ok = [r for r in runs if not r["diverged"]]
@@ -91,7 +135,8 @@ def aggregate_variant(name: str, runs: list[dict], *, dim: int, measured: dict) 
                 by_step.setdefault(step, []).append(bpb)
     return {
         "name": name, "gated": v.gated, "activation": v.activation, "hidden": hidden,
-        "params": ffn_params(name, dim, hidden, bias=False),
+        "params": lv.params_total(dim), "params_total": lv.params_total(dim),
+        "params_active": lv.params_active(dim),
         "val_bpb_mean": _mean(bpbs),
         "val_bpb_std": statistics.stdev(bpbs) if len(bpbs) > 1 else (0.0 if bpbs else None),
         "tokens_per_s": _mean([r["tokens_per_s"] for r in runs]) or 0.0,
@@ -101,7 +146,10 @@ def aggregate_variant(name: str, runs: list[dict], *, dim: int, measured: dict) 
         "dead_fraction": _mean([r["dead_fraction"] for r in ok]),
         "curve": [[s, statistics.fmean(b)] for s, b in sorted(by_step.items())],
         "diverged_runs": sum(bool(r["diverged"]) for r in runs),
-        "runs": [{k: r[k] for k in PUBLIC_RUN_FIELDS} for r in sorted(runs, key=lambda r: r["seed"])],
+        "load_balance": _load_balance(name, ok),
+        # .get: run files saved before a field existed still load
+        "runs": [{k: r.get(k) for k in PUBLIC_RUN_FIELDS} for r in sorted(runs, key=lambda r: r["seed"])],
+        **_moe_fields(name, dim),
     }
 
 

@@ -4,7 +4,8 @@ The runs of a round (every missing (variant, seed) of the plan, :mod:`ffnlab.lab
 an executor (:mod:`ffnlab.lab.executor`: a pool of worker processes, Ray) or run in this
 process, which is also how a torchrun group trains (DDP inside each run).
 
-A finished run is saved to ``OUT/runs/<variant>-s<seed>.json`` the moment it ends and its
+A finished run is saved to ``OUT/runs/<variant>-s<seed>.json`` (``moe-swiglu-8x2-s0.json`` for
+``moe:swiglu:8x2``: colons are not allowed in every file system's names) the moment it ends and its
 checkpoint removed, so a later invocation with the same ``--out`` skips it; an unfinished one
 resumes from ``OUT/checkpoints/<variant>-s<seed>`` (see :mod:`ffnlab.lab.train`).
 """
@@ -22,6 +23,7 @@ from .. import files
 from . import distributed, io
 from .config import Preset
 from .executor import RunJob
+from .moe_variant import file_stem
 from .results import build_results, now
 from .seeding import SeedPlan, plan, trim_round
 
@@ -58,7 +60,7 @@ class CompareRunner:
         self.started = now()
 
     def run_path(self, variant: str, seed: int) -> Path:
-        return self.out / "runs" / f"{variant}-s{seed}.json"
+        return self.out / "runs" / f"{file_stem(variant)}-s{seed}.json"
 
     def finished(self, variant: str, seed: int) -> dict | None:
         """The saved record of a finished run, or None (absent, unreadable or not finished)."""
@@ -158,7 +160,7 @@ class CompareRunner:
         return RunJob(variant=variant, seed=seed, model=self.model_cfg.as_dict(),
                       train=self.train_cfg.as_dict(), data=self.data, data_fraction=self.data_fraction,
                       device=str(self.device), dtype=self.fingerprint["dtype"], backend=self.backend,
-                      checkpoint=str(self.out / "checkpoints" / f"{variant}-s{seed}"),
+                      checkpoint=str(self.out / "checkpoints" / f"{file_stem(variant)}-s{seed}"),
                       fingerprint=self.fingerprint, threads=self.threads)
 
     def save(self, job: RunJob, rec: dict) -> None:

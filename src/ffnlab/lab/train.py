@@ -17,7 +17,14 @@ branch is dead when ``|act(h1)|`` never exceeds a threshold on any validation to
 zeros, i.e. ``h1 <= 0`` everywhere. Smooth activations are never exactly zero, so they use
 ``DEAD_THRESHOLD`` (1e-3) times the largest ``|act(h1)|`` of that layer. The absolute value
 matters for tanh, identity and the negative lobes of GELU/Swish: a unit whose output is always
-negative still passes information.
+negative still passes information. An MoE model (:mod:`ffnlab.lab.moe_variant`) has no dead
+units in this sense (each expert's units see only the tokens routed to them): ``None``.
+
+An MoE run adds :data:`~ffnlab.lab.moe_variant.LOAD_BALANCE_COEF` times the layers' Switch
+load-balancing losses to the cross-entropy it minimises (the recorded training loss stays the
+cross-entropy, comparable with a dense run's), and ends by measuring its load on the validation
+windows (:func:`expert_load`): tokens per expert, their shares, the coefficient of variation and
+max / mean per layer.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from . import io
 from .data import BatchSampler, Corpus, val_windows
 from .distributed import SINGLE, DistContext
 from .model import ModelConfig, TinyGPT, init_parameters
+from .moe_variant import LOAD_BALANCE_COEF, lab_variant
 from .precision import autocast, param_dtype
 
 __all__ = [
@@ -47,8 +55,10 @@ __all__ = [
     "train_run",
     "evaluate_bpb",
     "dead_fraction",
+    "expert_load",
     "lr_at",
     "DEAD_THRESHOLD",
+    "DEAD_SKIPPED_MOE",
     "RELU_TYPE",
 ]
 
@@ -119,12 +129,20 @@ def evaluate_bpb(model: TinyGPT, windows: torch.Tensor, *, batch_size: int, dtyp
     return total / count / math.log(2)
 
 
+DEAD_SKIPPED_MOE = ("not measured for a mixture of experts: each expert's units see only the "
+                    "tokens routed to them, so 'never fires on any validation token' does not apply")
+
+
 @torch.no_grad()
-def dead_fraction(model: TinyGPT, windows: torch.Tensor, *, batch_size: int, dtype: torch.dtype) -> float:
+def dead_fraction(model: TinyGPT, windows: torch.Tensor, *, batch_size: int,
+                  dtype: torch.dtype) -> float | None:
     """Share of FFN hidden units (gate branch for gated variants) dead on ``windows``.
 
-    See the module docstring for the rule. Returns a fraction in [0, 1] over all layers' units.
+    See the module docstring for the rule. Returns a fraction in [0, 1] over all layers' units;
+    ``None`` for an MoE model (:data:`DEAD_SKIPPED_MOE`).
     """
+    if model.is_moe:
+        return None
     act = get_activation(get_variant(model.variant).activation)
     relu_type = act.name in RELU_TYPE
     device = next(model.parameters()).device
@@ -146,6 +164,40 @@ def dead_fraction(model: TinyGPT, windows: torch.Tensor, *, batch_size: int, dty
         threshold = 0.0 if relu_type else DEAD_THRESHOLD * float(p.max())
         dead += int((p <= threshold).sum())
     return dead / sum(p.numel() for p in peak)
+
+
+@torch.no_grad()
+def expert_load(model: TinyGPT, windows: torch.Tensor, *, batch_size: int,
+                dtype: torch.dtype) -> dict | None:
+    """An MoE model's load on ``windows [N, T+1]`` (None for a dense model).
+
+    Per layer: ``tokens_per_expert`` (routed (token, expert) slots, summing to ``N*T*k``),
+    ``share`` (those counts / their sum, summing to 1), ``cv`` (std / mean of the counts over
+    experts, population std: 0 when balanced) and ``max_over_mean`` (1 when balanced, ``E / k``
+    at worst).
+    """
+    layers = model.moe_layers()
+    if not layers:
+        return None
+    device = next(model.parameters()).device
+    counts = [torch.zeros(m.n_experts, dtype=torch.int64) for m in layers]
+    was_training = model.training
+    model.eval()
+    for i in range(0, windows.shape[0], batch_size):
+        with autocast(device, dtype):
+            model(windows[i : i + batch_size, :-1].to(device))
+        for c, m in zip(counts, layers, strict=True):
+            c += m.tokens_per_expert.cpu()
+    model.train(was_training)
+    out: dict[str, list] = {"tokens_per_expert": [], "share": [], "cv": [], "max_over_mean": []}
+    for c in counts:
+        f = c.double()
+        mean = float(f.mean())
+        out["tokens_per_expert"].append([int(x) for x in c])
+        out["share"].append([float(x) for x in f / f.sum()] if mean > 0 else [0.0] * len(c))
+        out["cv"].append(float(f.std(correction=0)) / mean if mean > 0 else None)
+        out["max_over_mean"].append(float(f.max()) / mean if mean > 0 else None)
+    return out
 
 
 def _config_key(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict:
@@ -184,7 +236,7 @@ def train_run(
     loss is averaged over ranks each step, so all ranks agree on divergence and the curve.
     """
     device = torch.device(device)
-    v = get_variant(variant)
+    v = lab_variant(variant)
     key = {**_config_key(model_cfg, train_cfg), **(fingerprint or {}),
            "variant": v.name, "seed": int(seed)}
     model = TinyGPT(model_cfg, v.name, backend=backend).to(device=device, dtype=param_dtype(dtype))
@@ -216,6 +268,7 @@ def train_run(
         state["curve"].append([0, evaluate_bpb(model, windows, **ev)])
     model.train()
     tokens_per_step = train_cfg.batch_size * model_cfg.seq_len
+    moe_layers = model.moe_layers()
     while state["step"] < train_cfg.steps and not state["diverged"]:
         step = state["step"]
         lr = lr_at(step, train_cfg)
@@ -227,6 +280,10 @@ def train_run(
         with autocast(device, dtype):
             logits = ddp(x.to(device))
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten())
+        objective = loss
+        if moe_layers:  # dense runs add nothing: their objective is the cross-entropy itself
+            objective = loss + LOAD_BALANCE_COEF * sum(m.aux_losses["load_balance"]
+                                                       for m in moe_layers)
         # Equal shards: the mean of the ranks' means is the global batch's mean loss.
         loss_value = dist.all_reduce_sum([float(loss.detach())])[0] / dist.world_size
         if not math.isfinite(loss_value):
@@ -235,7 +292,7 @@ def train_run(
                 log(f"{v.name} seed {seed}: loss became {loss_value} at step {step}; diverged")
             break
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
         opt.step()
         if device.type == "cuda":
@@ -266,6 +323,8 @@ def train_run(
         "tokens_per_s": (state["step"] * tokens_per_step / state["train_s"]) if state["train_s"] else 0.0,
         "dead_fraction": (None if diverged or not dist.is_main else
                           dead_fraction(model, windows, batch_size=train_cfg.batch_size, dtype=dtype)),
+        "load_balance": (None if diverged or not dist.is_main or not moe_layers else
+                         expert_load(model, windows, batch_size=train_cfg.batch_size, dtype=dtype)),
         "final_train_loss": (statistics.fmean(state["recent_losses"])
                              if state["recent_losses"] and not diverged else None),
         "wall_s": wall_before + time.perf_counter() - t_start,
