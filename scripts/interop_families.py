@@ -70,6 +70,8 @@ OVERRIDES: dict[str, dict] = {
     "lfm2_moe": dict(layer_types=["full_attention", "conv"], num_dense_layers=1),
     "mamba2": dict(num_heads=8, head_dim=8, n_groups=1),
     "zaya": dict(num_experts_per_tok=1),
+    # one mixture-of-experts layer (the default 3 dense layers would leave none), 2 groups
+    "deepseek_v3": dict(first_k_dense_replace=1, n_group=2, topk_group=1),
 }  # fmt: skip
 #: Largest model (parameters) built from a tiny config; a family above it is reported.
 MAX_PARAMS = 20_000_000

@@ -28,7 +28,9 @@ from ..errors import check_choice
 from ..ops.dispatch import BACKENDS
 from .hf_activations import HF_ACTIVATIONS, describe, hf_activation
 from .hf_modules import HFMLP, HFBertFeedForward, HFBertOutputTail, HFFeedForward
-from .recognise import MLPSpec, candidates, is_moe_block, why_not_mlp
+from .hf_moe import HFMoE, verified_moe_spec
+from .recognise import _MOE_CLASS, MLPSpec, candidates, is_moe_block, why_not_mlp
+from .recognise_moe import moe_parts, why_not_moe
 from .verify import TOLERANCE, Probe, verified_spec
 
 __all__ = ["HF_ACTIVATIONS", "hf_activation", "patch_hf", "patch_hf_report", "unpatch_hf"]
@@ -108,6 +110,7 @@ class _Patcher:
             if name in handled or isinstance(child, HFFeedForward) or _is_ffnlab(child):
                 continue
             if is_moe_block(child):
+                self._patch_moe(parent, name, child, path)
                 continue
             if next(candidates(child), None) is not None:
                 spec, diff = self.spec_for(child)
@@ -123,6 +126,36 @@ class _Patcher:
                 self.skipped.append(f"{path} ({type(child).__name__}: {why_not_mlp(child)})")
                 continue
             self.walk(child, path)
+
+    def _patch_moe(self, parent: nn.Module, name: str, block: nn.Module, path: str) -> None:
+        """Replace a mixture-of-experts block by an :class:`HFMoE` when a spec verifies."""
+        cls = type(block).__name__
+        reason = why_not_moe(block)
+        if reason is None and any(p.is_meta for p in block.parameters()):
+            reason = _why(math.nan)
+        spec = None
+        if reason is None:
+            key = ("moe", *_signature(block))
+            if key not in self.cache:
+                dim = block._modules[moe_parts(block)[0]["router"]]
+                dim = next(p for p in dim.parameters() if p.dim() == 2).shape[1]
+                self.cache[key] = verified_moe_spec(block, dim)
+            spec, diff = self.cache[key]
+            if spec is None:
+                reason = (_why(diff) if math.isfinite(diff) else
+                          "no router, expert layout or return form of ffnlab runs on the probe")  # fmt: skip
+        if spec is None:
+            # JetMoE's mixture of attention heads also routes to "experts": not an FFN
+            if _looks_like_mlp(name, block) or _MOE_CLASS.search(cls):
+                self.skipped.append(f"{path} ({cls}: {reason})")
+            return
+        shared = None
+        if spec.shared is not None:
+            module = block._modules[spec.shared]
+            shared_spec, _ = self.spec_for(module)
+            shared = None if shared_spec is None else build_wrapper(module, shared_spec, self.backend)
+        setattr(parent, name, HFMoE(block, spec, backend=self.backend, shared=shared))
+        self.count += 1
 
     def _patch_bert(self, layer: nn.Module, prefix: str) -> None:
         inter, out = layer.intermediate, layer.output
@@ -238,7 +271,9 @@ def unpatch_hf(model: nn.Module) -> int:
         for name, child in parent.named_children()
         if isinstance(child, HFFeedForward)
     ]
-    for parent, name, wrapper in found:
+    # Innermost first: a mixture-of-experts wrapper's patched shared expert is restored onto
+    # the wrapper before the wrapper itself is compared with its block.
+    for parent, name, wrapper in reversed(found):
         original = wrapper.original
         for child_name, child in wrapper.named_children():
             if child_name in original._modules and original._modules[child_name] is not child:
