@@ -198,7 +198,7 @@ class SigmoidInputRouter(Router):
         idx = self.select(sel)
         s = logits.sigmoid()
         probs = s / s.sum(-1, keepdim=True)
-        return Routing(idx, self.finish(logits.gather(1, idx).sigmoid()), logits, probs, True)
+        return Routing(idx, self.finish(s.gather(1, idx)), logits, probs, True)
 
 
 ROUTERS: dict[str, type[Router]] = {
