@@ -278,6 +278,10 @@ def unpatch_hf(model: nn.Module) -> int:
         for child_name, child in wrapper.named_children():
             if child_name in original._modules and original._modules[child_name] is not child:
                 setattr(original, child_name, child)
+        # a mixture-of-experts block's own buffers: .to() replaced them on the wrapper only
+        for buf_name in original._buffers:
+            if buf_name in wrapper._buffers:
+                original._buffers[buf_name] = wrapper._buffers[buf_name]
         original.train(wrapper.training)
         setattr(parent, name, original)
         count += int(wrapper.counts_as_mlp)

@@ -58,6 +58,11 @@ class HFMoE(HFFeedForward):
         self.spec = spec
         for name, child in original.named_children():
             self.add_module(name, child)
+        # The block's own tensors (MiniMax-M2's correction bias) keep their keys here too.
+        for name, p in original._parameters.items():
+            self.register_parameter(name, p)
+        for name, b in original._buffers.items():
+            self.register_buffer(name, b, persistent=name not in original._non_persistent_buffers_set)
         if spec.shared is not None and shared is not None:
             shared.counts_as_mlp = False  # counted with this block
             self.add_module(spec.shared, shared)
@@ -74,7 +79,8 @@ class HFMoE(HFFeedForward):
         )  # fmt: skip
 
     def _router_param(self, path: str) -> Tensor:
-        module = self._modules[self.spec.router]
+        """The tensor at ``path`` (``"gate.weight"``, ``"e_score_correction_bias"``)."""
+        module: nn.Module = self
         *owners, leaf = path.split(".")
         for part in owners:
             module = getattr(module, part)

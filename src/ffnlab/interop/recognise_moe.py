@@ -59,9 +59,10 @@ class MoESpec:
     ``router`` (``kind`` one of :data:`ffnlab.routers.ROUTERS`, its options as the fields say).
 
     Attributes:
-        router, experts: child names; ``router_weight`` the weight's path inside the router
-            (``"weight"``, ``"layer.weight"``), ``logit_bias`` a bias added to the logits,
-            ``selection_bias`` the buffer added to the scores for the choice only.
+        router, experts: child names; ``router_weight`` the weight's path in the block
+            (``"gate.weight"``, ``"router.layer.weight"``), ``logit_bias`` the path of a bias
+            added to the logits, ``selection_bias`` of the buffer added to the scores for the
+            choice only (the router's, or the block's own).
         kind, top_k, norm_topk, n_group, topk_group, routed_scaling: the ffnlab router.
         transposed, interleaved, gate_first: the layout of ``gate_up_proj`` (:data:`LAYOUTS`).
         activation, options: the experts' ffnlab activation name and its option values.
@@ -77,7 +78,7 @@ class MoESpec:
 
     router: str
     experts: str
-    router_weight: str = "weight"
+    router_weight: str = "gate.weight"
     logit_bias: str | None = None
     selection_bias: str | None = None
     kind: str = "softmax"
@@ -202,15 +203,18 @@ def moe_candidates(block: nn.Module, returns: tuple[str | None, ...] = (None,),
     top_k = int(_first("top_k", "num_experts_per_tok", owners=owners) or 0)
     if not 1 <= top_k <= n_experts:
         return
-    sel = next((n for n in _SELECTION_BIAS if getattr(router, n, None) is not None), None)
-    logit_bias = "bias" if getattr(router, "bias", None) is not None else None
+    rname = parts["router"]
+    # the correction bias is the router's (DeepSeek-V3) or the block's (MiniMax-M2, AFMoE)
+    sel = next((f"{rname}.{n}" for n in _SELECTION_BIAS if getattr(router, n, None) is not None),
+               next((n for n in _SELECTION_BIAS if getattr(block, n, None) is not None), None))
+    logit_bias = f"{rname}.bias" if getattr(router, "bias", None) is not None else None
     act, options = _activation(experts)
     hint_norm = _first("norm_topk_prob", owners=owners)
-    scaling = float(_first("routed_scaling_factor", owners=owners) or 1.0)
+    scaling = float(_first("routed_scaling_factor", "route_scale", owners=owners) or 1.0)
     n_group = int(_first("num_group", "n_group", owners=owners) or 1)
     topk_group = int(_first("topk_group", owners=owners) or n_group)
     base = MoESpec(
-        router=parts["router"], experts=parts["experts"], router_weight=_router_weight(router),
+        router=rname, experts=parts["experts"], router_weight=f"{rname}.{_router_weight(router)}",
         logit_bias=logit_bias, selection_bias=sel, top_k=top_k, n_group=n_group,
         topk_group=topk_group, routed_scaling=scaling, activation=act, options=options,
         biases=getattr(experts, "gate_up_proj_bias", None) is not None,
