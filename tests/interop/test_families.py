@@ -42,19 +42,21 @@ survey = _load_script()
 # Families left (wholly or partly) unpatched, with the reason the survey reports.
 NOT_PATCHED = {
     # mixture-of-experts blocks left, with the reason patch_hf_report gives
+    # hash routing (tid2eid: experts by token id) on its first layers
     "deepseek_v4": "no router, expert layout or return form of ffnlab runs on the probe",
-    "inkling_text": "its child gate (InklingTopkRouter) has no known role",
-    "zaya": "its child gate (ZayaRouter) has no known role",
+    # shared experts stacked 3-D too; a router weight [6, dim] for 4 experts, a global scale
+    "inkling_text": "InklingMoE: holds 2 stacks of 3-D experts (experts, shared_experts)",
+    "zaya": "its child gate (ZayaRouter) has no known role",  # an MLP router
     "inkling2_text": "its experts' activation Inkling2SoftcappedSwiGLU has no ffnlab",
     "inkling2_loop_text": "its experts' activation Inkling2LoopSoftcappedSwiGLU has no ffnlab",
-    "minimax_m3_vl_text": "its experts' activation NoneType has no ffnlab equivalent",
-    "hy_v4": "HYV4MoE: its experts' activation NoneType has no ffnlab equivalent",
-    "jetmoe": "JetMoeMoE: holds no experts with fused 3-D gate_up_proj and down_proj",
-    "nemotron_h": "NemotronHMoE: holds no experts with fused 3-D gate_up_proj and down_proj",
+    # SwiGLU with clamps but no +1 on the value branch: not GPT-OSS's clamped_swiglu
+    "minimax_m3_vl_text": "hold no activation module ffnlab can name",
+    "hy_v4": "HYV4MoE: its experts (HYV4Experts) hold no activation module ffnlab can name",
+    # experts as JetMoeParallelExperts input_linear/output_linear, no gate_up_proj
+    "jetmoe": "JetMoeMoE: holds no experts with fused 3-D gate_up_proj (or up_proj)",
     "phimoe": "PhimoeSparseMoeBlock: no candidate matches it",  # sparsemixer routing
+    # top-k of logits + bias, sigmoid gates on the output: no ffnlab router
     "kolibri1": "Kolibri1SparseMoeBlock: no candidate matches it",
-    "ernie4_5_moe": "Ernie4_5_MoeSparseMoeBlock: no candidate matches it",
-    "hy_v3": "HYV3MoE: no candidate matches it",
     **dict.fromkeys(
         ["bart", "bigbird_pegasus", "biogpt", "blenderbot", "blenderbot-small", "marian",
          "mbart", "mvp", "opt", "pegasus", "plbart", "trocr", "whisper", "xglm"],
@@ -70,10 +72,12 @@ NOT_PATCHED = {
 }  # fmt: skip
 # The model itself rounds to float32 inside the MLP (BeamMLP computes act(gate.float())), so
 # its float64 logits cannot agree to 1e-10; float32 still must.
-# Likewise the MoE routers that take the top-k logits' softmax (or sigmoid) in float32: ffnlab
-# computes the same in exact arithmetic (renormalised probabilities), so only ~1e-8 in float64.
+# Likewise the MoE blocks that round to float32 whatever the input: routers taking the top-k
+# logits' softmax in float32 (ffnlab computes the same in exact arithmetic as renormalised
+# probabilities), HY-V3's float32 sum of routed and shared experts, Nemotron-H's float32
+# accumulator of the routed experts; ~1e-8 in float64.
 FLOAT64_ROUNDS = {"beam", "cohere2_moe", "granitemoe", "granitemoe_swa", "granitemoeshared",
-                  "granitemoehybrid", "lfm2_moe"}  # fmt: skip
+                  "granitemoehybrid", "lfm2_moe", "hy_v3", "nemotron_h"}  # fmt: skip
 # Families whose MLPs exercise one feature of the recognition: what their specs must say.
 FEATURES = {
     "falcon_h1": lambda specs: all(s.gate_scale and s.out_scale for s in specs),
@@ -100,6 +104,9 @@ MOE_FEATURES = {
     "minimax_m2": lambda specs: all(s.selection_bias == "e_score_correction_bias" for s in specs),
     "qwen2_moe": lambda specs: all(s.shared_gate and not s.norm_topk for s in specs),
     "hunyuan_v1_moe": lambda specs: all(s.router_weight == "gate.wg.weight" for s in specs),
+    "nemotron_h": lambda specs: all(not s.gated and s.activation == "relu2" for s in specs),
+    "ernie4_5_moe": lambda specs: all(
+        s.selection_bias == "gate.moe_statics.e_score_correction_bias" for s in specs),
 }
 
 

@@ -74,7 +74,7 @@ class HFMoE(HFFeedForward):
         kw = {} if spec.kind == "sigmoid_input" else {"norm_topk": spec.norm_topk,
                                                       "routed_scaling": spec.routed_scaling}  # fmt: skip
         self.__dict__["moe_router"] = router_cls(
-            weight.shape[1], experts.gate_up_proj.shape[0], spec.top_k, bias=False,
+            weight.shape[1], experts.down_proj.shape[0], spec.top_k, bias=False,
             n_group=spec.n_group, topk_group=spec.topk_group, device="meta", **kw,
         )  # fmt: skip
 
@@ -89,11 +89,14 @@ class HFMoE(HFFeedForward):
     def expert_weights(self) -> tuple[Tensor | None, ...]:
         """``(w1, w2, w3, b1, b2, b3)`` as views of the experts' stored tensors: ``w1, w3
         [E, I, dim]``, ``w2 [E, dim, I]``, ``b1, b3 [E, I]``, ``b2 [E, dim]`` (None without
-        biases)."""
+        biases; ``w3``, ``b3`` None for plain experts)."""
         s, ex = self.spec, self._modules[self.spec.experts]
-        gu, down = ex.gate_up_proj, ex.down_proj
+        gu, down = (ex.gate_up_proj if s.gated else ex.up_proj), ex.down_proj
         if s.transposed:  # [E, dim, 2I] and [E, I, dim]: F.linear wants the transpose
             gu, down = gu.transpose(1, 2), down.transpose(1, 2)
+        if not s.gated:
+            b = (ex.up_proj_bias, ex.down_proj_bias) if s.biases else (None, None)
+            return gu, down, None, b[0], b[1], None
         w1, w3 = _halves(gu, s.interleaved, s.gate_first, dim=1)
         b1 = b2 = b3 = None
         if s.biases:
@@ -243,7 +246,7 @@ def verified_moe_spec(block: nn.Module, dim: int) -> tuple[MoESpec | None, float
         return None, math.inf
     returns: tuple[str | None, ...] = (None,)
     if isinstance(probe.out, tuple):  # (y, router logits [T, E]) or (y, gates [T, k])
-        n_experts = probe.module._modules[first.experts].gate_up_proj.shape[0]
+        n_experts = probe.module._modules[first.experts].down_proj.shape[0]
         width = -1 if probe.extra is None else probe.extra.shape[-1]
         returns = tuple(r for r, w in (("logits", n_experts), ("gates", first.top_k)) if w == width)
     best, near = math.inf, []

@@ -6,7 +6,8 @@ A block is recognised from its children, whatever its class is called:
   perhaps with a logit ``bias [E]`` (GPT-OSS) and a selection bias buffer
   ``e_score_correction_bias [E]`` (DeepSeek-V3);
 * the **experts**: a child holding 3-D ``gate_up_proj`` and ``down_proj`` (transformers 5.x's
-  fused storage), perhaps with ``gate_up_proj_bias [E, 2I]`` and ``down_proj_bias [E, dim]``;
+  fused storage), perhaps with ``gate_up_proj_bias [E, 2I]`` and ``down_proj_bias [E, dim]``,
+  or, for plain (ungated) experts, 3-D ``up_proj`` and ``down_proj`` (Nemotron-H's ReLU²);
 * optionally **shared experts**: one dense MLP child (``shared_expert``, ``shared_experts``,
   ``shared_mlp`` ...) and a ``[1, dim]`` ``nn.Linear`` gating it (Qwen-MoE's
   ``shared_expert_gate``).
@@ -67,6 +68,7 @@ class MoESpec:
         transposed, interleaved, gate_first: the layout of ``gate_up_proj`` (:data:`LAYOUTS`).
         activation, options: the experts' ffnlab activation name and its option values.
         biases: the experts hold ``gate_up_proj_bias`` and ``down_proj_bias``.
+        gated: the experts hold ``gate_up_proj`` (else a plain ``up_proj``: W1 only).
         shared, shared_gate: child names or None.
         returns: what follows the output in the block's return value: None (a tensor),
             ``"logits"`` (``(y, router_logits [T, E])``) or ``"gates"`` (``(y, gates [T, k])``).
@@ -93,6 +95,7 @@ class MoESpec:
     activation: str = "swish"
     options: tuple[float, ...] = ()
     biases: bool = False
+    gated: bool = True
     shared: str | None = None
     shared_gate: str | None = None
     returns: str | None = None
@@ -120,18 +123,17 @@ def moe_parts(block: nn.Module) -> tuple[dict[str, str], str | None]:
     """``(parts, None)`` with the child names of ``router``, ``experts``, ``shared`` and
     ``shared_gate`` (the last two may be absent), or ``({}, reason)``."""
     parts: dict[str, str] = {}
-    experts = [n for n, c in block.named_children()
-               if {"gate_up_proj", "down_proj"} <= set(c._parameters)]  # fmt: skip
-    if len(experts) != 1:
+    experts = [n for n, c in block.named_children() if _up_name(c) is not None]
+    if len(experts) > 1:
+        return {}, f"holds {len(experts)} stacks of 3-D experts ({', '.join(experts)})"
+    if not experts:
         per_expert = [n for n, c in block.named_children() if isinstance(c, nn.ModuleList)]
         if per_expert:
             return {}, f"its experts are a list of modules ({per_expert[0]}), not fused 3-D tensors"
-        return {}, "holds no experts with fused 3-D gate_up_proj and down_proj"
+        return {}, "holds no experts with fused 3-D gate_up_proj (or up_proj) and down_proj"
     parts["experts"] = experts[0]
     ex = block._modules[experts[0]]
-    if ex.gate_up_proj.dim() != 3 or ex.down_proj.dim() != 3:
-        return {}, "its experts' gate_up_proj/down_proj are not 3-D"
-    n_experts = ex.gate_up_proj.shape[0]
+    n_experts = getattr(ex, _up_name(ex)).shape[0]
     for name, child in block.named_children():
         if name == parts["experts"] or not any(True for _ in child.parameters()):
             continue
@@ -153,6 +155,19 @@ def moe_parts(block: nn.Module) -> tuple[dict[str, str], str | None]:
     return parts, None
 
 
+def _up_name(experts: nn.Module) -> str | None:
+    """``"gate_up_proj"`` (gated) or ``"up_proj"`` (plain) where ``experts`` holds it 3-D with a
+    3-D ``down_proj``, else None."""
+    params = experts._parameters
+    down = params.get("down_proj")
+    if down is None or down.dim() != 3:
+        return None
+    for name in ("gate_up_proj", "up_proj"):
+        if params.get(name) is not None and params[name].dim() == 3:
+            return name
+    return None
+
+
 def why_not_moe(block: nn.Module) -> str | None:
     """Why ``block`` cannot be described by any :class:`MoESpec` (None when it can)."""
     parts, reason = moe_parts(block)
@@ -163,8 +178,12 @@ def why_not_moe(block: nn.Module) -> str | None:
             if float(getattr(owner, attr, 0.0) or 0.0) > 0:
                 return (f"training-mode input jitter ({attr}={getattr(owner, attr)}) is not "
                         "reproduced")
-    if _activation(block._modules[parts["experts"]]) is None:
-        act = getattr(block._modules[parts["experts"]], "act_fn", None)
+    experts = block._modules[parts["experts"]]
+    if _activation(experts) is None:
+        act = getattr(experts, "act_fn", None)
+        if act is None:
+            return (f"its experts ({type(experts).__name__}) hold no activation module ffnlab "
+                    "can name (their own gate function)")  # fmt: skip
         return f"its experts' activation {type(act).__name__} has no ffnlab equivalent"
     return None
 
@@ -199,32 +218,38 @@ def moe_candidates(block: nn.Module, returns: tuple[str | None, ...] = (None,),
     parts, _ = moe_parts(block)
     router, experts = block._modules[parts["router"]], block._modules[parts["experts"]]
     owners = (router, block)
-    n_experts, dim = experts.gate_up_proj.shape[0], _get(router, _router_weight(router)).shape[1]
+    up = _up_name(experts)
+    n_experts, dim = getattr(experts, up).shape[0], _get(router, _router_weight(router)).shape[1]
     top_k = int(_first("top_k", "num_experts_per_tok", owners=owners) or 0)
     if not 1 <= top_k <= n_experts:
         return
     rname = parts["router"]
-    # the correction bias is the router's (DeepSeek-V3) or the block's (MiniMax-M2, AFMoE)
-    sel = next((f"{rname}.{n}" for n in _SELECTION_BIAS if getattr(router, n, None) is not None),
-               next((n for n in _SELECTION_BIAS if getattr(block, n, None) is not None), None))
+    # the correction bias is the router's (DeepSeek-V3), a child's of the router (ERNIE-4.5's
+    # moe_statics) or the block's (MiniMax-M2, AFMoE)
+    owners_of_bias = [(f"{rname}.", router)] + [
+        (f"{rname}.{n}.", c) for n, c in router.named_children()] + [("", block)]  # fmt: skip
+    sel = next((f"{prefix}{n}" for prefix, owner in owners_of_bias for n in _SELECTION_BIAS
+                if getattr(owner, n, None) is not None), None)  # fmt: skip
     logit_bias = f"{rname}.bias" if getattr(router, "bias", None) is not None else None
     act, options = _activation(experts)
     hint_norm = _first("norm_topk_prob", owners=owners)
-    scaling = float(_first("routed_scaling_factor", "route_scale", owners=owners) or 1.0)
+    scaling = float(_first("routed_scaling_factor", "router_scaling_factor", "route_scale",
+                           owners=owners) or 1.0)  # fmt: skip
     n_group = int(_first("num_group", "n_group", owners=owners) or 1)
     topk_group = int(_first("topk_group", owners=owners) or n_group)
     base = MoESpec(
         router=rname, experts=parts["experts"], router_weight=f"{rname}.{_router_weight(router)}",
         logit_bias=logit_bias, selection_bias=sel, top_k=top_k, n_group=n_group,
         topk_group=topk_group, routed_scaling=scaling, activation=act, options=options,
-        biases=getattr(experts, "gate_up_proj_bias", None) is not None,
+        biases=getattr(experts, f"{up}_bias", None) is not None, gated=up == "gate_up_proj",
         shared=parts.get("shared"), shared_gate=parts.get("shared_gate"), flat=flat,
     )  # fmt: skip
     kinds = ("sigmoid", "softmax", "sigmoid_input") if sel else ("softmax", "sigmoid",
                                                                   "sigmoid_input")  # fmt: skip
     norms = (True, False) if hint_norm is None or hint_norm else (False, True)
+    halves = (True, False) if base.gated else (True,)
     for kind, norm, layout, gate_first, ret, f32 in itertools.product(
-        kinds, norms, _layouts(experts, dim), (True, False), returns, (None, "routing", "logits")
+        kinds, norms, _layouts(experts, dim), halves, returns, (None, "routing", "logits")
     ):
         if kind == "sigmoid_input" and (norm or scaling != 1.0):
             continue
@@ -234,13 +259,15 @@ def moe_candidates(block: nn.Module, returns: tuple[str | None, ...] = (None,),
 
 
 def _layouts(experts: nn.Module, dim: int) -> list[tuple[bool, bool]]:
-    """``(transposed, interleaved)`` pairs ``gate_up_proj [E, a, b]`` may be stored in."""
+    """``(transposed, interleaved)`` pairs ``gate_up_proj [E, a, b]`` (or a plain ``up_proj``,
+    never interleaved) may be stored in."""
+    gated = _up_name(experts) == "gate_up_proj"
     if hasattr(experts, "is_transposed") and hasattr(experts, "is_concatenated"):
-        return [(bool(experts.is_transposed), not experts.is_concatenated)]
-    _, a, b = experts.gate_up_proj.shape
+        return [(bool(experts.is_transposed), gated and not experts.is_concatenated)]
+    _, a, b = getattr(experts, _up_name(experts)).shape
     out = []
-    if b == dim and a % 2 == 0:
-        out += [(False, False), (False, True)]
-    if a == dim and b % 2 == 0:
-        out += [(True, False), (True, True)]
+    if b == dim and (a % 2 == 0 or not gated):
+        out += [(False, False), (False, True)] if gated else [(False, False)]
+    if a == dim and (b % 2 == 0 or not gated):
+        out += [(True, False), (True, True)] if gated else [(True, False)]
     return out
