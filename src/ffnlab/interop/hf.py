@@ -12,8 +12,10 @@
 * :func:`ffnlab.from_hf` (:mod:`ffnlab.interop.convert`) builds a standalone
   :class:`ffnlab.FeedForward` from one MLP.
 
-Mixture-of-experts blocks (:func:`ffnlab.interop.recognise.is_moe_block`) and everything inside
-them are left alone here. transformers is never imported.
+Mixture-of-experts blocks (:func:`ffnlab.interop.recognise.is_moe_block`) are replaced whole by
+:class:`ffnlab.interop.hf_moe.HFMoE` where :mod:`ffnlab.interop.recognise_moe` describes them and
+the probe agrees (:func:`ffnlab.interop.hf_moe.verified_moe_spec`), else left with the reason.
+transformers is never imported.
 """
 
 from __future__ import annotations
@@ -216,8 +218,9 @@ def patch_hf(model: nn.Module, backend: str = "auto") -> int:
     and backward, see :mod:`ffnlab.interop.verify`), share the original ``nn.Parameter``
     objects (packed, transposed or scaled weights are used through views) and keep
     ``model.state_dict()``'s keys. A BERT layer's ``intermediate``/``output`` pair counts as one
-    MLP. Modules already patched are skipped, so patching twice returns 0 the second time.
-    Mixture-of-experts blocks are left alone. MLP-like modules that are left alone (no
+    MLP, and a mixture-of-experts block (router, experts and shared experts) as one: it becomes
+    an :class:`~ffnlab.interop.hf_moe.HFMoE`. Modules already patched are skipped, so patching
+    twice returns 0 the second time. MLP-like modules and MoE blocks that are left alone (no
     candidate matches, with the measured difference) are listed in one warning; a model with no
     MLP it recognises gets one warning saying so.
 
@@ -234,8 +237,9 @@ def patch_hf(model: nn.Module, backend: str = "auto") -> int:
         )
     elif count == 0 and not already:
         warnings.warn(
-            f"ffnlab.patch_hf found no MLP in {type(model).__name__}: no module outside "
-            f"mixture-of-experts blocks holds two or three projections shaped as an MLP's",
+            f"ffnlab.patch_hf found no MLP in {type(model).__name__}: no module holds two or "
+            f"three projections shaped as an MLP's, and no mixture-of-experts block fused 3-D "
+            f"experts with a router",
             stacklevel=2,
         )
     return count
