@@ -137,6 +137,26 @@ def test_router_logits_and_aux_loss_unchanged(families):
     torch.testing.assert_close(got[3], want[3], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("family", ["gpt_oss", "minimax_m2", "afmoe", "llama4_text", "deepseek_v3"])
+def test_recorded_router_logits_of_other_router_calls(families, family):
+    """Routers called with the block's input as it came (DeepSeek, AFMoE), with the block's
+    own correction bias (MiniMax-M2, AFMoE) or returning ``(scores, logits)`` (Llama 4):
+    transformers records the same router logits once patched."""
+    model, inputs = _build(family, families)
+
+    def recorded():
+        with torch.no_grad():
+            out = model(**inputs, output_router_logits=True, use_cache=False)
+        return out.router_logits
+
+    want = recorded()
+    assert patch_hf_report(model)[1] == []
+    got = recorded()
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_gpt_oss_returns_its_gates(families):
     model, _ = _build("gpt_oss", families)
     block = model.model.layers[0].mlp

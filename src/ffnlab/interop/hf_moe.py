@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..activations import compute_dtype
+from ..activations import compute_dtype, get_activation
 from ..experts import Experts, run_experts
 from ..routers import get_router
 from .hf_modules import HFFeedForward
@@ -125,7 +126,12 @@ class HFMoE(HFFeedForward):
         routing, logits = self.route(x2)
         router = self._modules[s.router]
         if router._forward_hooks or router._forward_pre_hooks:
-            router(x2)  # transformers' output recorders read the router's own output
+            # transformers' output recorders read the router's own output: call it as the
+            # block does (its output is not used)
+            args = [x2 if s.router_call.startswith("flat") else x]
+            if s.router_call.endswith("+bias"):
+                args.append(self._router_param(s.selection_bias))
+            router(*args)
         xe = Experts.autocast_input(x2)
         backend = "reference" if self.backend == "reference" else "fused"
         if self.act_options and backend == "fused" and _default_options(s):
@@ -154,8 +160,6 @@ class HFMoE(HFFeedForward):
 
 
 def _default_options(spec: MoESpec) -> bool:
-    from ..activations import get_activation
-
     act = get_activation(spec.activation)
     return tuple(float(v) for _, v in act.options) == tuple(spec.options)
 
@@ -205,15 +209,23 @@ def _run(module: nn.Module, x: Tensor, cot: Tensor | None, params: list[Tensor])
 
 class _MoEProbe:
     """A randomised ``dtype`` copy of a block, an input ``[2, 5, dim]``, a cotangent and the
-    block's output, second output and gradients (input and every parameter)."""
+    block's output, second output and gradients (input and every parameter), and how the block
+    called its child ``router``."""
 
-    def __init__(self, block: nn.Module, dim: int, dtype: torch.dtype) -> None:
+    def __init__(self, block: nn.Module, dim: int, dtype: torch.dtype, router: str) -> None:
         self.module = _eager_copy(block, dtype)
         g = torch.Generator().manual_seed(1)
         self.x = torch.randn(2, 5, dim, generator=g, dtype=torch.float64).to(dtype)
         self.x.requires_grad_()
         self.params = [p for p in self.module.parameters() if p.requires_grad]
-        self.out, y, _, _ = _run(self.module, self.x, None, self.params)
+        calls = []
+        hook = self.module._modules[router].register_forward_pre_hook(
+            lambda _, args: calls.append(args))  # fmt: skip
+        try:
+            self.out, y, _, _ = _run(self.module, self.x, None, self.params)
+        finally:
+            hook.remove()
+        self.router_call = _router_call(self.module, self.x, calls)
         self.cot = torch.randn(y.shape, generator=g, dtype=torch.float64).to(dtype)
         _, self.y, self.extra, self.grads = _run(self.module, self.x, self.cot, self.params)
 
@@ -225,6 +237,18 @@ class _MoEProbe:
                        + [_rel(a, b) for a, b in zip(self.grads, grads, strict=True)])  # fmt: skip
         except Exception:  # noqa: BLE001 - a candidate that fails does not match
             return math.inf
+
+
+def _router_call(block: nn.Module, x: Tensor, calls: list[tuple]) -> str:
+    """How ``block`` called its router on ``x`` (:attr:`MoESpec.router_call`)."""
+    if len(calls) != 1 or not calls[0]:
+        return "flat"
+    args = calls[0]
+    form = "input" if args[0].dim() == x.dim() else "flat"
+    own = [b for b in block._buffers.values() if b is not None] + list(block._parameters.values())
+    if len(args) > 1 and any(args[1] is t for t in own):
+        form += "+bias"
+    return form
 
 
 def verified_moe_spec(block: nn.Module, dim: int) -> tuple[MoESpec | None, float]:
@@ -241,7 +265,7 @@ def verified_moe_spec(block: nn.Module, dim: int) -> tuple[MoESpec | None, float
     if first is None:
         return None, math.inf
     try:
-        probe = _MoEProbe(block, dim, torch.float64)
+        probe = _MoEProbe(block, dim, torch.float64, first.router)
     except Exception:  # noqa: BLE001 - a block that does not run on [2, 5, dim]: no match
         return None, math.inf
     returns: tuple[str | None, ...] = (None,)
@@ -251,6 +275,7 @@ def verified_moe_spec(block: nn.Module, dim: int) -> tuple[MoESpec | None, float
         returns = tuple(r for r, w in (("logits", n_experts), ("gates", first.top_k)) if w == width)
     best, near = math.inf, []
     for spec in moe_candidates(block, returns=returns, flat=probe.y.dim() == 2):
+        spec = replace(spec, router_call=probe.router_call)
         diff = probe.difference(spec)
         if diff <= TOLERANCE:
             return spec, diff
@@ -258,7 +283,7 @@ def verified_moe_spec(block: nn.Module, dim: int) -> tuple[MoESpec | None, float
             near.append((diff, spec))
         best = min(best, diff)
     if near:
-        probe32 = _MoEProbe(block, dim, torch.float32)
+        probe32 = _MoEProbe(block, dim, torch.float32, first.router)
         for _, spec in sorted(near, key=lambda t: t[0]):
             diff = probe32.difference(spec)
             if diff <= TOLERANCE_FLOAT32:

@@ -73,6 +73,9 @@ class MoESpec:
         returns: what follows the output in the block's return value: None (a tensor),
             ``"logits"`` (``(y, router_logits [T, E])``) or ``"gates"`` (``(y, gates [T, k])``).
         flat: the output is ``[T, dim]`` whatever the input's leading dims (Llama 4).
+        router_call: how the block calls its router, seen on the probe: ``"flat"`` (tokens
+            ``[T, dim]``), ``"input"`` (the block's input as it came) and ``+bias`` where the
+            block passes its own correction bias second (MiniMax-M2, AFMoE).
         float32: where the block rounds its routing to float32 whatever the input dtype:
             None (it does not), ``"routing"`` (the scores: ``softmax(logits.float())``,
             Mixtral, Qwen-MoE) or ``"logits"`` (input and weight cast first, DeepSeek).
@@ -100,6 +103,7 @@ class MoESpec:
     shared_gate: str | None = None
     returns: str | None = None
     flat: bool = False
+    router_call: str = "flat"
     float32: str | None = None
 
 
