@@ -207,3 +207,20 @@ def test_phimoe_sparsemixer_is_left(families):
     count, left = patch_hf_report(model)
     assert count == 0 and len(left) == 2
     assert all("no candidate matches it" in why for why in left)
+
+
+def test_save_pretrained_round_trip(families, tmp_path):
+    """A patched model saves what the unpatched one would: a fresh load gives its logits."""
+    model, inputs = _build("qwen2_moe", families, dtype=torch.float32)
+    ffnlab.patch_hf(model)
+    with torch.no_grad():
+        for p in model.parameters():  # away from the seeded initialisation
+            p.add_(0.01 * torch.randn_like(p))
+        want = families.logits(model, inputs)
+    model.save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert not _blocks(loaded)
+    with torch.no_grad():
+        torch.testing.assert_close(families.logits(loaded, inputs), want, rtol=1e-5, atol=1e-6)
