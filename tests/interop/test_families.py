@@ -52,8 +52,6 @@ NOT_PATCHED = {
     # SwiGLU with clamps but no +1 on the value branch: not GPT-OSS's clamped_swiglu
     "minimax_m3_vl_text": "hold no activation module ffnlab can name",
     "hy_v4": "HYV4MoE: its experts (HYV4Experts) hold no activation module ffnlab can name",
-    # experts as JetMoeParallelExperts input_linear/output_linear, no gate_up_proj
-    "jetmoe": "JetMoeMoE: holds no experts with fused 3-D gate_up_proj (or up_proj)",
     "phimoe": "PhimoeSparseMoeBlock: no candidate matches it",  # sparsemixer routing
     # top-k of logits + bias, sigmoid gates on the output: no ffnlab router
     "kolibri1": "Kolibri1SparseMoeBlock: no candidate matches it",
@@ -77,7 +75,7 @@ NOT_PATCHED = {
 # probabilities), HY-V3's float32 sum of routed and shared experts, Nemotron-H's float32
 # accumulator of the routed experts; ~1e-8 in float64.
 FLOAT64_ROUNDS = {"beam", "cohere2_moe", "granitemoe", "granitemoe_swa", "granitemoeshared",
-                  "granitemoehybrid", "lfm2_moe", "hy_v3", "nemotron_h"}  # fmt: skip
+                  "granitemoehybrid", "jetmoe", "lfm2_moe", "hy_v3", "nemotron_h"}  # fmt: skip
 # Families whose MLPs exercise one feature of the recognition: what their specs must say.
 FEATURES = {
     "falcon_h1": lambda specs: all(s.gate_scale and s.out_scale for s in specs),
@@ -104,6 +102,8 @@ MOE_FEATURES = {
     "minimax_m2": lambda specs: all(s.selection_bias == "e_score_correction_bias" for s in specs),
     "qwen2_moe": lambda specs: all(s.shared_gate and not s.norm_topk for s in specs),
     "hunyuan_v1_moe": lambda specs: all(s.router_weight == "gate.wg.weight" for s in specs),
+    "jetmoe": lambda specs: all(s.up == "input_linear.weight" and s.output_bias == "bias"
+                                and s.router_weight == "router.layer.weight" for s in specs),  # fmt: skip
     "nemotron_h": lambda specs: all(not s.gated and s.activation == "relu2" for s in specs),
     "ernie4_5_moe": lambda specs: all(
         s.selection_bias == "gate.moe_statics.e_score_correction_bias" for s in specs),

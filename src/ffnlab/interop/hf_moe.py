@@ -67,7 +67,6 @@ class HFMoE(HFFeedForward):
         if spec.shared is not None and shared is not None:
             shared.counts_as_mlp = False  # counted with this block
             self.add_module(spec.shared, shared)
-        experts = original._modules[spec.experts]
         weight = self._router_param(spec.router_weight)
         router_cls = get_router(spec.kind)
         # On the meta device: the router only routes logits computed here (route()); its own
@@ -75,7 +74,7 @@ class HFMoE(HFFeedForward):
         kw = {} if spec.kind == "sigmoid_input" else {"norm_topk": spec.norm_topk,
                                                       "routed_scaling": spec.routed_scaling}  # fmt: skip
         self.__dict__["moe_router"] = router_cls(
-            weight.shape[1], experts.down_proj.shape[0], spec.top_k, bias=False,
+            weight.shape[1], self._router_param(spec.down).shape[0], spec.top_k, bias=False,
             n_group=spec.n_group, topk_group=spec.topk_group, device="meta", **kw,
         )  # fmt: skip
 
@@ -91,18 +90,16 @@ class HFMoE(HFFeedForward):
         """``(w1, w2, w3, b1, b2, b3)`` as views of the experts' stored tensors: ``w1, w3
         [E, I, dim]``, ``w2 [E, dim, I]``, ``b1, b3 [E, I]``, ``b2 [E, dim]`` (None without
         biases; ``w3``, ``b3`` None for plain experts)."""
-        s, ex = self.spec, self._modules[self.spec.experts]
-        gu, down = (ex.gate_up_proj if s.gated else ex.up_proj), ex.down_proj
+        s = self.spec
+        gu, down = self._router_param(s.up), self._router_param(s.down)
+        bu = self._router_param(f"{s.up}_bias") if s.biases else None
+        b2 = self._router_param(f"{s.down}_bias") if s.biases else None
         if s.transposed:  # [E, dim, 2I] and [E, I, dim]: F.linear wants the transpose
             gu, down = gu.transpose(1, 2), down.transpose(1, 2)
         if not s.gated:
-            b = (ex.up_proj_bias, ex.down_proj_bias) if s.biases else (None, None)
-            return gu, down, None, b[0], b[1], None
+            return gu, down, None, bu, b2, None
         w1, w3 = _halves(gu, s.interleaved, s.gate_first, dim=1)
-        b1 = b2 = b3 = None
-        if s.biases:
-            b1, b3 = _halves(ex.gate_up_proj_bias, s.interleaved, s.gate_first, dim=1)
-            b2 = ex.down_proj_bias
+        b1, b3 = _halves(bu, s.interleaved, s.gate_first, dim=1) if s.biases else (None, None)
         return w1, down, w3, b1, b2, b3
 
     def route(self, x2: Tensor):
@@ -145,6 +142,8 @@ class HFMoE(HFFeedForward):
             if s.shared_gate is not None:
                 sh = sh * torch.sigmoid(self._modules[s.shared_gate](x2))
             y = y + sh
+        if s.output_bias is not None:
+            y = y + self._router_param(s.output_bias)
         y = y.to(x.dtype) if not torch.is_autocast_enabled(x.device.type) else y
         y = y if s.flat else y.reshape(*x.shape[:-1], dim)
         if s.returns == "logits":
@@ -270,7 +269,7 @@ def verified_moe_spec(block: nn.Module, dim: int) -> tuple[MoESpec | None, float
         return None, math.inf
     returns: tuple[str | None, ...] = (None,)
     if isinstance(probe.out, tuple):  # (y, router logits [T, E]) or (y, gates [T, k])
-        n_experts = probe.module._modules[first.experts].down_proj.shape[0]
+        n_experts = HFMoE(probe.module, first, backend="reference").expert_weights()[0].shape[0]
         width = -1 if probe.extra is None else probe.extra.shape[-1]
         returns = tuple(r for r, w in (("logits", n_experts), ("gates", first.top_k)) if w == width)
     best, near = math.inf, []

@@ -7,7 +7,10 @@ A block is recognised from its children, whatever its class is called:
   ``e_score_correction_bias [E]`` (DeepSeek-V3);
 * the **experts**: a child holding 3-D ``gate_up_proj`` and ``down_proj`` (transformers 5.x's
   fused storage), perhaps with ``gate_up_proj_bias [E, 2I]`` and ``down_proj_bias [E, dim]``,
-  or, for plain (ungated) experts, 3-D ``up_proj`` and ``down_proj`` (Nemotron-H's ReLU²);
+  or, for plain (ungated) experts, 3-D ``up_proj`` and ``down_proj`` (Nemotron-H's ReLU²), or
+  two children holding one 3-D ``weight`` each, ``[E, 2I, dim]`` in and ``[E, dim, I]`` out
+  (JetMoE's ``input_linear``/``output_linear``, with the block's ``activation`` and output
+  ``bias``);
 * optionally **shared experts**: one dense MLP child (``shared_expert``, ``shared_experts``,
   ``shared_mlp`` ...) and a ``[1, dim]`` ``nn.Linear`` gating it (Qwen-MoE's
   ``shared_expert_gate``).
@@ -60,7 +63,10 @@ class MoESpec:
     ``router`` (``kind`` one of :data:`ffnlab.routers.ROUTERS`, its options as the fields say).
 
     Attributes:
-        router, experts: child names; ``router_weight`` the weight's path in the block
+        router, experts: child names; ``up``, ``down`` the paths of the stacked expert weights
+            (``"experts.gate_up_proj"``; JetMoE's ``"input_linear.weight"``), ``output_bias``
+            a bias ``[dim]`` of the block added to its output (JetMoE's ``bias``);
+            ``router_weight`` the weight's path in the block
             (``"gate.weight"``, ``"router.layer.weight"``), ``logit_bias`` the path of a bias
             added to the logits, ``selection_bias`` of the buffer added to the scores for the
             choice only (the router's, or the block's own).
@@ -83,6 +89,9 @@ class MoESpec:
 
     router: str
     experts: str
+    up: str = "experts.gate_up_proj"
+    down: str = "experts.down_proj"
+    output_bias: str | None = None
     router_weight: str = "gate.weight"
     logit_bias: str | None = None
     selection_bias: str | None = None
@@ -130,16 +139,23 @@ def moe_parts(block: nn.Module) -> tuple[dict[str, str], str | None]:
     experts = [n for n, c in block.named_children() if _up_name(c) is not None]
     if len(experts) > 1:
         return {}, f"holds {len(experts)} stacks of 3-D experts ({', '.join(experts)})"
-    if not experts:
+    pair = _weight_pair(block) if not experts else None
+    if pair is not None:
+        parts["experts"], parts["down_experts"] = pair
+        n_experts = block._modules[pair[0]].weight.shape[0]
+    elif not experts:
         per_expert = [n for n, c in block.named_children() if isinstance(c, nn.ModuleList)]
         if per_expert:
             return {}, f"its experts are a list of modules ({per_expert[0]}), not fused 3-D tensors"
         return {}, "holds no experts with fused 3-D gate_up_proj (or up_proj) and down_proj"
-    parts["experts"] = experts[0]
-    ex = block._modules[experts[0]]
-    n_experts = getattr(ex, _up_name(ex)).shape[0]
+    else:
+        parts["experts"] = experts[0]
+        ex = block._modules[experts[0]]
+        n_experts = getattr(ex, _up_name(ex)).shape[0]
     for name, child in block.named_children():
-        if name == parts["experts"] or not any(True for _ in child.parameters()):
+        if name in (parts["experts"], parts.get("down_experts")) or not any(
+            True for _ in child.parameters()
+        ):
             continue
         path = _router_weight(child) if "router" not in parts else None
         if path is not None and _get(child, path).shape[0] == n_experts and not list(
@@ -157,6 +173,18 @@ def moe_parts(block: nn.Module) -> tuple[dict[str, str], str | None]:
     if "shared_gate" in parts and "shared" not in parts:
         return {}, "a shared-expert gate without a shared expert"
     return parts, None
+
+
+def _weight_pair(block: nn.Module) -> tuple[str, str] | None:
+    """JetMoE's storage: two children holding one 3-D ``weight`` each, ``[E, 2I or I, dim]``
+    (in) and ``[E, dim, I]`` (out); their names, or None."""
+    lone = {n: c.weight for n, c in block.named_children()
+            if set(c._parameters) == {"weight"} and c.weight.dim() == 3}  # fmt: skip
+    for (a, wa), (b, wb) in itertools.permutations(lone.items(), 2):
+        if (wa.shape[0] == wb.shape[0] and wa.shape[2] == wb.shape[1]
+                and wa.shape[1] in (wb.shape[2], 2 * wb.shape[2])):  # fmt: skip
+            return a, b
+    return None
 
 
 def _up_name(experts: nn.Module) -> str | None:
@@ -183,7 +211,7 @@ def why_not_moe(block: nn.Module) -> str | None:
                 return (f"training-mode input jitter ({attr}={getattr(owner, attr)}) is not "
                         "reproduced")
     experts = block._modules[parts["experts"]]
-    if _activation(experts) is None:
+    if _activation(experts) is None and _activation(block) is None:
         act = getattr(experts, "act_fn", None)
         if act is None:
             return (f"its experts ({type(experts).__name__}) hold no activation module ffnlab "
@@ -193,7 +221,13 @@ def why_not_moe(block: nn.Module) -> str | None:
 
 
 def _activation(experts: nn.Module) -> tuple[str, tuple[float, ...]] | None:
+    """The ffnlab activation and options of ``experts`` (or of a block holding the activation
+    itself, JetMoE's ``activation``), or None."""
     act = getattr(experts, "act_fn", None)
+    if act is None:
+        act = getattr(experts, "activation", None)
+    if not callable(act):  # absent, or a config string
+        act = None
     if act is not None:
         name = hf_activation(act)
         return None if name is None else (name, ())
@@ -222,8 +256,14 @@ def moe_candidates(block: nn.Module, returns: tuple[str | None, ...] = (None,),
     parts, _ = moe_parts(block)
     router, experts = block._modules[parts["router"]], block._modules[parts["experts"]]
     owners = (router, block)
-    up = _up_name(experts)
-    n_experts, dim = getattr(experts, up).shape[0], _get(router, _router_weight(router)).shape[1]
+    if "down_experts" in parts:  # JetMoE: [E, 2I, dim] in, [E, dim, I] out
+        up_path, down_path = f"{parts['experts']}.weight", f"{parts['down_experts']}.weight"
+        gated = _get(block, up_path).shape[1] == 2 * _get(block, down_path).shape[2]
+    else:
+        up = _up_name(experts)
+        up_path, down_path = f"{parts['experts']}.{up}", f"{parts['experts']}.down_proj"
+        gated = up == "gate_up_proj"
+    n_experts, dim = _get(block, up_path).shape[0], _get(router, _router_weight(router)).shape[1]
     top_k = int(_first("top_k", "num_experts_per_tok", owners=owners) or 0)
     if not 1 <= top_k <= n_experts:
         return
@@ -235,7 +275,9 @@ def moe_candidates(block: nn.Module, returns: tuple[str | None, ...] = (None,),
     sel = next((f"{prefix}{n}" for prefix, owner in owners_of_bias for n in _SELECTION_BIAS
                 if getattr(owner, n, None) is not None), None)  # fmt: skip
     logit_bias = f"{rname}.bias" if getattr(router, "bias", None) is not None else None
-    act, options = _activation(experts)
+    act, options = _activation(experts) or _activation(block)
+    out_bias = block._parameters.get("bias")
+    out_bias = "bias" if out_bias is not None and tuple(out_bias.shape) == (dim,) else None
     hint_norm = _first("norm_topk_prob", owners=owners)
     scaling = float(_first("routed_scaling_factor", "router_scaling_factor", "route_scale",
                            owners=owners) or 1.0)  # fmt: skip
@@ -245,21 +287,31 @@ def moe_candidates(block: nn.Module, returns: tuple[str | None, ...] = (None,),
         router=rname, experts=parts["experts"], router_weight=f"{rname}.{_router_weight(router)}",
         logit_bias=logit_bias, selection_bias=sel, top_k=top_k, n_group=n_group,
         topk_group=topk_group, routed_scaling=scaling, activation=act, options=options,
-        biases=getattr(experts, f"{up}_bias", None) is not None, gated=up == "gate_up_proj",
+        up=up_path, down=down_path, output_bias=out_bias, gated=gated,
+        biases=_has(block, f"{up_path}_bias") and _has(block, f"{down_path}_bias"),
         shared=parts.get("shared"), shared_gate=parts.get("shared_gate"), flat=flat,
     )  # fmt: skip
     kinds = ("sigmoid", "softmax", "sigmoid_input") if sel else ("softmax", "sigmoid",
                                                                   "sigmoid_input")  # fmt: skip
     norms = (True, False) if hint_norm is None or hint_norm else (False, True)
     halves = (True, False) if base.gated else (True,)
+    layouts = _layouts(experts, dim) if "down_experts" not in parts else (
+        [(False, False), (False, True)] if gated else [(False, False)])  # fmt: skip
     for kind, norm, layout, gate_first, ret, f32 in itertools.product(
-        kinds, norms, _layouts(experts, dim), halves, returns, (None, "routing", "logits")
+        kinds, norms, layouts, halves, returns, (None, "routing", "logits")
     ):
         if kind == "sigmoid_input" and (norm or scaling != 1.0):
             continue
         yield replace(base, kind=kind, norm_topk=norm, transposed=layout[0],
                       interleaved=layout[1], gate_first=gate_first, returns=ret,
                       float32=f32)  # fmt: skip
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        return _get(module, path) is not None
+    except AttributeError:
+        return False
 
 
 def _layouts(experts: nn.Module, dim: int) -> list[tuple[bool, bool]]:
