@@ -32,7 +32,7 @@ from .hf_activations import HF_ACTIVATIONS, describe, hf_activation
 from .hf_modules import HFMLP, HFBertFeedForward, HFBertOutputTail, HFFeedForward
 from .hf_moe import HFMoE, verified_moe_spec
 from .recognise import _MOE_CLASS, MLPSpec, candidates, is_moe_block, why_not_mlp
-from .recognise_moe import moe_parts, why_not_moe
+from .recognise_moe import router_width, why_not_moe
 from .verify import TOLERANCE, Probe, verified_spec
 
 __all__ = ["HF_ACTIVATIONS", "hf_activation", "patch_hf", "patch_hf_report", "unpatch_hf"]
@@ -139,9 +139,7 @@ class _Patcher:
         if reason is None:
             key = ("moe", *_signature(block))
             if key not in self.cache:
-                dim = block._modules[moe_parts(block)[0]["router"]]
-                dim = next(p for p in dim.parameters() if p.dim() == 2).shape[1]
-                self.cache[key] = verified_moe_spec(block, dim)
+                self.cache[key] = verified_moe_spec(block, router_width(block))
             spec, diff = self.cache[key]
             if spec is None:
                 reason = (_why(diff) if math.isfinite(diff) else

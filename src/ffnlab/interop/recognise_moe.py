@@ -39,7 +39,7 @@ from torch import nn
 from .hf_activations import hf_activation
 from .recognise import candidates
 
-__all__ = ["LAYOUTS", "MoESpec", "moe_candidates", "moe_parts", "why_not_moe"]
+__all__ = ["LAYOUTS", "MoESpec", "moe_candidates", "moe_parts", "router_width", "why_not_moe"]
 
 #: ``(transposed, interleaved)`` -> where W1 (gate) and W3 (up) sit in ``gate_up_proj``.
 LAYOUTS = {
@@ -124,6 +124,12 @@ def _router_weight(child: nn.Module) -> str | None:
     if len(linears) == 1 and not child._parameters:
         return f"{linears[0][0]}.weight"
     return None
+
+
+def router_width(block: nn.Module) -> int:
+    """``dim``: the input width of the router of a block :func:`moe_parts` recognises."""
+    router = block._modules[moe_parts(block)[0]["router"]]
+    return _get(router, _router_weight(router)).shape[1]
 
 
 def _get(module: nn.Module, path: str):

@@ -33,7 +33,8 @@ def experts_reference(
     """The routed experts' output for ``x [T, dim]``: ``[T, out]``.
 
     ``expert_idx [T, k]`` (int64) names each token's experts, ``gates [T, k]`` their weights;
-    ``w1, w3 [E, hidden, dim]``, ``w2 [E, out, hidden]``, ``b1, b3 [E, hidden]``, ``b2 [E, out]``; ``options``: the activation's option values.
+    ``w1, w3 [E, hidden, dim]``, ``w2 [E, out, hidden]``, ``b1, b3 [E, hidden]``, ``b2 [E, out]``;
+    ``options``: the activation's option values (GPT-OSS's clamped SwiGLU alpha and limit).
     ``y_t = Σ_j gates[t, j] · FFN_{expert_idx[t, j]}(x_t)``, or with ``gate_input`` (Llama 4)
     ``y_t = Σ_j FFN_{expert_idx[t, j]}(gates[t, j] · x_t)``. Equivalent PyTorch (this is it)::
 
