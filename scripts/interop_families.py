@@ -8,9 +8,10 @@ layers, vocabulary 128 ...: only the fields the family's config has), :func:`sur
 patches a model built from it and measures the logits before and after, in float32 and
 float64. The script runs it over
 ``transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` and writes, per
-family: MLPs found (patched + left), patched, the relative max difference of the logits in
-float32 and float64, and the reason for anything left. ``--check`` (or naming families) prints
-the table without writing. ``tests/interop/test_families.py`` builds its models with this
+family: FFNs found (patched + left; a mixture-of-experts block, shared experts included, is
+one), patched, how many of those are mixture-of-experts blocks, the relative max difference of
+the logits in float32 and float64, and the reason for anything left. ``--check`` (or naming
+families) prints the table without writing. ``tests/interop/test_families.py`` builds its models with this
 module. It lives outside the package because ffnlab never imports transformers.
 """
 
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from ffnlab.interop.hf import patch_hf_report
+from ffnlab.interop.hf_moe import HFMoE
 from ffnlab.interop.recognise import is_moe_block
 
 #: Field values of a tiny configuration; each is passed only where the config has the field.
@@ -70,6 +72,8 @@ OVERRIDES: dict[str, dict] = {
     "lfm2_moe": dict(layer_types=["full_attention", "conv"], num_dense_layers=1),
     "mamba2": dict(num_heads=8, head_dim=8, n_groups=1),
     "zaya": dict(num_experts_per_tok=1),
+    # one mixture-of-experts layer (the default 3 dense layers would leave none), 2 groups
+    "deepseek_v3": dict(first_k_dense_replace=1, n_group=2, topk_group=1),
 }  # fmt: skip
 #: Largest model (parameters) built from a tiny config; a family above it is reported.
 MAX_PARAMS = 20_000_000
@@ -154,6 +158,7 @@ class FamilyReport:
     status: str
     found: int = 0
     patched: int = 0
+    moe: int = 0
     diff32: float | None = None
     diff64: float | None = None
     left: list[str] = field(default_factory=list)
@@ -188,8 +193,8 @@ def survey_family(model_type: str, backend: str = "auto") -> FamilyReport:
         count, left = patch_hf_report(model, backend)
     except Exception as e:  # noqa: BLE001 - reported, so that the table shows it
         return FamilyReport(model_type, "error", reason=_short(e))
-    report = FamilyReport(model_type, "none", found=count + len(left),
-                          patched=count, left=left)  # fmt: skip
+    report = FamilyReport(model_type, "none", found=count + len(left), patched=count, left=left,
+                          moe=sum(isinstance(m, HFMoE) for m in model.modules()))  # fmt: skip
     if count:
         with torch.no_grad():
             report.diff32 = _rel(want32, logits(model, inputs))
@@ -215,9 +220,14 @@ def _why_none(model: nn.Module) -> str:
 
 
 def _float64_logits(model: nn.Module, inputs: dict) -> torch.Tensor | None:
-    """The logits of ``model`` in float64 (None where the model does not run in float64,
-    e.g. grouped expert products); the model is back in float32 afterwards."""
+    """The logits of ``model`` in float64 (None where the model does not run in float64); the
+    model is back in float32 afterwards. transformers' experts run their eager loop for it
+    (its default ``grouped_mm`` has no float64 kernel on the CPU), then their own again."""
+    config = getattr(model, "config", None)
+    experts = getattr(config, "_experts_implementation", None)
     try:
+        if experts not in (None, "eager"):  # grouped_mm has no float64 kernel on the CPU
+            model.set_experts_implementation("eager")
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return logits(model.double(), inputs)
@@ -225,6 +235,8 @@ def _float64_logits(model: nn.Module, inputs: dict) -> torch.Tensor | None:
         return None
     finally:
         model.float()
+        if experts not in (None, "eager"):
+            model.set_experts_implementation(experts)
 
 
 def _short(e: BaseException) -> str:
@@ -257,21 +269,24 @@ def table(reports) -> str:
         counts[r.status] = counts.get(r.status, 0) + 1
     built = sum(counts.get(k, 0) for k in ("patched", "partly", "none"))
     patched = counts.get("patched", 0) + counts.get("partly", 0)
+    with_moe = sum(1 for r in reports if r.moe)
     import transformers
 
     lines = [
         f"transformers {transformers.__version__}: {len(reports)} causal-LM families; "
         f"{built} build and run offline at tiny sizes, {patched} of them patched "
-        f"({counts.get('partly', 0)} partly), {counts.get('none', 0)} left.",
+        f"({counts.get('partly', 0)} partly; {with_moe} with mixture-of-experts blocks "
+        f"patched), {counts.get('none', 0)} left.",
         "",
-        "| family | status | MLPs found | patched | logits Δ float32 | logits Δ float64 | why left |",
-        "|---|---|---|---|---|---|---|",
+        "| family | status | FFNs found | patched | of them MoE | logits Δ float32 "
+        "| logits Δ float64 | why left |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         why = r.reason or (r.left[0].split(" (", 1)[-1].removesuffix(")") if r.left else "")
         why = why.replace("|", "\\|")
         lines.append(
-            f"| {r.family} | {STATUS[r.status]} | {r.found} | {r.patched} | "
+            f"| {r.family} | {STATUS[r.status]} | {r.found} | {r.patched} | {r.moe} | "
             f"{_num(r.diff32)} | {_num(r.diff64)} | {why} |"
         )
     return "\n".join(lines)

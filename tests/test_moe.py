@@ -231,3 +231,33 @@ def test_empty_batch(backend):
     assert x.grad.shape == x.shape and torch.all(m.experts.w1.grad == 0)
     assert m.aux_losses["load_balance"].item() == 0 and m.aux_losses["z_loss"].item() == 0
     assert m.tokens_per_expert.tolist() == [0, 0, 0, 0]
+
+
+def test_run_experts_on_outside_weights_and_options():
+    """``run_experts`` on another module's weights (a strided view, as of transformers'
+    interleaved ``gate_up_proj``) equals ``Experts`` on copies; activation options run on the
+    reference loop and are refused by the fused op."""
+    from ffnlab.experts import run_experts
+    from ffnlab.ops.moe_reference import experts_reference
+
+    torch.manual_seed(0)
+    moe = MoEFeedForward(6, 5, 4, 2, "swiglu", backend="reference", dtype=torch.float64)
+    x = torch.randn(9, 6, dtype=torch.float64)
+    routing = moe.router(x)
+    ex = moe.experts
+    packed = torch.stack([ex.w1, ex.w3], dim=2).reshape(4, 10, 6)  # rows g0 u0 g1 u1 ...
+    weights = (packed[:, 0::2], ex.w2, packed[:, 1::2], None, None, None)
+    want = ex(x, routing, backend="reference")
+    for backend in ("reference", "fused"):
+        got = run_experts(x, routing, weights, activation="swish", backend=backend)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    opts = (1.0, 0.3)  # clamped_swish: alpha 1, limit 0.3 (clamps bite at this scale)
+    got = run_experts(x, routing, weights, activation="clamped_swish", backend="reference",
+                      options=opts)  # fmt: skip
+    want = experts_reference(x, routing.expert_idx, routing.gates, *weights,
+                             activation="clamped_swish", options=opts)  # fmt: skip
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    default = run_experts(x, routing, weights, activation="clamped_swish", backend="reference")
+    assert not torch.allclose(got, default)
+    with pytest.raises(ValueError, match="default options only"):
+        run_experts(x, routing, weights, activation="clamped_swish", backend="fused", options=opts)

@@ -81,3 +81,19 @@ def test_router_bad_arguments():
         _router("sigmoid", k=4, n_group=2, topk_group=1)
     with pytest.raises(UsageError, match="routed_scaling must be"):
         _router("softmax", routed_scaling=0)
+
+
+@pytest.mark.parametrize("name", sorted(ROUTERS))
+def test_route_takes_logits_and_a_bias_from_outside(name):
+    """``route(logits, bias)`` is what ``forward`` does after the projection; a bias passed in
+    moves the choice as the router's own buffer does."""
+    r, x = _router(name, bias=True), _x()
+    with torch.no_grad():
+        r.bias.copy_(torch.tensor([0.0, 3.0, 0.0, 0.0, -3.0, 0.0], dtype=torch.float64))
+    want = r(x)
+    got = r.route(x @ r.weight.T, r.bias)
+    assert torch.equal(got.expert_idx, want.expert_idx)
+    torch.testing.assert_close(got.gates, want.gates, rtol=1e-15, atol=1e-15)
+    assert (got.expert_idx == 1).any(1).all() and not (got.expert_idx == 4).any()
+    plain = r.route(x @ r.weight.T)  # no bias: another choice
+    assert not torch.equal(plain.expert_idx, got.expert_idx)

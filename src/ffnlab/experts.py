@@ -28,7 +28,41 @@ from .ops.grouped_function import grouped_feed_forward
 from .ops.moe_reference import experts_reference
 from .routers import Routing
 
-__all__ = ["Experts"]
+__all__ = ["Experts", "run_experts"]
+
+
+def run_experts(
+    x: Tensor,
+    routing: Routing,
+    weights: tuple[Tensor | None, ...],
+    *,
+    activation: str,
+    beta: float = 1.0,
+    backend: str = "fused",
+    recompute: str = "activation",
+    options: tuple[float, ...] = (),
+) -> Tensor:
+    """The routed experts of ``weights = (w1, w2, w3, b1, b2, b3)`` (``w1, w3 [E, hidden,
+    dim]``, ``w2 [E, dim, hidden]``, biases ``[E, ...]``, None where absent; views of other
+    layouts are fine) on ``x [T, dim]`` -> ``[T, dim]``: :class:`Experts`'s computation on
+    weights it does not own (:mod:`ffnlab.interop.hf_moe` passes transformers' stored tensors).
+
+    ``backend``: ``"reference"`` (the loop) or ``"fused"``; ``options``: the activation's
+    option values, which only the reference takes (the fused op runs their defaults).
+    """
+    idx, gates = routing.expert_idx, routing.gates
+    if backend == "reference":
+        return experts_reference(x, idx, gates, *weights, activation=activation, beta=beta,
+                                 gate_input=routing.gate_input, options=options)  # fmt: skip
+    if options:
+        raise ValueError("the fused experts run the activation's default options only; "
+                         f"got {options} (use backend='reference')")  # fmt: skip
+    top_k, n_experts = idx.shape[1], weights[0].shape[0]
+    order, _, offsets = sort_by_expert(idx, n_experts)
+    xs = permute_tokens(x, order, top_k, gates if routing.gate_input else None)
+    ys = grouped_feed_forward(xs, offsets, *weights, activation=activation, beta=beta,
+                              recompute=recompute)  # fmt: skip
+    return unpermute_tokens(ys, order, x.shape[0], top_k, None if routing.gate_input else gates)
 
 
 class Experts(nn.Module):
@@ -102,19 +136,9 @@ class Experts(nn.Module):
     ) -> Tensor:
         """``x [T, dim]`` and its ``routing`` -> ``[T, dim]``, the gate-weighted sum of each
         token's experts (``routing.gate_input``: the gates scale the input instead)."""
-        idx, gates = routing.expert_idx, routing.gates
         x = self.autocast_input(x)
-        if backend == "reference":
-            return experts_reference(x, idx, gates, *self.weights(x), activation=self.activation,
-                                     beta=self.beta, gate_input=routing.gate_input)  # fmt: skip
-        top_k = idx.shape[1]
-        order, _, offsets = sort_by_expert(idx, self.n_experts)
-        ys = self.run_sorted(
-            permute_tokens(x, order, top_k, gates if routing.gate_input else None),
-            offsets, recompute=recompute,
-        )  # fmt: skip
-        return unpermute_tokens(ys, order, x.shape[0], top_k,
-                                None if routing.gate_input else gates)  # fmt: skip
+        return run_experts(x, routing, self.weights(x), activation=self.activation,
+                           beta=self.beta, backend=backend, recompute=recompute)  # fmt: skip
 
     def run_sorted(self, xs: Tensor, offsets: Tensor, *, recompute: str = "activation") -> Tensor:
         """Each expert's FFN on its segment of ``xs [M, dim]`` (sorted by expert, ``offsets

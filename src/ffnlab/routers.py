@@ -134,7 +134,14 @@ class Router(nn.Module):
             gates = gates / (gates.sum(-1, keepdim=True) + 1e-20)
         return gates * self.routed_scaling if self.routed_scaling != 1.0 else gates
 
-    def forward(self, x: Tensor) -> Routing:  # pragma: no cover - every router overrides
+    def forward(self, x: Tensor) -> Routing:
+        """``x [T, dim]`` -> its :class:`Routing` (the logits of ``weight``, then :meth:`route`)."""
+        return self.route(self.logits(x), self.bias)
+
+    def route(self, logits: Tensor, bias: Tensor | None = None) -> Routing:  # pragma: no cover
+        """The routing of ``logits [T, E]`` with the selection ``bias [E]`` (or None); what
+        :meth:`forward` does after the projection. Wrappers of other libraries' routers, whose
+        logits carry a bias of their own, call it directly."""
         raise NotImplementedError
 
     def extra_repr(self) -> str:
@@ -148,10 +155,9 @@ class SoftmaxRouter(Router):
 
     name = "softmax"
 
-    def forward(self, x: Tensor) -> Routing:
-        logits = self.logits(x)
+    def route(self, logits: Tensor, bias: Tensor | None = None) -> Routing:
         probs = logits.softmax(-1)
-        sel = probs if self.bias is None else probs + self.bias.to(probs.dtype)
+        sel = probs if bias is None else probs + bias.to(probs.dtype)
         idx = self.select(sel)
         return Routing(idx, self.finish(probs.gather(1, idx)), logits, probs, False)
 
@@ -162,10 +168,9 @@ class SigmoidRouter(Router):
     name = "sigmoid"
     default_bias = True
 
-    def forward(self, x: Tensor) -> Routing:
-        logits = self.logits(x)
+    def route(self, logits: Tensor, bias: Tensor | None = None) -> Routing:
         s = logits.sigmoid()
-        sel = s if self.bias is None else s + self.bias.to(s.dtype)
+        sel = s if bias is None else s + bias.to(s.dtype)
         idx = self.select(sel)
         probs = s / s.sum(-1, keepdim=True)
         return Routing(idx, self.finish(s.gather(1, idx)), logits, probs, False)
@@ -188,13 +193,12 @@ class SigmoidInputRouter(Router):
                              "applies to gated outputs (leave it 1.0)")  # fmt: skip
         super().__init__(*args, norm_topk=False, **kwargs)
 
-    def forward(self, x: Tensor) -> Routing:
-        logits = self.logits(x)
-        sel = logits if self.bias is None else logits + self.bias.to(logits.dtype)
+    def route(self, logits: Tensor, bias: Tensor | None = None) -> Routing:
+        sel = logits if bias is None else logits + bias.to(logits.dtype)
         idx = self.select(sel)
         s = logits.sigmoid()
         probs = s / s.sum(-1, keepdim=True)
-        return Routing(idx, self.finish(logits.gather(1, idx).sigmoid()), logits, probs, True)
+        return Routing(idx, self.finish(s.gather(1, idx)), logits, probs, True)
 
 
 ROUTERS: dict[str, type[Router]] = {

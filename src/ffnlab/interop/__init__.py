@@ -2,7 +2,8 @@
 
 :mod:`.hf` patches a model's MLPs (:func:`patch_hf`, :func:`unpatch_hf`), :mod:`.convert`
 builds a standalone FeedForward from one (:func:`from_hf`), :mod:`.recognise` knows the
-module families and activations, :mod:`.hf_modules` holds the replacement modules.
+module families and activations, :mod:`.hf_modules` holds the replacement modules;
+:mod:`.recognise_moe` and :mod:`.hf_moe` do the same for mixture-of-experts blocks.
 transformers is optional (the ``hf`` extra) and never imported by ffnlab: the functions work
 on model instances the caller built.
 """

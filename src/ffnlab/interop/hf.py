@@ -12,8 +12,10 @@
 * :func:`ffnlab.from_hf` (:mod:`ffnlab.interop.convert`) builds a standalone
   :class:`ffnlab.FeedForward` from one MLP.
 
-Mixture-of-experts blocks (:func:`ffnlab.interop.recognise.is_moe_block`) and everything inside
-them are left alone here. transformers is never imported.
+Mixture-of-experts blocks (:func:`ffnlab.interop.recognise.is_moe_block`) are replaced whole by
+:class:`ffnlab.interop.hf_moe.HFMoE` where :mod:`ffnlab.interop.recognise_moe` describes them and
+the probe agrees (:func:`ffnlab.interop.hf_moe.verified_moe_spec`), else left with the reason.
+transformers is never imported.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from ..errors import check_choice
 from ..ops.dispatch import BACKENDS
 from .hf_activations import HF_ACTIVATIONS, describe, hf_activation
 from .hf_modules import HFMLP, HFBertFeedForward, HFBertOutputTail, HFFeedForward
-from .recognise import MLPSpec, candidates, is_moe_block, why_not_mlp
+from .hf_moe import HFMoE, verified_moe_spec
+from .recognise import _MOE_CLASS, MLPSpec, candidates, is_moe_block, why_not_mlp
+from .recognise_moe import router_width, why_not_moe
 from .verify import TOLERANCE, Probe, verified_spec
 
 __all__ = ["HF_ACTIVATIONS", "hf_activation", "patch_hf", "patch_hf_report", "unpatch_hf"]
@@ -108,6 +112,7 @@ class _Patcher:
             if name in handled or isinstance(child, HFFeedForward) or _is_ffnlab(child):
                 continue
             if is_moe_block(child):
+                self._patch_moe(parent, name, child, path)
                 continue
             if next(candidates(child), None) is not None:
                 spec, diff = self.spec_for(child)
@@ -123,6 +128,34 @@ class _Patcher:
                 self.skipped.append(f"{path} ({type(child).__name__}: {why_not_mlp(child)})")
                 continue
             self.walk(child, path)
+
+    def _patch_moe(self, parent: nn.Module, name: str, block: nn.Module, path: str) -> None:
+        """Replace a mixture-of-experts block by an :class:`HFMoE` when a spec verifies."""
+        cls = type(block).__name__
+        reason = why_not_moe(block)
+        if reason is None and any(p.is_meta for p in block.parameters()):
+            reason = _why(math.nan)
+        spec = None
+        if reason is None:
+            key = ("moe", *_signature(block))
+            if key not in self.cache:
+                self.cache[key] = verified_moe_spec(block, router_width(block))
+            spec, diff = self.cache[key]
+            if spec is None:
+                reason = (_why(diff) if math.isfinite(diff) else
+                          "no router, expert layout or return form of ffnlab runs on the probe")  # fmt: skip
+        if spec is None:
+            # JetMoE's mixture of attention heads also routes to "experts": not an FFN
+            if _looks_like_mlp(name, block) or _MOE_CLASS.search(cls):
+                self.skipped.append(f"{path} ({cls}: {reason})")
+            return
+        shared = None
+        if spec.shared is not None:
+            module = block._modules[spec.shared]
+            shared_spec, _ = self.spec_for(module)
+            shared = None if shared_spec is None else build_wrapper(module, shared_spec, self.backend)
+        setattr(parent, name, HFMoE(block, spec, backend=self.backend, shared=shared))
+        self.count += 1
 
     def _patch_bert(self, layer: nn.Module, prefix: str) -> None:
         inter, out = layer.intermediate, layer.output
@@ -183,8 +216,9 @@ def patch_hf(model: nn.Module, backend: str = "auto") -> int:
     and backward, see :mod:`ffnlab.interop.verify`), share the original ``nn.Parameter``
     objects (packed, transposed or scaled weights are used through views) and keep
     ``model.state_dict()``'s keys. A BERT layer's ``intermediate``/``output`` pair counts as one
-    MLP. Modules already patched are skipped, so patching twice returns 0 the second time.
-    Mixture-of-experts blocks are left alone. MLP-like modules that are left alone (no
+    MLP, and a mixture-of-experts block (router, experts and shared experts) as one: it becomes
+    an :class:`~ffnlab.interop.hf_moe.HFMoE`. Modules already patched are skipped, so patching
+    twice returns 0 the second time. MLP-like modules and MoE blocks that are left alone (no
     candidate matches, with the measured difference) are listed in one warning; a model with no
     MLP it recognises gets one warning saying so.
 
@@ -201,8 +235,9 @@ def patch_hf(model: nn.Module, backend: str = "auto") -> int:
         )
     elif count == 0 and not already:
         warnings.warn(
-            f"ffnlab.patch_hf found no MLP in {type(model).__name__}: no module outside "
-            f"mixture-of-experts blocks holds two or three projections shaped as an MLP's",
+            f"ffnlab.patch_hf found no MLP in {type(model).__name__}: no module holds two or "
+            f"three projections shaped as an MLP's, and no mixture-of-experts block fused 3-D "
+            f"experts with a router",
             stacklevel=2,
         )
     return count
@@ -238,11 +273,17 @@ def unpatch_hf(model: nn.Module) -> int:
         for name, child in parent.named_children()
         if isinstance(child, HFFeedForward)
     ]
-    for parent, name, wrapper in found:
+    # Innermost first: a mixture-of-experts wrapper's patched shared expert is restored onto
+    # the wrapper before the wrapper itself is compared with its block.
+    for parent, name, wrapper in reversed(found):
         original = wrapper.original
         for child_name, child in wrapper.named_children():
             if child_name in original._modules and original._modules[child_name] is not child:
                 setattr(original, child_name, child)
+        # a mixture-of-experts block's own buffers: .to() replaced them on the wrapper only
+        for buf_name in original._buffers:
+            if buf_name in wrapper._buffers:
+                original._buffers[buf_name] = wrapper._buffers[buf_name]
         original.train(wrapper.training)
         setattr(parent, name, original)
         count += int(wrapper.counts_as_mlp)

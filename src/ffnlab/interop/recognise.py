@@ -140,7 +140,8 @@ def projection_shape(module: nn.Module) -> tuple[int, int] | None:
 
 
 def is_moe_block(module: nn.Module) -> bool:
-    """Whether ``module`` is (or routes to) a mixture of experts: left alone, children too."""
+    """Whether ``module`` is (or routes to) a mixture of experts: handled as one block by
+    :mod:`ffnlab.interop.recognise_moe`, its children never as MLPs of their own."""
     names = set(module._modules)
     if names & set(_MOE_NAMES):
         return True

@@ -28,11 +28,13 @@ def experts_reference(
     activation: str,
     beta: float = 1.0,
     gate_input: bool = False,
+    options: tuple = (),
 ) -> Tensor:
     """The routed experts' output for ``x [T, dim]``: ``[T, out]``.
 
     ``expert_idx [T, k]`` (int64) names each token's experts, ``gates [T, k]`` their weights;
-    ``w1, w3 [E, hidden, dim]``, ``w2 [E, out, hidden]``, ``b1, b3 [E, hidden]``, ``b2 [E, out]``.
+    ``w1, w3 [E, hidden, dim]``, ``w2 [E, out, hidden]``, ``b1, b3 [E, hidden]``, ``b2 [E, out]``;
+    ``options``: the activation's option values (GPT-OSS's clamped SwiGLU alpha and limit).
     ``y_t = Σ_j gates[t, j] · FFN_{expert_idx[t, j]}(x_t)``, or with ``gate_input`` (Llama 4)
     ``y_t = Σ_j FFN_{expert_idx[t, j]}(gates[t, j] · x_t)``. Equivalent PyTorch (this is it)::
 
@@ -51,6 +53,7 @@ def experts_reference(
             xe, w1[e], w2[e], None if w3 is None else w3[e],
             None if b1 is None else b1[e], None if b2 is None else b2[e],
             None if b3 is None else b3[e], activation=activation, beta=beta,
+            options=options,
         )  # fmt: skip
         out = out.index_add(0, tok, ye if gate_input else ye * g)
     return out

@@ -1,0 +1,290 @@
+"""``HFMoE``: a transformers mixture-of-experts block computed by ffnlab's router and experts.
+
+The wrapper registers the block's own children under their own names (``gate``/``router``,
+``experts``, ``shared_expert`` ...), so the parameters are the very same objects and
+``state_dict()`` keys do not change. Its forward
+
+1. projects the input with the router's ``weight [E, dim]`` (plus the logit bias GPT-OSS has) and
+   routes with an ffnlab router (:meth:`ffnlab.routers.Router.route`, the options of the
+   :class:`~ffnlab.interop.recognise_moe.MoESpec`, the correction bias passed in);
+2. runs the routed experts with :func:`ffnlab.experts.run_experts` (the fused grouped op, or the
+   reference loop with ``backend="reference"``) on views of the stored ``gate_up_proj`` and
+   ``down_proj`` (slices or strided columns, transposed where stored ``[E, dim, 2I]``);
+3. adds the shared experts (an :class:`~ffnlab.interop.hf_modules.HFMLP` where that patches
+   them, else their own module) times ``sigmoid(shared_gate(x))`` where there is one;
+4. returns what the block returns: the output, or ``(output, router logits)`` /
+   ``(output, gates)``.
+
+transformers records router logits for its auxiliary loss with forward hooks on the router
+module; when the router has hooks the wrapper calls it (its output is discarded; one
+``[T, dim] x [dim, E]`` product more), so what they record is unchanged.
+
+:func:`verified_moe_spec` checks each candidate on a float64 probe (a randomised copy of the
+block: parameters, and the router's float buffers, redrawn) before any replacement.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..activations import compute_dtype, get_activation
+from ..experts import Experts, run_experts
+from ..routers import get_router
+from .hf_modules import HFFeedForward
+from .recognise_moe import MoESpec, moe_candidates
+from .verify import NEAR, TOLERANCE, TOLERANCE_FLOAT32, _randomise, _rel
+
+__all__ = ["HFMoE", "verified_moe_spec"]
+
+
+class HFMoE(HFFeedForward):
+    """A mixture-of-experts block of a transformers model, run by ffnlab.
+
+    Input ``[..., dim]`` (as the block takes it), output as the block's (``[..., dim]``, or
+    ``[T, dim]`` with ``spec.flat``), followed by router logits ``[T, E]`` or gates ``[T, k]``
+    when the block returns them. ``shared``: the module computing the shared experts (an
+    ``HFMLP`` of the block's own shared-expert module, registered under its name) or None.
+    """
+
+    def __init__(self, original: nn.Module, spec: MoESpec, *, backend: str,
+                 shared: nn.Module | None = None) -> None:  # fmt: skip
+        super().__init__(original, activation=spec.activation, backend=backend,
+                         options=spec.options)  # fmt: skip
+        self.spec = spec
+        for name, child in original.named_children():
+            self.add_module(name, child)
+        # The block's own tensors (MiniMax-M2's correction bias) keep their keys here too.
+        for name, p in original._parameters.items():
+            self.register_parameter(name, p)
+        for name, b in original._buffers.items():
+            self.register_buffer(name, b, persistent=name not in original._non_persistent_buffers_set)
+        if spec.shared is not None and shared is not None:
+            shared.counts_as_mlp = False  # counted with this block
+            self.add_module(spec.shared, shared)
+        weight = self._router_param(spec.router_weight)
+        router_cls = get_router(spec.kind)
+        # On the meta device: the router only routes logits computed here (route()); its own
+        # weight is never used, so it holds no memory and is not registered (no new keys).
+        kw = {} if spec.kind == "sigmoid_input" else {"norm_topk": spec.norm_topk,
+                                                      "routed_scaling": spec.routed_scaling}  # fmt: skip
+        self.__dict__["moe_router"] = router_cls(
+            weight.shape[1], self._router_param(spec.down).shape[0], spec.top_k, bias=False,
+            n_group=spec.n_group, topk_group=spec.topk_group, device="meta", **kw,
+        )  # fmt: skip
+
+    def _router_param(self, path: str) -> Tensor:
+        """The tensor at ``path`` (``"gate.weight"``, ``"e_score_correction_bias"``)."""
+        module: nn.Module = self
+        *owners, leaf = path.split(".")
+        for part in owners:
+            module = getattr(module, part)
+        return getattr(module, leaf)
+
+    def expert_weights(self) -> tuple[Tensor | None, ...]:
+        """``(w1, w2, w3, b1, b2, b3)`` as views of the experts' stored tensors: ``w1, w3
+        [E, I, dim]``, ``w2 [E, dim, I]``, ``b1, b3 [E, I]``, ``b2 [E, dim]`` (None without
+        biases; ``w3``, ``b3`` None for plain experts)."""
+        s = self.spec
+        gu, down = self._router_param(s.up), self._router_param(s.down)
+        bu = self._router_param(f"{s.up}_bias") if s.biases else None
+        b2 = self._router_param(f"{s.down}_bias") if s.biases else None
+        if s.transposed:  # [E, dim, 2I] and [E, I, dim]: F.linear wants the transpose
+            gu, down = gu.transpose(1, 2), down.transpose(1, 2)
+        if not s.gated:
+            return gu, down, None, bu, b2, None
+        w1, w3 = _halves(gu, s.interleaved, s.gate_first, dim=1)
+        b1, b3 = _halves(bu, s.interleaved, s.gate_first, dim=1) if s.biases else (None, None)
+        return w1, down, w3, b1, b2, b3
+
+    def route(self, x2: Tensor):
+        """``(routing, logits)`` of the tokens ``x2 [T, dim]``."""
+        s = self.spec
+        weight = self._router_param(s.router_weight)
+        cd = compute_dtype(x2.dtype)
+        if s.float32 == "logits":
+            cd = torch.float32
+        bias = None if s.logit_bias is None else self._router_param(s.logit_bias).to(cd)
+        logits = F.linear(x2.to(cd), weight.to(cd), bias)
+        sel = None if s.selection_bias is None else self._router_param(s.selection_bias)
+        scores = logits.float() if s.float32 == "routing" else logits
+        return self.__dict__["moe_router"].route(scores, sel), logits
+
+    def forward(self, hidden_states: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        """``[..., dim]`` -> the block's output (see the class docstring)."""
+        s, x = self.spec, hidden_states
+        dim = x.shape[-1]
+        x2 = x.reshape(-1, dim)
+        routing, logits = self.route(x2)
+        router = self._modules[s.router]
+        if router._forward_hooks or router._forward_pre_hooks:
+            # transformers' output recorders read the router's own output: call it as the
+            # block does (its output is not used)
+            args = [x2 if s.router_call.startswith("flat") else x]
+            if s.router_call.endswith("+bias"):
+                args.append(self._router_param(s.selection_bias))
+            router(*args)
+        xe = Experts.autocast_input(x2)
+        backend = "reference" if self.backend == "reference" else "fused"
+        if self.act_options and backend == "fused" and _default_options(s):
+            options = ()
+        else:
+            options, backend = self.act_options, "reference" if self.act_options else backend
+        y = run_experts(xe, routing, self.expert_weights(), activation=s.activation,
+                        backend=backend, options=options)  # fmt: skip
+        if s.shared is not None:
+            sh = self._modules[s.shared](x2)
+            if s.shared_gate is not None:
+                sh = sh * torch.sigmoid(self._modules[s.shared_gate](x2))
+            y = y + sh
+        if s.output_bias is not None:
+            y = y + self._router_param(s.output_bias)
+        y = y.to(x.dtype) if not torch.is_autocast_enabled(x.device.type) else y
+        y = y if s.flat else y.reshape(*x.shape[:-1], dim)
+        if s.returns == "logits":
+            return y, logits.to(x.dtype) if logits.dtype != x.dtype else logits
+        if s.returns == "gates":
+            return y, routing.gates.to(x.dtype)
+        return y
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return (f"router={s.kind!r}, top_k={s.top_k}, norm_topk={s.norm_topk}, "
+                f"activation={s.activation!r}, backend={self.backend!r}")  # fmt: skip
+
+
+def _default_options(spec: MoESpec) -> bool:
+    act = get_activation(spec.activation)
+    return tuple(float(v) for _, v in act.options) == tuple(spec.options)
+
+
+def _halves(t: Tensor, interleaved: bool, gate_first: bool, dim: int) -> tuple[Tensor, Tensor]:
+    """The gate and up halves of ``t`` along ``dim`` (views: slices, or every other row)."""
+    n = t.shape[dim]
+    if interleaved:
+        idx = [slice(None)] * t.dim()
+        idx[dim] = slice(0, None, 2)
+        first = t[tuple(idx)]
+        idx[dim] = slice(1, None, 2)
+        second = t[tuple(idx)]
+    else:
+        first, second = t.narrow(dim, 0, n // 2), t.narrow(dim, n // 2, n - n // 2)
+    return (first, second) if gate_first else (second, first)
+
+
+def _eager_copy(block: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A ``dtype`` copy of ``block`` whose experts run transformers' eager loop (the default
+    ``grouped_mm`` has no float64 kernel on the CPU), parameters and router buffers redrawn."""
+    probe = copy.deepcopy(block).to(dtype).eval()
+    for m in probe.modules():
+        config = getattr(m, "config", None)
+        if config is not None and hasattr(config, "_experts_implementation"):
+            config._experts_implementation = "eager"
+    _randomise(probe, seed=0)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # a correction bias left at zero would hide a spec that ignores it
+        for m in probe.modules():
+            for name, b in m.named_buffers(recurse=False):
+                if b.is_floating_point() and "bias" in name:
+                    b.copy_(torch.randn(b.shape, generator=g, dtype=torch.float64) * 0.1)
+    return probe
+
+
+def _run(module: nn.Module, x: Tensor, cot: Tensor | None, params: list[Tensor]):
+    with torch.enable_grad():
+        out = module(x)
+        y = out[0] if isinstance(out, tuple) else out
+        extra = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+        if cot is None:
+            return out, y, extra, []
+        grads = torch.autograd.grad(y, [x, *params], cot, allow_unused=True)
+    return out, y, extra, grads
+
+
+class _MoEProbe:
+    """A randomised ``dtype`` copy of a block, an input ``[2, 5, dim]``, a cotangent and the
+    block's output, second output and gradients (input and every parameter), and how the block
+    called its child ``router``."""
+
+    def __init__(self, block: nn.Module, dim: int, dtype: torch.dtype, router: str) -> None:
+        self.module = _eager_copy(block, dtype)
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randn(2, 5, dim, generator=g, dtype=torch.float64).to(dtype)
+        self.x.requires_grad_()
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
+        calls = []
+        hook = self.module._modules[router].register_forward_pre_hook(
+            lambda _, args: calls.append(args))  # fmt: skip
+        try:
+            self.out, y, _, _ = _run(self.module, self.x, None, self.params)
+        finally:
+            hook.remove()
+        self.router_call = _router_call(self.module, self.x, calls)
+        self.cot = torch.randn(y.shape, generator=g, dtype=torch.float64).to(dtype)
+        _, self.y, self.extra, self.grads = _run(self.module, self.x, self.cot, self.params)
+
+    def difference(self, spec: MoESpec) -> float:
+        try:
+            wrapper = HFMoE(self.module, spec, backend="reference")
+            _, y, extra, grads = _run(wrapper, self.x, self.cot, self.params)
+            return max([_rel(self.y, y), _rel(self.extra, extra)]
+                       + [_rel(a, b) for a, b in zip(self.grads, grads, strict=True)])  # fmt: skip
+        except Exception:  # noqa: BLE001 - a candidate that fails does not match
+            return math.inf
+
+
+def _router_call(block: nn.Module, x: Tensor, calls: list[tuple]) -> str:
+    """How ``block`` called its router on ``x`` (:attr:`MoESpec.router_call`)."""
+    if len(calls) != 1 or not calls[0]:
+        return "flat"
+    args = calls[0]
+    form = "input" if args[0].dim() == x.dim() else "flat"
+    own = [b for b in block._buffers.values() if b is not None] + list(block._parameters.values())
+    if len(args) > 1 and any(args[1] is t for t in own):
+        form += "+bias"
+    return form
+
+
+def verified_moe_spec(block: nn.Module, dim: int) -> tuple[MoESpec | None, float]:
+    """``(spec, difference)`` of the first :func:`moe_candidates` spec whose wrapper computes
+    ``block``'s output, second output and gradients (input and every parameter) within
+    :data:`~ffnlab.interop.verify.TOLERANCE` on a float64 probe ``[2, 5, dim]``, or ``(None,
+    smallest difference)`` (``inf`` when no candidate ran).
+
+    A block that rounds on purpose (GraniteMoE's ``softmax(top-k logits.float())``, which ffnlab
+    computes as renormalised softmax probabilities: equal in exact arithmetic) cannot match in
+    float64: candidates within :data:`~ffnlab.interop.verify.NEAR` are checked again on a
+    float32 probe, within :data:`~ffnlab.interop.verify.TOLERANCE_FLOAT32`."""
+    first = next(moe_candidates(block), None)
+    if first is None:
+        return None, math.inf
+    try:
+        probe = _MoEProbe(block, dim, torch.float64, first.router)
+    except Exception:  # noqa: BLE001 - a block that does not run on [2, 5, dim]: no match
+        return None, math.inf
+    returns: tuple[str | None, ...] = (None,)
+    if isinstance(probe.out, tuple):  # (y, router logits [T, E]) or (y, gates [T, k])
+        n_experts = HFMoE(probe.module, first, backend="reference").expert_weights()[0].shape[0]
+        width = -1 if probe.extra is None else probe.extra.shape[-1]
+        returns = tuple(r for r, w in (("logits", n_experts), ("gates", first.top_k)) if w == width)
+    best, near = math.inf, []
+    for spec in moe_candidates(block, returns=returns, flat=probe.y.dim() == 2):
+        spec = replace(spec, router_call=probe.router_call)
+        diff = probe.difference(spec)
+        if diff <= TOLERANCE:
+            return spec, diff
+        if diff < NEAR:
+            near.append((diff, spec))
+        best = min(best, diff)
+    if near:
+        probe32 = _MoEProbe(block, dim, torch.float32, first.router)
+        for _, spec in sorted(near, key=lambda t: t[0]):
+            diff = probe32.difference(spec)
+            if diff <= TOLERANCE_FLOAT32:
+                return spec, diff
+    return None, best

@@ -1,0 +1,230 @@
+"""patch_hf on the mixture-of-experts blocks of transformers' MoE families (tiny random models).
+
+Models come from ``scripts/interop_families.py`` (width 32, two layers, 4 experts, top-2). In
+float64 the unpatched model runs transformers' eager expert loop (its default ``grouped_mm``
+has no float64 kernel on the CPU); the patched one runs ffnlab's fused grouped op (float64:
+its per-expert product loop) or the reference loop.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import ffnlab
+from ffnlab.interop.hf import patch_hf_report
+from ffnlab.interop.hf_moe import HFMoE
+
+transformers = pytest.importorskip("transformers")
+
+# family -> float64 tolerance of the logits (relative): 1e-12 where ffnlab computes what the
+# block computes; GraniteMoE's softmax of the top-k logits is ffnlab's renormalised softmax
+# (the same in exact arithmetic) rounded to float32 by the block, so only ~1e-7 there.
+FAMILIES = {
+    "mixtral": 1e-12,
+    "qwen2_moe": 1e-12,  # shared expert + sigmoid shared gate, no renormalisation
+    "qwen3_moe": 1e-12,
+    "olmoe": 1e-12,
+    "deepseek_v3": 1e-12,  # sigmoid + correction bias, 2 groups, shared experts
+    "deepseek_v2": 1e-12,
+    "gpt_oss": 1e-12,  # logit bias, interleaved [E, dim, 2I], biases, clamped SwiGLU
+    "llama4_text": 1e-12,  # gates on the input, [T, dim] output, returns router logits
+    "granitemoe": 1e-6,
+    "minimax": 1e-12,
+    "hunyuan_v1_moe": 1e-12,  # router weight inside gate.wg
+    "jetmoe": 1e-6,  # experts in two children, output bias; top-k logits' softmax in float32
+}
+
+
+def _build(family: str, families, dtype=torch.float64, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = families.build_model(family, dtype=dtype, **kw)
+    if dtype == torch.float64:
+        model.set_experts_implementation("eager")
+    return model, families.inputs_for(model)
+
+
+def _grads(model, inputs, families) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    families.logits(model, inputs).pow(2).mean().backward()
+    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def _blocks(model) -> list[HFMoE]:
+    return [m for m in model.modules() if isinstance(m, HFMoE)]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_float64_logits_gradients_keys_and_unpatch(families, family):
+    model, inputs = _build(family, families)
+    with torch.no_grad():
+        want = families.logits(model, inputs)
+    want_grads = _grads(model, inputs, families)
+    keys = list(model.state_dict())
+    params = {k: p for k, p in model.named_parameters()}
+    originals = dict(model.named_modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left: no warning
+        n = ffnlab.patch_hf(model)
+    blocks = _blocks(model)
+    # one MoE block per layer; DeepSeek-V3's layer 0 is dense (first_k_dense_replace=1)
+    assert len(blocks) == (1 if family == "deepseek_v3" else 2)
+    assert n == len(blocks) + (family == "deepseek_v3")
+    assert list(model.state_dict()) == keys
+    assert all(params[k] is p for k, p in model.named_parameters())  # shared, not copied
+    stored = blocks[0].get_parameter(blocks[0].spec.up)
+    w1 = blocks[0].expert_weights()[0]
+    assert w1.untyped_storage().data_ptr() == stored.untyped_storage().data_ptr()
+    tol = FAMILIES[family]
+    with torch.no_grad():
+        torch.testing.assert_close(families.logits(model, inputs), want, rtol=tol, atol=tol)
+    got_grads = _grads(model, inputs, families)
+    assert got_grads.keys() == want_grads.keys()
+    for k in want_grads:
+        torch.testing.assert_close(got_grads[k], want_grads[k], rtol=max(tol, 1e-10),
+                                   atol=max(tol, 1e-10), msg=k)  # fmt: skip
+    assert ffnlab.unpatch_hf(model) == n
+    restored = dict(model.named_modules())
+    assert restored.keys() == originals.keys()
+    assert all(restored[k] is m for k, m in originals.items())
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "gpt_oss", "deepseek_v3"])
+def test_float32_fused_and_reference_backends(families, family):
+    """float32, transformers' default grouped_mm experts against ffnlab's fused grouped op
+    (and the reference loop): logits ~1e-5, gradients ~1e-4."""
+    model, inputs = _build(family, families, dtype=torch.float32)
+    with torch.no_grad():
+        want = families.logits(model, inputs)
+    want_grads = _grads(model, inputs, families)
+    for backend in ("auto", "reference"):
+        assert patch_hf_report(model, backend)[1] == []
+        assert all(b.backend == backend for b in _blocks(model))
+        with torch.no_grad():
+            torch.testing.assert_close(families.logits(model, inputs), want, rtol=1e-5,
+                                       atol=1e-6)  # fmt: skip
+        got = _grads(model, inputs, families)
+        for k in want_grads:
+            torch.testing.assert_close(got[k], want_grads[k], rtol=1e-4, atol=1e-6, msg=k)
+        ffnlab.unpatch_hf(model)
+
+
+def test_router_logits_and_aux_loss_unchanged(families):
+    """transformers' recorded router logits (forward hooks on the router) and its
+    load-balancing loss, with gradients to the router, are the same once patched."""
+    model, inputs = _build("mixtral", families)
+    labels = inputs["input_ids"]
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        out = model(**inputs, labels=labels, output_router_logits=True, use_cache=False)
+        out.loss.backward()
+        gate = model.model.layers[0].mlp.gate.weight.grad.clone()
+        return out.loss.detach(), out.aux_loss.detach(), [r.detach() for r in out.router_logits], gate
+
+    want = run()
+    assert ffnlab.patch_hf(model) == 2
+    got = run()
+    assert isinstance(model.model.layers[0].mlp, HFMoE)
+    for a, b in zip(got[:2], want[:2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert len(got[2]) == len(want[2]) == 2
+    for a, b in zip(got[2], want[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got[3], want[3], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "family", ["gpt_oss", "minimax_m2", "afmoe", "llama4_text", "deepseek_v3", "jetmoe"]
+)
+def test_recorded_router_logits_of_other_router_calls(families, family):
+    """Routers called with the block's input as it came (DeepSeek, AFMoE), with the block's
+    own correction bias (MiniMax-M2, AFMoE), returning ``(scores, logits)`` (Llama 4) or five
+    values (JetMoE): transformers records the same router logits once patched."""
+    model, inputs = _build(family, families)
+
+    def recorded():
+        with torch.no_grad():
+            out = model(**inputs, output_router_logits=True, use_cache=False)
+        return out.router_logits
+
+    want = recorded()
+    assert patch_hf_report(model)[1] == []
+    got = recorded()
+    assert len(got) == len(want) > 0
+    tol = FAMILIES.get(family, 1e-12)  # JetMoE: later layers see its float32 rounding
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def test_gpt_oss_returns_its_gates(families):
+    model, _ = _build("gpt_oss", families)
+    block = model.model.layers[0].mlp
+    x = torch.randn(2, 3, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    want_y, want_scores = block(x)
+    ffnlab.patch_hf(model)
+    wrapper = model.model.layers[0].mlp
+    assert wrapper.spec.returns == "gates" and wrapper.spec.interleaved and wrapper.spec.biases
+    y, scores = wrapper(x)
+    torch.testing.assert_close(y, want_y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(scores, want_scores, rtol=1e-12, atol=1e-12)
+
+
+class _HalfTemperatureRouter(nn.Module):
+    """Mixtral's router with its logits doubled: a router no candidate computes."""
+
+    def __init__(self, router: nn.Module) -> None:
+        super().__init__()
+        self.top_k, self.weight = router.top_k, router.weight
+
+    def forward(self, x):
+        logits = 2 * nn.functional.linear(x, self.weight)
+        top, idx = logits.softmax(-1).topk(self.top_k, dim=-1)
+        return logits, top / top.sum(-1, keepdim=True), idx
+
+
+def test_a_block_that_fails_the_probe_is_left_with_the_reason(families):
+    model, inputs = _build("mixtral", families)
+    odd = model.model.layers[1].mlp
+    odd.gate = _HalfTemperatureRouter(odd.gate)
+    with torch.no_grad():
+        want = families.logits(model, inputs)
+    keys = list(model.state_dict())
+    count, left = patch_hf_report(model)
+    assert count == 1 and len(left) == 1
+    assert left[0].startswith("model.layers.1.mlp (MixtralSparseMoeBlock: no candidate matches")
+    assert model.model.layers[1].mlp is odd  # the original stays
+    assert isinstance(model.model.layers[0].mlp, HFMoE)
+    assert list(model.state_dict()) == keys
+    with torch.no_grad():
+        torch.testing.assert_close(families.logits(model, inputs), want, rtol=1e-12, atol=1e-12)
+    with pytest.warns(UserWarning, match="left 1 MLP module"):
+        assert ffnlab.patch_hf(model) == 0
+
+
+def test_phimoe_sparsemixer_is_left(families):
+    model, _ = _build("phimoe", families)
+    count, left = patch_hf_report(model)
+    assert count == 0 and len(left) == 2
+    assert all("no candidate matches it" in why for why in left)
+
+
+def test_save_pretrained_round_trip(families, tmp_path):
+    """A patched model saves what the unpatched one would: a fresh load gives its logits."""
+    model, inputs = _build("qwen2_moe", families, dtype=torch.float32)
+    ffnlab.patch_hf(model)
+    with torch.no_grad():
+        for p in model.parameters():  # away from the seeded initialisation
+            p.add_(0.01 * torch.randn_like(p))
+        want = families.logits(model, inputs)
+    model.save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert not _blocks(loaded)
+    with torch.no_grad():
+        torch.testing.assert_close(families.logits(loaded, inputs), want, rtol=1e-5, atol=1e-6)
