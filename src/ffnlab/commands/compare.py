@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: one per CPU core on cpu; 1 trains in this process)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds after which adaptive seeding starts no new round and cuts the "
-                        "last to what fits; inf for none (default: the preset's, 540 for quick)")
+                        "last to what fits; inf for none (default: the preset's, 570 for quick)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run the training runs as tasks on a Ray cluster (auto, "
                         "ray://host:port, or local); needs ffnlab[ray]")

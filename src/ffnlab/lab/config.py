@@ -62,7 +62,8 @@ class Preset:
 # pipeline; quick is the default run: one layer at dim 64 (paired spread of swiglu - relu 0.018
 # bpb over 5 seeds against 0.027-0.057 with two layers at equal wall time), batch 32 for 1000
 # steps (2M tokens; 700 steps left the curves falling steeply), the whole validation split,
-# learning rate to 0; full wants a GPU or an afternoon.
+# learning rate to 0; 570 s of training leave about 15 s for start-up, measurements and the
+# report (8 min 54 s in all with 540 s, 2026-12-03); full wants a GPU or an afternoon.
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         model={"dim": 32, "n_layers": 1, "n_heads": 2, "seq_len": 32},
@@ -74,7 +75,7 @@ PRESETS: dict[str, Preset] = {
         model={"dim": 64, "n_layers": 1, "n_heads": 4, "seq_len": 64},
         train={"steps": 1000, "batch_size": 32, "lr": 6e-3, "warmup": 100, "eval_every": 250,
                "eval_tokens": 100_000, "ckpt_every": 100, "min_lr_ratio": 0.0},
-        seeds=4, max_seeds=8, timing_reps=30, act_numel=1 << 20, time_budget_s=540.0,
+        seeds=4, max_seeds=8, timing_reps=30, act_numel=1 << 20, time_budget_s=570.0,
     ),
     "full": Preset(
         model={"dim": 256, "n_layers": 4, "n_heads": 8, "seq_len": 256},
@@ -140,7 +141,7 @@ class CompareConfig:
     local processes with one torch thread each (``None``: one per CPU core on cpu, 1 on cuda; 1:
     this process). ``data_fraction``: the share of the training split used. ``time_budget``:
     seconds of wall time after which adaptive seeding adds no seeds, and rounds are cut to what
-    fits (``None``: the preset's; quick has 540 s, so that the default run ends within ten
+    fits (``None``: the preset's; quick has 570 s, so that the default run ends within ten
     minutes with its measurements and report). ``ray``: a Ray cluster address (``auto``,
     ``ray://host:port``, ``local``); the runs of each round become Ray tasks
     (:mod:`ffnlab.lab.ray_executor`) instead of local workers. ``nproc`` asks for that many data-parallel processes on this
