@@ -52,7 +52,7 @@ def test_defaults_and_normalisation():
     assert CompareConfig(seeds=3, max_seeds=8).seed_budget == 8
     assert CompareConfig(preset="smoke").seed_budget == 1  # smoke: no adaptive seeding
     assert CompareConfig(workers=3).worker_count() == 3
-    assert CompareConfig().time_budget_s == 540.0 and CompareConfig(preset="smoke").time_budget_s is None
+    assert CompareConfig().time_budget_s == 570.0 and CompareConfig(preset="smoke").time_budget_s is None
     assert CompareConfig(time_budget=float("inf")).time_budget_s is None
     assert CompareConfig(nproc=2).worker_count() == 1
     assert CompareConfig(preset="quick").seed_list() == list(range(PRESETS["quick"].seeds))
