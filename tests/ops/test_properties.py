@@ -199,6 +199,8 @@ def _grad_bounds(ffn64: FeedForward, x64: torch.Tensor, g64: torch.Tensor, dtype
     h3_mag = 1.0
     if ffn64.w3 is not None:
         h3_mag = x_abs @ t(ffn64.w3).T + (ffn64.w3.bias.abs() if ffn64.w3.bias is not None else 0)
+        if ffn64.activation == "clamped_swish":  # GPT-OSS multiplies by (clamp(h3) + 1)
+            h3_mag = h3_mag + 1.0
     a_abs = hidden_activation(ffn64.activation, h1, None, ffn64.beta_value).abs()
     dm = g_abs @ t(ffn64.w2)  # [.., hidden]
     slope = 2.0 * beta * (h1_mag + 1.0)

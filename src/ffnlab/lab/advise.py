@@ -82,6 +82,10 @@ def _order(usable: list[Mapping], priority: str) -> list[Mapping]:
 
 
 def _pct(a: float, b: float) -> str:
+    """``a`` against ``b`` as a signed percentage; "n/a" when ``b`` is 0 or either is not finite
+    (a hand-edited or partial results.json)."""
+    if not (math.isfinite(a) and math.isfinite(b)) or b == 0:
+        return "n/a"
     return f"{(a / b - 1) * 100:+.1f}%"
 
 
