@@ -38,7 +38,7 @@ from ..experts import Experts, run_experts
 from ..routers import get_router
 from .hf_modules import HFFeedForward
 from .recognise_moe import MoESpec, moe_candidates
-from .verify import NEAR, TOLERANCE, TOLERANCE_FLOAT32, _randomise, _rel
+from .verify import NEAR, TOLERANCE, TOLERANCE_FLOAT32, randomise_parameters, relative_difference
 
 __all__ = ["HFMoE", "verified_moe_spec"]
 
@@ -185,7 +185,7 @@ def _eager_copy(block: nn.Module, dtype: torch.dtype) -> nn.Module:
         config = getattr(m, "config", None)
         if config is not None and hasattr(config, "_experts_implementation"):
             config._experts_implementation = "eager"
-    _randomise(probe, seed=0)
+    randomise_parameters(probe, seed=0)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():  # a correction bias left at zero would hide a spec that ignores it
         for m in probe.modules():
@@ -232,8 +232,8 @@ class _MoEProbe:
         try:
             wrapper = HFMoE(self.module, spec, backend="reference")
             _, y, extra, grads = _run(wrapper, self.x, self.cot, self.params)
-            return max([_rel(self.y, y), _rel(self.extra, extra)]
-                       + [_rel(a, b) for a, b in zip(self.grads, grads, strict=True)])  # fmt: skip
+            pairs = [(self.y, y), (self.extra, extra), *zip(self.grads, grads, strict=True)]
+            return max(relative_difference(a, b) for a, b in pairs)
         except Exception:  # noqa: BLE001 - a candidate that fails does not match
             return math.inf
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from .recognise import MLPSpec, candidates, forward_inputs, projection_shape
 
-__all__ = ["TOLERANCE", "Probe", "verified_spec"]
+__all__ = ["TOLERANCE", "Probe", "verified_spec", "randomise_parameters", "relative_difference"]
 
 #: Largest accepted difference, relative to the largest magnitude of the compared tensor, in
 #: float64 (the float64 reference and transformers' modules agree to ~1e-16 on the probes).
@@ -34,7 +34,7 @@ TOLERANCE_FLOAT32 = 1e-5
 NEAR = 1e-5
 
 
-def _randomise(module: nn.Module, seed: int) -> None:
+def randomise_parameters(module: nn.Module, seed: int) -> None:
     """Redraw every float parameter: ``N(0, 1/in)`` for matrices, ``N(1, 0.25)`` for norm
     weights, ``N(0, 0.25)`` otherwise (biases, learnable activation parameters)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -52,7 +52,9 @@ def _randomise(module: nn.Module, seed: int) -> None:
                 p.copy_(r.to(p.device))
 
 
-def _rel(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
+def relative_difference(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
+    """``max |a - b|`` over the larger of ``max |a|``, ``max |b|`` (0 when both are None, inf
+    when one is, or when the shapes differ)."""
     if a is None or b is None:
         return 0.0 if a is None and b is None else math.inf
     if a.shape != b.shape:
@@ -74,7 +76,7 @@ class Probe:
     def __init__(self, module: nn.Module, *, dim: int, seed: int = 0,
                  dtype: torch.dtype = torch.float64) -> None:  # fmt: skip
         self.module = copy.deepcopy(module).to(dtype).eval()
-        _randomise(self.module, seed)
+        randomise_parameters(self.module, seed)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         device = self.params[0].device if self.params else torch.device("cpu")
         g = torch.Generator(device="cpu").manual_seed(seed + 1)
@@ -120,11 +122,11 @@ class Probe:
         try:
             replacement.eval()
             y, grads = self._run(replacement, self.cot)
-            worst = max(
-                [_rel(self.y, y)] + [_rel(a, b) for a, b in zip(self.grads, grads, strict=True)]
-            )
+            worst = max([relative_difference(self.y, y)]
+                        + [relative_difference(a, b)
+                           for a, b in zip(self.grads, grads, strict=True)])
             if self.dropout:
-                worst = max(worst, _rel(self.y_train, self._train(replacement)))
+                worst = max(worst, relative_difference(self.y_train, self._train(replacement)))
         except Exception:  # noqa: BLE001 - any failure of a candidate means "does not match"
             return math.inf
         return worst
