@@ -19,7 +19,7 @@ from ..ops.reference import hidden_activation
 from ..sizing import default_hidden_dim
 from ..variants import get_variant
 from .model import ModelConfig, TinyGPT, init_parameters
-from .moe_variant import build_ffn, lab_variant
+from .moe_variant import lab_variant
 from .precision import autocast, param_dtype
 
 __all__ = [
@@ -51,7 +51,7 @@ def saved_bytes_per_token(variant: str, model_cfg: ModelConfig, *, batch_size: i
     that the parameter exclusion cannot see, and would bill weights as activations. An MoE lab
     variant (``moe:swiglu:8x2``) is measured the same way, with its router at initialisation.
     """
-    ffn = build_ffn(variant, model_cfg.dim, backend=backend, device=device, dtype=dtype)
+    ffn = lab_variant(variant).build(model_cfg.dim, backend=backend, device=device, dtype=dtype)
     x = torch.randn(batch_size, model_cfg.seq_len, model_cfg.dim, device=device, dtype=dtype,
                     requires_grad=True)
     nbytes, _ = saved_tensor_bytes(lambda: ffn(x), exclude=list(ffn.parameters()))
@@ -91,7 +91,8 @@ def ffn_timings(variants: list[str], model_cfg: ModelConfig, *, batch_size: int,
     device = torch.device(device)
     fns = {}
     for v in variants:
-        ffn = build_ffn(v, model_cfg.dim, backend=backend, device=device, dtype=param_dtype(dtype))
+        ffn = lab_variant(v).build(model_cfg.dim, backend=backend, device=device,
+                                  dtype=param_dtype(dtype))
         x = torch.randn(batch_size, model_cfg.seq_len, model_cfg.dim, device=device,
                         dtype=param_dtype(dtype), requires_grad=True)
         g = torch.randn_like(x)

@@ -31,7 +31,7 @@ from ..sizing import default_hidden_dim, ffn_params
 from ..variants import get_variant
 
 __all__ = ["LOAD_BALANCE_COEF", "MOE_PREFIX", "LabVariant", "canonical_name", "lab_variant",
-           "parse_lab_variants", "is_moe", "file_stem", "build_ffn"]
+           "parse_lab_variants", "is_moe", "file_stem"]
 
 MOE_PREFIX = "moe"
 
@@ -149,11 +149,6 @@ def file_stem(name: str) -> str:
     """A file-name-safe form of a canonical name: ``moe:swiglu:8x2`` -> ``moe-swiglu-8x2``
     (registry names have no colons and are kept as they are)."""
     return name.replace(":", "-")
-
-
-def build_ffn(name: str, dim: int, **kw) -> nn.Module:
-    """:meth:`LabVariant.build` of ``name``."""
-    return lab_variant(name).build(dim, **kw)
 
 
 def parse_lab_variants(text: str) -> list[str]:
