@@ -12,7 +12,8 @@ from ffnlab.variants import variant_names
 EVERY_FIELD = {
     "preset": "smoke", "out": Path("/tmp/ffnlab-out"), "variants": ("swiglu", "relu"),
     "device": torch.device("cpu", 0), "dtype": torch.bfloat16, "seed": 3, "seeds": 2,
-    "steps": 7, "data": Path("texts/a.txt"), "backend": "reference", "nproc": 2,
+    "steps": 7, "data": Path("texts/a.txt"), "backend": "reference", "optimizer": "adamw",
+    "nproc": 2,
     "dist_timeout": 30.0, "json": True, "resolution": 0.05, "max_seeds": 3, "workers": 1,
     "data_fraction": 0.5, "time_budget": 60.0, "dim": 16,
 }
@@ -52,6 +53,8 @@ def test_defaults_and_normalisation():
     assert CompareConfig(seeds=3, max_seeds=8).seed_budget == 8
     assert CompareConfig(preset="smoke").seed_budget == 1  # smoke: no adaptive seeding
     assert CompareConfig(workers=3).worker_count() == 3
+    assert CompareConfig().optimizer_name == "muon" and CompareConfig().resolved()[2].steps == 600
+    assert CompareConfig(preset="smoke").optimizer_name == "adamw"
     assert CompareConfig().time_budget_s == 570.0 and CompareConfig(preset="smoke").time_budget_s is None
     assert CompareConfig(time_budget=float("inf")).time_budget_s is None
     assert CompareConfig(nproc=2).worker_count() == 1

@@ -79,6 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--data", default=None, help="a text file or a folder of them (default: pydoc_data.topics)")
     p.add_argument("--backend", default="auto", help="FeedForward backend (default: auto)")
+    p.add_argument("--optimizer", default=None,
+                   help="adamw, or muon (Muon on the blocks' matrices, AdamW on embeddings and "
+                        "gains); default: the preset's (quick: muon; adamw for a mixture of "
+                        "experts)")
     p.add_argument("--json", action="store_true", help="print results.json when done")
     p.add_argument("--nproc", type=int, default=None,
                    help="train data-parallel on N local processes (starts torchrun on 127.0.0.1)")
@@ -140,7 +144,7 @@ def config_from_args(args: argparse.Namespace, *, dim=_FROM_ARGS,
         data_fraction=data_fraction, dim=dim, time_budget=args.time_budget, ray=args.ray,
         device=parse_device(args.device), dtype=parse_dtype(args.dtype), seed=args.seed,
         seeds=args.seeds, steps=args.steps, data=None if args.data is None else Path(args.data),
-        backend=args.backend, nproc=args.nproc, dist_timeout=args.dist_timeout, json=args.json,
+        backend=args.backend, optimizer=args.optimizer, nproc=args.nproc, dist_timeout=args.dist_timeout, json=args.json,
     )
 
 

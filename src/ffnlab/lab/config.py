@@ -60,10 +60,12 @@ class Preset:
 
 # Sized for a 2-core CPU (docs/lab.md has the recipe sweep and the wall times): smoke checks the
 # pipeline; quick is the default run: one layer at dim 64 (paired spread of swiglu - relu 0.018
-# bpb over 5 seeds against 0.027-0.057 with two layers at equal wall time), batch 32 for 1000
-# steps (2M tokens; 700 steps left the curves falling steeply), the whole validation split,
-# learning rate to 0; 570 s of training leave about 15 s for start-up, measurements and the
-# report (8 min 54 s in all with 540 s, 2026-12-03); full wants a GPU or an afternoon.
+# bpb over 5 seeds against 0.027-0.057 with two layers at equal wall time), batch 32, the whole
+# validation split, learning rate to 0, Muon on the block matrices: 600 steps at lr 0.024 reach
+# 2.10-2.12 bpb (AdamW: 2.19-2.24 after 1000 steps at its best rate, 6e-3) with paired spreads
+# of 0.016-0.019 over 8 seeds (AdamW at 1000 steps: 0.022-0.031 over 6), so ten minutes buy
+# about 60 runs instead of 40, each with less spread. 570 s of training leave about 15-25 s for
+# start-up, measurements and the report; full wants a GPU or an afternoon.
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         model={"dim": 32, "n_layers": 1, "n_heads": 2, "seq_len": 32},
@@ -73,9 +75,10 @@ PRESETS: dict[str, Preset] = {
     ),
     "quick": Preset(
         model={"dim": 64, "n_layers": 1, "n_heads": 4, "seq_len": 64},
-        train={"steps": 1000, "batch_size": 32, "lr": 6e-3, "warmup": 100, "eval_every": 250,
-               "eval_tokens": 100_000, "ckpt_every": 100, "min_lr_ratio": 0.0},
-        seeds=4, max_seeds=8, timing_reps=30, act_numel=1 << 20, time_budget_s=570.0,
+        train={"steps": 600, "batch_size": 32, "lr": 0.024, "warmup": 60, "eval_every": 200,
+               "eval_tokens": 100_000, "ckpt_every": 100, "min_lr_ratio": 0.0,
+               "optimizer": "muon"},
+        seeds=5, max_seeds=10, timing_reps=30, act_numel=1 << 20, time_budget_s=570.0,
     ),
     "full": Preset(
         model={"dim": 256, "n_layers": 4, "n_heads": 8, "seq_len": 256},
@@ -86,19 +89,24 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def resolve_config(preset_name: str, *, steps: int | None = None, dim: int | None = None):
+def resolve_config(preset_name: str, *, steps: int | None = None, dim: int | None = None,
+                   optimizer: str | None = None):
     """``(preset, ModelConfig, TrainConfig)`` for a preset and optional step and width overrides.
 
     With ``steps`` given, warm-up stays at most 10% of it and evaluation happens at least 4 times.
     ``dim`` replaces the preset's model width (heads, depth and the recipe stay the preset's);
-    a width the head count does not divide is a UsageError naming both.
+    a width the head count does not divide is a UsageError naming both. ``optimizer``
+    (``"adamw"`` or ``"muon"``, :mod:`ffnlab.lab.optim`) replaces the preset's.
     """
     from .model import ModelConfig
+    from .optim import OPTIMIZERS
     from .train import TrainConfig
 
     check_choice("preset", preset_name, PRESETS)
     preset = PRESETS[preset_name]
     train = TrainConfig(**preset.train)
+    if optimizer is not None:
+        train = replace(train, optimizer=check_choice("--optimizer", optimizer, OPTIMIZERS))
     if steps is not None:
         check_positive_int("--steps", steps)
         train = replace(
@@ -166,6 +174,7 @@ class CompareConfig:
     dim: int | None = None
     data: Path | None = None
     backend: str = "auto"
+    optimizer: str | None = None
     nproc: int | None = None
     dist_timeout: float = DEFAULT_TIMEOUT_S
     json: bool = False
@@ -182,7 +191,15 @@ class CompareConfig:
         }
         for name, value in normal.items():
             object.__setattr__(self, name, value)
-        self.resolved()  # preset name, --steps and --dims
+        self.resolved()  # preset name, --steps, --dims and --optimizer
+        if self.optimizer == "muon":
+            from .moe_variant import is_moe
+
+            moe = [v for v in self.variants if is_moe(v)]
+            if moe:
+                raise UsageError(f"--optimizer muon cannot train {moe[0]}: Muon orthogonalises "
+                                 f"2-D matrices, and a mixture of experts keeps its experts as "
+                                 f"3-D stacks (use --optimizer adamw)")
         if self.device.type not in ("cpu", "cuda"):
             raise UsageError(f"device {str(self.device)!r} is not supported (use cpu or cuda)")
         if self.dtype not in FLOAT_DTYPES.values():
@@ -241,7 +258,23 @@ class CompareConfig:
 
     def resolved(self):
         """``(preset, ModelConfig, TrainConfig)`` of this configuration."""
-        return resolve_config(self.preset, steps=self.steps, dim=self.dim)
+        return resolve_config(self.preset, steps=self.steps, dim=self.dim,
+                              optimizer=self.optimizer_name)
+
+    @property
+    def optimizer_name(self) -> str:
+        """The optimizer in force: ``optimizer``, else the preset's; a preset's Muon gives way
+        to AdamW when a variant is a mixture of experts (its 3-D expert stacks are not
+        Muon's: :mod:`ffnlab.lab.optim`), so dense and MoE runs share one optimizer."""
+        if self.optimizer is not None:
+            return self.optimizer
+        from .moe_variant import is_moe
+
+        name = PRESETS[self.preset].train.get("optimizer", "adamw") \
+            if self.preset in PRESETS else "adamw"
+        if name == "muon" and any(is_moe(v) for v in self.variants):
+            return "adamw"
+        return name
 
     @property
     def initial_seeds(self) -> int:

@@ -40,7 +40,8 @@ def _config_lines(results: Mapping) -> list[str]:
     seeds = cfg.get("seeds") or []
     lines = [
         f"Preset **{cfg.get('preset', '?')}**: {cfg.get('steps', '?')} steps, seeds "
-        f"{', '.join(map(str, seeds)) or '?'}, lr {cfg.get('lr', '?')}, warmup "
+        f"{', '.join(map(str, seeds)) or '?'}, optimizer {cfg.get('optimizer', 'adamw')}, "
+        f"lr {cfg.get('lr', '?')}, warmup "
         f"{cfg.get('warmup', '?')}, {cfg.get('tokens_per_run', '?')} tokens per run, "
         f"evaluation every {cfg.get('eval_every', '?')} steps.",
         f"Model: dim {model.get('dim', '?')}, {model.get('n_layers', '?')} layers, "

@@ -178,7 +178,7 @@ def build_results(*, status: str, preset_name: str, variants: list[str], seeds: 
         "model": {**m.as_dict(), "batch_size": t.batch_size,
                   "plain_hidden": default_hidden_dim("relu", m.dim, multiple_of=1),
                   "gated_hidden": default_hidden_dim("swiglu", m.dim, multiple_of=1)},
-        "lr": t.lr, "warmup": t.warmup, "min_lr_ratio": t.min_lr_ratio,
+        "optimizer": t.optimizer, "lr": t.lr, "warmup": t.warmup, "min_lr_ratio": t.min_lr_ratio,
         "weight_decay": t.weight_decay, "grad_clip": t.grad_clip,
         "tokens_per_run": t.steps * t.batch_size * m.seq_len,
         "eval_every": t.eval_every, "eval_tokens": t.eval_tokens,

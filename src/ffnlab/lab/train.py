@@ -1,8 +1,9 @@
 """Train one (variant, seed) run of the lab's model, resumably (the side measurements are in
 :mod:`ffnlab.lab.measure`).
 
-A run is: paired initialisation (``model.init_parameters``), AdamW with linear warm-up then
-cosine decay to 10% of the peak rate, gradient clipping at norm 1.0, a fixed token budget
+A run is: paired initialisation (``model.init_parameters``), the optimizer of
+``TrainConfig.optimizer`` (AdamW, or Muon on the hidden matrices: :mod:`ffnlab.lab.optim`) with
+linear warm-up then cosine decay to ``min_lr_ratio`` of the peak rate, gradient clipping at norm 1.0, a fixed token budget
 (``steps * batch_size * seq_len``), batches from a generator seeded by the seed alone
 (``data.BatchSampler``), and evaluation on a fixed validation subset every ``eval_every``
 steps. Validation loss is reported in bits per byte: mean cross-entropy in nats / ln 2.
@@ -41,13 +42,14 @@ import torch
 import torch.nn.functional as F
 
 from ..activations import get_activation
-from ..errors import UsageError, check_positive_int
+from ..errors import UsageError, check_choice, check_positive_int
 from ..variants import get_variant
 from . import io
 from .data import BatchSampler, Corpus, val_windows
 from .distributed import SINGLE, DistContext
 from .model import ModelConfig, TinyGPT, init_parameters
 from .moe_variant import LOAD_BALANCE_COEF, lab_variant
+from .optim import OPTIMIZERS, build_optimizer
 from .precision import autocast, param_dtype
 
 __all__ = [
@@ -81,8 +83,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     weight_decay: float = 0.1
     min_lr_ratio: float = 0.1
+    optimizer: str = "adamw"
 
     def __post_init__(self) -> None:
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
         for name in ("steps", "batch_size", "eval_every", "eval_tokens", "ckpt_every"):
             check_positive_int(name, getattr(self, name))
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
@@ -241,13 +245,8 @@ def train_run(
            "variant": v.name, "seed": int(seed)}
     model = TinyGPT(model_cfg, v.name, backend=backend).to(device=device, dtype=param_dtype(dtype))
     init_parameters(model, seed)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": train_cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=train_cfg.lr, betas=(0.9, 0.95),
-    )
+    opt = build_optimizer(model, name=train_cfg.optimizer, lr=train_cfg.lr,
+                          weight_decay=train_cfg.weight_decay)
     sampler = BatchSampler(corpus.train, batch_size=train_cfg.batch_size,
                            seq_len=model_cfg.seq_len, seed=seed)
     windows = val_windows(corpus.val, seq_len=model_cfg.seq_len, max_tokens=train_cfg.eval_tokens)
