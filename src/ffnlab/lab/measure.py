@@ -385,7 +385,7 @@ def estimate_memory_bytes(model_cfg: ModelConfig, *, batch_size: int, dtype: tor
                           ffn_params: int | None = None) -> int:
     """A generous upper estimate of one run's peak memory (the largest variant).
 
-    Parameters x 4 (weights, gradients, two AdamW moments) in the master dtype, plus per layer
+    Parameters x 4 (weights, gradients, up to two optimizer moments: AdamW's two, Muon's one) in the master dtype, plus per layer
     the activations autograd keeps: ~12 dim-wide and 3 hidden-wide tensors per token and the
     attention matrix (the CPU kernel materialises ``[B, H, T, T]``), plus logits, their softmax
     and gradient (``3 * vocab`` per token); then x 1.5 for allocator slack and temporaries.
