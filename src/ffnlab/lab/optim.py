@@ -1,6 +1,6 @@
 """The lab's optimizers: AdamW, or Muon on the hidden matrices with AdamW on the rest.
 
-``build_optimizer(model, train_cfg)`` returns an object with the parts of the
+``build_optimizer(model, name=..., lr=..., weight_decay=...)`` returns an object with the parts of the
 :class:`torch.optim.Optimizer` interface the training loop and the checkpoints use:
 ``param_groups`` (the loop sets every group's ``lr`` each step), ``zero_grad``, ``step``,
 ``state_dict`` and ``load_state_dict``.
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import UsageError, check_choice
 
 __all__ = ["OPTIMIZERS", "MuonAdamW", "build_optimizer", "muon_parameter_names"]
 
@@ -125,8 +125,7 @@ def build_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: flo
 
     Weight decay applies to matrices only (embeddings included), never to gains.
     """
-    if name not in OPTIMIZERS:
-        raise UsageError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    check_choice("optimizer", name, OPTIMIZERS)
     named = list(model.named_parameters())
     if name == "adamw":
         decay = [p for _, p in named if p.dim() >= 2]
