@@ -191,6 +191,27 @@ def test_sigkill_anywhere_then_rerun_loses_nothing(lab, tmp_path):
     assert _comparable(got) == _comparable(want)
 
 
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_damaged_checkpoint_after_sigkill_restarts_the_run(lab, tmp_path, optimizer):
+    """Killed mid-run, its checkpoint damaged: the next run retrains it from scratch (one line on
+    stderr), exits 0 and ends with an uninterrupted run's numbers, under every optimizer."""
+    extra = ("--optimizer", optimizer)
+    out = tmp_path / "out"
+    _killed(lab(out, "step", "-", "4", extra=extra))
+    (tensors,) = (out / "checkpoints").glob("relu-s0.*.safetensors")
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    proc = lab(out, extra=extra)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "from scratch" in line], proc.stderr
+    baseline = tmp_path / "baseline"
+    assert lab(baseline, extra=extra).returncode == 0
+    got = json.loads((out / "results.json").read_text())
+    want = json.loads((baseline / "results.json").read_text())
+    assert got["config"]["optimizer"] == optimizer
+    assert _comparable(got) == _comparable(want)
+
+
 def test_sigkill_during_an_adaptive_round_resumes_with_the_seeds_it_had(lab, tmp_path):
     # An unreachable resolution: round 1 trains seeds 0-1 of both variants (4 runs x 6 steps),
     # round 2 adds seed 2. Killed at the 27th step: relu seed 2, step 3, in round 2.

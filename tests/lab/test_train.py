@@ -36,10 +36,11 @@ def straight(corpus):
     """Uninterrupted runs, computed once per (variant, seed) for the module."""
     cache = {}
 
-    def get(variant, seed):
-        if (variant, seed) not in cache:
-            cache[variant, seed] = run(variant, seed, corpus, MODEL, TRAIN)
-        return cache[variant, seed]
+    def get(variant, seed, optimizer="adamw"):
+        if (variant, seed, optimizer) not in cache:
+            cfg = TrainConfig(**{**TRAIN.as_dict(), "optimizer": optimizer})
+            cache[variant, seed, optimizer] = run(variant, seed, corpus, MODEL, cfg)
+        return cache[variant, seed, optimizer]
 
     return get
 
@@ -97,16 +98,19 @@ def test_resume_after_interrupt_matches_uninterrupted(corpus, straight, tmp_path
     assert _comparable(resumed) == _comparable(straight("reglu", 1))
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 @pytest.mark.parametrize("damage", ["truncate", "flip", "meta_sha"])
-def test_corrupted_checkpoint_is_detected_and_retrained(corpus, straight, tmp_path, damage):
+def test_corrupted_checkpoint_is_detected_and_retrained(corpus, straight, tmp_path, damage,
+                                                        optimizer):
     stem = tmp_path / "gelu-s0"
+    cfg = TrainConfig(**{**TRAIN.as_dict(), "optimizer": optimizer})
 
     def stop(ev):
         if ev["step"] == 4:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run("gelu", 0, corpus, MODEL, TRAIN, checkpoint=stem, on_step=stop)
+        run("gelu", 0, corpus, MODEL, cfg, checkpoint=stem, on_step=stop)
     (st,) = tmp_path.glob("gelu-s0.*.safetensors")
     blob = bytearray(st.read_bytes())
     if damage == "truncate":
@@ -119,10 +123,10 @@ def test_corrupted_checkpoint_is_detected_and_retrained(corpus, straight, tmp_pa
         meta["sha256"] = "0" * 64
         files.atomic_write_json(tmp_path / "gelu-s0.json", meta)
     messages = []
-    rec = run("gelu", 0, corpus, MODEL, TRAIN, checkpoint=stem, log=messages.append)
+    rec = run("gelu", 0, corpus, MODEL, cfg, checkpoint=stem, log=messages.append)
     assert rec["resumed_from"] == 0
     assert any("sha256" in m and "from scratch" in m for m in messages), messages
-    assert _comparable(rec) == _comparable(straight("gelu", 0))
+    assert _comparable(rec) == _comparable(straight("gelu", 0, optimizer))
 
 
 def test_checkpoint_from_other_config_is_not_loaded(corpus, tmp_path):

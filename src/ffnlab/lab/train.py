@@ -243,19 +243,30 @@ def train_run(
     v = lab_variant(variant)
     key = {**_config_key(model_cfg, train_cfg), **(fingerprint or {}),
            "variant": v.name, "seed": int(seed)}
-    model = TinyGPT(model_cfg, v.name, backend=backend).to(device=device, dtype=param_dtype(dtype))
-    init_parameters(model, seed)
-    opt = build_optimizer(model, name=train_cfg.optimizer, lr=train_cfg.lr,
-                          weight_decay=train_cfg.weight_decay)
-    sampler = BatchSampler(corpus.train, batch_size=train_cfg.batch_size,
-                           seq_len=model_cfg.seq_len, seed=seed)
+
+    def fresh():
+        """The run's model, optimizer and batch sampler as step 0 has them."""
+        model = TinyGPT(model_cfg, v.name, backend=backend).to(device=device,
+                                                                dtype=param_dtype(dtype))
+        init_parameters(model, seed)
+        opt = build_optimizer(model, name=train_cfg.optimizer, lr=train_cfg.lr,
+                              weight_decay=train_cfg.weight_decay)
+        sampler = BatchSampler(corpus.train, batch_size=train_cfg.batch_size,
+                               seq_len=model_cfg.seq_len, seed=seed)
+        return model, opt, sampler
+
+    model, opt, sampler = fresh()
     windows = val_windows(corpus.val, seq_len=model_cfg.seq_len, max_tokens=train_cfg.eval_tokens)
     ev = {"batch_size": train_cfg.batch_size, "dtype": dtype}
 
     state = {"step": 0, "curve": [], "recent_losses": [], "train_s": 0.0, "wall_s": 0.0,
              "diverged": False}
     if checkpoint is not None and dist.is_main:
-        state = _try_resume(checkpoint, model, opt, sampler, key, state, log)
+        resumed = _try_resume(checkpoint, model, opt, sampler, key, state, log)
+        if resumed is None:  # a damaged checkpoint may have half-loaded any of the three
+            model, opt, sampler = fresh()
+        else:
+            state = resumed
     if dist.distributed:
         state = _share_resumed_state(dist, state, opt, sampler)
     ddp = dist.wrap(model)  # DDP broadcasts rank 0's weights (the resumed ones) on wrapping
@@ -345,7 +356,10 @@ def _share_resumed_state(dist: DistContext, state: dict, opt, sampler: BatchSamp
     return state
 
 
-def _try_resume(checkpoint, model, opt, sampler, key, state, log) -> dict:
+def _try_resume(checkpoint, model, opt, sampler, key, state, log) -> dict | None:
+    """The run state saved at ``checkpoint`` loaded into ``model``, ``opt`` and ``sampler``;
+    ``state`` unchanged when there is none, ``None`` when it cannot be used (the checkpoint is
+    removed and the caller must rebuild all three: any of them may be half-loaded)."""
     stem = Path(checkpoint)
     if not io.checkpoint_exists(stem):
         return state
@@ -359,12 +373,8 @@ def _try_resume(checkpoint, model, opt, sampler, key, state, log) -> dict:
     except (io.CheckpointError, KeyError) as exc:
         if log:
             log(f"{exc}; restarting this run from scratch")
-        # The model or optimizer may be half-loaded: rebuild them from the paired init.
-        init_parameters(model, key["seed"])
-        opt.state.clear()
-        sampler.generator.manual_seed(int(key["seed"]))
         io.remove_checkpoint(stem)
-        return state
+        return None
     return restored
 
 
