@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 
 from ffnlab.bench.machine import machine_info, matmul_rate
-from ffnlab.lab import executor as E
-from ffnlab.lab.analysis import t_quantile_975
 from ffnlab.lab.config import PRESETS
-from ffnlab.lab.model import ModelConfig, TinyGPT
+from ffnlab.lab.run import job as J
+from ffnlab.lab.run import pool as E
+from ffnlab.lab.stats.student import t_quantile_975
+from ffnlab.lab.train.model import ModelConfig, TinyGPT
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -81,11 +82,11 @@ def flops_per_token(model_cfg: dict, batch_size: int, variant: str) -> float:
     return counter.get_total_flops() / (batch_size * cfg.seq_len)
 
 
-def _job(setup: Setup, seed: int, variant: str, tmp: Path) -> E.RunJob:
+def _job(setup: Setup, seed: int, variant: str, tmp: Path) -> J.RunJob:
     steps = setup.steps
     train = {"steps": steps, "batch_size": setup.batch_size, "lr": 5e-3, "warmup": steps // 10,
              "eval_every": steps, "eval_tokens": 4096, "ckpt_every": 10**9}
-    return E.RunJob(variant=variant, seed=seed, model=dict(setup.model), train=train, data=None,
+    return J.RunJob(variant=variant, seed=seed, model=dict(setup.model), train=train, data=None,
                     data_fraction=1.0, device="cpu", dtype="float32", backend="auto",
                     checkpoint=str(tmp / f"{setup.processes}-{seed}"), fingerprint={},
                     threads=setup.threads)
@@ -103,7 +104,7 @@ def throughput(cfg: ThroughputConfig) -> dict:
             t0 = time.perf_counter()
             if s.processes == 1:
                 torch.set_num_threads(s.threads)
-                recs = [E.execute(jobs[0])]
+                recs = [J.execute(jobs[0])]
                 torch.set_num_threads(threads)
             else:
                 recs = [rec for kind, _, rec in E.PoolExecutor(s.processes, threads=s.threads)
@@ -135,7 +136,7 @@ def sweep(spec: list[dict], workers: int) -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        jobs = [E.RunJob(variant=j["variant"], seed=j["seed"], model=j["model"], train=j["train"],
+        jobs = [J.RunJob(variant=j["variant"], seed=j["seed"], model=j["model"], train=j["train"],
                          data=j.get("data"), data_fraction=j.get("data_fraction", 1.0),
                          device="cpu", dtype="float32", backend="auto",
                          checkpoint=str(Path(tmp) / f"{i}"), fingerprint={"tag": j["tag"]},

@@ -64,7 +64,7 @@ class EpochBatches:
 
 @torch.no_grad()
 def _share_ffn(model, mc, seed: int) -> None:
-    from ffnlab.lab import model as M
+    from ffnlab.lab.train import model as M
 
     for n, p in model.named_parameters():
         if not M.is_ffn_param(n):
@@ -79,10 +79,11 @@ def _share_ffn(model, mc, seed: int) -> None:
 
 def run_job(job: NoiseJob) -> dict:
     torch.set_num_threads(1)
-    from ffnlab.lab import data as D
-    from ffnlab.lab import model as M
-    from ffnlab.lab import train as T
     from ffnlab.lab.config import resolve_config
+    from ffnlab.lab.train import data as D
+    from ffnlab.lab.train import loop as T
+    from ffnlab.lab.train import model as M
+    from ffnlab.lab.train import probes as P
 
     _, mc, tc = resolve_config("quick")
     corpus = D.load_corpus(None, seq_len=mc.seq_len)
@@ -119,7 +120,7 @@ def run_job(job: NoiseJob) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
-    bpb = T.evaluate_bpb(model, windows, batch_size=tc.batch_size, dtype=torch.float32)
+    bpb = P.evaluate_bpb(model, windows, batch_size=tc.batch_size, dtype=torch.float32)
     return {**asdict(job), "val_bpb": bpb}
 
 

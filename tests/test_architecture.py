@@ -68,3 +68,26 @@ def test_a_broken_layer_is_reported(tmp_path):
         layers=["lab", "bench", "ffn", "ops"], containers={"ffnlab"}
     )
     assert illegal, "an ops -> lab import must break the layers"
+
+
+@pytest.mark.parametrize("package", ["ffnlab.lab.stats", "ffnlab.lab.claims", "ffnlab.lab.report"])
+@pytest.mark.parametrize("forbidden", ["torch", "ffnlab.lab.train", "ffnlab.lab.run",
+                                       "ffnlab.lab.measure"])
+def test_numbers_rooms_never_reach_torch_or_training(graph, package, forbidden):
+    """The statistics, the claims and the report work on numbers and JSON (readable and
+    testable alone): no chain of imports, lazy ones included, reaches torch or the training."""
+    sources = [m for m in _modules(graph) if m.startswith(package + ".")]
+    assert len(sources) >= 3, f"{package} has moved: this test would check nothing"
+    targets = [t for t in graph.modules if t == forbidden or t.startswith(forbidden + ".")]
+    assert targets, f"{forbidden} is not in the graph: this test would check nothing"
+    chains = [c for s in sources for t in targets
+              if (c := graph.find_shortest_chain(importer=s, imported=t))]
+    assert not chains, f"{package} reaches {forbidden}: {chains[:3]}"
+
+
+def test_lab_files_stay_small():
+    """One idea per file: no module of the lab above 400 lines."""
+    lab = ROOT / "src" / "ffnlab" / "lab"
+    sizes = {str(p.relative_to(lab)): len(p.read_text().splitlines()) for p in lab.rglob("*.py")}
+    assert len(sizes) > 20
+    assert {k: n for k, n in sizes.items() if n > 400} == {}

@@ -18,9 +18,9 @@ import ffnlab
 from ffnlab import FeedForward
 from ffnlab.cli import main
 from ffnlab.lab import config as config_mod
-from ffnlab.lab import measure as measure_mod
-from ffnlab.lab.data import load_corpus
-from ffnlab.lab.train import TrainConfig
+from ffnlab.lab.measure import memory as measure_mod
+from ffnlab.lab.train.data import load_corpus
+from ffnlab.lab.train.loop import TrainConfig
 from ffnlab.ops.function import fused_feed_forward
 
 TEXT = "a small corpus of plain text for the lab; " * 40  # 1680 bytes: enough for smoke

@@ -12,8 +12,8 @@ import pytest
 from ffnlab.cli import main
 from ffnlab.commands import compare as cmd
 from ffnlab.commands import compare_worker
-from ffnlab.lab import distributed
 from ffnlab.lab.config import CompareConfig
+from ffnlab.lab.train import distributed
 
 TEXT = "The five boxing wizards jump quickly over a feed-forward block. " * 60
 

@@ -8,8 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ffnlab.lab import analysis as A
-from ffnlab.lab import claims as C
+from ffnlab.lab.claims import check as C
+from ffnlab.lab.names import GATED_TWINS
+from ffnlab.lab.stats import paired
+from ffnlab.lab.stats import table as A
+from ffnlab.lab.stats.student import t_quantile_975
+from ffnlab.lab.verdicts import ClaimVerdict
+from ffnlab.sizing import ffn_flops_per_token
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_small.json"
 
@@ -30,10 +35,11 @@ def make_results(bpb, extra=None, *, seeds=None, dead_threshold=0.0):
         mean = sum(good) / len(good) if good else math.nan
         std = (math.sqrt(sum((x - mean) ** 2 for x in good) / (len(good) - 1))
                if len(good) > 1 else 0.0)
-        v = {"name": name, **(GATED if name in C.GATED_TWINS or name == "bilinear" else PLAIN),
+        v = {"name": name, **(GATED if name in GATED_TWINS or name == "bilinear" else PLAIN),
              "val_bpb_mean": mean, "val_bpb_std": std, "tokens_per_s": 1000.0, "ffn_ms": 1.0,
              "act_ns_per_element": 1.0, "saved_bytes_per_token": 1024, "dead_fraction": 0.0,
              "curve": [[0, 8.0], [10, mean]], "runs": runs}
+        v["flops_per_token"] = ffn_flops_per_token(name, 32, v["hidden"])  # as results.py writes
         v.update(extra.get(name, {}))
         variants.append(v)
     return {"schema_version": 1, "status": "complete",
@@ -43,15 +49,15 @@ def make_results(bpb, extra=None, *, seeds=None, dead_threshold=0.0):
 
 
 def test_t_quantiles():
-    assert A.t_quantile_975(1) == 12.706
-    assert A.t_quantile_975(2) == 4.303
-    assert A.t_quantile_975(1000) == pytest.approx(1.9623, abs=1e-4)  # exact: 1.96234
-    assert math.isnan(A.t_quantile_975(0))
+    assert t_quantile_975(1) == 12.706
+    assert t_quantile_975(2) == 4.303
+    assert t_quantile_975(1000) == pytest.approx(1.9623, abs=1e-4)  # exact: 1.96234
+    assert math.isnan(t_quantile_975(0))
 
 
 def test_paired_difference_is_per_seed():
     r = make_results({"relu": [2.50, 2.40, 2.60], "gelu": [2.48, 2.39, 2.57]})
-    pd = A.paired_difference(r, "gelu", "relu")
+    pd = paired.paired_difference(r, "gelu", "relu")
     assert pd.seeds == (0, 1, 2)
     assert pd.diffs == pytest.approx((-0.02, -0.01, -0.03))
     assert pd.mean == pytest.approx(-0.02)
@@ -64,7 +70,7 @@ def test_paired_difference_is_per_seed():
     # |mean| is 3.5 standard errors, but with 2 degrees of freedom the t interval
     # [-0.045, +0.005] still holds zero: not distinguishable, as the report's interval shows.
     assert not pd.distinguishable and pd.caution == ""
-    four = A.paired_difference(make_results({"relu": [2.50, 2.40, 2.60, 2.55],
+    four = paired.paired_difference(make_results({"relu": [2.50, 2.40, 2.60, 2.55],
                                              "gelu": [2.48, 2.39, 2.57, 2.53]}), "gelu", "relu")
     assert four.ci95[1] < 0 and four.distinguishable
 
@@ -73,7 +79,7 @@ def test_paired_and_unpaired_conclusions_differ():
     # Seed-to-seed variation (±0.1) is shared by both variants and dwarfs the 0.02 effect:
     # pairing removes it, the unpaired comparison drowns in it.
     r = make_results({"relu": [2.50, 2.40, 2.60, 2.55], "gelu": [2.48, 2.39, 2.57, 2.53]})
-    assert A.paired_difference(r, "gelu", "relu").distinguishable
+    assert paired.paired_difference(r, "gelu", "relu").distinguishable
     # Unpaired: difference of the means, Welch's standard error, a 2-sigma rule (looser than t).
     xa = list(A.good_runs(A.variants_by_name(r)["gelu"]).values())
     xb = list(A.good_runs(A.variants_by_name(r)["relu"]).values())
@@ -89,7 +95,7 @@ def test_pairing_uses_seed_not_position_and_drops_unusable_runs():
     relu["runs"].reverse()  # order in the file must not matter
     relu["runs"][0]["diverged"] = True  # seed 3
     A.variants_by_name(r)["gelu"]["runs"][1]["val_bpb"] = float("nan")  # seed 1
-    pd = A.paired_difference(r, "gelu", "relu")
+    pd = paired.paired_difference(r, "gelu", "relu")
     assert pd.seeds == (0, 2)
     assert pd.diffs == pytest.approx((-0.1, -0.1))
     assert pd.dropped == (1, 3)
@@ -101,13 +107,13 @@ def test_pairing_uses_seed_not_position_and_drops_unusable_runs():
 def test_paired_difference_ignores_shared_seed_offsets(offsets, effect):
     base = [2.0 + o for o in offsets]
     r = make_results({"relu": base, "swish": [b + e for b, e in zip(base, effect, strict=True)]})
-    pd = A.paired_difference(r, "swish", "relu")
+    pd = paired.paired_difference(r, "swish", "relu")
     assert pd.diffs == pytest.approx(tuple(effect), abs=1e-9)
 
 
 def test_one_seed_is_never_distinguishable():
     r = make_results({"relu": [2.5], "gelu": [2.0]})
-    pd = A.paired_difference(r, "gelu", "relu")
+    pd = paired.paired_difference(r, "gelu", "relu")
     assert pd.n == 1 and pd.mean == pytest.approx(-0.5)
     assert not pd.distinguishable and "one seed" in pd.caution
     assert math.isnan(pd.std) and all(math.isnan(x) for x in pd.ci95)
@@ -116,7 +122,7 @@ def test_one_seed_is_never_distinguishable():
 def test_ranking_puts_diverged_last():
     r = make_results({"relu": [2.5], "gelu": [2.4], "swish": [None]})
     assert [v["name"] for v in A.ranking(r)] == ["gelu", "relu", "swish"]
-    best, runner, pd = A.best_variant(r)
+    best, runner, pd = paired.best_variant(r)
     assert (best, runner) == ("gelu", "relu") and pd.n == 1
 
 
@@ -163,26 +169,26 @@ def _speed(swish_relu, gelu_swish, gelu_relu, ffn=(1.0, 1.0, 1.0)):
 
 def test_speed_order_claim():
     v = _speed((1.9, 2.1), (1.4, 1.6), (2.9, 3.1))
-    assert v.verdict == C.SUPPORTED
+    assert v.verdict == ClaimVerdict.SUPPORTED
     assert "[1.90, 2.10]" in v.explanation  # the measured intervals are quoted
     assert "invisible" in v.explanation  # whole-FFN times identical: matmuls dominate
-    assert _speed((0.4, 0.6), (0.6, 0.7), (0.3, 0.4)).verdict == C.NOT_SUPPORTED
+    assert _speed((0.4, 0.6), (0.6, 0.7), (0.3, 0.4)).verdict == ClaimVerdict.NOT_SUPPORTED
     # GELU/Swish within 2 % of 1, its whole interval inside the 5 % band: "≈" is an answer
     v = _speed((1.9, 2.1), (0.99, 1.03), (2.9, 3.1))
-    assert v.verdict == C.NOT_SUPPORTED and v.numbers["ratios"]["gelu/swish"]["call"] == "≈"
+    assert v.verdict == ClaimVerdict.NOT_SUPPORTED and v.numbers["ratios"]["gelu/swish"]["call"] == "≈"
     # the same gap with an interval reaching past the band edge: not resolved
     v = _speed((1.9, 2.1), (0.99, 1.08), (2.9, 3.1))
-    assert v.verdict == C.INCONCLUSIVE and "straddles" in v.explanation
+    assert v.verdict == ClaimVerdict.INCONCLUSIVE and "straddles" in v.explanation
     assert "invisible" not in _speed((1.9, 2.1), (1.4, 1.6), (2.9, 3.1),
                                      ffn=(1.0, 1.2, 1.5)).explanation
     v = _verdict(make_results({"relu": [2.5], "swish": [2.5]}), "speed_order")
-    assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation
+    assert v.verdict == ClaimVerdict.INCONCLUSIVE and "Not measured" in v.explanation
 
 
 @pytest.mark.parametrize("gelu, swish, expected", [
-    ([2.45, 2.35, 2.55], [2.44, 2.36, 2.55], C.SUPPORTED),       # both ~0.05 better every seed
-    ([2.53, 2.43, 2.62], [2.47, 2.39, 2.58], C.NOT_SUPPORTED),   # GELU worse every seed
-    ([2.45, 2.45, 2.55], [2.55, 2.35, 2.65], C.INCONCLUSIVE),    # signs flip between seeds
+    ([2.45, 2.35, 2.55], [2.44, 2.36, 2.55], ClaimVerdict.SUPPORTED),       # both ~0.05 better every seed
+    ([2.53, 2.43, 2.62], [2.47, 2.39, 2.58], ClaimVerdict.NOT_SUPPORTED),   # GELU worse every seed
+    ([2.45, 2.45, 2.55], [2.55, 2.35, 2.65], ClaimVerdict.INCONCLUSIVE),    # signs flip between seeds
 ])
 def test_smooth_beats_relu_claim(gelu, swish, expected):
     r = make_results({"relu": [2.50, 2.40, 2.60], "gelu": gelu, "swish": swish})
@@ -193,32 +199,32 @@ def test_smooth_beats_relu_claim(gelu, swish, expected):
 
 def test_smooth_beats_relu_one_seed_is_inconclusive():
     v = _verdict(make_results({"relu": [2.5], "gelu": [2.0], "swish": [2.0]}), "smooth_beats_relu")
-    assert v.verdict == C.INCONCLUSIVE and "one seed" in v.explanation
+    assert v.verdict == ClaimVerdict.INCONCLUSIVE and "one seed" in v.explanation
 
 
 @pytest.mark.parametrize("dead, expected", [
-    ({"relu": 0.12, "gelu": 0.0, "swish": 0.0}, C.SUPPORTED),
-    ({"relu": 0.002, "gelu": 0.0, "swish": 0.0}, C.NOT_SUPPORTED),
-    ({"relu": 0.10, "gelu": 0.15, "swish": 0.0}, C.NOT_SUPPORTED),
-    ({"relu": float("nan"), "gelu": 0.0, "swish": 0.0}, C.INCONCLUSIVE),
+    ({"relu": 0.12, "gelu": 0.0, "swish": 0.0}, ClaimVerdict.SUPPORTED),
+    ({"relu": 0.002, "gelu": 0.0, "swish": 0.0}, ClaimVerdict.NOT_SUPPORTED),
+    ({"relu": 0.10, "gelu": 0.15, "swish": 0.0}, ClaimVerdict.NOT_SUPPORTED),
+    ({"relu": float("nan"), "gelu": 0.0, "swish": 0.0}, ClaimVerdict.INCONCLUSIVE),
 ])
 def test_relu_dies_claim(dead, expected):
     r = make_results({n: [2.5] for n in dead}, {n: {"dead_fraction": d} for n, d in dead.items()},
                      dead_threshold=0.0)
     v = _verdict(r, "relu_dies")
     assert v.verdict == expected
-    if expected != C.INCONCLUSIVE:
+    if expected != ClaimVerdict.INCONCLUSIVE:
         assert "never exceeds 0" in v.explanation  # the threshold is stated
 
 
 def test_relu_dies_without_relu_is_not_measured():
     v = _verdict(make_results({"gelu": [2.5]}), "relu_dies")
-    assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation
+    assert v.verdict == ClaimVerdict.INCONCLUSIVE and "Not measured" in v.explanation
 
 
 @pytest.mark.parametrize("swiglu, expected", [
-    ([2.45, 2.36, 2.55], C.SUPPORTED), ([2.55, 2.44, 2.66], C.NOT_SUPPORTED),
-    ([2.45, 2.45, 2.55], C.INCONCLUSIVE)])
+    ([2.45, 2.36, 2.55], ClaimVerdict.SUPPORTED), ([2.55, 2.44, 2.66], ClaimVerdict.NOT_SUPPORTED),
+    ([2.45, 2.45, 2.55], ClaimVerdict.INCONCLUSIVE)])
 def test_glu_quality_claim(swiglu, expected):
     r = make_results({"swish": [2.50, 2.40, 2.60], "swiglu": swiglu})
     v = _verdict(r, "glu_quality")
@@ -228,7 +234,7 @@ def test_glu_quality_claim(swiglu, expected):
 
 def test_glu_quality_without_twins_is_not_measured():
     v = _verdict(make_results({"relu": [2.5], "swiglu": [2.4]}), "glu_quality")
-    assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation
+    assert v.verdict == ClaimVerdict.INCONCLUSIVE and "Not measured" in v.explanation
 
 
 def _with_ffn_ratios(r: dict, ratios: dict[str, tuple[float, float, float]]) -> dict:
@@ -238,9 +244,9 @@ def _with_ffn_ratios(r: dict, ratios: dict[str, tuple[float, float, float]]) -> 
 
 
 @pytest.mark.parametrize("interval, expected", [
-    ((1.25, 1.20, 1.31), C.SUPPORTED),      # slower beyond the band
-    ((1.01, 0.98, 1.03), C.NOT_SUPPORTED),  # inside the band: not slower
-    ((1.06, 1.02, 1.09), C.INCONCLUSIVE),   # straddles the band's edge
+    ((1.25, 1.20, 1.31), ClaimVerdict.SUPPORTED),      # slower beyond the band
+    ((1.01, 0.98, 1.03), ClaimVerdict.NOT_SUPPORTED),  # inside the band: not slower
+    ((1.06, 1.02, 1.09), ClaimVerdict.INCONCLUSIVE),   # straddles the band's edge
 ])
 def test_glu_compute_claim(interval, expected):
     r = _with_ffn_ratios(make_results({"gelu": [2.5], "geglu": [2.4]}), {"geglu/gelu": interval})
@@ -256,17 +262,17 @@ def test_glu_compute_one_pair_not_slower_is_not_supported():
     r = _with_ffn_ratios(make_results({"gelu": [2.5], "geglu": [2.4], "relu": [2.5],
                                        "reglu": [2.4]}),
                          {"geglu/gelu": (1.3, 1.25, 1.35), "reglu/relu": (1.0, 0.98, 1.02)})
-    assert _verdict(r, "glu_compute").verdict == C.NOT_SUPPORTED
+    assert _verdict(r, "glu_compute").verdict == ClaimVerdict.NOT_SUPPORTED
 
 
 def test_glu_compute_without_ratios_is_not_measured():
     v = _verdict(make_results({"gelu": [2.5], "geglu": [2.4]}), "glu_compute")
-    assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation
+    assert v.verdict == ClaimVerdict.INCONCLUSIVE and "Not measured" in v.explanation
 
 
 @pytest.mark.parametrize("best, expected", [
-    ("swiglu", C.SUPPORTED), ("relu", C.NOT_SUPPORTED),
-    (None, C.NOT_SUPPORTED)])  # all equal on every seed: equivalent, so SwiGLU is not the best
+    ("swiglu", ClaimVerdict.SUPPORTED), ("relu", ClaimVerdict.NOT_SUPPORTED),
+    (None, ClaimVerdict.NOT_SUPPORTED)])  # all equal on every seed: equivalent, so SwiGLU is not the best
 def test_glu_best_claim(best, expected):
     base = [2.50, 2.40, 2.60]
     bpb = {n: base for n in ("relu", "gelu", "swiglu")}
@@ -279,7 +285,7 @@ def test_glu_best_claim(best, expected):
 
 def test_glu_best_absent_is_not_measured():
     v = _verdict(make_results({"relu": [2.5], "gelu": [2.4]}), "glu_best")
-    assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation
+    assert v.verdict == ClaimVerdict.INCONCLUSIVE and "Not measured" in v.explanation
 
 
 def test_every_claim_survives_degenerate_results():
@@ -287,7 +293,7 @@ def test_every_claim_survives_degenerate_results():
               {"variants": []}, {"variants": [{"name": "relu"}]}):
         verdicts = C.check_claims(r)
         assert len(verdicts) == len(C.ALL_CLAIMS)
-        assert all(v.verdict == C.INCONCLUSIVE for v in verdicts)
+        assert all(v.verdict == ClaimVerdict.INCONCLUSIVE for v in verdicts)
         json.dumps([v.to_dict() for v in verdicts])
 
 
@@ -309,12 +315,12 @@ def test_fixture_verdicts():
     r = json.loads(FIXTURE.read_text())
     got = {v.claim_id: v.verdict for v in C.check_claims(copy.deepcopy(r))}
     # The fixture (schema 1) has no "measured": the claims resting on it are not measured.
-    assert got == {"speed_order": C.INCONCLUSIVE, "sigmoid_cost": C.INCONCLUSIVE,
-                   "smooth_beats_relu": C.SUPPORTED, "relu_dies": C.SUPPORTED,
-                   "saturation": C.INCONCLUSIVE, "swish_beta": C.INCONCLUSIVE,
-                   "glu_quality": C.SUPPORTED, "glu_compute": C.INCONCLUSIVE,
-                   "glu_best": C.SUPPORTED}
-    best, runner, pd = A.best_variant(r)
+    assert got == {"speed_order": ClaimVerdict.INCONCLUSIVE, "sigmoid_cost": ClaimVerdict.INCONCLUSIVE,
+                   "smooth_beats_relu": ClaimVerdict.SUPPORTED, "relu_dies": ClaimVerdict.SUPPORTED,
+                   "saturation": ClaimVerdict.INCONCLUSIVE, "swish_beta": ClaimVerdict.INCONCLUSIVE,
+                   "glu_quality": ClaimVerdict.SUPPORTED, "glu_compute": ClaimVerdict.INCONCLUSIVE,
+                   "glu_best": ClaimVerdict.SUPPORTED}
+    best, runner, pd = paired.best_variant(r)
     assert (best, runner) == ("geglu", "swiglu") and not pd.distinguishable
 
 
@@ -329,7 +335,7 @@ def test_relu_dies_quotes_the_recorded_dead_rule():
     r = make_results({"relu": [2.5]}, {"relu": {"dead_fraction": 0.2}}, dead_threshold=1e-3)
     r["config"]["dead_rule"] = "a unit is dead if |act| <= threshold on every token"
     v = _verdict(r, "relu_dies")
-    assert v.verdict == C.SUPPORTED
+    assert v.verdict == ClaimVerdict.SUPPORTED
     assert "dead threshold 0.001: a unit is dead if |act| <= threshold" in v.explanation
 
 

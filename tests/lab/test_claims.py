@@ -8,28 +8,31 @@ import pytest
 import torch
 
 from ffnlab.activations import gelu, swish
-from ffnlab.lab import claims as C
-from ffnlab.lab import comparisons as K
-from ffnlab.lab import results as R
-from ffnlab.lab import swish_beta
-from ffnlab.lab.measure import (
+from ffnlab.lab.claims import check as C
+from ffnlab.lab.claims.speed import ratio_call
+from ffnlab.lab.measure import swish_beta
+from ffnlab.lab.measure.saturation import saturation
+from ffnlab.lab.measure.timing import (
     ACTIVATION_COST_SET,
     activation_cost,
     activation_kernels,
     median_interval,
-    saturation,
 )
-from ffnlab.lab.model import ModelConfig
-from ffnlab.lab.runner import CompareRunner
+from ffnlab.lab.names import GATED_TWINS
+from ffnlab.lab.run import results as R
+from ffnlab.lab.run.runner import CompareRunner
+from ffnlab.lab.stats import comparisons as K
+from ffnlab.lab.train.model import ModelConfig
+from ffnlab.lab.verdicts import ClaimVerdict, PairVerdict, SpeedCall
 from ffnlab.ops.reference import hidden_activation
 
 BASE = [2.50, 2.40, 2.60, 2.55]
 # Per-seed differences a - b (4 seeds, t = 3.182) and what they give at resolution 0.02.
 DIFFS = {
-    K.A_BETTER: [-0.05, -0.06, -0.04, -0.05],     # [-0.063, -0.037]
-    K.EQUIVALENT: [-0.005, 0.003, -0.002, 0.004],  # [-0.0065, +0.0065]
-    K.UNRESOLVED: [-0.05, 0.04, -0.03, 0.05],     # [-0.073, +0.078]
-    K.B_BETTER: [0.05, 0.06, 0.04, 0.05],
+    PairVerdict.A_BETTER: [-0.05, -0.06, -0.04, -0.05],     # [-0.063, -0.037]
+    PairVerdict.EQUIVALENT: [-0.005, 0.003, -0.002, 0.004],  # [-0.0065, +0.0065]
+    PairVerdict.UNRESOLVED: [-0.05, 0.04, -0.03, 0.05],     # [-0.073, +0.078]
+    PairVerdict.B_BETTER: [0.05, 0.06, 0.04, 0.05],
 }
 
 
@@ -65,8 +68,8 @@ def test_synthetic_diffs_give_the_intended_comparison():
 
 # --- quality claims --------------------------------------------------------------------------
 
-EXPECTED = {K.A_BETTER: C.SUPPORTED, K.EQUIVALENT: C.NOT_SUPPORTED,
-            K.UNRESOLVED: C.INCONCLUSIVE, K.B_BETTER: C.NOT_SUPPORTED}
+EXPECTED = {PairVerdict.A_BETTER: ClaimVerdict.SUPPORTED, PairVerdict.EQUIVALENT: ClaimVerdict.NOT_SUPPORTED,
+            PairVerdict.UNRESOLVED: ClaimVerdict.INCONCLUSIVE, PairVerdict.B_BETTER: ClaimVerdict.NOT_SUPPORTED}
 
 
 @pytest.mark.parametrize("kind", list(DIFFS))
@@ -78,25 +81,25 @@ def test_smooth_beats_relu_follows_the_comparisons(kind):
     assert v.numbers["resolution_bpb"] == 0.02
     lo, hi = K.compare(r, "gelu", "relu", 0.02).ci95
     assert f"[{lo:+.4f}, {hi:+.4f}]" in v.explanation  # the interval is quoted
-    if kind == K.EQUIVALENT:
+    if kind == PairVerdict.EQUIVALENT:
         assert "no measurable difference" in v.explanation and "within ±0.02" in v.explanation
 
 
 def test_smooth_beats_relu_a_resolved_contradiction_decides():
     # GELU equivalent to ReLU (an answer: not better), Swish unresolved: the claim fails anyway.
-    r = make_results({"relu": BASE, "gelu": shifted(K.EQUIVALENT), "swish": shifted(K.UNRESOLVED)})
-    assert verdict(r, "smooth_beats_relu").verdict == C.NOT_SUPPORTED
+    r = make_results({"relu": BASE, "gelu": shifted(PairVerdict.EQUIVALENT), "swish": shifted(PairVerdict.UNRESOLVED)})
+    assert verdict(r, "smooth_beats_relu").verdict == ClaimVerdict.NOT_SUPPORTED
     # GELU better, Swish unresolved: only more seeds can tell.
-    r = make_results({"relu": BASE, "gelu": shifted(K.A_BETTER), "swish": shifted(K.UNRESOLVED)})
-    assert verdict(r, "smooth_beats_relu").verdict == C.INCONCLUSIVE
+    r = make_results({"relu": BASE, "gelu": shifted(PairVerdict.A_BETTER), "swish": shifted(PairVerdict.UNRESOLVED)})
+    assert verdict(r, "smooth_beats_relu").verdict == ClaimVerdict.INCONCLUSIVE
 
 
 def test_quality_claims_read_the_runs_resolution():
     # 0.015 bpb better on every seed: equivalent at ±0.02, better at ±0.005.
     bpb = {"relu": BASE, "gelu": [b - 0.015 for b in BASE], "swish": [b - 0.015 for b in BASE]}
-    assert verdict(make_results(bpb), "smooth_beats_relu").verdict == C.NOT_SUPPORTED
+    assert verdict(make_results(bpb), "smooth_beats_relu").verdict == ClaimVerdict.NOT_SUPPORTED
     v = verdict(make_results(bpb, resolution=0.005), "smooth_beats_relu")
-    assert v.verdict == C.SUPPORTED and v.numbers["resolution_bpb"] == 0.005
+    assert v.verdict == ClaimVerdict.SUPPORTED and v.numbers["resolution_bpb"] == 0.005
 
 
 @pytest.mark.parametrize("kind", list(DIFFS))
@@ -104,15 +107,15 @@ def test_glu_quality_follows_the_comparison(kind):
     v = verdict(make_results({"swish": BASE, "swiglu": shifted(kind)}), "glu_quality")
     assert v.verdict == EXPECTED[kind]
     assert v.numbers["pairs"]["swiglu"]["comparison"]["verdict"] == kind
-    if kind == K.EQUIVALENT:
+    if kind == PairVerdict.EQUIVALENT:
         assert "no measurable difference" in v.explanation
 
 
 @pytest.mark.parametrize("kinds, expected", [
-    ((K.A_BETTER, K.UNRESOLVED), C.SUPPORTED),                    # half better, none worse
-    ((K.A_BETTER, K.UNRESOLVED, K.EQUIVALENT), C.INCONCLUSIVE),   # the unresolved one decides
-    ((K.A_BETTER, K.EQUIVALENT, K.EQUIVALENT), C.NOT_SUPPORTED),  # at most 1 of 3 can be better
-    ((K.A_BETTER, K.A_BETTER, K.B_BETTER), C.NOT_SUPPORTED),      # one pair worse
+    ((PairVerdict.A_BETTER, PairVerdict.UNRESOLVED), ClaimVerdict.SUPPORTED),                    # half better, none worse
+    ((PairVerdict.A_BETTER, PairVerdict.UNRESOLVED, PairVerdict.EQUIVALENT), ClaimVerdict.INCONCLUSIVE),   # the unresolved one decides
+    ((PairVerdict.A_BETTER, PairVerdict.EQUIVALENT, PairVerdict.EQUIVALENT), ClaimVerdict.NOT_SUPPORTED),  # at most 1 of 3 can be better
+    ((PairVerdict.A_BETTER, PairVerdict.A_BETTER, PairVerdict.B_BETTER), ClaimVerdict.NOT_SUPPORTED),      # one pair worse
 ])
 def test_glu_quality_over_several_pairs(kinds, expected):
     bpb = {}
@@ -131,19 +134,19 @@ def test_glu_best_follows_the_comparison(kind):
 
 
 def test_gated_twins_are_the_comparisons_ones():
-    assert not hasattr(C, "GATED_TWINS") or C.GATED_TWINS is K.GATED_TWINS
+    assert not hasattr(C, "GATED_TWINS") or GATED_TWINS is K.GATED_TWINS
 
 
 # --- speed claims ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ci, call", [
-    ((1.10, 1.20), C.SLOWER), ((0.70, 0.90), C.FASTER),
-    ((0.98, 1.03), C.SAME), ((1 / 1.05, 1.05), C.SAME),        # inside the band, edges included
-    ((1.02, 1.08), C.UNDECIDED), ((0.93, 0.99), C.UNDECIDED),  # straddling an edge
-    ((0.90, 1.10), C.UNDECIDED), ((math.nan, math.nan), C.UNDECIDED),
+    ((1.10, 1.20), SpeedCall.SLOWER), ((0.70, 0.90), SpeedCall.FASTER),
+    ((0.98, 1.03), SpeedCall.SAME), ((1 / 1.05, 1.05), SpeedCall.SAME),        # inside the band, edges included
+    ((1.02, 1.08), SpeedCall.UNDECIDED), ((0.93, 0.99), SpeedCall.UNDECIDED),  # straddling an edge
+    ((0.90, 1.10), SpeedCall.UNDECIDED), ((math.nan, math.nan), SpeedCall.UNDECIDED),
 ])
 def test_ratio_call(ci, call):
-    assert C.ratio_call(ci) == call
+    assert ratio_call(ci) == call
 
 
 def cost(ratios):
@@ -154,8 +157,8 @@ def cost(ratios):
 
 
 @pytest.mark.parametrize("ci, expected", [
-    ((1.12, 1.25), C.SUPPORTED), ((0.99, 1.02), C.NOT_SUPPORTED),
-    ((0.80, 0.90), C.NOT_SUPPORTED), ((1.01, 1.09), C.INCONCLUSIVE)])
+    ((1.12, 1.25), ClaimVerdict.SUPPORTED), ((0.99, 1.02), ClaimVerdict.NOT_SUPPORTED),
+    ((0.80, 0.90), ClaimVerdict.NOT_SUPPORTED), ((1.01, 1.09), ClaimVerdict.INCONCLUSIVE)])
 def test_sigmoid_cost_from_the_interval(ci, expected):
     v = verdict(make_results({}, measured={"activation_cost": cost({"sigmoid/relu": ci})}),
                 "sigmoid_cost")
@@ -170,13 +173,13 @@ def test_sigmoid_cost_from_the_interval(ci, expected):
 def test_speed_claims_need_the_measurement():
     for cid in ("speed_order", "sigmoid_cost"):
         v = verdict(make_results({"relu": BASE, "swish": BASE, "gelu": BASE}), cid)
-        assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation
+        assert v.verdict == ClaimVerdict.INCONCLUSIVE and "Not measured" in v.explanation
 
 
 def test_speed_order_does_not_need_trained_variants():
     r = make_results({}, measured={"activation_cost": cost(
         {"swish/relu": (1.3, 1.5), "gelu/swish": (1.6, 1.9), "gelu/relu": (2.5, 2.9)})})
-    assert verdict(r, "speed_order").verdict == C.SUPPORTED
+    assert verdict(r, "speed_order").verdict == ClaimVerdict.SUPPORTED
 
 
 # --- activation_cost ---------------------------------------------------------------------------
@@ -236,11 +239,11 @@ def test_swish_beta_limits():
     # closed forms: beta * 6^2 / 4 (the grid's end) and 0.2785 / beta
     assert m["linear"]["max_gap"] == pytest.approx(1e-3 * 36 / 4, rel=1e-3)
     assert m["relu"]["max_gap"] == pytest.approx(0.27846 / 50, rel=1e-3)
-    assert verdict(make_results({}, measured={"swish_beta": m}), "swish_beta").verdict == C.SUPPORTED
+    assert verdict(make_results({}, measured={"swish_beta": m}), "swish_beta").verdict == ClaimVerdict.SUPPORTED
     bad = {**m, "gelu": {**m["gelu"], "max_gap": 0.2, "holds": False}}
     v = verdict(make_results({}, measured={"swish_beta": bad}), "swish_beta")
-    assert v.verdict == C.NOT_SUPPORTED and "gelu" in v.explanation
-    assert verdict(make_results({}), "swish_beta").verdict == C.INCONCLUSIVE
+    assert v.verdict == ClaimVerdict.NOT_SUPPORTED and "gelu" in v.explanation
+    assert verdict(make_results({}), "swish_beta").verdict == ClaimVerdict.INCONCLUSIVE
 
 
 # --- saturation --------------------------------------------------------------------------------
@@ -276,7 +279,7 @@ def test_saturation_gradients(sat):
 
 def test_saturation_claim_from_measured(sat):
     v = verdict(make_results({}, measured={"saturation": sat}), "saturation")
-    assert v.verdict == C.NOT_SUPPORTED  # relu's zero half outnumbers sigmoid's flat tails
+    assert v.verdict == ClaimVerdict.NOT_SUPPORTED  # relu's zero half outnumbers sigmoid's flat tails
     assert "initialisation, not after training" in v.explanation
 
 
@@ -291,9 +294,9 @@ def _sat(share, grad):
 
 @pytest.mark.parametrize("share, grad, expected", [
     # relu sigmoid tanh gelu swish
-    ((0.1, 0.6, 0.5, 0.2, 0.2), (1.0, 0.2, 0.4, 0.9, 0.9), C.SUPPORTED),
-    ((0.5, 0.01, 0.07, 0.2, 0.2), (1.0, 0.3, 1.2, 1.1, 1.1), C.NOT_SUPPORTED),
-    ((0.1, 0.6, 0.5, 0.2, 0.2), (1.0, 0.2, 1.4, 0.9, 0.9), C.NOT_SUPPORTED),  # tanh's grad larger
+    ((0.1, 0.6, 0.5, 0.2, 0.2), (1.0, 0.2, 0.4, 0.9, 0.9), ClaimVerdict.SUPPORTED),
+    ((0.5, 0.01, 0.07, 0.2, 0.2), (1.0, 0.3, 1.2, 1.1, 1.1), ClaimVerdict.NOT_SUPPORTED),
+    ((0.1, 0.6, 0.5, 0.2, 0.2), (1.0, 0.2, 1.4, 0.9, 0.9), ClaimVerdict.NOT_SUPPORTED),  # tanh's grad larger
 ])
 def test_saturation_verdict(share, grad, expected):
     v = verdict(make_results({}, measured={"saturation": _sat(share, grad)}), "saturation")
@@ -302,7 +305,7 @@ def test_saturation_verdict(share, grad, expected):
 
 def test_saturation_not_measured():
     v = verdict(make_results({}), "saturation")
-    assert v.verdict == C.INCONCLUSIVE and "Not measured" in v.explanation
+    assert v.verdict == ClaimVerdict.INCONCLUSIVE and "Not measured" in v.explanation
 
 
 # --- the runner stores them, results.json keeps them ---------------------------------------------
@@ -318,6 +321,6 @@ def test_runner_measure_stores_the_claims_measurements():
     assert fake.measured["swish_beta"]["gelu"]["holds"]
     assert {"activation_cost", "saturation", "swish_beta"} <= set(R.EXTRA_MEASUREMENTS)
     verdicts = {v.claim_id: v.verdict for v in C.check_claims(make_results({}, measured=fake.measured))}
-    assert verdicts["swish_beta"] == C.SUPPORTED and verdicts["saturation"] == C.NOT_SUPPORTED
+    assert verdicts["swish_beta"] == ClaimVerdict.SUPPORTED and verdicts["saturation"] == ClaimVerdict.NOT_SUPPORTED
     assert "Not measured" not in verdict(make_results({}, measured=fake.measured),
                                          "sigmoid_cost").explanation

@@ -96,7 +96,7 @@ def test_config_mismatch_is_refused(argv, tmp_path, capsys):
 
 
 def test_interrupt_writes_partial_results_then_resumes(argv, tmp_path, monkeypatch, capsys):
-    import ffnlab.lab.train as train_mod
+    import ffnlab.lab.train.loop as train_mod
 
     real = train_mod.train_run
     calls = []
@@ -120,7 +120,7 @@ def test_interrupt_writes_partial_results_then_resumes(argv, tmp_path, monkeypat
 
 
 def test_memory_check_refuses(argv, monkeypatch, capsys):
-    import ffnlab.lab.measure as measure_mod
+    import ffnlab.lab.measure.memory as measure_mod
 
     monkeypatch.setattr(measure_mod, "available_memory_bytes", lambda device: 1024)
     assert main(argv()) == 2
@@ -210,7 +210,7 @@ def test_presets_fit_the_budget():
 
 
 def test_aggregate_leaves_diverged_runs_out_of_quality_numbers():
-    from ffnlab.lab.results import aggregate_variant
+    from ffnlab.lab.run.results import aggregate_variant
 
     def run(seed, bpb, curve, diverged):
         return {"seed": seed, "val_bpb": bpb, "curve": curve, "tokens_per_s": 100.0 * (seed + 1),

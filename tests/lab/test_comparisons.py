@@ -2,8 +2,9 @@ import math
 
 import pytest
 
-from ffnlab.lab import comparisons as CMP
-from ffnlab.lab.analysis import t_quantile_975
+from ffnlab.lab.stats import comparisons as CMP
+from ffnlab.lab.stats.student import t_quantile_975
+from ffnlab.lab.verdicts import PairVerdict
 
 # Two-sided 95 % Student-t quantiles from a printed table (e.g. NIST/SEMATECH e-Handbook 1.4.2.7).
 T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 10: 2.228, 20: 2.086,
@@ -39,18 +40,18 @@ def test_interval_is_the_student_t_interval_of_the_paired_differences():
     assert (c.a, c.b, c.n) == ("gelu", "relu", 5)
     assert c.mean == pytest.approx(mean, abs=1e-12) and c.std == pytest.approx(std, abs=1e-12)
     assert c.ci95 == pytest.approx((mean - half, mean + half), abs=1e-9)
-    assert c.verdict == CMP.A_BETTER  # [-0.050, -0.010]: below zero, not inside +-0.02
+    assert c.verdict == PairVerdict.A_BETTER  # [-0.050, -0.010]: below zero, not inside +-0.02
 
 
 @pytest.mark.parametrize("ci, verdict", [
-    ((-0.015, 0.012), CMP.EQUIVALENT),
-    ((0.002, 0.015), CMP.EQUIVALENT),  # real but smaller than the resolution
-    ((-0.08, -0.021), CMP.A_BETTER),
-    ((-0.03, -0.001), CMP.A_BETTER),
-    ((0.001, 0.05), CMP.B_BETTER),
-    ((-0.01, 0.03), CMP.UNRESOLVED),
-    ((-0.2, 0.2), CMP.UNRESOLVED),
-    ((math.nan, math.nan), CMP.UNRESOLVED),
+    ((-0.015, 0.012), PairVerdict.EQUIVALENT),
+    ((0.002, 0.015), PairVerdict.EQUIVALENT),  # real but smaller than the resolution
+    ((-0.08, -0.021), PairVerdict.A_BETTER),
+    ((-0.03, -0.001), PairVerdict.A_BETTER),
+    ((0.001, 0.05), PairVerdict.B_BETTER),
+    ((-0.01, 0.03), PairVerdict.UNRESOLVED),
+    ((-0.2, 0.2), PairVerdict.UNRESOLVED),
+    ((math.nan, math.nan), PairVerdict.UNRESOLVED),
 ])
 def test_verdicts(ci, verdict):
     assert CMP.verdict_for(ci, 0.02) == verdict
@@ -58,7 +59,7 @@ def test_verdicts(ci, verdict):
 
 def test_a_single_seed_is_unresolved_and_serialises_without_nan_claims():
     (c,) = CMP.comparisons(_results({"swiglu": [-0.05]}), 0.02)
-    assert c.n == 1 and math.isnan(c.half_width) and c.verdict == CMP.UNRESOLVED
+    assert c.n == 1 and math.isnan(c.half_width) and c.verdict == PairVerdict.UNRESOLVED
     assert not c.resolved
     d = c.to_dict()
     assert d["verdict"] == "unresolved" and d["n"] == 1

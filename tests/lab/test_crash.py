@@ -32,7 +32,7 @@ from fnmatch import fnmatch
 from pathlib import Path
 
 import ffnlab.files as files
-import ffnlab.lab.train as train
+import ffnlab.lab.train.loop as train
 from ffnlab.cli import main
 
 mode, target, nth, argv = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]

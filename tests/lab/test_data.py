@@ -5,7 +5,7 @@ import torch
 
 from ffnlab.cli import main
 from ffnlab.errors import UsageError
-from ffnlab.lab.data import BatchSampler, default_corpus_bytes, load_corpus, val_windows
+from ffnlab.lab.train.data import BatchSampler, default_corpus_bytes, load_corpus, val_windows
 
 
 def _write(path, text):

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from ffnlab.cli import main
-from ffnlab.lab import distributed
-from ffnlab.lab.distributed import DistContext, check_world_size
+from ffnlab.lab.train import distributed
+from ffnlab.lab.train.distributed import DistContext, check_world_size
 
 TEXT = (
     "It was the best of times, it was the worst of times; a feed-forward block maps every "
@@ -143,7 +143,7 @@ PROBE = textwrap.dedent("""\
     import torch
 
     from ffnlab import files
-    from ffnlab.lab import model
+    from ffnlab.lab.train import model
 
     LOG = os.environ["FFNLAB_TEST_WRITES"] + "." + os.environ["RANK"]
     ROWS = os.environ["FFNLAB_TEST_WRITES"] + "-rows." + os.environ["RANK"]
@@ -173,7 +173,7 @@ PROBE = textwrap.dedent("""\
 
 
 def test_torchrun_resumes_and_only_rank_0_writes(workdir, single, tmp_path, monkeypatch):
-    import ffnlab.lab.train as train_mod
+    import ffnlab.lab.train.loop as train_mod
 
     # A 1-process run interrupted after swiglu's step 2 leaves relu finished and swiglu's
     # checkpoint at step 2.

@@ -2,13 +2,9 @@
 
 import torch
 
-from ffnlab.lab.measure import (
-    activation_timings,
-    estimate_memory_bytes,
-    ffn_timings,
-    saved_bytes_per_token,
-)
-from ffnlab.lab.model import ModelConfig
+from ffnlab.lab.measure.memory import estimate_memory_bytes, saved_bytes_per_token
+from ffnlab.lab.measure.timing import activation_timings, ffn_timings
+from ffnlab.lab.train.model import ModelConfig
 
 MODEL = ModelConfig(dim=16, n_layers=1, n_heads=2, seq_len=16)
 

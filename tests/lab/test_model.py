@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import ffnlab
-from ffnlab.lab.model import ModelConfig, TinyGPT, init_parameters, is_ffn_param
+from ffnlab.lab.train.model import ModelConfig, TinyGPT, init_parameters, is_ffn_param
 from ffnlab.sizing import default_hidden_dim
 
 

@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from ffnlab.lab import comparisons as K
-from ffnlab.lab.claims import check_claims
+from ffnlab.lab.claims.check import check_claims
 from ffnlab.lab.compare import run_compare
 from ffnlab.lab.config import CompareConfig
-from ffnlab.lab.moe_report import moe_blocks, routing_sentence
-from ffnlab.lab.plots import plot_load_balance
+from ffnlab.lab.report.moe import moe_blocks, routing_sentence
+from ffnlab.lab.report.plots import plot_load_balance
+from ffnlab.lab.verdicts import PairVerdict
 
 TEXT = "a small corpus of plain text for the lab, with a few more words in it; " * 60
 VARIANTS = ("swiglu", "moe:swiglu:4x2")
@@ -48,7 +48,7 @@ def test_params_total_and_active(smoke):
 def test_the_moe_is_compared_with_its_dense_twin(smoke):
     _, r = smoke
     (c,) = [c for c in r["comparisons"] if (c["a"], c["b"]) == ("moe:swiglu:4x2", "swiglu")]
-    assert c["n"] == 2 and c["seeds"] == [0, 1] and c["verdict"] in K.VERDICTS
+    assert c["n"] == 2 and c["seeds"] == [0, 1] and c["verdict"] in tuple(PairVerdict)
     lo, hi = c["ci95"]
     assert lo < c["mean"] < hi
     # the sources' claims are about dense FFNs: none mentions the MoE
@@ -91,10 +91,10 @@ def _results(verdict: str, lo: float, hi: float, n: int = 3) -> tuple[dict, dict
 
 
 @pytest.mark.parametrize(("verdict", "lo", "hi", "start"), [
-    (K.A_BETTER, -0.05, -0.01, "Routing pays in quality at this size"),
-    (K.B_BETTER, 0.01, 0.05, "Routing does not pay at this size"),
-    (K.EQUIVALENT, -0.01, 0.01, "Routing buys no measurable quality at this size"),
-    (K.UNRESOLVED, -0.05, 0.04, "Whether routing pays at this size is not resolved"),
+    (PairVerdict.A_BETTER, -0.05, -0.01, "Routing pays in quality at this size"),
+    (PairVerdict.B_BETTER, 0.01, 0.05, "Routing does not pay at this size"),
+    (PairVerdict.EQUIVALENT, -0.01, 0.01, "Routing buys no measurable quality at this size"),
+    (PairVerdict.UNRESOLVED, -0.05, 0.04, "Whether routing pays at this size is not resolved"),
 ])
 def test_routing_sentence_follows_the_verdict(verdict, lo, hi, start):
     text = routing_sentence(*_results(verdict, lo, hi))
@@ -103,13 +103,13 @@ def test_routing_sentence_follows_the_verdict(verdict, lo, hi, start):
 
 
 def test_routing_sentence_without_an_interval_or_a_dense_twin():
-    results, moe, dense = _results(K.UNRESOLVED, float("nan"), float("nan"), n=1)
+    results, moe, dense = _results(PairVerdict.UNRESOLVED, float("nan"), float("nan"), n=1)
     assert "too few for an interval" in routing_sentence(results, moe, dense)
     assert "without its dense variant" in routing_sentence(results, moe, None)
 
 
 def test_claims_leave_moe_variants_out():
-    results, moe, dense = _results(K.A_BETTER, -0.05, -0.01)
+    results, moe, dense = _results(PairVerdict.A_BETTER, -0.05, -0.01)
     moe.update(val_bpb_mean=1.0, runs=[{"seed": 0, "val_bpb": 1.0, "diverged": False}])
     dense.update(val_bpb_mean=2.0, runs=[{"seed": 0, "val_bpb": 2.0, "diverged": False}])
     assert all("moe:" not in v.explanation for v in check_claims(results))

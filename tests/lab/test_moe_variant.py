@@ -11,18 +11,14 @@ import torch
 from ffnlab import MoEFeedForward
 from ffnlab.cli import main
 from ffnlab.errors import UsageError
-from ffnlab.lab import train as train_mod
 from ffnlab.lab.config import CompareConfig
-from ffnlab.lab.data import load_corpus, val_windows
-from ffnlab.lab.model import ModelConfig, TinyGPT, init_parameters
-from ffnlab.lab.moe_variant import (
-    canonical_name,
-    file_stem,
-    is_moe,
-    lab_variant,
-    parse_lab_variants,
-)
-from ffnlab.lab.train import TrainConfig, dead_fraction, expert_load, train_run
+from ffnlab.lab.names import file_stem, is_moe, moe_base
+from ffnlab.lab.train import loop as train_mod
+from ffnlab.lab.train.data import load_corpus, val_windows
+from ffnlab.lab.train.loop import TrainConfig, train_run
+from ffnlab.lab.train.model import ModelConfig, TinyGPT, init_parameters
+from ffnlab.lab.train.probes import dead_fraction, expert_load
+from ffnlab.lab.train.variant import canonical_name, lab_variant, parse_lab_variants
 from ffnlab.sizing import default_hidden_dim, ffn_params
 
 # --- spelling -------------------------------------------------------------------------------
@@ -37,6 +33,7 @@ from ffnlab.sizing import default_hidden_dim, ffn_params
 def test_canonical_names(text, want):
     assert canonical_name(text) == want
     assert is_moe(want) == want.startswith("moe:")
+    assert moe_base(want) == lab_variant(want).base
 
 
 def test_parse_list_keeps_order_and_drops_repeats():
@@ -212,7 +209,7 @@ def test_the_balancing_loss_is_part_of_the_objective(corpus, monkeypatch):
 
 
 def test_memory_estimate_counts_every_expert():
-    from ffnlab.lab.measure import estimate_memory_bytes
+    from ffnlab.lab.measure.memory import estimate_memory_bytes
 
     dense = estimate_memory_bytes(SMALL, batch_size=4, dtype=torch.float32)
     assert estimate_memory_bytes(SMALL, batch_size=4, dtype=torch.float32,

@@ -10,12 +10,12 @@ import torch
 
 from ffnlab import files
 from ffnlab.errors import UsageError
-from ffnlab.lab import io
 from ffnlab.lab.config import CompareConfig
-from ffnlab.lab.data import load_corpus
-from ffnlab.lab.model import ModelConfig, TinyGPT, init_parameters
-from ffnlab.lab.optim import MuonAdamW, build_optimizer, muon_parameter_names
-from ffnlab.lab.train import TrainConfig, train_run
+from ffnlab.lab.train import checkpoint as io
+from ffnlab.lab.train.data import load_corpus
+from ffnlab.lab.train.loop import TrainConfig, train_run
+from ffnlab.lab.train.model import ModelConfig, TinyGPT, init_parameters
+from ffnlab.lab.train.optim import MuonAdamW, build_optimizer, muon_parameter_names
 
 MODEL = ModelConfig(dim=16, n_layers=2, n_heads=2, seq_len=16)
 TEXT = ("Attention mixes tokens; the feed-forward block maps each one on its own. " * 60)

@@ -7,8 +7,8 @@ import struct
 import pytest
 
 from ffnlab.files import json_safe
-from ffnlab.lab import plots as P
-from ffnlab.lab.comparisons import Comparison
+from ffnlab.lab.report import plots as P
+from ffnlab.lab.stats.comparisons import Comparison
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -57,7 +57,7 @@ def captured(monkeypatch):
         figs.append(fig)
         return b"png"
 
-    monkeypatch.setattr(P, "_png", keep)
+    monkeypatch.setattr(P, "png", keep)
     return figs
 
 

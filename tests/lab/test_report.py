@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 from ffnlab import files
 from ffnlab.errors import UsageError
 from ffnlab.lab import advise
-from ffnlab.lab import analysis as A
-from ffnlab.lab import claims as C
-from ffnlab.lab import plots as P
-from ffnlab.lab import report as R
-from ffnlab.lab.comparisons import Comparison
-from ffnlab.lab.plots import render_plots
+from ffnlab.lab.claims import check as C
+from ffnlab.lab.report import document as R
+from ffnlab.lab.report import plots as P
+from ffnlab.lab.report.plots import render_plots
+from ffnlab.lab.stats import paired
+from ffnlab.lab.stats.comparisons import Comparison
 
 FIXTURE = Path(__file__).parent / "fixtures" / "results_small.json"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -65,7 +65,7 @@ def test_markdown_content(written, results):
     assert len(rows) == len(results["variants"])
     assert rows[0].startswith("| 1 | `geglu` |") and rows[-1].startswith("| 8 | `relu` |")
     assert "| baseline |" in rows[-1]
-    lo, hi = A.paired_difference(results, "gelu", "relu").ci95
+    lo, hi = paired.paired_difference(results, "gelu", "relu").ci95
     (gelu,) = [row for row in rows if "`gelu`" in row]
     assert f"| [{lo:+.4f}, {hi:+.4f}] |" in gelu and " * |" in gelu
     assert "Best variant: **geglu**" in md and "not distinguishable" in md
@@ -141,7 +141,7 @@ def test_partial_run_says_what_is_missing(results, tmp_path):
     swiglu["runs"] = swiglu["runs"][:1]
     R.write_report(r, tmp_path)
     md = (tmp_path / "report.md").read_text()
-    assert "**partial**" in md and "## Missing or failed runs" in md
+    assert "**partial**" in md and "## Runs missing, failed or not needed" in md
     assert "swiglu seed 1" in md and "swiglu seed 2" in md and "geglu seed 0" in md
     assert "Variants with no finished run: geglu" in md
 
@@ -261,7 +261,7 @@ def _table_rows(section):
 
 
 def test_comparison_cases_are_what_they_say(results):
-    # The fixture's own sanity: the verdicts come from ffnlab.lab.comparisons, not from here.
+    # The fixture's own sanity: the verdicts come from ffnlab.lab.stats.comparisons, not from here.
     r = _with_comparisons(results)
     assert [c["verdict"] for c in r["comparisons"]] == [case[3] for case in CASES]
     assert r["comparisons"][-1]["half_width"] is None and r["comparisons"][-1]["ci95"] == [None,
@@ -306,7 +306,7 @@ def test_comparisons_section(results, tmp_path):
 
 def test_comparisons_from_the_fixture_at_a_finer_resolution(results):
     """Real comparisons of the fixture's runs: some intervals reach 0.005 bpb, some do not."""
-    from ffnlab.lab.comparisons import comparisons
+    from ffnlab.lab.stats.comparisons import comparisons
 
     r = copy.deepcopy(results)
     r["config"]["resolution_bpb"] = 0.005
@@ -321,7 +321,7 @@ def test_comparisons_from_the_fixture_at_a_finer_resolution(results):
     for (a, b), h in halves.items():
         assert rows[f"`{a}` − `{b}`"][4] == f"{h:.4f} {'≤' if h <= 0.005 else '>'} 0.005"
     gelu = rows["`gelu` − `relu`"]
-    lo, hi = A.paired_difference(r, "gelu", "relu").ci95
+    lo, hi = paired.paired_difference(r, "gelu", "relu").ci95
     assert gelu[3] == f"[{lo:+.4f}, {hi:+.4f}]" and gelu[5] == "**a better** (`gelu`)"
 
 

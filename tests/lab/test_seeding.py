@@ -3,8 +3,8 @@
 import hashlib
 import itertools
 
-from ffnlab.lab import comparisons as CMP
-from ffnlab.lab.seeding import plan, trim_round
+from ffnlab.lab.run.seeding import plan, trim_round
+from ffnlab.lab.stats import comparisons as CMP
 
 
 def _noise(*parts) -> float:
@@ -147,7 +147,7 @@ def test_the_reason_a_plan_stopped():
 
 
 def test_fill_waves_gives_idle_slots_paired_seeds_widest_first():
-    from ffnlab.lab.seeding import fill_waves
+    from ffnlab.lab.run.seeding import fill_waves
 
     pairs = [("gelu", "relu"), ("swish", "relu"), ("swiglu", "relu"), ("swiglu", "swish")]
     counts = {"relu": 5, "gelu": 5, "swish": 5, "swiglu": 5}

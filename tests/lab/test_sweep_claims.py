@@ -1,6 +1,6 @@
 import pytest
 
-from ffnlab.lab import sweep_claims as SC
+from ffnlab.lab.claims import sweep as SC
 
 
 def _results(dim: float, frac: float, diffs: dict[str, list[float]]) -> dict:

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from ffnlab import files
-from ffnlab.lab.data import load_corpus, val_windows
-from ffnlab.lab.model import ModelConfig, TinyGPT, init_parameters
-from ffnlab.lab.train import TrainConfig, dead_fraction, lr_at, train_run
+from ffnlab.lab.train.data import load_corpus, val_windows
+from ffnlab.lab.train.loop import TrainConfig, lr_at, train_run
+from ffnlab.lab.train.model import ModelConfig, TinyGPT, init_parameters
+from ffnlab.lab.train.probes import dead_fraction
 
 
 def run(*args, **kwargs):
@@ -160,7 +161,7 @@ def test_dead_fraction_counts_silenced_units(corpus, variant, dead_rows):
 
 
 def test_variants_see_the_same_batches(corpus, monkeypatch):
-    import ffnlab.lab.train as train_mod
+    import ffnlab.lab.train.loop as train_mod
 
     seen: dict[str, list[torch.Tensor]] = {}
 

@@ -21,12 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UsageError
-from ..lab import distributed
 from ..lab.compare import prepare_launch, run_compare
 from ..lab.config import DEFAULT_OUT, DEFAULT_VARIANTS, CompareConfig
-from ..lab.moe_variant import parse_lab_variants
-from ..lab.results import DEFAULT_RESOLUTION
 from ..lab.sweep import SweepConfig, run_sweep
+from ..lab.train import distributed
+from ..lab.train.variant import parse_lab_variants
+from ..lab.verdicts import DEFAULT_RESOLUTION
 from .common import (
     EXIT_INTERRUPTED,
     EXIT_USAGE,

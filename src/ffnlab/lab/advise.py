@@ -26,7 +26,9 @@ from pathlib import Path
 
 from ..errors import UsageError, check_choice
 from ..numbers import as_float
-from . import analysis as A
+from .stats import paired
+from .stats import table as A
+from .verdicts import TIMING_NOISE
 
 PRIORITIES = ("quality", "speed", "memory")
 DEFAULT_RESULTS = (Path("runs/demo/results.json"), Path("runs/compare/results.json"))
@@ -72,7 +74,7 @@ def _order(usable: list[Mapping], priority: str) -> list[Mapping]:
     if priority == "quality":
         return sorted(usable, key=lambda v: (bpb(v), v["name"]))
     if priority == "speed":
-        key, best, tol, sign = "tokens_per_s", max, A.TIMING_NOISE, -1
+        key, best, tol, sign = "tokens_per_s", max, TIMING_NOISE, -1
     else:
         key, best, tol, sign = "saved_bytes_per_token", min, MEMORY_TIE, 1
     top = best(as_float(v[key]) for v in usable)
@@ -91,7 +93,7 @@ def _pct(a: float, b: float) -> str:
 
 def _versus(results: Mapping, a: Mapping, b: Mapping) -> dict:
     """What ``a`` gains or loses against ``b``, in measured numbers."""
-    pd = A.paired_difference(results, a["name"], b["name"])
+    pd = paired.paired_difference(results, a["name"], b["name"])
     return {"other": b["name"], "bpb_diff": pd.mean if pd.n else
             as_float(a["val_bpb_mean"]) - as_float(b["val_bpb_mean"]),
             "bpb_distinguishable": pd.distinguishable, "paired_seeds": pd.n,
@@ -152,7 +154,7 @@ def recommend(results: Mapping, priority: str, dim: int | None = None) -> dict:
         unit = "tokens/s" if priority == "speed" else "saved bytes/token"
         word = "fastest" if priority == "speed" else "leanest"
         top = (max if priority == "speed" else min)(usable, key=lambda v: as_float(v[need]))
-        tol = A.TIMING_NOISE if priority == "speed" else MEMORY_TIE
+        tol = TIMING_NOISE if priority == "speed" else MEMORY_TIE
         if as_float(top[need]) == as_float(pick[need]):
             reasons.append(f"{pick['name']} is the {word}: {as_float(pick[need]):,.0f} {unit}.")
         else:
@@ -170,7 +172,7 @@ def recommend(results: Mapping, priority: str, dim: int | None = None) -> dict:
         better = []
         if vs["bpb_diff"] < 0 and vs["bpb_distinguishable"]:
             better.append("quality matters more")
-        if as_float(runner.get("tokens_per_s")) > (1 + A.TIMING_NOISE) * as_float(pick.get("tokens_per_s")):
+        if as_float(runner.get("tokens_per_s")) > (1 + TIMING_NOISE) * as_float(pick.get("tokens_per_s")):
             better.append("throughput matters more")
         if as_float(runner.get("saved_bytes_per_token")) < as_float(pick.get("saved_bytes_per_token")):
             better.append("activation memory is tight")

@@ -1,15 +1,15 @@
 """Train a small byte-level language model once per FFN variant and seed, and write a report.
 
 Every variant gets the same model around its FFN, an equal FFN parameter budget, the same
-initialisation outside the FFN and the same batches for a given seed (see ``ffnlab.lab.model``
-and ``ffnlab.lab.train``). Results go to ``OUT/results.json``, one file per finished run to
+initialisation outside the FFN and the same batches for a given seed (see ``ffnlab.lab.train.model``
+and ``ffnlab.lab.train.loop``). Results go to ``OUT/results.json``, one file per finished run to
 ``OUT/runs/<variant>-s<seed>.json``, checkpoints to ``OUT/checkpoints/``, and the report to
 ``OUT/report.md`` / ``report.html``. Running the same configuration again with the same
 ``out`` skips finished runs and resumes unfinished ones; a different configuration is refused.
 
 Under torchrun every run trains with DistributedDataParallel, each process on its share of
 the same global batches; rank 0 alone writes files and shows progress (see
-``ffnlab.lab.distributed``). ``ffnlab compare --nproc N`` checks everything once with
+``ffnlab.lab.train.distributed``). ``ffnlab compare --nproc N`` checks everything once with
 :func:`prepare_launch`, then starts N such processes itself.
 
 Entry points: :func:`run_compare` (``CompareConfig -> Results``), :func:`check_config`,
@@ -24,10 +24,10 @@ from pathlib import Path
 
 from .. import files
 from ..errors import UsageError
-from . import distributed
 from .config import CompareConfig
-from .results import Results
-from .runner import CompareRunner
+from .run.results import Results
+from .run.runner import CompareRunner
+from .train import distributed
 
 __all__ = ["check_config", "prepare_launch", "run_compare"]
 
@@ -39,8 +39,8 @@ _FINGERPRINT_FIELDS = ("preset", "model", "train", "corpus_sha256", "device", "d
 def check_config(cfg: CompareConfig, *, world_size: int) -> None:
     """What depends on the machine: ``world_size`` processes split the global batch, and one
     run's estimated peak memory fits in what is free on ``cfg.device``; else a UsageError."""
-    from .measure import available_memory_bytes, estimate_memory_bytes
-    from .moe_variant import lab_variant
+    from .measure.memory import available_memory_bytes, estimate_memory_bytes
+    from .train.variant import lab_variant
 
     _, model_cfg, train_cfg = cfg.resolved()
     distributed.check_world_size(world_size, train_cfg.batch_size)
@@ -74,7 +74,7 @@ def _check_fingerprint(out: Path, fingerprint: dict) -> None:
 
 def _prepare_out(cfg: CompareConfig):
     """Read the corpus, create ``out`` and check its fingerprint: ``(corpus, out, fingerprint)``."""
-    from .data import load_corpus
+    from .train.data import load_corpus
 
     _, model_cfg, train_cfg = cfg.resolved()
     corpus = load_corpus(cfg.data, seq_len=model_cfg.seq_len, train_fraction=cfg.data_fraction)
@@ -107,7 +107,7 @@ def run_compare(cfg: CompareConfig) -> Results:
     and the report; alone, or as one rank of the process group torchrun describes.
 
     A bad configuration raises UsageError; on ranks other than 0 it is a
-    :class:`~ffnlab.lab.distributed.PeerError` (rank 0 states the problem). Ctrl-C during
+    :class:`~ffnlab.lab.train.distributed.PeerError` (rank 0 states the problem). Ctrl-C during
     training writes a partial results.json and report, then returns with ``interrupted``.
     """
     world = distributed.env_world_size()
@@ -133,21 +133,21 @@ def run_compare(cfg: CompareConfig) -> Results:
 def _executor(cfg: CompareConfig, ctx: distributed.DistContext):
     """Where the runs go: Ray, a local pool, or None (this process, and DDP under torchrun)."""
     if cfg.ray is not None:
-        from .ray_executor import RayExecutor
+        from .run.ray_cluster import RayExecutor
 
         return RayExecutor(cfg.ray, threads=1)  # connects now: before anything is written
     workers = 1 if ctx.distributed else cfg.worker_count()
     if workers > 1:
-        from .executor import PoolExecutor
+        from .run.pool import PoolExecutor
 
         return PoolExecutor(workers, threads=1)
     return None
 
 
 def _run(cfg: CompareConfig, ctx: distributed.DistContext) -> Results:
-    from .data import load_corpus
+    from .train.data import load_corpus
 
-    preset, model_cfg, train_cfg = cfg.resolved()
+    _, model_cfg, _ = cfg.resolved()
     executor = _executor(cfg, ctx)
     if ctx.distributed:
         # Every rank trains on its own copy of the corpus (on several machines, each reads its
@@ -160,16 +160,9 @@ def _run(cfg: CompareConfig, ctx: distributed.DistContext) -> Results:
         out = cfg.out
     else:
         corpus, out, fingerprint = _prepare_out(cfg)
-    runner = CompareRunner(out=out, variants=list(cfg.variants), seed0=cfg.seed,
-                           initial_seeds=cfg.initial_seeds, max_seeds=cfg.seed_budget,
-                           resolution=cfg.resolution, preset=preset, preset_name=cfg.preset,
-                           model_cfg=model_cfg, train_cfg=train_cfg, corpus=corpus,
-                           data=None if cfg.data is None else str(cfg.data),
-                           data_fraction=cfg.data_fraction, executor=executor,
-                           time_budget=cfg.time_budget_s,
-                           device=ctx.device,  # under torchrun with cuda: this rank's GPU
-                           dtype=cfg.dtype, backend=cfg.backend, fingerprint=fingerprint,
-                           dist=ctx)
+    runner = CompareRunner(cfg, out=out, corpus=corpus, fingerprint=fingerprint,
+                           executor=executor, dist=ctx,
+                           device=ctx.device)  # under torchrun with cuda: this rank's GPU
     interrupted = False
     try:
         runner.run_all()
@@ -183,7 +176,7 @@ def _run(cfg: CompareConfig, ctx: distributed.DistContext) -> Results:
             executor.close()
     if not ctx.is_main:
         return Results(out=out, interrupted=interrupted, content=None)
-    from .report import write_report  # matplotlib: imported only when a report is written
+    from .report.document import write_report  # matplotlib: imported only when a report is written
 
     content = runner.results("partial" if interrupted else "complete")
     files.atomic_write_json(out / "results.json", content)

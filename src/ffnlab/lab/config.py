@@ -20,9 +20,9 @@ import torch
 
 from ..errors import UsageError, check_choice, check_positive_int
 from ..variants import variant_names
-from .distributed import DEFAULT_TIMEOUT_S
-from .precision import FLOAT_DTYPES
-from .results import DEFAULT_RESOLUTION
+from .train.distributed import DEFAULT_TIMEOUT_S
+from .train.precision import FLOAT_DTYPES
+from .verdicts import DEFAULT_RESOLUTION
 
 __all__ = ["CompareConfig", "PRESETS", "Preset", "DEFAULT_OUT", "DEFAULT_VARIANTS", "resolve_config"]
 
@@ -96,11 +96,11 @@ def resolve_config(preset_name: str, *, steps: int | None = None, dim: int | Non
     With ``steps`` given, warm-up stays at most 10% of it and evaluation happens at least 4 times.
     ``dim`` replaces the preset's model width (heads, depth and the recipe stay the preset's);
     a width the head count does not divide is a UsageError naming both. ``optimizer``
-    (``"adamw"`` or ``"muon"``, :mod:`ffnlab.lab.optim`) replaces the preset's.
+    (``"adamw"`` or ``"muon"``, :mod:`ffnlab.lab.train.optim`) replaces the preset's.
     """
-    from .model import ModelConfig
-    from .optim import OPTIMIZERS
-    from .train import TrainConfig
+    from .train.loop import TrainConfig
+    from .train.model import ModelConfig
+    from .train.optim import OPTIMIZERS
 
     check_choice("preset", preset_name, PRESETS)
     preset = PRESETS[preset_name]
@@ -130,7 +130,7 @@ def _variant_list(names: tuple[str, ...], preset: str) -> tuple[str, ...]:
     if not names:
         default = PRESETS[preset].variants if preset in PRESETS else DEFAULT_VARIANTS
         return tuple(default) or tuple(variant_names())
-    from .moe_variant import canonical_name
+    from .train.variant import canonical_name
 
     return tuple(dict.fromkeys(canonical_name(v) for v in names))
 
@@ -140,7 +140,7 @@ class CompareConfig:
     """Every option of one lab invocation (the ``ffnlab compare`` flags, typed).
 
     ``variants`` are canonical names (registry names, or ``moe:<variant>:<E>x<k>`` for a
-    mixture of experts: :mod:`ffnlab.lab.moe_variant`; ``()``: the preset's list, :data:`DEFAULT_VARIANTS` for
+    mixture of experts: :mod:`ffnlab.lab.train.variant`; ``()``: the preset's list, :data:`DEFAULT_VARIANTS` for
     quick and full, every variant for smoke; ``("all",)`` every variant); ``seeds`` is the number
     of seeds every variant starts with, ``None`` for the preset's, and the seeds run are
     ``seed, seed + 1, ...``; ``max_seeds`` (``None``: the preset's) is how many adaptive seeding
@@ -152,7 +152,7 @@ class CompareConfig:
     fits (``None``: the preset's; quick has 570 s, so that the default run ends within ten
     minutes with its measurements and report). ``ray``: a Ray cluster address (``auto``,
     ``ray://host:port``, ``local``); the runs of each round become Ray tasks
-    (:mod:`ffnlab.lab.ray_executor`) instead of local workers. ``nproc`` asks for that many data-parallel processes on this
+    (:mod:`ffnlab.lab.run.ray_cluster`) instead of local workers. ``nproc`` asks for that many data-parallel processes on this
     machine (``None``: this process, or the group torchrun started). ``json``: the command
     prints results.json when done. Paths are kept as given (relative to the current folder).
     """
@@ -193,7 +193,7 @@ class CompareConfig:
             object.__setattr__(self, name, value)
         self.resolved()  # preset name, --steps, --dims and --optimizer
         if self.optimizer == "muon":
-            from .moe_variant import is_moe
+            from .names import is_moe
 
             moe = [v for v in self.variants if is_moe(v)]
             if moe:
@@ -265,10 +265,10 @@ class CompareConfig:
     def optimizer_name(self) -> str:
         """The optimizer in force: ``optimizer``, else the preset's; a preset's Muon gives way
         to AdamW when a variant is a mixture of experts (its 3-D expert stacks are not
-        Muon's: :mod:`ffnlab.lab.optim`), so dense and MoE runs share one optimizer."""
+        Muon's: :mod:`ffnlab.lab.train.optim`), so dense and MoE runs share one optimizer."""
         if self.optimizer is not None:
             return self.optimizer
-        from .moe_variant import is_moe
+        from .names import is_moe
 
         name = PRESETS[self.preset].train.get("optimizer", "adamw") \
             if self.preset in PRESETS else "adamw"

@@ -6,8 +6,8 @@ models: GELU or a gated FFN", and "on small data a GLU may bring no gain". A swe
 by running the whole comparison (:func:`ffnlab.lab.compare.run_compare`: paired seeds, adaptive
 seeding, its own report) once per setting, each in its own folder ``OUT/dim-64`` /
 ``OUT/data-0.25``, then reading every setting's paired intervals side by side
-(:mod:`ffnlab.lab.sweep_claims`) into ``OUT/sweep.json`` and ``OUT/sweep.md`` with a plot of each
-difference against the swept size (:mod:`ffnlab.lab.sweep_report`).
+(:mod:`ffnlab.lab.claims.sweep`) into ``OUT/sweep.json`` and ``OUT/sweep.md`` with a plot of each
+difference against the swept size (:mod:`ffnlab.lab.report.sweep`).
 
 Every setting is an ordinary compare folder, so an interrupted sweep resumes setting by setting
 with the runs it had, and the time budget and seed limits apply to each setting.
@@ -108,9 +108,10 @@ def run_sweep(cfg: SweepConfig) -> SweepResults:
     """Run the comparison of every setting in turn (each resumable on its own), then write
     ``sweep.json``, ``sweep.md`` and the plots. Ctrl-C stops after the setting that was
     running wrote its partial report; the sweep files then cover the settings done so far."""
+    from .claims.sweep import sweep_content
     from .compare import run_compare
-    from .sweep_claims import sweep_content
-    from .sweep_report import write_sweep_report
+    from .report.sweep import write_sweep_report
+    from .run.results import now
 
     out = files.prepare_out_dir(cfg.base.out)
     done: list[tuple[Setting, dict]] = []
@@ -122,7 +123,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResults:
         if res.interrupted:
             interrupted = True
             break
-    content = sweep_content(done, status="partial" if interrupted else "complete",
+    content = sweep_content(done, status="partial" if interrupted else "complete", finished=now(),
                             resolution=cfg.base.resolution)
     files.atomic_write_json(out / "sweep.json", content)
     write_sweep_report(content, out)

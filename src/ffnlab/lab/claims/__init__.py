@@ -1,0 +1,1 @@
+"""The sources' claims decided on the statistics (numbers and JSON only, no torch)."""

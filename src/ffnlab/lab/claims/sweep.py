@@ -1,0 +1,225 @@
+"""The claims a sweep decides (``OUT/sweep.json``'s ``claims``), from each setting's results.
+
+* ``width`` — "small tasks / limited resources: ReLU or Swish first; large models: try GELU or a
+  gated FFN" (first source). Read as: the advantage of GELU and the gated FFNs over ReLU is
+  there at the largest width and grows with width. Two parts, each from paired intervals:
+  (i) at the largest width, each advanced variant − relu (``a better`` for at least half, none
+  worse); (ii) the trend, per advanced variant, of its difference against relu between the
+  smallest and the largest width: per seed ``t_s = d_small(s) − d_large(s)`` (``d = bpb_adv −
+  bpb_relu``), Student-t over the seeds both widths ran. ``t > 0`` means the advantage is
+  larger at the larger width.
+* ``glu_small_data`` — "a GLU ... on data of modest size may overfit or bring no clear gain"
+  (first source). Per gated variant and its plain twin (swiglu/swish, geglu/gelu, ...): the
+  gated − plain interval at the smallest data fraction and the trend of that difference
+  between the smallest and the largest fraction, read the same way; the train-minus-validation
+  gap is reported as the overfitting measure.
+
+Verdicts follow the lab's rule: a claim is inconclusive only when the intervals it rests on
+are wider than the resolution (see :mod:`ffnlab.lab.stats.comparisons`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+
+from ...numbers import as_float
+from ..names import BASELINE, GATED_TWINS
+from ..stats.comparisons import Comparison, compare
+from ..stats.paired import paired_difference
+from ..stats.table import ranking, variants_by_name
+from ..verdicts import ClaimVerdict, PairVerdict
+from .verdict import Verdict
+
+__all__ = ["sweep_content", "claim_width", "claim_small_data", "trend", "ADVANCED_PLAIN",
+           "SWEEP_SCHEMA_VERSION"]
+
+SWEEP_SCHEMA_VERSION = 1
+ADVANCED_PLAIN = ("gelu", "gelu_tanh")
+"""Plain variants the source counts as the "large model" choice, with every gated variant."""
+
+WIDTH_SRC = ("小规模任务/资源有限:可以先用 ReLU 或者 Swish,实现简单、速度快。"
+             "大模型/追求极致性能:可以尝试 GeLU 或者带门控机制的 FFN")
+DATA_SRC = "在数据规模不大时,可能出现过拟合或收益不明显"
+
+
+def _size(results: Mapping, key: str) -> float:
+    cfg = results.get("config") or {}
+    if key == "dim":
+        return as_float((cfg.get("model") or {}).get("dim"))
+    return as_float(cfg.get("data_fraction", 1.0))
+
+
+def _per_seed(results: Mapping, a: str, b: str) -> dict[int, float]:
+    by = variants_by_name(results)
+    if a not in by or b not in by:
+        return {}
+    pd = paired_difference(results, a, b)
+    return dict(zip(pd.seeds, pd.diffs, strict=True))
+
+
+def trend(small: Mapping, large: Mapping, a: str, b: str, resolution: float) -> Comparison:
+    """Per seed, ``(a − b at small) − (a − b at large)``, as a Comparison (its ``ci95``);
+    positive: ``a``'s advantage over ``b`` is larger in the large setting."""
+    ds, dl = _per_seed(small, a, b), _per_seed(large, a, b)
+    seeds = tuple(sorted(set(ds) & set(dl)))
+    return Comparison(f"{a}−{b} (small)", f"{a}−{b} (large)", seeds,
+                      tuple(ds[s] - dl[s] for s in seeds), resolution)
+
+
+def _ival(c: Comparison) -> str:
+    if c.n < 2:
+        return f"{c.mean:+.4f} ({c.n} seed{'s' if c.n != 1 else ''}, no interval)"
+    lo, hi = c.ci95
+    return f"{c.mean:+.4f} [{lo:+.4f}, {hi:+.4f}] ({c.n} seeds)"
+
+
+def _trend_call(c: Comparison) -> str:
+    """``grows`` / ``shrinks`` / ``flat`` (within ±resolution) / ``unresolved``."""
+    v = c.verdict  # a − b in Comparison terms: here small − large
+    return {PairVerdict.B_BETTER: "grows", PairVerdict.A_BETTER: "shrinks", PairVerdict.EQUIVALENT: "flat",
+            PairVerdict.UNRESOLVED: "unresolved"}[v]
+
+
+def _gap(results: Mapping, name: str) -> float:
+    """Mean over seeds of val bpb minus final training loss in bits (overfitting shows as a
+    growing gap); NaN when not recorded."""
+    by = variants_by_name(results)
+    gaps = []
+    for r in (by.get(name) or {}).get("runs") or []:
+        v, t = as_float(r.get("val_bpb")), as_float(r.get("final_train_loss"))
+        if not (math.isnan(v) or math.isnan(t) or r.get("diverged")):
+            gaps.append(v - t / math.log(2))
+    return statistics.fmean(gaps) if gaps else math.nan
+
+
+def _decide(at_end: Sequence[Comparison], trends: Sequence[Comparison]) -> str:
+    """Supported: the gain is there where the claim says (``a better`` for at least half of
+    ``at_end``, none worse) and grows (at least half ``grows``, none ``shrinks``/``flat``).
+    Not supported: a comparison at the end is worse or equivalent for most, or a trend is
+    ``shrinks`` / ``flat`` for most. Else inconclusive."""
+    n = len(at_end)
+    end = [c.verdict for c in at_end]
+    tr = [_trend_call(c) for c in trends]
+    if end.count(PairVerdict.B_BETTER) or 2 * (end.count(PairVerdict.EQUIVALENT)) > n:
+        return ClaimVerdict.NOT_SUPPORTED
+    if 2 * (tr.count("shrinks") + tr.count("flat")) > n:
+        return ClaimVerdict.NOT_SUPPORTED
+    if (2 * end.count(PairVerdict.A_BETTER) >= n and 2 * tr.count("grows") >= n
+            and not tr.count("shrinks") and not tr.count("flat")):
+        return ClaimVerdict.SUPPORTED
+    return ClaimVerdict.INCONCLUSIVE
+
+
+def claim_width(settings: Sequence[Mapping], resolution: float) -> Verdict:
+    """See the module docstring; ``settings`` are results dicts of different widths."""
+    cid, claim = "width", ("Small models: ReLU or Swish is enough; large models gain from GELU "
+                           "or a gated FFN (the gain over ReLU grows with width).")
+    runs = sorted(settings, key=lambda r: _size(r, "dim"))
+    small, large = runs[0], runs[-1]
+    names = set(variants_by_name(small)) & set(variants_by_name(large))
+    adv = [n for n in variants_by_name(large) if n in names and n != BASELINE
+           and (n in ADVANCED_PLAIN or n in GATED_TWINS)]
+    if BASELINE not in names or not adv:
+        return Verdict(cid, claim, WIDTH_SRC, ClaimVerdict.INCONCLUSIVE, "Not measured: the sweep needs relu "
+                       "and GELU or a gated variant at every width.", {})
+    ws = [int(_size(r, "dim")) for r in runs]
+    per_width = {int(_size(r, "dim")): {n: compare(r, n, BASELINE, resolution).to_dict()
+                                        for n in adv if n in variants_by_name(r)} for r in runs}
+    at_large = [compare(large, n, BASELINE, resolution) for n in adv]
+    trends = [trend(small, large, n, BASELINE, resolution) for n in adv]
+    verdict = _decide(at_large, trends)
+    parts = [f"{n}: at dim {ws[-1]} {n} − relu = {_ival(c)} ({c.verdict}); from dim {ws[0]} to "
+             f"{ws[-1]} the advantage {_trend_call(t)}, (small − large) = {_ival(t)}"
+             for n, c, t in zip(adv, at_large, trends, strict=True)]
+    best = {int(_size(r, "dim")): (ranking(r) or [{}])[0].get("name") for r in runs}
+    why = (f"Widths {', '.join(map(str, ws))}; best by mean: "
+           f"{', '.join(f'dim {w}: {b}' for w, b in best.items())}. " + "; ".join(parts) +
+           f". Resolution ±{resolution:g} bpb.")
+    nums = {"widths": ws, "resolution_bpb": resolution, "vs_relu": per_width,
+            "trend": {n: t.to_dict() for n, t in zip(adv, trends, strict=True)}, "best": best}
+    return Verdict(cid, claim, WIDTH_SRC, verdict, why, nums)
+
+
+def claim_small_data(settings: Sequence[Mapping], resolution: float) -> Verdict:
+    """See the module docstring; ``settings`` are results dicts of different data fractions."""
+    cid, claim = "glu_small_data", ("On little data a GLU may bring no clear gain over the plain "
+                                    "FFN (its gain grows with the data).")
+    runs = sorted(settings, key=lambda r: _size(r, "data_fraction"))
+    small, large = runs[0], runs[-1]
+    names = set(variants_by_name(small)) & set(variants_by_name(large))
+    pairs = [(g, p) for g, p in GATED_TWINS.items() if g in names and p in names]
+    if not pairs:
+        return Verdict(cid, claim, DATA_SRC, ClaimVerdict.INCONCLUSIVE, "Not measured: the sweep needs a gated "
+                       "variant and its plain twin (e.g. swiglu and swish).", {})
+    fr = [_size(r, "data_fraction") for r in runs]
+    at_small = [compare(small, g, p, resolution) for g, p in pairs]
+    at_large = [compare(large, g, p, resolution) for g, p in pairs]
+    trends = [trend(small, large, g, p, resolution) for g, p in pairs]
+    # The claim is "no clear gain on little data": it holds where the small-data comparison is
+    # not "a better", or where the gain grows with data; it fails where the gated FFN is
+    # already clearly better on little data and the gain does not grow.
+    calls = []
+    for cs, t in zip(at_small, trends, strict=True):
+        if cs.verdict in (PairVerdict.EQUIVALENT, PairVerdict.B_BETTER) or _trend_call(t) == "grows":
+            calls.append(ClaimVerdict.SUPPORTED)
+        elif cs.verdict == PairVerdict.A_BETTER and _trend_call(t) in ("flat", "shrinks"):
+            calls.append(ClaimVerdict.NOT_SUPPORTED)
+        else:
+            calls.append(ClaimVerdict.INCONCLUSIVE)
+    if 2 * calls.count(ClaimVerdict.SUPPORTED) > len(calls):
+        verdict = ClaimVerdict.SUPPORTED
+    elif 2 * calls.count(ClaimVerdict.NOT_SUPPORTED) > len(calls):
+        verdict = ClaimVerdict.NOT_SUPPORTED
+    else:
+        verdict = ClaimVerdict.INCONCLUSIVE
+    parts = []
+    for (g, p), cs, cl, t in zip(pairs, at_small, at_large, trends, strict=True):
+        parts.append(f"{g} − {p}: at {fr[0]:.0%} of the data {_ival(cs)} ({cs.verdict}), at "
+                     f"{fr[-1]:.0%} {_ival(cl)} ({cl.verdict}); the gain {_trend_call(t)} with "
+                     f"more data, (small − large) = {_ival(t)}; val − train gap "
+                     f"{_gap(small, g):+.3f} / {_gap(large, g):+.3f} bpb")
+    why = "; ".join(parts) + f". Resolution ±{resolution:g} bpb."
+    nums = {"fractions": fr, "resolution_bpb": resolution,
+            "pairs": {g: {"plain": p, "small": cs.to_dict(), "large": cl.to_dict(),
+                          "trend": t.to_dict(), "gap_small": _gap(small, g),
+                          "gap_large": _gap(large, g)}
+                      for (g, p), cs, cl, t in zip(pairs, at_small, at_large, trends, strict=True)}}
+    return Verdict(cid, claim, DATA_SRC, verdict, why, nums)
+
+
+def _setting_row(results: Mapping, label: str) -> dict:
+    rk = ranking(results)
+    return {
+        "label": label, "dim": int(_size(results, "dim")),
+        "data_fraction": _size(results, "data_fraction"), "status": results.get("status"),
+        "best": rk[0]["name"] if rk else None,
+        "val_bpb_mean": {v["name"]: v.get("val_bpb_mean") for v in results.get("variants") or []},
+        "comparisons": results.get("comparisons") or [],
+        "seeding": (results.get("config") or {}).get("seeding") or {},
+    }
+
+
+def sweep_content(done: Sequence[tuple], *, status: str, resolution: float,
+                  finished: str | None = None) -> dict:
+    """``sweep.json``: one row per finished setting ``(Setting, results)`` and the claims the
+    swept sizes decide (width with two or more widths, small data with two or more fractions);
+    ``finished``: the time stamp to record."""
+    results = [r for _, r in done]
+    rows = [_setting_row(r, s.label) for s, r in done]
+    claims = []
+    dims = {_size(r, "dim") for r in results}
+    fracs = {_size(r, "data_fraction") for r in results}
+    if len(dims) >= 2:
+        for f in sorted(fracs):
+            group = [r for r in results if _size(r, "data_fraction") == f]
+            if len({_size(r, "dim") for r in group}) >= 2:
+                claims.append(claim_width(group, resolution).to_dict())
+    if len(fracs) >= 2:
+        for d in sorted(dims):
+            group = [r for r in results if _size(r, "dim") == d]
+            if len({_size(r, "data_fraction") for r in group}) >= 2:
+                claims.append(claim_small_data(group, resolution).to_dict())
+    return {"schema_version": SWEEP_SCHEMA_VERSION, "status": status, "finished": finished,
+            "resolution_bpb": resolution, "settings": rows, "claims": claims}

@@ -1,0 +1,117 @@
+"""A sweep's report: ``sweep.md`` and one PNG per swept size (``gain_vs_dim.png``,
+``gain_vs_data.png``): each paired difference against its baseline, with its 95 % interval,
+as a function of the size, over the ±resolution band. Each setting keeps its own full report
+in its folder."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from ... import files
+from ...numbers import as_float
+from .plots import figure, png
+
+__all__ = ["write_sweep_report", "plot_gain", "render_sweep_markdown"]
+
+_AXES = {"dim": ("model width (dim)", "gain_vs_dim"),
+         "data_fraction": ("share of the training split", "gain_vs_data")}
+
+
+def _series(rows, key: str, other: str, other_value) -> dict[str, list[tuple[float, float, float, float]]]:
+    """``"a − b" -> [(size, mean, low, high)]`` over the rows whose ``other`` size is fixed."""
+    out: dict[str, list] = {}
+    for row in rows:
+        if row.get(other) != other_value:
+            continue
+        for c in row.get("comparisons") or []:
+            lo, hi = (as_float(x) for x in (c.get("ci95") or [math.nan, math.nan]))
+            mean = as_float(c.get("mean"))
+            if math.isnan(mean):
+                continue
+            out.setdefault(f"{c['a']} − {c['b']}", []).append((as_float(row[key]), mean, lo, hi))
+    return {k: sorted(v) for k, v in out.items() if len(v) >= 2}
+
+
+def plot_gain(content: Mapping, key: str) -> bytes | None:
+    """The differences against the swept ``key`` ("dim" or "data_fraction"); None when fewer
+    than two values of it were run."""
+    rows = content.get("settings") or []
+    values = sorted({row.get(key) for row in rows})
+    if len(values) < 2:
+        return None
+    other = "data_fraction" if key == "dim" else "dim"
+    fixed = max({row.get(other) for row in rows})
+    series = _series(rows, key, other, fixed)
+    if not series:
+        return None
+    label, _ = _AXES[key]
+    r = as_float(content.get("resolution_bpb"))
+    fig, (ax,) = figure(f"Paired differences (a − b, val bpb) against the {label}", size=(8, 5))
+    if math.isfinite(r):
+        ax.axhspan(-r, r, color="tab:blue", alpha=0.08, label=f"±{r:g} (resolution)")
+    ax.axhline(0, color="0.3", lw=0.8)
+    n = len(series)
+    for i, (name, pts) in enumerate(sorted(series.items())):
+        xs = [p[0] for p in pts]
+        # Spread the markers a little sideways so that intervals at one size do not overlap.
+        shift = [x * (1 + 0.02 * (i - (n - 1) / 2)) if key == "dim" else
+                 x + 0.01 * (i - (n - 1) / 2) for x in xs]
+        ys = [p[1] for p in pts]
+        err = [[max(0.0, p[1] - p[2]) if math.isfinite(p[2]) else 0.0 for p in pts],
+               [max(0.0, p[3] - p[1]) if math.isfinite(p[3]) else 0.0 for p in pts]]
+        ax.errorbar(shift, ys, yerr=err, marker="o", ms=4, capsize=3, lw=1.2,
+                    ls="--" if "relu" not in name.split(" − ")[1] else "-", label=name)
+    if key == "dim":
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(values, [str(v) for v in values])
+    ax.set_xlabel(f"{label} (negative: a better; bars: 95 % Student-t intervals over seeds)")
+    ax.set_ylabel("a − b, val bits per byte")
+    ax.legend(fontsize=7, ncol=2)
+    return png(fig)
+
+
+def _cell(row: Mapping, c: Mapping) -> str:
+    m, h = as_float(c.get("mean")), as_float(c.get("half_width"))
+    return f"{m:+.3f} ± {h:.3f}" if math.isfinite(h) else f"{m:+.3f}"
+
+
+def render_sweep_markdown(content: Mapping, images: list[tuple[str, str]]) -> str:
+    rows = content.get("settings") or []
+    pairs = list(dict.fromkeys(f"{c['a']} − {c['b']}" for row in rows
+                               for c in row.get("comparisons") or []))
+    lines = ["# ffnlab compare: sweep", "",
+             f"Status: {content.get('status')}. Resolution ±{as_float(content.get('resolution_bpb')):g} "
+             "bits per byte. Each setting's own report is in its folder.", "",
+             "| setting | best | " + " | ".join(pairs) + " |",
+             "|---" * (len(pairs) + 2) + "|"]
+    for row in rows:
+        by = {f"{c['a']} − {c['b']}": c for c in row.get("comparisons") or []}
+        cells = [_cell(row, by[p]) if p in by else "—" for p in pairs]
+        lines.append(f"| [{row['label']}]({row['label']}/report.md) | {row.get('best') or '—'} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "Cells: mean a − b with the half-width of its 95 % interval (paired seeds).", "",
+              "## Claims", ""]
+    for c in content.get("claims") or []:
+        lines.append(f"- **{c['verdict']}**: {c['claim']} ({c['source']}) {c['explanation']}")
+    if not content.get("claims"):
+        lines.append("- No claim: the sweep needs two or more widths or data fractions.")
+    for stem, caption in images:
+        lines += ["", f"![{caption}]({stem}.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def write_sweep_report(content: Mapping, out: Path) -> list[Path]:
+    """Write the plots and ``sweep.md`` into ``out``; the paths written."""
+    written, images = [], []
+    for key, (label, stem) in _AXES.items():
+        png = plot_gain(content, key)
+        if png is not None:
+            path = out / f"{stem}.png"
+            files.atomic_write_bytes(path, png)
+            written.append(path)
+            images.append((stem, f"paired differences against the {label}"))
+    md = out / "sweep.md"
+    files.atomic_write_bytes(md, render_sweep_markdown(content, images).encode())
+    return [*written, md]

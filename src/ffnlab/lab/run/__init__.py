@@ -1,0 +1,1 @@
+"""Executing a comparison: the run loop, adaptive seeding, worker pools and Ray, and assembling results.json."""

@@ -1,0 +1,1 @@
+"""Statistics over results.json: paired differences, comparisons and verdicts at a resolution (numbers only, no torch)."""
