@@ -368,3 +368,23 @@ def test_act_kwargs_of_a_plain_variant(backend):
 def test_act_kwargs_errors_name_the_keys(variant, kwargs, error, match):
     with pytest.raises(error, match=match):
         MoEFeedForward(8, 12, 4, 2, variant, act_kwargs=kwargs)
+
+
+def test_variant_after_the_sizes_as_in_feedforward():
+    """``variant`` follows the sizes in both constructors (``FeedForward(dim, hidden_dim,
+    variant)``, ``MoEFeedForward(dim, hidden_dim, n_experts, top_k, variant)``) and the rest
+    is keyword-only; a variant name one slot early is an error naming the signature."""
+    import inspect
+
+    for cls, sizes in ((ffnlab.FeedForward, ["dim", "hidden_dim"]),
+                       (MoEFeedForward, ["dim", "hidden_dim", "n_experts", "top_k"])):  # fmt: skip
+        params = list(inspect.signature(cls).parameters.values())
+        assert [p.name for p in params[:len(sizes) + 1]] == [*sizes, "variant"]
+        assert params[len(sizes)].default == "swiglu"
+        assert all(p.kind is p.KEYWORD_ONLY for p in params[len(sizes) + 1:])
+    assert MoEFeedForward(8, 12, 4, 2, "geglu").variant == "geglu"
+    with pytest.raises(UsageError, match=r"top_k is a size, got the string 'geglu'.*"
+                                         r"pass variant='geglu'"):
+        MoEFeedForward(8, 12, 4, "geglu")
+    with pytest.raises(TypeError, match="positional"):
+        MoEFeedForward(8, 12, 4, 2, "geglu", "softmax")

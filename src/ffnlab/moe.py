@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .activations import bind_options, get_activation
-from .errors import UsageError, check_choice, check_positive_int
+from .errors import UsageError, check_choice, check_positive_int, check_sizes_not_names
 from .experts import Experts
 from .ffn import FeedForward
 from .ops.function import RECOMPUTE_MODES
@@ -23,6 +23,8 @@ from .variants import get_variant
 __all__ = ["MOE_BACKENDS", "MoEFeedForward", "load_balancing_loss", "router_z_loss"]
 
 MOE_BACKENDS = ("auto", "reference", "fused")
+
+_SIGNATURE = "MoEFeedForward(dim, hidden_dim, n_experts, top_k, variant='swiglu', *, ...)"
 
 
 def load_balancing_loss(probs: Tensor, counts: Tensor) -> Tensor:
@@ -46,6 +48,11 @@ def router_z_loss(logits: Tensor) -> Tensor:
 
 class MoEFeedForward(nn.Module):
     """A mixture-of-experts FFN block. Input ``[..., dim]``, output ``[..., dim]``.
+
+    Signature: ``MoEFeedForward(dim, hidden_dim, n_experts, top_k, variant="swiglu", *,
+    ...)``: the sizes, then the variant, as :class:`ffnlab.FeedForward` takes them (``dim,
+    hidden_dim, variant``); everything after ``variant`` is keyword-only. A variant name given
+    in a size's place (``MoEFeedForward(64, 96, "swiglu", 4, 2)``) is a UsageError saying so.
 
     Args:
         dim: model width.
@@ -113,6 +120,8 @@ class MoEFeedForward(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        check_sizes_not_names(_SIGNATURE, dim=dim, hidden_dim=hidden_dim, n_experts=n_experts,
+                              top_k=top_k)  # fmt: skip
         v = get_variant(variant)
         router_cls = get_router(router)
         check_positive_int("dim", dim)
