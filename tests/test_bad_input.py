@@ -89,6 +89,10 @@ CLI_CASES = [
     ("bench: --device tpu", _bench("--device", "tpu"), "device 'tpu'"),
     ("bench: misspelt variant", _bench("--variants", "gegl"), "did you mean 'geglu'"),
     ("bench: misspelt provider", _bench("--providers", "refrence"), "did you mean 'reference'"),
+    ("bench: MoE top_k above its experts", _bench("--variants", "moe:swiglu:2x4"),
+     "'moe:swiglu:2x4': top_k=4 exceeds the 2 experts"),
+    ("bench: MoE with other variants", _bench("--variants", "relu,moe:swiglu:4x2"),
+     "give --variants moe:swiglu:4x2 alone"),
     ("bench: --out is a file", [*BENCH[:-1], "{tmp}/afile"], "is a file, not a folder"),
     # compare
     ("compare: misspelt preset", _compare(preset="quik"), "did you mean 'quick'"),
