@@ -72,7 +72,7 @@ MOE_SHAPES=("2048 768 128x8 16384")
 if [[ "${QUICK:-0}" == 0 ]]; then MOE_SHAPES+=("4096 14336 8x2 8192"); fi
 for shape in "${MOE_SHAPES[@]}"; do
     read -r dim hidden moe tokens <<<"$shape"
-    "$PY" -m ffnlab bench --moe "$moe" \
+    "$PY" -m ffnlab bench --variants "moe:swiglu:$moe" \
         --device cuda --dtype bfloat16 --dim "$dim" --hidden "$hidden" --tokens "$tokens" \
         --repeats "$REPEATS" --warmup 3 --out "$WORK/moe-$moe" | tee -a "$DEST/gpu-moe-$DATE.txt"
     for ext in json md; do

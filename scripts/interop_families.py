@@ -190,7 +190,7 @@ def survey_family(model_type: str, backend: str = "auto") -> FamilyReport:
         return FamilyReport(model_type, "forward", reason=_short(e))
     want64 = _float64_logits(model, inputs)
     try:
-        count, left = patch_hf_report(model, backend)
+        count, left = patch_hf_report(model, backend=backend)
     except Exception as e:  # noqa: BLE001 - reported, so that the table shows it
         return FamilyReport(model_type, "error", reason=_short(e))
     report = FamilyReport(model_type, "none", found=count + len(left), patched=count, left=left,

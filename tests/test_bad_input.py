@@ -89,6 +89,10 @@ CLI_CASES = [
     ("bench: --device tpu", _bench("--device", "tpu"), "device 'tpu'"),
     ("bench: misspelt variant", _bench("--variants", "gegl"), "did you mean 'geglu'"),
     ("bench: misspelt provider", _bench("--providers", "refrence"), "did you mean 'reference'"),
+    ("bench: MoE top_k above its experts", _bench("--variants", "moe:swiglu:2x4"),
+     "'moe:swiglu:2x4': top_k=4 exceeds the 2 experts"),
+    ("bench: MoE with other variants", _bench("--variants", "relu,moe:swiglu:4x2"),
+     "give --variants moe:swiglu:4x2 alone"),
     ("bench: --out is a file", [*BENCH[:-1], "{tmp}/afile"], "is a file, not a folder"),
     # compare
     ("compare: misspelt preset", _compare(preset="quik"), "did you mean 'quick'"),
@@ -249,6 +253,14 @@ API_CASES = [
     ("hidden_dim 0", _ffn(hidden_dim=0), ValueError, "hidden_dim must be a positive integer"),
     ("hidden_dim -1", _ffn(hidden_dim=-1), ValueError, "hidden_dim must be a positive integer"),
     ("unknown variant", _ffn(variant="swigl"), ValueError, "did you mean 'swiglu'"),
+    ("variant in hidden_dim's place", lambda: FeedForward(8, "geglu"), ValueError,
+     "hidden_dim is a size, got the string 'geglu': the variant comes after the sizes, "
+     "FeedForward(dim, hidden_dim=None, variant='swiglu', *, ...); pass variant='geglu'"),
+    ("MoE: variant in n_experts' place", lambda: ffnlab.MoEFeedForward(8, 12, "swiglu", 4, 2),
+     ValueError, "n_experts is a size, got the string 'swiglu': the variant comes after the "
+     "sizes, MoEFeedForward(dim, hidden_dim, n_experts, top_k, variant='swiglu', *, ...)"),
+    ("MoE: option of no variant", lambda: ffnlab.MoEFeedForward(8, 12, 4, 2, act_kwargs={"L": 7}),
+     ValueError, "unknown act_kwargs 'L' for activation 'swish'; accepted keys: none"),
     ("unknown backend", _ffn(backend="tritn"), ValueError, "did you mean 'triton'"),
     ("unknown recompute", _ffn(recompute="ful"), ValueError, "did you mean 'full'"),
     ("dropout 1", _ffn(dropout=1.0), ValueError, "dropout must be a probability in [0, 1)"),

@@ -163,7 +163,7 @@ def test_bad_input():
         MoEFeedForward(8, 12, 4, 2, router="sigmod")
     with pytest.raises(ValueError, match="unknown variant"):
         MoEFeedForward(8, 12, 4, 2, "swiglux")
-    with pytest.raises(UsageError, match="takes no act_kwargs"):
+    with pytest.raises(ValueError, match="unknown act_kwargs 'alpha'.*accepted keys: none"):
         MoEFeedForward(8, 12, 4, 2, act_kwargs={"alpha": 1.0})
     with pytest.raises(UsageError, match="give n_shared >= 1"):
         MoEFeedForward(8, 12, 4, 2, shared_gate=True)
@@ -197,6 +197,28 @@ def test_compile_fullgraph_fused():
     m(x).sum().backward()
     torch.testing.assert_close(g, x.grad)
     assert compiled.aux_losses["load_balance"].ndim == 0
+
+
+def test_compile_fullgraph_with_act_kwargs():
+    """The activation's options travel through the grouped custom op (a list of floats) and
+    its backward under torch.compile, and equal the reference loop's."""
+    torch._dynamo.reset()
+    fused, ref = _pair(torch.float32, variant="clamped_swiglu", act_kwargs={"limit": 0.5})
+    torch.manual_seed(2)
+    x = torch.randn(9, 8) * 3
+    compiled = torch.compile(fused, fullgraph=True, backend="aot_eager")
+    xc, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y, yr = compiled(xc), ref(xr)
+    y.sum().backward()
+    yr.sum().backward()
+    torch.testing.assert_close(y, yr, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xc.grad, xr.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused.experts.w1.grad, ref.experts.w1.grad, rtol=1e-5, atol=4e-5)
+    xs, offsets = torch.randn(6, 8), torch.tensor([2, 2, 5, 6], dtype=torch.int32)
+    ex = fused.experts
+    torch.library.opcheck(torch.ops.ffnlab.grouped_ffn_forward.default,
+                          (xs, offsets, ex.w1, ex.w2, ex.w3, None, None, None, "clamped_swish",
+                           1.0, "activation", "aten", [1.702, 0.5]))  # fmt: skip
 
 
 def test_autocast_bfloat16():
@@ -236,7 +258,7 @@ def test_empty_batch(backend):
 def test_run_experts_on_outside_weights_and_options():
     """``run_experts`` on another module's weights (a strided view, as of transformers'
     interleaved ``gate_up_proj``) equals ``Experts`` on copies; activation options run on the
-    reference loop and are refused by the fused op."""
+    reference loop and on the fused op alike."""
     from ffnlab.experts import run_experts
     from ffnlab.ops.moe_reference import experts_reference
 
@@ -259,5 +281,110 @@ def test_run_experts_on_outside_weights_and_options():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     default = run_experts(x, routing, weights, activation="clamped_swish", backend="reference")
     assert not torch.allclose(got, default)
-    with pytest.raises(ValueError, match="default options only"):
-        run_experts(x, routing, weights, activation="clamped_swish", backend="fused", options=opts)
+    fused = run_experts(x, routing, weights, activation="clamped_swish", backend="fused",
+                        options=opts)  # fmt: skip
+    torch.testing.assert_close(fused, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"takes options \('alpha', 'limit'\), got 1 values"):
+        run_experts(x, routing, weights, activation="clamped_swish", backend="fused",
+                    options=(1.0,))  # fmt: skip
+
+
+# --- act_kwargs: the variant's options reach every expert, on both backends -----------------
+
+
+def _clamped_swiglu(h1, h3, alpha, limit):
+    """GPT-OSS's expert middle: ``a' = min(a, L)``, ``b' = clamp(b, -L, L)``,
+    ``(b' + 1) · a' · σ(α a')`` (DESIGN.md's table)."""
+    a = h1.clamp(max=limit)
+    return (h3.clamp(-limit, limit) + 1) * a * torch.sigmoid(alpha * a)
+
+
+def _moe_by_hand(m, x, middle):
+    """``m``'s output on ``x [T, dim]`` from its parameters and routing, written out: every
+    token's gate-weighted experts plus the shared experts."""
+    r = m.router(x)
+    ex = m.experts
+    y = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for j in range(r.expert_idx.shape[1]):
+            e = r.expert_idx[t, j]
+            h = middle(ex.w1[e] @ x[t], ex.w3[e] @ x[t])
+            y[t] += r.gates[t, j] * (ex.w2[e] @ h)
+    if m.shared is not None:
+        s = m.shared
+        y += s.w2(middle(s.w1(x), s.w3(x)))
+    return y
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+@pytest.mark.parametrize("act_kwargs", [{"limit": 0.4}, {"alpha": 1.0, "limit": 0.3}])
+def test_act_kwargs_reach_the_experts(backend, act_kwargs):
+    """GPT-OSS's clamped SwiGLU with a limit: the limit (and alpha) given as act_kwargs are the
+    ones the experts compute with, checked against the formula in float64, on both backends
+    and in backward (fused against reference)."""
+    torch.manual_seed(0)
+    m = MoEFeedForward(8, 12, 4, 2, variant="clamped_swiglu", act_kwargs=act_kwargs,
+                       n_shared=1, backend=backend, dtype=torch.float64)  # fmt: skip
+    opts = {"alpha": 1.702, "limit": 7.0, **act_kwargs}
+    assert m.experts.options == (opts["alpha"], opts["limit"])
+    assert f"act_kwargs={opts}" in repr(m)
+    x = torch.randn(11, 8, dtype=torch.float64) * 4  # large enough for the clamps to bite
+    want = _moe_by_hand(m, x, lambda a, b: _clamped_swiglu(a, b, opts["alpha"], opts["limit"]))
+    torch.testing.assert_close(m(x), want, rtol=1e-10, atol=1e-10)
+    default = MoEFeedForward(8, 12, 4, 2, variant="clamped_swiglu", n_shared=1, backend=backend,
+                             dtype=torch.float64)  # fmt: skip
+    default.load_state_dict(m.state_dict())
+    assert (default(x) - want).abs().max() > 1e-3  # the options change the function
+    fused, ref = _pair(variant="clamped_swiglu", act_kwargs=act_kwargs, n_shared=1)
+    torch.manual_seed(1)
+    _match(fused, ref, torch.randn(3, 5, 8, dtype=torch.float64) * 4, torch.float64)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_act_kwargs_of_a_plain_variant(backend):
+    torch.manual_seed(0)
+    m = MoEFeedForward(6, 10, 3, 2, "leaky_relu2", act_kwargs={"slope": 0.1}, backend=backend,
+                       dtype=torch.float64)  # fmt: skip
+    x = torch.randn(7, 6, dtype=torch.float64)
+    r = m.router(x)
+    ex = m.experts
+    want = torch.zeros_like(x)
+    for t in range(7):
+        for j in range(2):
+            e = r.expert_idx[t, j]
+            h = ex.w1[e] @ x[t] + ex.b1[e]
+            want[t] += r.gates[t, j] * (ex.w2[e] @ torch.where(h > 0, h, 0.1 * h) ** 2 + ex.b2[e])
+    torch.testing.assert_close(m(x), want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("variant", "kwargs", "error", "match"), [
+    ("clamped_swiglu", {"limt": 7.0}, ValueError,
+     "unknown act_kwargs 'limt' for activation 'clamped_swish'; accepted keys: 'alpha', 'limit'"),
+    ("clamped_swiglu", {"limit": 0.0}, ValueError, "must be > 0.*accepted keys: 'alpha', 'limit'"),
+    ("leaky_relu2", {"slope": float("inf")}, ValueError, "finite"),
+    ("swiglu", {"limit": 7.0}, ValueError, "accepted keys: none"),
+    ("clamped_swiglu", [("limit", 7.0)], TypeError, "act_kwargs must be a dict, got list"),
+])
+def test_act_kwargs_errors_name_the_keys(variant, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        MoEFeedForward(8, 12, 4, 2, variant, act_kwargs=kwargs)
+
+
+def test_variant_after_the_sizes_as_in_feedforward():
+    """``variant`` follows the sizes in both constructors (``FeedForward(dim, hidden_dim,
+    variant)``, ``MoEFeedForward(dim, hidden_dim, n_experts, top_k, variant)``) and the rest
+    is keyword-only; a variant name one slot early is an error naming the signature."""
+    import inspect
+
+    for cls, sizes in ((ffnlab.FeedForward, ["dim", "hidden_dim"]),
+                       (MoEFeedForward, ["dim", "hidden_dim", "n_experts", "top_k"])):  # fmt: skip
+        params = list(inspect.signature(cls).parameters.values())
+        assert [p.name for p in params[:len(sizes) + 1]] == [*sizes, "variant"]
+        assert params[len(sizes)].default == "swiglu"
+        assert all(p.kind is p.KEYWORD_ONLY for p in params[len(sizes) + 1:])
+    assert MoEFeedForward(8, 12, 4, 2, "geglu").variant == "geglu"
+    with pytest.raises(UsageError, match=r"top_k is a size, got the string 'geglu'.*"
+                                         r"pass variant='geglu'"):
+        MoEFeedForward(8, 12, 4, "geglu")
+    with pytest.raises(TypeError, match="positional"):
+        MoEFeedForward(8, 12, 4, 2, "geglu", "softmax")

@@ -30,6 +30,19 @@ def check_choice(kind: str, value: object, choices: Iterable[str]) -> str:
     return value
 
 
+def check_sizes_not_names(call: str, **sizes: object) -> None:
+    """A UsageError when a size argument of ``call`` is a string: a variant name given one
+    positional slot early (``FeedForward(64, "swiglu")``). The message names the argument and
+    shows ``call``, the constructor's signature, where the variant comes after the sizes:
+    ``hidden_dim is a size, got the string 'geglu': the variant comes after the sizes,
+    FeedForward(dim, hidden_dim=None, variant='swiglu', *, ...); pass variant='geglu'``.
+    """
+    for name, value in sizes.items():
+        if isinstance(value, str):
+            raise UsageError(f"{name} is a size, got the string {value!r}: the variant comes "
+                             f"after the sizes, {call}; pass variant={value!r}")  # fmt: skip
+
+
 def check_positive_int(name: str, value: object) -> int:
     """``value`` as an int if it is a positive integer, else a ValueError naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

@@ -48,20 +48,18 @@ def run_experts(
     weights it does not own (:mod:`ffnlab.interop.hf_moe` passes transformers' stored tensors).
 
     ``backend``: ``"reference"`` (the loop) or ``"fused"``; ``options``: the activation's
-    option values, which only the reference takes (the fused op runs their defaults).
+    option values in :attr:`ffnlab.activations.Activation.options` order (``()``: its
+    defaults), which both backends apply.
     """
     idx, gates = routing.expert_idx, routing.gates
     if backend == "reference":
         return experts_reference(x, idx, gates, *weights, activation=activation, beta=beta,
                                  gate_input=routing.gate_input, options=options)  # fmt: skip
-    if options:
-        raise ValueError("the fused experts run the activation's default options only; "
-                         f"got {options} (use backend='reference')")  # fmt: skip
     top_k, n_experts = idx.shape[1], weights[0].shape[0]
     order, _, offsets = sort_by_expert(idx, n_experts)
     xs = permute_tokens(x, order, top_k, gates if routing.gate_input else None)
     ys = grouped_feed_forward(xs, offsets, *weights, activation=activation, beta=beta,
-                              recompute=recompute)  # fmt: skip
+                              recompute=recompute, options=options)  # fmt: skip
     return unpermute_tokens(ys, order, x.shape[0], top_k, None if routing.gate_input else gates)
 
 
@@ -69,7 +67,8 @@ class Experts(nn.Module):
     """``n_experts`` FFNs of one variant: ``dim -> hidden -> dim``, weights ``[E, ...]``.
 
     ``activation`` is the variant's (``ffnlab.get_variant(v).activation``), ``gated`` whether
-    it has ``w3``, ``beta`` Swish's fixed beta.
+    it has ``w3``, ``beta`` Swish's fixed beta, ``options`` the activation's option values
+    (:func:`ffnlab.activations.bind_options`; ``()``: its defaults).
     """
 
     def __init__(
@@ -82,12 +81,14 @@ class Experts(nn.Module):
         gated: bool,
         bias: bool,
         beta: float = 1.0,
+        options: tuple[float, ...] = (),
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.n_experts, self.dim, self.hidden_dim = n_experts, dim, hidden_dim
         self.activation, self.beta = activation, float(beta)
+        self.options = tuple(float(o) for o in options)
         kw = {"device": device, "dtype": dtype}
 
         def param(*shape):
@@ -138,13 +139,15 @@ class Experts(nn.Module):
         token's experts (``routing.gate_input``: the gates scale the input instead)."""
         x = self.autocast_input(x)
         return run_experts(x, routing, self.weights(x), activation=self.activation,
-                           beta=self.beta, backend=backend, recompute=recompute)  # fmt: skip
+                           beta=self.beta, backend=backend, recompute=recompute,
+                           options=self.options)  # fmt: skip
 
     def run_sorted(self, xs: Tensor, offsets: Tensor, *, recompute: str = "activation") -> Tensor:
         """Each expert's FFN on its segment of ``xs [M, dim]`` (sorted by expert, ``offsets
         [E]`` the cumulative ends) -> ``[M, dim]``: the grouped fused op."""
         return grouped_feed_forward(xs, offsets, *self.weights(xs), activation=self.activation,
-                                    beta=self.beta, recompute=recompute)  # fmt: skip
+                                    beta=self.beta, recompute=recompute,
+                                    options=self.options)  # fmt: skip
 
     def extra_repr(self) -> str:
         return (f"n_experts={self.n_experts}, dim={self.dim}, hidden_dim={self.hidden_dim}, "

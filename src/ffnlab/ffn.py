@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .activations import bind_options, get_activation
-from .errors import UsageError, check_choice, check_positive_int
+from .errors import UsageError, check_choice, check_positive_int, check_sizes_not_names
 from .local_shards import is_sharded, sharded_forward
 from .ops.dispatch import BACKENDS, RECOMPUTE_MODES
 from .ops.projections import Weights, projected_feed_forward
@@ -18,11 +18,18 @@ from .variants import get_variant
 
 __all__ = ["FeedForward"]
 
+_SIGNATURE = "FeedForward(dim, hidden_dim=None, variant='swiglu', *, ...)"
+
 _BETA_MODES = {False: None, True: "scalar", "scalar": "scalar", "per_unit": "per_unit"}
 
 
 class FeedForward(nn.Module):
     """The FFN block ``y = W2 · act(W1 x + b1) + b2`` or, gated, ``W2 · (act(W1 x) ⊙ W3 x)``.
+
+    Signature: ``FeedForward(dim, hidden_dim=None, variant="swiglu", *, ...)``: the sizes,
+    then the variant, as :class:`ffnlab.MoEFeedForward` takes them (``dim, hidden_dim,
+    n_experts, top_k, variant``); everything after ``variant`` is keyword-only. A variant
+    name given in a size's place (``FeedForward(64, "geglu")``) is a UsageError saying so.
 
     Args:
         dim: model width; the input is ``[..., dim]``.
@@ -88,6 +95,7 @@ class FeedForward(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        check_sizes_not_names(_SIGNATURE, dim=dim, hidden_dim=hidden_dim)
         v = get_variant(variant)
         act_name = v.activation if activation is None else activation
         if isinstance(activation, str):

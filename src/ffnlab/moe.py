@@ -7,10 +7,13 @@ experts in :mod:`ffnlab.experts`, the grouped products in :mod:`ffnlab.ops.group
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor, nn
 
-from .errors import UsageError, check_choice, check_positive_int
+from .activations import bind_options, get_activation
+from .errors import UsageError, check_choice, check_positive_int, check_sizes_not_names
 from .experts import Experts
 from .ffn import FeedForward
 from .ops.function import RECOMPUTE_MODES
@@ -20,6 +23,8 @@ from .variants import get_variant
 __all__ = ["MOE_BACKENDS", "MoEFeedForward", "load_balancing_loss", "router_z_loss"]
 
 MOE_BACKENDS = ("auto", "reference", "fused")
+
+_SIGNATURE = "MoEFeedForward(dim, hidden_dim, n_experts, top_k, variant='swiglu', *, ...)"
 
 
 def load_balancing_loss(probs: Tensor, counts: Tensor) -> Tensor:
@@ -44,6 +49,11 @@ def router_z_loss(logits: Tensor) -> Tensor:
 class MoEFeedForward(nn.Module):
     """A mixture-of-experts FFN block. Input ``[..., dim]``, output ``[..., dim]``.
 
+    Signature: ``MoEFeedForward(dim, hidden_dim, n_experts, top_k, variant="swiglu", *,
+    ...)``: the sizes, then the variant, as :class:`ffnlab.FeedForward` takes them (``dim,
+    hidden_dim, variant``); everything after ``variant`` is keyword-only. A variant name given
+    in a size's place (``MoEFeedForward(64, 96, "swiglu", 4, 2)``) is a UsageError saying so.
+
     Args:
         dim: model width.
         hidden_dim: each routed expert's hidden size, exactly.
@@ -65,8 +75,12 @@ class MoEFeedForward(nn.Module):
             the shared experts' output.
         routed_scaling: factor on the routed gates (DeepSeek-V3: 2.5).
         bias: biases in every expert (``None``: on for plain variants, off for gated ones).
-        act_kwargs: options of the variant's activation (none of the registry's take any yet:
-            any key is refused, naming that).
+        act_kwargs: the options of the variant's activation, as ``FeedForward`` takes them,
+            e.g. ``{"limit": 7.0}`` (or ``{"alpha": 1.702, "limit": 7.0}``) for GPT-OSS's
+            ``clamped_swiglu`` experts or ``{"slope": 0.3}`` for ``leaky_relu2``; every expert,
+            routed and shared, on both backends, uses them. ValueError naming the accepted keys
+            for an unknown key or an out-of-range value (``"accepted keys: none"`` for a
+            variant without options).
         backend: ``"reference"`` (a loop over the experts), ``"fused"`` (sorted tokens, grouped
             products) or ``"auto"`` (fused).
         recompute: the fused experts' recompute mode (``ffnlab.ops.function``).
@@ -106,6 +120,8 @@ class MoEFeedForward(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        check_sizes_not_names(_SIGNATURE, dim=dim, hidden_dim=hidden_dim, n_experts=n_experts,
+                              top_k=top_k)  # fmt: skip
         v = get_variant(variant)
         router_cls = get_router(router)
         check_positive_int("dim", dim)
@@ -120,11 +136,9 @@ class MoEFeedForward(nn.Module):
             raise UsageError(f"n_shared must be an integer >= 0, got {n_shared!r}")
         if shared_gate and n_shared == 0:
             raise UsageError("shared_gate gates the shared experts: give n_shared >= 1")
-        if act_kwargs:
-            raise UsageError(
-                f"variant {v.name!r} takes no act_kwargs (accepted keys: none), got "
-                f"{sorted(act_kwargs)}"
-            )
+        if act_kwargs is not None and not isinstance(act_kwargs, Mapping):
+            raise TypeError(f"act_kwargs must be a dict, got {type(act_kwargs).__name__}")
+        act_options = bind_options(v.activation, act_kwargs)
         check_choice("backend", backend, MOE_BACKENDS)
         check_choice("recompute mode", recompute, RECOMPUTE_MODES)
         if dtype is not None and not dtype.is_floating_point:
@@ -133,19 +147,21 @@ class MoEFeedForward(nn.Module):
         self.dim, self.hidden_dim, self.n_experts, self.top_k = dim, hidden_dim, n_experts, top_k
         self.variant, self.backend, self.recompute = v.name, backend, recompute
         self.n_shared = n_shared
+        self.act_options = act_options
         self.router = router_cls(
             dim, n_experts, top_k, norm_topk=norm_topk, bias=router_bias, n_group=n_group,
             topk_group=topk_group, routed_scaling=routed_scaling, **kw,
         )  # fmt: skip
         self.experts = Experts(n_experts, dim, hidden_dim, activation=v.activation,
-                               gated=v.gated, bias=not v.gated if bias is None else bias, **kw)  # fmt: skip
+                               gated=v.gated, bias=not v.gated if bias is None else bias,
+                               options=act_options, **kw)  # fmt: skip
         self.shared = None
         if n_shared:
             sh = hidden_dim if shared_hidden_dim is None else shared_hidden_dim
             check_positive_int("shared_hidden_dim", sh)
             self.shared = FeedForward(dim, n_shared * sh, v.name, bias=bias,
                                       backend="reference" if backend == "reference" else "auto",
-                                      recompute=recompute, **kw)  # fmt: skip
+                                      recompute=recompute, act_kwargs=act_kwargs, **kw)  # fmt: skip
         elif shared_hidden_dim is not None:
             raise UsageError("shared_hidden_dim is the shared experts' size: give n_shared >= 1")
         self.shared_gate = nn.Linear(dim, 1, bias=False, **kw) if shared_gate else None
@@ -216,6 +232,9 @@ class MoEFeedForward(nn.Module):
         return bias.add_(torch.sign(load.mean() - load), alpha=float(rate))
 
     def extra_repr(self) -> str:
+        act = get_variant(self.variant).activation
+        opts = (f", act_kwargs={get_activation(act).kwargs(self.act_options)}"
+                if self.act_options else "")  # fmt: skip
         return (f"dim={self.dim}, hidden_dim={self.hidden_dim}, n_experts={self.n_experts}, "
                 f"top_k={self.top_k}, variant={self.variant!r}, router={self.router.name!r}, "
-                f"n_shared={self.n_shared}, backend={self.backend!r}")
+                f"n_shared={self.n_shared}, backend={self.backend!r}{opts}")

@@ -1,4 +1,5 @@
-"""The MoE bench (ffnlab.bench.moe) and `ffnlab bench --moe`: config checks, one tiny run."""
+"""The MoE bench (ffnlab.bench.moe) and `ffnlab bench --variants moe:swiglu:4x2`: config
+checks, one tiny run (the flag handling, --moe alias included, is in tests/commands/test_bench.py)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def test_parse_shape_and_config_checks():
 
 
 def test_bench_moe_command(tmp_path):
-    argv = ["bench", "--moe", "4x2", "--dim", "16", "--hidden", "24", "--tokens", "33",
+    argv = ["bench", "--variants", "moe:swiglu:4x2", "--dim", "16", "--hidden", "24", "--tokens", "33",
             "--repeats", "2", "--warmup", "1", "--out", str(tmp_path), "--json"]  # fmt: skip
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):

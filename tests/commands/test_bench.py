@@ -142,3 +142,59 @@ def test_new_variants_are_accepted_and_measured(tmp_path):
     for r in rows:
         assert r["status"] == "ok" and r["fwd_bwd_ms"] > 0, (r["variant"], r["provider"])
         assert r["max_rel_err"] is None or r["max_rel_err"] < 1e-5
+
+
+# --- a mixture of experts: --variants moe:<variant>:<E>x<k>, as ffnlab compare spells it ------
+
+MOE_TINY = ["--dim", "16", "--hidden", "24", "--tokens", "17", "--repeats", "1", "--warmup", "1"]
+
+
+def _bench_moe(argv, capsys):
+    assert main(["bench", *argv, *MOE_TINY, "--json"]) == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err
+
+
+def test_moe_spelling_times_a_mixture_of_experts(tmp_path, capsys):
+    result, err = _bench_moe(["--variants", " MoE:geglu:4X2 ", "--out", str(tmp_path)], capsys)
+    c = result["config"]
+    assert (c["variant"], c["n_experts"], c["top_k"], c["hidden"], c["tokens"]) == (
+        "geglu", 4, 2, 24, 17)
+    assert [r["provider"] for r in result["rows"]] == ["reference", "fused"]
+    assert all(r["status"] == "ok" for r in result["rows"])
+    assert json.loads((tmp_path / "moe_bench.json").read_text()) == result
+    assert (tmp_path / "moe_bench.md").read_text().startswith(
+        "# ffnlab bench --variants moe:geglu:4x2\n")
+    assert err == "" and not (tmp_path / "bench.json").exists()
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    (["--moe", "4x2"], "moe:swiglu:4x2"),  # swiglu unless --variants names one
+    (["--moe", "4x2", "--variants", "geglu"], "moe:geglu:4x2"),
+])
+def test_moe_flag_is_a_deprecated_alias(old, new, tmp_path, capsys):
+    result, err = _bench_moe([*old, "--out", str(tmp_path / "old")], capsys)
+    assert err.splitlines() == [f"ffnlab bench: --moe is deprecated; write --variants {new}"]
+    same, err = _bench_moe(["--variants", new, "--out", str(tmp_path / "new")], capsys)
+    assert err == "" and same["config"] == result["config"]
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--variants", "moe:swigl:4x2"], "did you mean 'swiglu'"),
+    (["--variants", "moe:swiglu:2x4"], "'moe:swiglu:2x4': top_k=4 exceeds the 2 experts"),
+    (["--variants", "moe:swiglu:4"], "the experts part must be <experts>x<top_k>"),
+    (["--variants", "relu,moe:swiglu:4x2"],
+     "a mixture of experts is timed on its own, fused against the reference loop: give "
+     "--variants moe:swiglu:4x2 alone"),
+    (["--variants", "moe:swiglu:4x2", "--hidden", "24,32"],
+     "moe:swiglu:4x2 is timed at one shape: give one --hidden and one --tokens"),
+    (["--variants", "moe:swiglu:4x2", "--moe", "4x2"],
+     "--moe is the old spelling of --variants moe:swiglu:4x2: give one of them"),
+    (["--moe", "4y2"], "'moe:swiglu:4y2': the experts part must be <experts>x<top_k>"),
+])
+def test_moe_bad_input_exits_2_with_one_line(extra, needle, tmp_path, capsys):
+    assert main(["bench", *TINY, "--out", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if "is deprecated" not in ln]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "moe_bench.json").exists()

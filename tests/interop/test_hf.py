@@ -258,6 +258,47 @@ def test_bad_arguments(hf_models):
         ffnlab.patch_hf("llama")
     with pytest.raises(TypeError, match="nn.Module"):
         ffnlab.unpatch_hf(None)
+    with pytest.raises(ValueError, match="unknown recompute mode 'ful'; did you mean 'full'"):
+        ffnlab.patch_hf(model, recompute="ful")
+
+
+def test_options_after_the_model_are_keyword_only(hf_models):
+    """patch_hf(model, *, backend=..., recompute=...), as from_hf: the old positional backend
+    is a TypeError naming the extra positional argument, and patches nothing."""
+    import inspect
+
+    model, _, _ = hf_models.build("llama")
+    with pytest.raises(TypeError, match=r"patch_hf\(\) takes 1 positional argument but 2"):
+        ffnlab.patch_hf(model, "fused")
+    assert _wrappers(model) == []
+    for fn in (ffnlab.patch_hf, ffnlab.from_hf):
+        params = list(inspect.signature(fn).parameters.values())[1:]
+        assert all(p.kind is p.KEYWORD_ONLY for p in params), fn.__name__
+        assert {"backend", "recompute"} <= {p.name for p in params}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_recompute_reaches_the_patched_modules(hf_models, family):
+    """Each wrapper runs the fused op with the recompute mode given to patch_hf: its value is
+    on every wrapper, and the bytes one MLP call saves for backward shrink from "none" to
+    "activation" to "full", with the same outputs."""
+    from ffnlab.ops.memory import saved_tensor_bytes
+
+    saved, outs = {}, {}
+    for mode in ("none", "activation", "full"):
+        torch.manual_seed(0)
+        model, _, _ = hf_models.build(family)
+        ffnlab.patch_hf(model, backend="fused", recompute=mode)
+        wrappers = _wrappers(model)
+        assert wrappers and all(w.recompute == mode for w in wrappers)
+        assert f"recompute={mode!r}" in repr(wrappers[0])
+        w = wrappers[0]
+        dim = w.ffn_weights()[0].shape[1]
+        x = torch.randn(3, 5, dim, generator=torch.Generator().manual_seed(1),
+                        requires_grad=True)  # fmt: skip
+        saved[mode], outs[mode] = saved_tensor_bytes(lambda w=w, x=x: w(x), exclude=model.parameters())
+    assert saved["none"] > saved["activation"] > saved["full"], saved
+    torch.testing.assert_close(outs["full"], outs["none"], rtol=0, atol=0)
 
 
 def test_reference_backend_matches_in_float64(hf_models):

@@ -93,6 +93,22 @@ def test_family_float64_logits_gradients_keys_and_unpatch(families, family):
     assert all(restored[k] is m for k, m in originals.items())
 
 
+def test_recompute_reaches_the_experts_and_shared_expert(families):
+    """patch_hf(recompute=...) reaches a mixture-of-experts block's routed experts (the grouped
+    fused op saves less under "full") and its patched shared expert."""
+    from ffnlab.ops.memory import saved_tensor_bytes
+
+    saved = {}
+    for mode in ("none", "full"):
+        model, _ = _build("qwen2_moe", families, dtype=torch.float32)
+        assert patch_hf_report(model, backend="fused", recompute=mode)[1] == []
+        block = _blocks(model)[0]
+        assert block.recompute == mode and block.shared_expert.recompute == mode
+        x = torch.randn(2, 3, 32, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        saved[mode], _ = saved_tensor_bytes(lambda b=block, x=x: b(x), exclude=model.parameters())
+    assert saved["none"] > saved["full"], saved
+
+
 @pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "gpt_oss", "deepseek_v3"])
 def test_float32_fused_and_reference_backends(families, family):
     """float32, transformers' default grouped_mm experts against ffnlab's fused grouped op
@@ -102,7 +118,7 @@ def test_float32_fused_and_reference_backends(families, family):
         want = families.logits(model, inputs)
     want_grads = _grads(model, inputs, families)
     for backend in ("auto", "reference"):
-        assert patch_hf_report(model, backend)[1] == []
+        assert patch_hf_report(model, backend=backend)[1] == []
         assert all(b.backend == backend for b in _blocks(model))
         with torch.no_grad():
             torch.testing.assert_close(families.logits(model, inputs), want, rtol=1e-5,

@@ -78,6 +78,14 @@ def test_cli_refuses_bad_moe_spelling_with_one_line(spelling, needle, tmp_path, 
     assert not out.exists()
 
 
+def test_the_lab_names_mixtures_as_the_parser_spells_them():
+    from ffnlab import moe_spelling
+    from ffnlab.lab import names
+
+    assert names.MOE_PREFIX == moe_spelling.MOE_PREFIX
+    assert names.is_moe(canonical_name("MoE:swiglu:8X2"))
+
+
 def test_file_stem_has_no_colon():
     assert file_stem("moe:swiglu:8x2") == "moe-swiglu-8x2"
     assert file_stem("swiglu") == "swiglu"

@@ -377,6 +377,13 @@ def test_opcheck():
             torch.ops.ffnlab.ffn_forward.default,
             (x, w1, w2, w3, None, None, None, beta, "swish", 1.0, mode, "aten", []),
         )
+    # an activation with options (clamped SwiGLU's alpha, limit): the options list is one
+    # input to torch.library, whose backward gets one None for it
+    torch.library.opcheck(
+        torch.ops.ffnlab.ffn_forward.default,
+        (x, w1, w2, w3, None, None, None, None, "clamped_swish", 1.0, "activation", "aten",
+         [1.0, 0.3]),
+    )  # fmt: skip
 
 
 # --- bad input -----------------------------------------------------------------------------

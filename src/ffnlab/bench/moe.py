@@ -4,7 +4,8 @@
 on the same weights and input, times forward and forward+backward round-robin (as
 :func:`ffnlab.bench.run.run_bench` does) and reports, per backend, median milliseconds, tokens
 per second and the share of this device's matmul rate (:func:`~ffnlab.bench.machine.matmul_rate`)
-that the active experts' products reach. ``ffnlab bench --moe 8x2`` runs it.
+that the active experts' products reach. ``ffnlab bench --variants moe:swiglu:8x2`` runs it
+(the spelling of :mod:`ffnlab.moe_spelling`, as ``ffnlab compare``'s).
 
 Active matmul FLOPs per token: ``top_k`` experts (``ffn_flops_per_token(...)["matmul"]`` each)
 plus the router's ``2·dim·E`` (and the shared experts' when on); forward+backward counts 3×.
@@ -18,6 +19,7 @@ import torch
 
 from ..errors import UsageError, check_choice, check_positive_int
 from ..moe import MoEFeedForward
+from ..moe_spelling import parse_experts
 from ..ops.grouped import grouped_mm_unsupported_reasons
 from ..routers import get_router
 from ..sizing import ffn_flops_per_token
@@ -32,15 +34,9 @@ MOE_PROVIDERS = ("reference", "fused")
 
 
 def parse_moe_shape(text: str) -> tuple[int, int]:
-    """``"8x2"`` -> ``(8, 2)``: experts × top-k; UsageError naming the expected form."""
-    parts = str(text).lower().split("x")
-    try:
-        e, k = (int(p) for p in parts)
-    except ValueError:
-        raise UsageError(f"--moe takes EXPERTSxTOPK such as 8x2, got {text!r}") from None
-    if e < 1 or k < 1 or k > e:
-        raise UsageError(f"--moe {text}: need 1 <= top_k <= experts")
-    return e, k
+    """``"8x2"`` -> ``(8, 2)``: experts × top-k (the ``<E>x<k>`` part of ``moe:swiglu:8x2``,
+    :func:`ffnlab.moe_spelling.parse_experts`); UsageError naming the expected form."""
+    return parse_experts(text, f"--moe {text}")
 
 
 @dataclass(frozen=True)

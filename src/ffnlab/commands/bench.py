@@ -9,8 +9,10 @@ them all alike; a ratio between two providers is the median of their per-repeat 
 this device's copy bandwidth and matmul rate, so each row reads as a share of the roofline.
 
 Writes bench.json, bench.md and bench.png into --out and prints a table and the targets.
-``--moe EXPERTSxTOPK`` (e.g. ``8x2``) instead times a mixture of experts of one variant, fused
-against the reference loop (:mod:`ffnlab.bench.moe`), and writes moe_bench.json and moe_bench.md.
+``--variants moe:<variant>:<E>x<k>`` (e.g. ``moe:swiglu:8x2``, the spelling ``ffnlab compare``
+takes: :mod:`ffnlab.moe_spelling`) instead times that mixture of experts, fused against the
+reference loop (:mod:`ffnlab.bench.moe`), and writes moe_bench.json and moe_bench.md. The old
+``--moe EXPERTSxTOPK`` still works, as a deprecated alias printing one line on stderr.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from .. import files
 from ..bench import BenchConfig, run_bench
 from ..bench import report as R
-from ..bench.moe import MoEBenchConfig, format_moe_rows, parse_moe_shape, run_moe_bench
+from ..bench.moe import MoEBenchConfig, format_moe_rows, run_moe_bench
 from ..bench.providers import PROVIDERS, parse_providers
 from ..errors import UsageError, check_positive_int
+from ..moe_spelling import MOE_PREFIX, VariantSpelling, is_moe_spelling, parse_variant_spelling
 from .common import (
     add_common,
     parse_device,
@@ -48,7 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     variants = _comma(_DEFAULT["variants"])
     add_common(p, out="runs/bench", variants=False, dtype="float32", seed=True)
     p.add_argument("--variants", default=variants,
-                   help=f"comma-separated variant names, or all (default: {variants})")
+                   help=f"comma-separated variant names, or all (default: {variants}); or one "
+                        f"mixture of experts, moe:<variant>:<experts>x<top_k> (e.g. "
+                        f"moe:swiglu:8x2), timed fused against the reference loop with expert "
+                        f"hidden size --hidden (default: --dim) and the first --tokens")
     p.add_argument("--dim", type=int, default=_DEFAULT["dim"],
                    help=f"model width (default: {_DEFAULT['dim']})")
     p.add_argument("--hidden", default=None,
@@ -69,9 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default=_DEFAULT["elementwise"],
                    help="also time the elementwise middle alone (default: on)")
     p.add_argument("--moe", default=None, metavar="EXPERTSxTOPK",
-                   help="time a mixture of experts instead (e.g. 8x2): one variant (swiglu "
-                        "unless --variants names one), expert hidden size --hidden (default: "
-                        "--dim), the first --tokens; fused against the reference loop")
+                   help="deprecated: --moe 8x2 is --variants moe:swiglu:8x2 (with --variants "
+                        "naming one variant, moe:<that variant>:8x2)")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -95,19 +101,45 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
-def moe_config_from_args(args: argparse.Namespace) -> MoEBenchConfig:
-    """The :class:`MoEBenchConfig` of ``--moe``; a UsageError naming the flag."""
-    n_experts, top_k = parse_moe_shape(args.moe)
-    variants = ["swiglu"] if args.variants == _comma(_DEFAULT["variants"]) else parse_variants(
-        args.variants)
-    if len(variants) != 1:
-        raise UsageError(f"--moe times one variant; --variants names {len(variants)}")
+def moe_spelling_from_args(args: argparse.Namespace) -> VariantSpelling | None:
+    """The mixture of experts ``--variants`` names (``moe:swiglu:8x2``), or that of the
+    deprecated ``--moe 8x2`` (printing one deprecation line on stderr); None for dense
+    variants. A mixture of experts is timed on its own: UsageError when ``--variants`` names
+    anything else too."""
+    parts = [p.strip() for p in str(args.variants).split(",") if p.strip()]
+    moes = [p for p in parts if is_moe_spelling(p)]
+    if args.moe is not None:
+        if moes:
+            raise UsageError(f"--moe is the old spelling of --variants {moes[0]}: give one of them")
+        if args.variants == _comma(_DEFAULT["variants"]):
+            base = "swiglu"
+        else:
+            variants = parse_variants(args.variants)
+            if len(variants) != 1:
+                raise UsageError(f"--moe times one variant; --variants names {len(variants)}")
+            base = variants[0]
+        spelling = parse_variant_spelling(f"{MOE_PREFIX}:{base}:{args.moe}")
+        print(f"ffnlab bench: --moe is deprecated; write --variants {spelling.name}",
+              file=sys.stderr)  # fmt: skip
+        return spelling
+    if not moes:
+        return None
+    if len(parts) != 1:
+        raise UsageError(f"a mixture of experts is timed on its own, fused against the reference "
+                         f"loop: give --variants {moes[0]} alone (--variants names {len(parts)})")  # fmt: skip
+    return parse_variant_spelling(moes[0])
+
+
+def moe_config_from_args(args: argparse.Namespace, spelling: VariantSpelling) -> MoEBenchConfig:
+    """The :class:`MoEBenchConfig` timing ``spelling`` (a mixture of experts, from
+    :func:`moe_spelling_from_args`); a UsageError naming the flag."""
     hidden = [args.dim] if args.hidden is None else parse_int_list("--hidden", args.hidden)
     tokens = parse_int_list("--tokens", args.tokens)
     if len(hidden) > 1 or len(tokens) > 1:
-        raise UsageError("--moe times one shape: give one --hidden and one --tokens")
+        raise UsageError(f"{spelling.name} is timed at one shape: give one --hidden and one "
+                         f"--tokens")  # fmt: skip
     return MoEBenchConfig(
-        n_experts=n_experts, top_k=top_k, variant=variants[0],
+        n_experts=spelling.n_experts, top_k=spelling.top_k, variant=spelling.base,
         dim=check_positive_int("--dim", args.dim), hidden=hidden[0], tokens=tokens[0],
         dtype=parse_dtype(args.dtype), device=parse_device(args.device),
         repeats=check_positive_int("--repeats", args.repeats),
@@ -115,13 +147,14 @@ def moe_config_from_args(args: argparse.Namespace) -> MoEBenchConfig:
     )  # fmt: skip
 
 
-def _run_moe(args: argparse.Namespace) -> int:
-    cfg = moe_config_from_args(args)
+def _run_moe(args: argparse.Namespace, spelling: VariantSpelling) -> int:
+    cfg = moe_config_from_args(args, spelling)
     out = prepare_out_dir(args.out)
     result = files.json_safe(run_moe_bench(cfg))
     (Path(out) / "moe_bench.json").write_text(json.dumps(result, indent=1))
     table = format_moe_rows(result)
-    (Path(out) / "moe_bench.md").write_text(f"# ffnlab bench --moe\n\n{table}\n")
+    (Path(out) / "moe_bench.md").write_text(f"# ffnlab bench --variants {spelling.name}\n\n"
+                                            f"{table}\n")  # fmt: skip
     if args.json:
         print_json(result)
         return 0
@@ -134,8 +167,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    if args.moe is not None:
-        return _run_moe(args)
+    spelling = moe_spelling_from_args(args)
+    if spelling is not None:
+        return _run_moe(args, spelling)
     cfg = config_from_args(args)
     out = prepare_out_dir(args.out)
     err = Console(stderr=True)

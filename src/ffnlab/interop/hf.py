@@ -27,7 +27,7 @@ import warnings
 from torch import nn
 
 from ..errors import check_choice
-from ..ops.dispatch import BACKENDS
+from ..ops.dispatch import BACKENDS, RECOMPUTE_MODES
 from .hf_activations import HF_ACTIVATIONS, describe, hf_activation
 from .hf_modules import HFMLP, HFBertFeedForward, HFBertOutputTail, HFFeedForward
 from .hf_moe import HFMoE, verified_moe_spec
@@ -60,10 +60,11 @@ def _looks_like_mlp(name: str, module: nn.Module) -> bool:
                 or _MLP_ATTR.match(name.rstrip("0123456789")))  # fmt: skip
 
 
-def build_wrapper(module: nn.Module, spec: MLPSpec, backend: str) -> HFMLP:
+def build_wrapper(module: nn.Module, spec: MLPSpec, backend: str,
+                  recompute: str = "activation") -> HFMLP:  # fmt: skip
     """The :class:`HFMLP` computing ``module`` as ``spec`` says."""
     act = spec.activation if spec.activation is not None else getattr(module, spec.act_attr)
-    return HFMLP(module, spec, activation=act, backend=backend)
+    return HFMLP(module, spec, activation=act, backend=backend, recompute=recompute)
 
 
 def _signature(module: nn.Module) -> tuple:
@@ -88,8 +89,9 @@ def _signature(module: nn.Module) -> tuple:
 
 
 class _Patcher:
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, recompute: str) -> None:
         self.backend = backend
+        self.recompute = recompute
         self.cache: dict[tuple, tuple[MLPSpec | None, float]] = {}
         self.skipped: list[str] = []
         self.count = 0
@@ -117,7 +119,7 @@ class _Patcher:
             if next(candidates(child), None) is not None:
                 spec, diff = self.spec_for(child)
                 if spec is not None:
-                    setattr(parent, name, build_wrapper(child, spec, self.backend))
+                    setattr(parent, name, build_wrapper(child, spec, self.backend, self.recompute))
                     self.count += 1
                 elif not _looks_like_mlp(name, child):
                     pass  # e.g. an attention block with three square projections: not an MLP
@@ -153,8 +155,11 @@ class _Patcher:
         if spec.shared is not None:
             module = block._modules[spec.shared]
             shared_spec, _ = self.spec_for(module)
-            shared = None if shared_spec is None else build_wrapper(module, shared_spec, self.backend)
-        setattr(parent, name, HFMoE(block, spec, backend=self.backend, shared=shared))
+            shared = (None if shared_spec is None
+                      else build_wrapper(module, shared_spec, self.backend, self.recompute))  # fmt: skip
+        moe = HFMoE(block, spec, backend=self.backend, shared=shared)
+        moe.recompute = self.recompute  # the routed experts' fused op (HFMoE.forward)
+        setattr(parent, name, moe)
         self.count += 1
 
     def _patch_bert(self, layer: nn.Module, prefix: str) -> None:
@@ -162,7 +167,8 @@ class _Patcher:
         act_obj = inter.intermediate_act_fn
         act = hf_activation(act_obj) or act_obj
         tail = HFBertOutputTail(out, activation=act, backend=self.backend)
-        head = HFBertFeedForward(inter, tail, activation=act, backend=self.backend)
+        head = HFBertFeedForward(inter, tail, activation=act, backend=self.backend,
+                                 recompute=self.recompute)  # fmt: skip
         diff = _bert_difference(layer, act)
         if diff > TOLERANCE:
             self.skipped.append(f"{prefix}.intermediate ({type(inter).__name__} with "
@@ -208,7 +214,7 @@ def _is_bert_layer(module: nn.Module) -> bool:
     )
 
 
-def patch_hf(model: nn.Module, backend: str = "auto") -> int:
+def patch_hf(model: nn.Module, *, backend: str = "auto", recompute: str = "activation") -> int:
     """Replace every MLP instance of ``model`` that it recognises by an ffnlab module; return
     how many.
 
@@ -225,8 +231,16 @@ def patch_hf(model: nn.Module, backend: str = "auto") -> int:
     Args:
         model: any ``nn.Module`` (typically a ``PreTrainedModel``).
         backend: the ffnlab backend the replacements use (see :mod:`ffnlab.ops.dispatch`).
+        recompute: what the replacements' fused op keeps for backward: ``"none"``,
+            ``"activation"`` (the default, as ``FeedForward``'s) or ``"full"``
+            (:mod:`ffnlab.ops.function`); the routed experts of a mixture of experts take it
+            too. Any other value is a UsageError naming the choices.
+
+    The options after ``model`` are keyword-only, as :func:`ffnlab.from_hf`'s
+    (``patch_hf(model, backend="fused", recompute="full")``); a second positional argument is
+    Python's TypeError.
     """
-    count, left = patch_hf_report(model, backend)
+    count, left = patch_hf_report(model, backend=backend, recompute=recompute)
     already = any(isinstance(m, HFFeedForward) for m in model.modules())
     if left:
         warnings.warn(
@@ -243,13 +257,16 @@ def patch_hf(model: nn.Module, backend: str = "auto") -> int:
     return count
 
 
-def patch_hf_report(model: nn.Module, backend: str = "auto") -> tuple[int, list[str]]:
+def patch_hf_report(
+    model: nn.Module, *, backend: str = "auto", recompute: str = "activation"
+) -> tuple[int, list[str]]:
     """:func:`patch_hf` without the warning: ``(patched, left)``, ``left`` the MLP-like modules
     left unchanged as ``"path (Class: reason)"`` (what the warning lists)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"patch_hf expects an nn.Module, got {type(model).__name__}")
     check_choice("backend", backend, BACKENDS)
-    patcher = _Patcher(backend)
+    check_choice("recompute mode", recompute, RECOMPUTE_MODES)
+    patcher = _Patcher(backend, recompute)
     patcher.walk(model, "")
     return patcher.count, patcher.skipped
 

@@ -61,6 +61,8 @@ class HFFeedForward(nn.Module):
             through the modules).
         options: the named activation's option values (leaky ReLU's slope).
         backend: ffnlab backend (``"auto"``, ``"reference"``, ``"fused"``, ``"triton"``).
+        recompute: what the fused backends keep for backward (``"none"``, ``"activation"``,
+            ``"full"``: :mod:`ffnlab.ops.function`), as ``FeedForward``'s ``recompute``.
     """
 
     #: True for wrappers that count as one patched MLP (the BERT tail does not).
@@ -73,6 +75,7 @@ class HFFeedForward(nn.Module):
         activation: Activation,
         backend: str,
         options: tuple[float, ...] = (),
+        recompute: str = "activation",
     ) -> None:
         super().__init__()
         # Bypass nn.Module.__setattr__: registering either would duplicate parameters.
@@ -80,6 +83,7 @@ class HFFeedForward(nn.Module):
         self.__dict__["ffn_activation"] = activation
         self.act_options = tuple(options)
         self.backend = backend
+        self.recompute = recompute
         self.train(original.training)
 
     @property
@@ -127,6 +131,7 @@ class HFFeedForward(nn.Module):
             self.down,
             activation=self.ffn_activation,
             backend=self.backend,
+            recompute=self.recompute,
             options=self.act_options,
         )
 
@@ -142,6 +147,7 @@ class HFFeedForward(nn.Module):
         )
         return (
             f"replaces={type(self.original).__name__}, activation={act!r}, backend={self.backend!r}"
+            f", recompute={self.recompute!r}"
         )
 
 
@@ -177,9 +183,9 @@ class HFMLP(HFFeedForward):
     """
 
     def __init__(self, original: nn.Module, spec: MLPSpec, *, activation: Activation,
-                 backend: str) -> None:  # fmt: skip
+                 backend: str, recompute: str = "activation") -> None:  # fmt: skip
         super().__init__(original, activation=activation, backend=backend,
-                         options=spec.act_options)  # fmt: skip
+                         options=spec.act_options, recompute=recompute)  # fmt: skip
         self.__dict__["spec"] = spec
         for name, child in original.named_children():
             self.add_module(name, child)
@@ -305,9 +311,10 @@ class HFBertFeedForward(HFFeedForward):
     """
 
     def __init__(
-        self, original: nn.Module, output: nn.Module, *, activation: Activation, backend: str
+        self, original: nn.Module, output: nn.Module, *, activation: Activation, backend: str,
+        recompute: str = "activation",
     ) -> None:
-        super().__init__(original, activation=activation, backend=backend)
+        super().__init__(original, activation=activation, backend=backend, recompute=recompute)
         # every child in the original's order (dense, the activation, a LayerNorm): same keys
         for name, child in original.named_children():
             self.add_module(name, child)

@@ -136,7 +136,7 @@ class HFMoE(HFFeedForward):
         else:
             options, backend = self.act_options, "reference" if self.act_options else backend
         y = run_experts(xe, routing, self.expert_weights(), activation=s.activation,
-                        backend=backend, options=options)  # fmt: skip
+                        backend=backend, options=options, recompute=self.recompute)  # fmt: skip
         if s.shared is not None:
             sh = self._modules[s.shared](x2)
             if s.shared_gate is not None:

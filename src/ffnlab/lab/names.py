@@ -13,7 +13,7 @@ from __future__ import annotations
 __all__ = ["MOE_PREFIX", "BASELINE", "GATED_TWINS", "LABEL", "is_moe", "moe_base", "file_stem",
            "label"]
 
-MOE_PREFIX = "moe"
+MOE_PREFIX = "moe"  # ffnlab.moe_spelling.MOE_PREFIX, spelt here too: this module imports no torch
 BASELINE = "relu"
 
 # gated variant -> the plain variant with the same activation

@@ -262,9 +262,10 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grads):
-    # The custom op's gradients mirror its inputs' structure: the options list gets a list.
+    # The custom op's gradients mirror its inputs as torch.library flattens them: a list of
+    # floats is one input (one None), an empty list none (an empty list back).
     *out, _ = _grads(ctx, grads[0], torch.ops.ffnlab.ffn_backward)
-    return (*out, [None] * len(ctx.meta[4]))
+    return (*out, None if ctx.meta[4] else [])
 
 
 _ffn_forward.register_autograd(_backward, setup_context=_setup_context)

@@ -8,7 +8,7 @@ takes the rows ``xs [M, dim]`` sorted by expert (segment ``e`` is rows
 
     for e, (start, end) in enumerate(segments):
         ys[start:end] = ffn_reference(xs[start:end], w1[e], w2[e], w3[e], b1[e], b2[e], b3[e],
-                                      activation=activation, beta=beta)
+                                      activation=activation, beta=beta, options=options)
 
 with the projections as grouped matrix products (:func:`~ffnlab.ops.grouped.grouped_mm`), the
 elementwise middle on the fused op's engines (:mod:`ffnlab.ops.engines`) over all ``M`` rows at
@@ -18,7 +18,9 @@ once, and the fused op's three recompute modes (same saved tensors per row; the 
 implementations, so ``torch.compile(fullgraph=True)`` traces a call whether the products run
 ``torch._grouped_mm`` or the per-segment loop (the loop's host synchronisation stays inside
 the op); eager calls take a plain ``autograd.Function`` over the same implementations.
-Swish's beta is a fixed float here (no learnable beta in the experts).
+Swish's beta is a fixed float here (no learnable beta in the experts); ``options`` are the
+activation's option values (:func:`ffnlab.activations.bind_options`: GPT-OSS's clamped SwiGLU
+alpha and limit), passed to the engines as the dense fused op passes them.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def _forward_impl(
     beta: float,
     recompute: str,
     engine: str,
+    options: list[float],
 ) -> list[Tensor]:
     """``xs [M, dim]`` -> ``[ys [M, out], *kept]``, ``kept`` the ``[M, hidden]`` tensors that
     backward keeps under ``recompute`` (named by :func:`ffnlab.ops.function._kept`)."""
@@ -73,7 +76,7 @@ def _forward_impl(
     h3 = _glinear(xs, w3, b3, offsets, rows) if gated else None
     kept = _kept(recompute, gated, activation)
     m, a = _engine(engine, h1, activation, gated, "forward").hidden_forward(
-        activation, h1, h3, beta, keep_act="a" in kept
+        activation, h1, h3, beta, keep_act="a" in kept, options=tuple(options)
     )
     ys = _glinear(m, w2, b2, offsets, rows)
     named = {"h1": h1, "h3": h3, "a": a, "m": m}
@@ -86,7 +89,8 @@ _forward_op = torch.library.custom_op("ffnlab::grouped_ffn_forward", mutates_arg
 
 
 @_forward_op.register_fake
-def _forward_fake(xs, offsets, w1, w2, w3, b1, b2, b3, activation, beta, recompute, engine):
+def _forward_fake(xs, offsets, w1, w2, w3, b1, b2, b3, activation, beta, recompute, engine,
+                  options):  # fmt: skip
     n, hidden = xs.shape[0], w1.shape[1]
     kept = _kept(recompute, w3 is not None, activation)
     return [xs.new_empty(n, w2.shape[1]), *(xs.new_empty(n, hidden) for _ in kept)]
@@ -114,6 +118,7 @@ def _backward_impl(
     beta: float,
     recompute: str,
     engine: str,
+    options: list[float],
     needs: Sequence[bool],
 ) -> list[Tensor]:
     """The gradients for ``grad = dL/dys [M, out]`` of the inputs in ``_GRAD_NAMES`` whose
@@ -130,18 +135,19 @@ def _backward_impl(
         if gated:
             saved["h3"] = _glinear(xs, w3, b3, offsets, rows)
     h1, h3, a, m = (saved.get(k) for k in ("h1", "h3", "a", "m"))
+    options = tuple(options)
     out = dict.fromkeys(_GRAD_NAMES)
 
     if any(need[k] for k in ("xs", "w1", "w3", "b1", "b3")):
         dm = grouped_mm(grad, w2, offsets)  # [M, hidden]: ours, the engine may overwrite it
         dh1, dh3, m, _ = _engine(engine, h1, activation, gated, "backward").hidden_backward(
             activation, dm, h1, h3, beta, a=a if gated else m, m=m,
-            need_m=need["w2"], need_dbeta=False, dm_is_scratch=True,
+            need_m=need["w2"], need_dbeta=False, dm_is_scratch=True, options=options,
         )  # fmt: skip
         del dm
     elif need["w2"] and m is None:
         m, _ = _engine(engine, h1, activation, gated, "forward").hidden_forward(
-            activation, h1, h3, beta
+            activation, h1, h3, beta, options=options
         )
     if need["w2"]:
         out["w2"] = grouped_mm_weight(grad, m, offsets)
@@ -168,7 +174,8 @@ _backward_op = torch.library.custom_op("ffnlab::grouped_ffn_backward", mutates_a
 
 @_backward_op.register_fake
 def _backward_fake(
-    grad, xs, offsets, w1, w2, w3, b1, b3, kept, activation, beta, recompute, engine, needs
+    grad, xs, offsets, w1, w2, w3, b1, b3, kept, activation, beta, recompute, engine, options,
+    needs
 ):  # fmt: skip
     e = w1.shape[0]
     like = (xs, w1, w2, w3, b1, grad.new_empty(e, w2.shape[1]), b3)
@@ -176,22 +183,22 @@ def _backward_fake(
 
 
 def _save(ctx, inputs: tuple, kept) -> None:
-    xs, offsets, w1, w2, w3, b1, b2, b3, activation, beta, recompute, engine = inputs
+    xs, offsets, w1, w2, w3, b1, b2, b3, activation, beta, recompute, engine, options = inputs
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(xs, offsets, w1, w2, w3, b1, b3, *kept)
-    ctx.meta = (activation, beta, recompute, engine)
+    ctx.meta = (activation, beta, recompute, engine, options)
 
 
 def _grads(ctx, grad_y, backward) -> tuple:
-    """The 12 input gradients (None for offsets, the options and what needs none)."""
+    """The 13 input gradients (None for offsets, the settings and what needs none)."""
     n = ctx.needs_input_grad
     needs = [bool(n[0]), *(bool(x) for x in n[2:8])]  # xs, w1, w2, w3, b1, b2, b3
     if grad_y is None or not any(needs):
-        return (None,) * 12
+        return (None,) * 13
     xs, offsets, w1, w2, w3, b1, b3, *kept = ctx.saved_tensors
     it = iter(backward(grad_y, xs, offsets, w1, w2, w3, b1, b3, kept, *ctx.meta, needs))
     g = [next(it) if k else None for k in needs]
-    return (g[0], None, *g[1:], None, None, None, None)
+    return (g[0], None, *g[1:], None, None, None, None, None)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -200,7 +207,10 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grads):
-    return _grads(ctx, grads[0], torch.ops.ffnlab.grouped_ffn_backward)
+    # The custom op's gradients mirror its inputs as torch.library flattens them: a list of
+    # floats is one input (one None), an empty list none (an empty list back).
+    *out, _ = _grads(ctx, grads[0], torch.ops.ffnlab.grouped_ffn_backward)
+    return (*out, None if ctx.meta[4] else [])
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -235,12 +245,15 @@ def grouped_feed_forward(
     beta: float = 1.0,
     recompute: str = "activation",
     engine: str = "auto",
+    options: tuple[float, ...] = (),
 ) -> Tensor:
     """Each expert's FFN on its rows. ``xs [M, dim]`` sorted by expert, ``offsets [E]`` (int32
     cumulative segment ends, ``offsets[-1] == M``) -> ``ys [M, out]``.
 
     Shapes: ``w1, w3 [E, hidden, dim]``, ``w2 [E, out, hidden]``, ``b1, b3 [E, hidden]``,
-    ``b2 [E, out]``. Equivalent PyTorch::
+    ``b2 [E, out]``; ``options``: the activation's option values in
+    :attr:`~ffnlab.activations.Activation.options` order (``()``: its defaults). Equivalent
+    PyTorch::
 
         start = 0
         for e, end in enumerate(offsets.tolist()):
@@ -266,9 +279,14 @@ def grouped_feed_forward(
     for name, b, n in (("b1", b1, hidden), ("b2", b2, w2.shape[1]), ("b3", b3, hidden)):
         if b is not None and b.shape != (e, n):
             raise UsageError(f"{name} must be [{e}, {n}], got {list(b.shape)}")
+    if len(options) not in (0, len(act.options)):
+        raise UsageError(f"activation {act.name!r} takes options {act.option_names}, "
+                         f"got {len(options)} values")  # fmt: skip
+    options = [float(o) for o in (options or act.kwargs().values())]
     if engine != "auto":
         select(engine, xs, hidden_dim=hidden, activation=act.name, gated=w3 is not None)
-    args = (xs, offsets, w1, w2, w3, b1, b2, b3, act.name, float(beta), recompute, engine)
+    args = (xs, offsets, w1, w2, w3, b1, b2, b3, act.name, float(beta), recompute, engine,
+            options)
     if torch.compiler.is_compiling():
         return torch.ops.ffnlab.grouped_ffn_forward(*args)[0]
     return _GroupedFFN.apply(*args)

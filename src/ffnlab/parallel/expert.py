@@ -74,6 +74,7 @@ class ExpertParallelExperts(Experts):
         nn.Module.__init__(self)
         self.n_experts, self.dim, self.hidden_dim = experts.n_experts, experts.dim, experts.hidden_dim
         self.activation, self.beta = experts.activation, experts.beta
+        self.options = experts.options
         self.rank, self.world, self.group = rank, world, group
         self.n_local = experts.n_experts // world
         first = rank * self.n_local

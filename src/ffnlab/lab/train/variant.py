@@ -18,7 +18,6 @@ dense 32640) is the only extra an MoE token pays for.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -27,20 +26,15 @@ from torch import nn
 from ...errors import UsageError
 from ...ffn import FeedForward
 from ...moe import MoEFeedForward
+from ...moe_spelling import MOE_PREFIX, parse_variant_spelling
 from ...sizing import default_hidden_dim, ffn_params
-from ...variants import get_variant
-from ..names import MOE_PREFIX
 
 __all__ = ["LOAD_BALANCE_COEF", "LabVariant", "canonical_name", "lab_variant",
            "parse_lab_variants"]
 
-
 LOAD_BALANCE_COEF = 0.01
 """Weight of Switch Transformer's load-balancing loss in the training loss of an MoE run (the
 paper's alpha = 1e-2, summed over layers); dense runs add nothing."""
-
-_SHAPE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
-
 
 @dataclass(frozen=True)
 class LabVariant:
@@ -102,37 +96,14 @@ class LabVariant:
                               device=device, dtype=dtype)
 
 
-def _positive(text: str, what: str, spelling: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise UsageError(f"{spelling!r}: {what} must be at least 1, got {value}")
-    return value
-
-
 def lab_variant(name: str | LabVariant) -> LabVariant:
     """Parse a lab spelling: a registry name or alias (ValueError with close matches when
-    unknown), or ``moe:<variant>:<E>x<k>`` with ``E >= 1`` and ``1 <= k <= E``."""
+    unknown), or ``moe:<variant>:<E>x<k>`` with ``E >= 1`` and ``1 <= k <= E``: the parser
+    :func:`ffnlab.moe_spelling.parse_variant_spelling`, which ``ffnlab bench`` shares."""
     if isinstance(name, LabVariant):
         return name
-    if not isinstance(name, str):
-        raise UsageError(f"a variant name is a string, got {type(name).__name__}")
-    text = name.strip()
-    if not text.lower().startswith(MOE_PREFIX + ":"):
-        return LabVariant(get_variant(text).name)
-    parts = text.split(":")
-    if len(parts) != 3 or not parts[1].strip():
-        raise UsageError(f"{name!r} is not a mixture of experts spelling: write "
-                         f"moe:<variant>:<experts>x<top_k>, e.g. moe:swiglu:8x2")
-    base = get_variant(parts[1].strip()).name
-    m = _SHAPE.match(parts[2])
-    if m is None:
-        raise UsageError(f"{name!r}: the experts part must be <experts>x<top_k> (two positive "
-                         f"integers, e.g. 8x2), got {parts[2]!r}")
-    n_experts = _positive(m[1], "the number of experts", name)
-    top_k = _positive(m[2], "top_k", name)
-    if top_k > n_experts:
-        raise UsageError(f"{name!r}: top_k={top_k} exceeds the {n_experts} experts")
-    return LabVariant(base, n_experts, top_k)
+    s = parse_variant_spelling(name)
+    return LabVariant(s.base, s.n_experts, s.top_k)
 
 
 def canonical_name(name: str) -> str:
