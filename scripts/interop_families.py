@@ -74,6 +74,8 @@ OVERRIDES: dict[str, dict] = {
     "zaya": dict(num_experts_per_tok=1),
     # one mixture-of-experts layer (the default 3 dense layers would leave none), 2 groups
     "deepseek_v3": dict(first_k_dense_replace=1, n_group=2, topk_group=1),
+    # its own names for the dense and shared widths (defaults 32768 and 8192)
+    "ergo": dict(first_dense_intermediate_size=64, shared_intermediate_size=16),
 }  # fmt: skip
 #: Largest model (parameters) built from a tiny config; a family above it is reported.
 MAX_PARAMS = 20_000_000

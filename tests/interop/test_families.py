@@ -105,6 +105,10 @@ MOE_FEATURES = {
     "jetmoe": lambda specs: all(s.up == "input_linear.weight" and s.output_bias == "bias"
                                 and s.router_weight == "router.layer.weight" for s in specs),  # fmt: skip
     "nemotron_h": lambda specs: all(not s.gated and s.activation == "relu2" for s in specs),
+    # ReLU² experts stored [E, dim, I], a float32 RMSNorm per expert on each route's output
+    "ergo": lambda specs: all(s.expert_norm == "experts.post_expert_norm.weight"
+                              and s.norm_float32 and s.transposed and not s.gated
+                              and s.float32 == "logits" for s in specs),  # fmt: skip
     "ernie4_5_moe": lambda specs: all(
         s.selection_bias == "gate.moe_statics.e_score_correction_bias" for s in specs),
 }
