@@ -37,9 +37,10 @@ FAMILIES = {
     "hunyuan_v1_moe": 1e-12,  # router weight inside gate.wg
     "jetmoe": 1e-6,  # experts in two children, output bias; top-k logits' softmax in float32
     "ergo": 1e-12,  # ReLU² experts, a learned RMSNorm per expert, shared expert with a norm
+    "axk1": 1e-12,  # DeepSeek-V3's block with an RMSNorm of its output
 }
 # families whose first layer is dense (one MoE block in the two layers)
-DENSE_FIRST = {"deepseek_v3", "ergo"}
+DENSE_FIRST = {"deepseek_v3", "ergo", "axk1"}
 
 
 def _build(family: str, families, dtype=torch.float64, **kw):

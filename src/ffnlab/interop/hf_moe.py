@@ -13,7 +13,8 @@ The wrapper registers the block's own children under their own names (``gate``/`
    the experts' own per-expert output norm where they have one (Ergo's ``post_expert_norm``:
    :class:`ffnlab.ops.expert_norm.OutputNorm`, its stored scale);
 3. adds the shared experts (an :class:`~ffnlab.interop.hf_modules.HFMLP` where that patches
-   them, else their own module) times ``sigmoid(shared_gate(x))`` where there is one;
+   them, else their own module) times ``sigmoid(shared_gate(x))`` where there is one, then
+   applies the block's output norm module where it has one (A.X-K1's ``post_mlp_layernorm``);
 4. returns what the block returns: the output, or ``(output, router logits)`` /
    ``(output, gates)``.
 
@@ -156,6 +157,8 @@ class HFMoE(HFFeedForward):
         if s.output_bias is not None:
             y = y + self._router_param(s.output_bias)
         y = y.to(x.dtype) if not torch.is_autocast_enabled(x.device.type) else y
+        if s.out_norm is not None:
+            y = self._modules[s.out_norm](y)
         y = y if s.flat else y.reshape(*x.shape[:-1], dim)
         if s.returns == "logits":
             return y, logits.to(x.dtype) if logits.dtype != x.dtype else logits

@@ -14,7 +14,9 @@ A block is recognised from its children, whatever its class is called:
   [E, dim]`` and an ``eps`` (Ergo's ``post_expert_norm``, an RMSNorm of each route's output);
 * optionally **shared experts**: one dense MLP child (``shared_expert``, ``shared_experts``,
   ``shared_mlp`` ...) and a ``[1, dim]`` ``nn.Linear`` gating it (Qwen-MoE's
-  ``shared_expert_gate``).
+  ``shared_expert_gate``);
+* optionally a **norm of the block's output** (routed plus shared experts): a 1-D norm child
+  (A.X-K1's ``post_mlp_layernorm``), run as the block's own module.
 
 How the experts store gate and up (the only per-layout table, :data:`LAYOUTS`): ``gate_up_proj``
 is ``[E, 2I, dim]`` (``F.linear`` layout: Mixtral, Qwen-MoE, OLMoE, DeepSeek) or ``[E, dim, 2I]``
@@ -38,7 +40,7 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from .hf_activations import hf_activation
-from .recognise import candidates
+from .recognise import _is_norm, candidates
 
 __all__ = ["LAYOUTS", "MoESpec", "moe_candidates", "moe_parts", "router_width", "why_not_moe"]
 
@@ -77,6 +79,7 @@ class MoESpec:
         biases: the experts hold ``gate_up_proj_bias`` and ``down_proj_bias``.
         gated: the experts hold ``gate_up_proj`` (else a plain ``up_proj``: W1 only).
         shared, shared_gate: child names or None.
+        out_norm: a norm child applied to the block's output (routed plus shared), or None.
         expert_norm, norm_eps, norm_float32: the path of a per-expert RMSNorm scale ``[E, dim]``
             on each route's output (Ergo's ``"experts.post_expert_norm.weight"``), its epsilon,
             and whether the block computes it in float32 whatever the input dtype.
@@ -119,6 +122,7 @@ class MoESpec:
     router_call: str = "flat"
     float32: str | None = None
     expert_norm: str | None = None
+    out_norm: str | None = None
     norm_eps: float = 1e-6
     norm_float32: bool = False
 
@@ -146,8 +150,8 @@ def _get(module: nn.Module, path: str):
 
 
 def moe_parts(block: nn.Module) -> tuple[dict[str, str], str | None]:
-    """``(parts, None)`` with the child names of ``router``, ``experts``, ``shared`` and
-    ``shared_gate`` (the last two may be absent), or ``({}, reason)``."""
+    """``(parts, None)`` with the child names of ``router``, ``experts``, ``shared``,
+    ``shared_gate`` and ``out_norm`` (the last three may be absent), or ``({}, reason)``."""
     parts: dict[str, str] = {}
     experts = [n for n, c in block.named_children() if _up_name(c) is not None]
     if len(experts) > 1:
@@ -179,6 +183,8 @@ def moe_parts(block: nn.Module) -> tuple[dict[str, str], str | None]:
             parts["shared_gate"] = name
         elif next(candidates(child), None) is not None and "shared" not in parts:
             parts["shared"] = name
+        elif _is_norm(child) and "out_norm" not in parts:
+            parts["out_norm"] = name
         else:
             return {}, f"its child {name} ({type(child).__name__}) has no known role"
     if "router" not in parts:
@@ -317,7 +323,7 @@ def moe_candidates(block: nn.Module, returns: tuple[str | None, ...] = (None,),
         up=up_path, down=down_path, output_bias=out_bias, gated=gated,
         biases=_has(block, f"{up_path}_bias") and _has(block, f"{down_path}_bias"),
         shared=parts.get("shared"), shared_gate=parts.get("shared_gate"), flat=flat,
-        expert_norm=norm, norm_eps=eps,
+        expert_norm=norm, norm_eps=eps, out_norm=parts.get("out_norm"),
     )  # fmt: skip
     kinds = ("sigmoid", "softmax", "sigmoid_input") if sel else ("softmax", "sigmoid",
                                                                   "sigmoid_input")  # fmt: skip
