@@ -74,6 +74,23 @@ OVERRIDES: dict[str, dict] = {
     "zaya": dict(num_experts_per_tok=1),
     # one mixture-of-experts layer (the default 3 dense layers would leave none), 2 groups
     "deepseek_v3": dict(first_k_dense_replace=1, n_group=2, topk_group=1),
+    # its own names for the dense and shared widths (defaults 32768 and 8192)
+    "ergo": dict(first_dense_intermediate_size=64, shared_intermediate_size=16),
+    # multi-head latent attention wants as many key/value heads as query heads; a mixture of
+    # experts in layer 1; 2 groups of the 4 experts (the default 8 leaves none per group)
+    "deepseek_v32": dict(num_key_value_heads=4, first_k_dense_replace=1, n_group=2,
+                         topk_group=1),
+    "glm_moe_dsa": dict(num_key_value_heads=4, first_k_dense_replace=1),
+    "axk1": dict(n_group=2, topk_group=1),
+    "axk2": dict(num_key_value_heads=4),
+    # NVFP4 keys need head_dim % 16 == 0; index heads within the query heads of a key head;
+    # the default mlp_only_layers (0, 1) would leave no mixture of experts in two layers
+    "kolibri1_1": dict(head_dim=16, index_num_heads=2, index_topk=4, index_pool_size=16,
+                       index_compression=4, index_num_local_tokens=2, index_num_sink_tokens=1,
+                       mlp_only_layers=[0], mlp_only_intermediate_size=64),
+    # rotary part of the head (qk_rope_head_dim 4) as head_dim; 2 zero (identity) experts
+    "longcat_flash": dict(head_dim=4, zero_expert_num=2, expert_ffn_hidden_size=16, moe_topk=2,
+                          ffn_hidden_size=64),
 }  # fmt: skip
 #: Largest model (parameters) built from a tiny config; a family above it is reported.
 MAX_PARAMS = 20_000_000

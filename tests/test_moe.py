@@ -388,3 +388,49 @@ def test_variant_after_the_sizes_as_in_feedforward():
         MoEFeedForward(8, 12, 4, "geglu")
     with pytest.raises(TypeError, match="positional"):
         MoEFeedForward(8, 12, 4, 2, "geglu", "softmax")
+
+
+def _norm_moe(backend, **kw):
+    torch.manual_seed(9)
+    kw = {"variant": "relu2", "router": "sigmoid", "routed_scaling": 2.0, **kw}
+    m = MoEFeedForward(8, 12, 4, 2, expert_norm=True, norm_eps=1e-5, backend=backend,
+                       dtype=torch.float64, **kw)  # fmt: skip
+    with torch.no_grad():
+        m.experts.norm.uniform_(0.5, 1.5)
+    return m
+
+
+@pytest.mark.parametrize("router", ["sigmoid", "sigmoid_input"])
+def test_expert_norm_by_hand_and_fused(router):
+    """Each route's output goes through its expert's RMSNorm before the gates weight it
+    (Ergo); the fused path equals the reference loop, forward and backward."""
+    ref = _norm_moe("reference", router=router, routed_scaling=1.0)
+    ex = ref.experts
+    assert ex.norm.shape == (4, 8) and "experts.norm" in ref.state_dict()
+    x = torch.randn(7, 8, dtype=torch.float64)
+    r = ref.router(x)
+    want = torch.zeros_like(x)
+    for t in range(7):
+        for j in range(2):
+            e, g = r.expert_idx[t, j].item(), r.gates[t, j]
+            xe = x[t] * g if r.gate_input else x[t]
+            h = torch.relu(xe @ ex.w1[e].T + ex.b1[e]).square() @ ex.w2[e].T + ex.b2[e]
+            h = h * torch.rsqrt(h.square().mean() + 1e-5) * ex.norm[e]
+            want[t] += h if r.gate_input else g * h
+    torch.testing.assert_close(ref(x), want, rtol=1e-12, atol=1e-12)
+    fused = _norm_moe("fused", router=router, routed_scaling=1.0)
+    fused.load_state_dict(ref.state_dict())
+    _match(fused, ref, torch.randn(3, 5, 8, dtype=torch.float64), torch.float64)
+    assert fused.experts.norm.grad is not None and fused.experts.norm.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_expert_norm_low_precision_and_gradcheck(dtype):
+    fused, ref = _pair(dtype, variant="swiglu", expert_norm=True, n_shared=1)
+    torch.manual_seed(10)
+    _match(fused, ref, torch.randn(3, 5, 8, dtype=dtype), dtype)
+    m = _norm_moe("fused", recompute="full")
+    x = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-6)
+    with pytest.raises(UsageError, match="norm_eps"):
+        MoEFeedForward(8, 12, 4, 2, expert_norm=True, norm_eps=-1.0)

@@ -1,6 +1,7 @@
 """``MoEFeedForward``: a mixture-of-experts FFN, every expert one variant of the registry.
 
-``y = routed_scaling · Σ_{j<top_k} g_j · FFN_{e_j}(x) + gate_s · FFN_shared(x)``, dropless:
+``y = routed_scaling · Σ_{j<top_k} g_j · N_{e_j}(FFN_{e_j}(x)) + gate_s · FFN_shared(x)``
+(``N_e``: expert ``e``'s output RMSNorm with ``expert_norm``, else the identity), dropless:
 every token reaches its ``top_k`` experts. The routers are in :mod:`ffnlab.routers`, the
 experts in :mod:`ffnlab.experts`, the grouped products in :mod:`ffnlab.ops.grouped`.
 """
@@ -84,10 +85,14 @@ class MoEFeedForward(nn.Module):
         backend: ``"reference"`` (a loop over the experts), ``"fused"`` (sorted tokens, grouped
             products) or ``"auto"`` (fused).
         recompute: the fused experts' recompute mode (``ffnlab.ops.function``).
+        expert_norm, norm_eps: each routed expert's output goes through its own RMSNorm
+            (``experts.norm [E, dim]``, ones at first, epsilon ``norm_eps``) before the gates
+            weight it (Ergo); both backends.
 
     State dict: ``router.weight [E, dim]`` (+ ``router.bias [E]``), ``experts.w1 [E, hidden,
     dim]``, ``experts.w2 [E, dim, hidden]``, ``experts.w3`` (gated), ``experts.b1 [E, hidden]``,
-    ``experts.b2 [E, dim]``, ``experts.b3`` (with biases), ``shared.w1.weight`` … (a
+    ``experts.b2 [E, dim]``, ``experts.b3`` (with biases), ``experts.norm [E, dim]`` (with
+    ``expert_norm``), ``shared.w1.weight`` … (a
     ``FeedForward``), ``shared_gate.weight [1, dim]``.
 
     After each forward: ``aux_losses`` ``{"load_balance": ..., "z_loss": ...}`` (scalars with
@@ -116,6 +121,8 @@ class MoEFeedForward(nn.Module):
         act_kwargs: dict | None = None,
         backend: str = "auto",
         recompute: str = "activation",
+        expert_norm: bool = False,
+        norm_eps: float = 1e-6,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -154,7 +161,8 @@ class MoEFeedForward(nn.Module):
         )  # fmt: skip
         self.experts = Experts(n_experts, dim, hidden_dim, activation=v.activation,
                                gated=v.gated, bias=not v.gated if bias is None else bias,
-                               options=act_options, **kw)  # fmt: skip
+                               options=act_options, expert_norm=expert_norm,
+                               norm_eps=norm_eps, **kw)  # fmt: skip
         self.shared = None
         if n_shared:
             sh = hidden_dim if shared_hidden_dim is None else shared_hidden_dim
@@ -237,4 +245,5 @@ class MoEFeedForward(nn.Module):
                 if self.act_options else "")  # fmt: skip
         return (f"dim={self.dim}, hidden_dim={self.hidden_dim}, n_experts={self.n_experts}, "
                 f"top_k={self.top_k}, variant={self.variant!r}, router={self.router.name!r}, "
-                f"n_shared={self.n_shared}, backend={self.backend!r}{opts}")
+                f"n_shared={self.n_shared}, backend={self.backend!r}{opts}"
+                + (", expert_norm=True" if self.experts.norm is not None else ""))

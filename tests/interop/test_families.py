@@ -55,6 +55,9 @@ NOT_PATCHED = {
     "phimoe": "PhimoeSparseMoeBlock: no candidate matches it",  # sparsemixer routing
     # top-k of logits + bias, sigmoid gates on the output: no ffnlab router
     "kolibri1": "Kolibri1SparseMoeBlock: no candidate matches it",
+    "kolibri1_1": "Kolibri1_1SparseMoeBlock: no candidate matches it",  # kolibri1's router
+    # router weight [E + zero experts, dim]: zero-computation (identity) experts, no FFN
+    "longcat_flash": "its child router (LongcatFlashTopkRouter) has no known role",
     **dict.fromkeys(
         ["bart", "bigbird_pegasus", "biogpt", "blenderbot", "blenderbot-small", "marian",
          "mbart", "mvp", "opt", "pegasus", "plbart", "trocr", "whisper", "xglm"],
@@ -105,6 +108,12 @@ MOE_FEATURES = {
     "jetmoe": lambda specs: all(s.up == "input_linear.weight" and s.output_bias == "bias"
                                 and s.router_weight == "router.layer.weight" for s in specs),  # fmt: skip
     "nemotron_h": lambda specs: all(not s.gated and s.activation == "relu2" for s in specs),
+    # ReLU² experts stored [E, dim, I], a float32 RMSNorm per expert on each route's output
+    "ergo": lambda specs: all(s.expert_norm == "experts.post_expert_norm.weight"
+                              and s.norm_float32 and s.transposed and not s.gated
+                              and s.float32 == "logits" for s in specs),  # fmt: skip
+    "axk1": lambda specs: all(s.out_norm == "post_mlp_layernorm" and s.n_group == 2
+                              for s in specs),  # fmt: skip
     "ernie4_5_moe": lambda specs: all(
         s.selection_bias == "gate.moe_statics.e_score_correction_bias" for s in specs),
 }

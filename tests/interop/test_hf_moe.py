@@ -36,7 +36,11 @@ FAMILIES = {
     "minimax": 1e-12,
     "hunyuan_v1_moe": 1e-12,  # router weight inside gate.wg
     "jetmoe": 1e-6,  # experts in two children, output bias; top-k logits' softmax in float32
+    "ergo": 1e-12,  # ReLU² experts, a learned RMSNorm per expert, shared expert with a norm
+    "axk1": 1e-12,  # DeepSeek-V3's block with an RMSNorm of its output
 }
+# families whose first layer is dense (one MoE block in the two layers)
+DENSE_FIRST = {"deepseek_v3", "ergo", "axk1"}
 
 
 def _build(family: str, families, dtype=torch.float64, **kw):
@@ -71,9 +75,9 @@ def test_family_float64_logits_gradients_keys_and_unpatch(families, family):
         warnings.simplefilter("error")  # nothing left: no warning
         n = ffnlab.patch_hf(model)
     blocks = _blocks(model)
-    # one MoE block per layer; DeepSeek-V3's layer 0 is dense (first_k_dense_replace=1)
-    assert len(blocks) == (1 if family == "deepseek_v3" else 2)
-    assert n == len(blocks) + (family == "deepseek_v3")
+    # one MoE block per layer; DeepSeek-V3's and Ergo's layer 0 is dense
+    assert len(blocks) == (1 if family in DENSE_FIRST else 2)
+    assert n == len(blocks) + (family in DENSE_FIRST)
     assert list(model.state_dict()) == keys
     assert all(params[k] is p for k, p in model.named_parameters())  # shared, not copied
     stored = blocks[0].get_parameter(blocks[0].spec.up)
@@ -109,7 +113,7 @@ def test_recompute_reaches_the_experts_and_shared_expert(families):
     assert saved["none"] > saved["full"], saved
 
 
-@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "gpt_oss", "deepseek_v3"])
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "gpt_oss", "deepseek_v3", "ergo"])
 def test_float32_fused_and_reference_backends(families, family):
     """float32, transformers' default grouped_mm experts against ffnlab's fused grouped op
     (and the reference loop): logits ~1e-5, gradients ~1e-4."""
@@ -229,9 +233,10 @@ def test_phimoe_sparsemixer_is_left(families):
     assert all("no candidate matches it" in why for why in left)
 
 
-def test_save_pretrained_round_trip(families, tmp_path):
+@pytest.mark.parametrize("family", ["qwen2_moe", "ergo"])
+def test_save_pretrained_round_trip(families, family, tmp_path):
     """A patched model saves what the unpatched one would: a fresh load gives its logits."""
-    model, inputs = _build("qwen2_moe", families, dtype=torch.float32)
+    model, inputs = _build(family, families, dtype=torch.float32)
     ffnlab.patch_hf(model)
     with torch.no_grad():
         for p in model.parameters():  # away from the seeded initialisation
@@ -244,3 +249,19 @@ def test_save_pretrained_round_trip(families, tmp_path):
     assert not _blocks(loaded)
     with torch.no_grad():
         torch.testing.assert_close(families.logits(loaded, inputs), want, rtol=1e-5, atol=1e-6)
+
+
+def test_ergo_expert_norm_and_shared_output_norm(families):
+    """Ergo: each route's output through its expert's RMSNorm (computed in float32, as the
+    block does) on the stored ``post_expert_norm.weight``, whose gradient flows; the shared
+    expert, a ReLU² MLP followed by an RMSNorm, is an HFMLP with that norm on its output."""
+    model, inputs = _build("ergo", families)
+    assert ffnlab.patch_hf(model) == 2
+    (block,) = _blocks(model)
+    norm = block.out_norm()
+    assert norm.weight is block.experts.post_expert_norm.weight and norm.dtype == torch.float32
+    assert norm.eps == model.config.rms_norm_eps
+    assert block.shared_experts.spec.out_norm == "norm"
+    assert block.shared_experts.spec.input_norm is None
+    _grads(model, inputs, families)
+    assert block.experts.post_expert_norm.weight.grad.abs().sum() > 0

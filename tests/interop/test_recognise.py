@@ -135,3 +135,38 @@ def test_a_module_wrapping_one_linear_is_a_projection():
     m.forward = lambda x: m.down_proj(m.act_fn(m.up_proj(x)))
     assert projection_shape(m.up_proj) == (8, 12)
     assert [(s.gate, s.down) for s in candidates(m)][:1] == [("up_proj", "down_proj")]
+
+
+class OutputNormed(nn.Module):
+    """A ReLU² MLP followed by an RMSNorm of its output (Ergo's shared expert)."""
+
+    def __init__(self, dim=8, hidden=12):
+        super().__init__()
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+        self.norm = nn.RMSNorm(dim, eps=1e-6)
+
+    def forward(self, x):
+        return self.norm(self.down_proj(torch.relu(self.up_proj(x)).square()))
+
+
+def test_a_norm_of_the_model_width_is_tried_on_the_input_then_on_the_output():
+    import pytest
+
+    import ffnlab
+    from ffnlab.errors import UsageError
+    from ffnlab.interop.hf import build_wrapper
+    from ffnlab.interop.verify import verified_spec
+
+    mlp = OutputNormed()
+    roles = [(s.input_norm, s.out_norm) for s in candidates(mlp)]
+    assert roles[0] == ("norm", None) and (None, "norm") in roles
+    spec, diff = verified_spec(mlp, lambda m, s: build_wrapper(m, s, "reference"))
+    assert spec.out_norm == "norm" and spec.input_norm is None and diff <= 1e-10
+    with torch.no_grad():
+        mlp.norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 8)
+    wrapper = build_wrapper(mlp, spec, "auto")
+    torch.testing.assert_close(wrapper(x), mlp(x))
+    with pytest.raises(UsageError, match="a norm on the output"):
+        ffnlab.from_hf(mlp)

@@ -175,3 +175,46 @@ def test_a_block_computing_something_else_is_left_with_the_difference():
     count, left = patch_hf_report(model)
     assert count == 0 and isinstance(model.mlp, SparseMoeBlock)
     assert left[0].startswith("mlp (SparseMoeBlock: no candidate matches it: smallest relative")
+
+
+class ExpertScale(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(E, DIM))
+        self.eps = 1e-5
+
+
+class NormedExperts(Experts):
+    """Each route's output through its expert's RMSNorm, in the input's dtype, before the
+    gates weight it (Ergo's ``post_expert_norm``, without its float32 rounding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.post_norm = ExpertScale()
+
+    def forward(self, x, idx, weights):
+        out = torch.zeros_like(x)
+        for e in range(E):
+            tok, slot = torch.where(idx == e)
+            gate, up = F.linear(x[tok], self.gate_up_proj[e]).chunk(2, dim=-1)
+            h = F.linear(self.act_fn(gate) * up, self.down_proj[e])
+            h = F.rms_norm(h, (DIM,), self.post_norm.weight[e], eps=self.post_norm.eps)
+            out.index_add_(0, tok, h * weights[tok, slot, None])
+        return out
+
+
+def test_a_per_expert_output_norm_is_recognised_and_computed():
+    model = _model()
+    model.mlp.experts = NormedExperts().double()
+    x = torch.randn(3, 4, DIM, dtype=torch.float64)
+    want = model(x)
+    keys = list(model.state_dict())
+    assert ffnlab.patch_hf(model) == 1
+    spec = model.mlp.spec
+    assert (spec.expert_norm, spec.norm_eps, spec.norm_float32) == (
+        "experts.post_norm.weight", 1e-5, False)  # fmt: skip
+    assert list(model.state_dict()) == keys
+    with torch.no_grad():
+        model.mlp.experts.post_norm.weight.uniform_(0.5, 1.5)
+        want = model.mlp.original(x)
+    torch.testing.assert_close(model(x), want, rtol=1e-12, atol=1e-12)

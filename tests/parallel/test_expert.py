@@ -83,6 +83,14 @@ def case_input_gate_top1_empty_rank(mesh):
     _compare(_moe(n_experts=2, top_k=1, variant="relu", router="sigmoid_input"), mesh, (4, 1))
 
 
+def case_expert_norm(mesh):
+    ref = _moe(n_experts=4, top_k=2, variant="relu2", router="sigmoid", expert_norm=True,
+               norm_eps=1e-5)  # fmt: skip
+    with torch.no_grad():
+        ref.experts.norm.uniform_(0.5, 1.5)
+    _compare(ref, mesh)
+
+
 def case_errors(mesh):
     from ffnlab.parallel import expert_parallel
 

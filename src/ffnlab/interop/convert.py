@@ -137,6 +137,7 @@ def _p(module: nn.Module, name: str | None) -> float:
 def _check_representable(module: nn.Module, spec: MLPSpec) -> None:
     steps = [what for what, on in (
         ("a norm on the hidden units", spec.hidden_norm), ("a norm on the input", spec.input_norm),
+        ("a norm on the output", spec.out_norm),
         ("a transform of the gate (activation sparsity)", spec.gate_transform),
     ) if on is not None]  # fmt: skip
     if steps:

@@ -175,7 +175,7 @@ class HFMLP(HFFeedForward):
         x = [input_norm](x)
         h1 = [gate_transform](F.linear(x, W1, b1) * [gate_scale])
         m = [hidden_norm]([hidden_dropout](act(h1) * F.linear(x, W3, b3)))
-        y = [out_dropout](F.linear(m, W2, b2) * [out_scale]) [+ residual]
+        y = [out_dropout]([out_norm](F.linear(m, W2, b2) * [out_scale])) [+ residual]
 
     Every child, parameter and buffer of the original is registered here under its own name.
     The fused op runs the whole FFN when the spec allows it (:attr:`MLPSpec.fusable`, no active
@@ -294,6 +294,8 @@ class HFMLP(HFFeedForward):
             y = self._ffn(x)
         else:
             y = self.module_ffn(x)
+        if s.out_norm is not None:
+            y = self._modules[s.out_norm](y)
         y = self._dropout(s.out_dropout, y)
         return y if residual is None else residual + y
 

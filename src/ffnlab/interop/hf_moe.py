@@ -9,9 +9,12 @@ The wrapper registers the block's own children under their own names (``gate``/`
    :class:`~ffnlab.interop.recognise_moe.MoESpec`, the correction bias passed in);
 2. runs the routed experts with :func:`ffnlab.experts.run_experts` (the fused grouped op, or the
    reference loop with ``backend="reference"``) on views of the stored ``gate_up_proj`` and
-   ``down_proj`` (slices or strided columns, transposed where stored ``[E, dim, 2I]``);
+   ``down_proj`` (slices or strided columns, transposed where stored ``[E, dim, 2I]``), with
+   the experts' own per-expert output norm where they have one (Ergo's ``post_expert_norm``:
+   :class:`ffnlab.ops.expert_norm.OutputNorm`, its stored scale);
 3. adds the shared experts (an :class:`~ffnlab.interop.hf_modules.HFMLP` where that patches
-   them, else their own module) times ``sigmoid(shared_gate(x))`` where there is one;
+   them, else their own module) times ``sigmoid(shared_gate(x))`` where there is one, then
+   applies the block's output norm module where it has one (A.X-K1's ``post_mlp_layernorm``);
 4. returns what the block returns: the output, or ``(output, router logits)`` /
    ``(output, gates)``.
 
@@ -35,6 +38,7 @@ from torch import Tensor, nn
 
 from ..activations import compute_dtype, get_activation
 from ..experts import Experts, run_experts
+from ..ops.expert_norm import OutputNorm
 from ..routers import get_router
 from .hf_modules import HFFeedForward
 from .recognise_moe import MoESpec, moe_candidates
@@ -102,6 +106,14 @@ class HFMoE(HFFeedForward):
         b1, b3 = _halves(bu, s.interleaved, s.gate_first, dim=1) if s.biases else (None, None)
         return w1, down, w3, b1, b2, b3
 
+    def out_norm(self) -> OutputNorm | None:
+        """The experts' per-expert output norm on their stored scale (None without one)."""
+        s = self.spec
+        if s.expert_norm is None:
+            return None
+        dtype = torch.float32 if s.norm_float32 else None
+        return OutputNorm(self._router_param(s.expert_norm), s.norm_eps, dtype)
+
     def route(self, x2: Tensor):
         """``(routing, logits)`` of the tokens ``x2 [T, dim]``."""
         s = self.spec
@@ -136,7 +148,8 @@ class HFMoE(HFFeedForward):
         else:
             options, backend = self.act_options, "reference" if self.act_options else backend
         y = run_experts(xe, routing, self.expert_weights(), activation=s.activation,
-                        backend=backend, options=options, recompute=self.recompute)  # fmt: skip
+                        backend=backend, options=options, recompute=self.recompute,
+                        out_norm=self.out_norm())  # fmt: skip
         if s.shared is not None:
             sh = self._modules[s.shared](x2)
             if s.shared_gate is not None:
@@ -145,6 +158,8 @@ class HFMoE(HFFeedForward):
         if s.output_bias is not None:
             y = y + self._router_param(s.output_bias)
         y = y.to(x.dtype) if not torch.is_autocast_enabled(x.device.type) else y
+        if s.out_norm is not None:
+            y = self._modules[s.out_norm](y)
         y = y if s.flat else y.reshape(*x.shape[:-1], dim)
         if s.returns == "logits":
             return y, logits.to(x.dtype) if logits.dtype != x.dtype else logits
@@ -155,7 +170,8 @@ class HFMoE(HFFeedForward):
     def extra_repr(self) -> str:
         s = self.spec
         return (f"router={s.kind!r}, top_k={s.top_k}, norm_topk={s.norm_topk}, "
-                f"activation={s.activation!r}, backend={self.backend!r}")  # fmt: skip
+                f"activation={s.activation!r}, backend={self.backend!r}"
+                + (f", expert_norm={s.expert_norm!r}" if s.expert_norm else ""))  # fmt: skip
 
 
 def _default_options(spec: MoESpec) -> bool:

@@ -14,8 +14,8 @@ give the roles (``dim`` the model width, ``hidden`` the MLP width):
 Each candidate (an :class:`MLPSpec`) also fixes the activation (an ffnlab name from
 :mod:`.hf_activations`, or the module's own activation object, or an ffnlab name tried when the
 forward calls a function it does not store), multipliers (float attributes such as Falcon-H1's
-``gate_multiplier``/``down_multiplier``), a norm on the hidden units (BitNet's ``ffn_sub_norm``)
-or on the input, Gemma-3n's gate sparsity, and the dropouts. :func:`candidates` lists them in
+``gate_multiplier``/``down_multiplier``), a norm on the hidden units (BitNet's ``ffn_sub_norm``),
+on the input or on the output (Ergo's shared expert), Gemma-3n's gate sparsity, and the dropouts. :func:`candidates` lists them in
 order of likelihood (names such as ``gate_proj`` decide the order only); :mod:`.verify` keeps
 the first one that computes what the module computes.
 """
@@ -23,6 +23,7 @@ the first one that computes what the module computes.
 from __future__ import annotations
 
 import inspect
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -68,8 +69,9 @@ _MOE_CLASS = re.compile(r"(MoE|Moe|MoeBlock|MoEBlock|Experts|Router|SparseMLP)$"
 class MLPSpec:
     """How one MLP computes ``[..., dim] -> [..., dim]``, in terms of its own attributes.
 
-    ``y = out_dropout(out_scale · down(norm(hdrop(act(gs · W1 x + gs · b1) ⊙ (W3 x + b3)))))``
-    with ``x`` first through ``input_norm`` when set. Names are attributes of the module.
+    ``y = out_dropout(out_norm(out_scale · down(norm(hdrop(act(gs · W1 x + gs · b1) ⊙ (W3 x +
+    b3))))))`` with ``x`` first through ``input_norm`` when set (``norm``: ``hidden_norm``; an
+    unset step is the identity). Names are attributes of the module.
 
     Attributes:
         gate: the W1 projection (plain MLPs: the input projection; packed: [W1; W3] together).
@@ -80,7 +82,8 @@ class MLPSpec:
         act_options: the named activation's option values (leaky ReLU's slope).
         act_attr: attribute holding the module's activation object (callable route).
         gate_scale / out_scale: float attributes multiplying the gate pre-activation / output.
-        hidden_norm / input_norm: norm modules on the hidden units / on the input.
+        hidden_norm / input_norm / out_norm: norm modules on the hidden units / on the input /
+            on the down projection's output.
         gate_transform: method of the module applied to the gate pre-activation (Gemma-3n's
             ``_gaussian_topk``), before the activation.
         hidden_dropout / out_dropout: an ``nn.Dropout`` child or a float attribute (its p).
@@ -99,6 +102,7 @@ class MLPSpec:
     out_scale: str | None = None
     hidden_norm: str | None = None
     input_norm: str | None = None
+    out_norm: str | None = None
     gate_transform: str | None = None
     hidden_dropout: str | None = None
     out_dropout: str | None = None
@@ -273,16 +277,17 @@ def candidates(module: nn.Module) -> Iterator[MLPSpec]:
     options = [extras, {}] if gate_scale or out_scale else [extras]
     for layout in _layouts(projs):
         hidden, dim = projs[layout.down]
+        placed = [replace(layout, residual=forward_inputs(module) == 2)]
         for norm in norms:
             size = next(module._modules[norm].parameters()).shape[0]
             if size == hidden:
-                layout = replace(layout, hidden_norm=norm)
-            elif size == dim:
-                layout = replace(layout, input_norm=norm)
-        layout = replace(layout, residual=forward_inputs(module) == 2)
-        for option in options:
+                placed = [replace(p, hidden_norm=norm) for p in placed]
+            elif size == dim:  # before the MLP or after it: the probe tells
+                placed = [replace(p, **{role: norm}) for p in placed
+                          for role in ("input_norm", "out_norm")]  # fmt: skip
+        for spec_layout, option in itertools.product(placed, options):
             for act in _activations(module, act_children):
-                spec = replace(layout, **option, **act)
+                spec = replace(spec_layout, **option, **act)
                 yield from _with_dropouts(spec, drops + drop_attrs)
 
 

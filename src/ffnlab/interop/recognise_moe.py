@@ -10,10 +10,13 @@ A block is recognised from its children, whatever its class is called:
   or, for plain (ungated) experts, 3-D ``up_proj`` and ``down_proj`` (Nemotron-H's ReLU²), or
   two children holding one 3-D ``weight`` each, ``[E, 2I, dim]`` in and ``[E, dim, I]`` out
   (JetMoE's ``input_linear``/``output_linear``, with the block's ``activation`` and output
-  ``bias``);
+  ``bias``), perhaps with a per-expert output norm: a child of the experts holding ``weight
+  [E, dim]`` and an ``eps`` (Ergo's ``post_expert_norm``, an RMSNorm of each route's output);
 * optionally **shared experts**: one dense MLP child (``shared_expert``, ``shared_experts``,
   ``shared_mlp`` ...) and a ``[1, dim]`` ``nn.Linear`` gating it (Qwen-MoE's
-  ``shared_expert_gate``).
+  ``shared_expert_gate``);
+* optionally a **norm of the block's output** (routed plus shared experts): a 1-D norm child
+  (A.X-K1's ``post_mlp_layernorm``), run as the block's own module.
 
 How the experts store gate and up (the only per-layout table, :data:`LAYOUTS`): ``gate_up_proj``
 is ``[E, 2I, dim]`` (``F.linear`` layout: Mixtral, Qwen-MoE, OLMoE, DeepSeek) or ``[E, dim, 2I]``
@@ -37,7 +40,7 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from .hf_activations import hf_activation
-from .recognise import candidates
+from .recognise import _is_norm, candidates
 
 __all__ = ["LAYOUTS", "MoESpec", "moe_candidates", "moe_parts", "router_width", "why_not_moe"]
 
@@ -76,6 +79,10 @@ class MoESpec:
         biases: the experts hold ``gate_up_proj_bias`` and ``down_proj_bias``.
         gated: the experts hold ``gate_up_proj`` (else a plain ``up_proj``: W1 only).
         shared, shared_gate: child names or None.
+        out_norm: a norm child applied to the block's output (routed plus shared), or None.
+        expert_norm, norm_eps, norm_float32: the path of a per-expert RMSNorm scale ``[E, dim]``
+            on each route's output (Ergo's ``"experts.post_expert_norm.weight"``), its epsilon,
+            and whether the block computes it in float32 whatever the input dtype.
         returns: what follows the output in the block's return value: None (a tensor),
             ``"logits"`` (``(y, router_logits [T, E])``) or ``"gates"`` (``(y, gates [T, k])``).
         flat: the output is ``[T, dim]`` whatever the input's leading dims (Llama 4).
@@ -114,6 +121,10 @@ class MoESpec:
     flat: bool = False
     router_call: str = "flat"
     float32: str | None = None
+    expert_norm: str | None = None
+    out_norm: str | None = None
+    norm_eps: float = 1e-6
+    norm_float32: bool = False
 
 
 def _router_weight(child: nn.Module) -> str | None:
@@ -139,8 +150,8 @@ def _get(module: nn.Module, path: str):
 
 
 def moe_parts(block: nn.Module) -> tuple[dict[str, str], str | None]:
-    """``(parts, None)`` with the child names of ``router``, ``experts``, ``shared`` and
-    ``shared_gate`` (the last two may be absent), or ``({}, reason)``."""
+    """``(parts, None)`` with the child names of ``router``, ``experts``, ``shared``,
+    ``shared_gate`` and ``out_norm`` (the last three may be absent), or ``({}, reason)``."""
     parts: dict[str, str] = {}
     experts = [n for n, c in block.named_children() if _up_name(c) is not None]
     if len(experts) > 1:
@@ -172,6 +183,8 @@ def moe_parts(block: nn.Module) -> tuple[dict[str, str], str | None]:
             parts["shared_gate"] = name
         elif next(candidates(child), None) is not None and "shared" not in parts:
             parts["shared"] = name
+        elif _is_norm(child) and "out_norm" not in parts:
+            parts["out_norm"] = name
         else:
             return {}, f"its child {name} ({type(child).__name__}) has no known role"
     if "router" not in parts:
@@ -204,6 +217,19 @@ def _up_name(experts: nn.Module) -> str | None:
         if params.get(name) is not None and params[name].dim() == 3:
             return name
     return None
+
+
+def _expert_norm(experts: nn.Module, prefix: str, n_experts: int,
+                 dim: int) -> tuple[str | None, float]:  # fmt: skip
+    """``(path, eps)`` of a child of ``experts`` holding a per-expert norm scale ``weight [E,
+    dim]`` and a float ``eps`` (Ergo's ``post_expert_norm``), or ``(None, 0.0)``."""
+    for name, child in experts.named_children():
+        w = child._parameters.get("weight")
+        eps = _first("eps", "variance_epsilon", owners=(child,))
+        if (w is not None and tuple(w.shape) == (n_experts, dim)
+                and isinstance(eps, float)):  # fmt: skip
+            return f"{prefix}.{name}.weight", eps
+    return None, 0.0
 
 
 def why_not_moe(block: nn.Module) -> str | None:
@@ -270,6 +296,7 @@ def moe_candidates(block: nn.Module, returns: tuple[str | None, ...] = (None,),
         up_path, down_path = f"{parts['experts']}.{up}", f"{parts['experts']}.down_proj"
         gated = up == "gate_up_proj"
     n_experts, dim = _get(block, up_path).shape[0], _get(router, _router_weight(router)).shape[1]
+    norm, eps = _expert_norm(experts, parts["experts"], n_experts, dim)
     top_k = int(_first("top_k", "num_experts_per_tok", owners=owners) or 0)
     if not 1 <= top_k <= n_experts:
         return
@@ -296,6 +323,7 @@ def moe_candidates(block: nn.Module, returns: tuple[str | None, ...] = (None,),
         up=up_path, down=down_path, output_bias=out_bias, gated=gated,
         biases=_has(block, f"{up_path}_bias") and _has(block, f"{down_path}_bias"),
         shared=parts.get("shared"), shared_gate=parts.get("shared_gate"), flat=flat,
+        expert_norm=norm, norm_eps=eps, out_norm=parts.get("out_norm"),
     )  # fmt: skip
     kinds = ("sigmoid", "softmax", "sigmoid_input") if sel else ("softmax", "sigmoid",
                                                                   "sigmoid_input")  # fmt: skip
@@ -303,14 +331,15 @@ def moe_candidates(block: nn.Module, returns: tuple[str | None, ...] = (None,),
     halves = (True, False) if base.gated else (True,)
     layouts = _layouts(experts, dim) if "down_experts" not in parts else (
         [(False, False), (False, True)] if gated else [(False, False)])  # fmt: skip
-    for kind, norm, layout, gate_first, ret, f32 in itertools.product(
-        kinds, norms, layouts, halves, returns, (None, "routing", "logits")
+    norm32s = (False, True) if norm is not None else (False,)
+    for kind, norm_topk, layout, gate_first, ret, f32, norm32 in itertools.product(
+        kinds, norms, layouts, halves, returns, (None, "routing", "logits"), norm32s
     ):
-        if kind == "sigmoid_input" and (norm or scaling != 1.0):
+        if kind == "sigmoid_input" and (norm_topk or scaling != 1.0):
             continue
-        yield replace(base, kind=kind, norm_topk=norm, transposed=layout[0],
+        yield replace(base, kind=kind, norm_topk=norm_topk, transposed=layout[0],
                       interleaved=layout[1], gate_first=gate_first, returns=ret,
-                      float32=f32)  # fmt: skip
+                      float32=f32, norm_float32=norm32)  # fmt: skip
 
 
 def _has(module: nn.Module, path: str) -> bool:

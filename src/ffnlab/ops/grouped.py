@@ -29,6 +29,7 @@ __all__ = [
     "grouped_mm_unsupported_reasons",
     "grouped_mm_weight",
     "permute_tokens",
+    "row_experts",
     "segment_rows",
     "sort_by_expert",
     "unpermute_tokens",
@@ -83,6 +84,17 @@ def segment_rows(offsets: Tensor) -> list[tuple[int, int, int]]:
             out.append((e, start, end))
         start = end
     return out
+
+
+def row_experts(offsets: Tensor, n_rows: int) -> Tensor:
+    """``[M]`` (int64): the expert owning each of the ``n_rows`` sorted rows of ``offsets [E]``
+    (no host synchronisation). Equivalent PyTorch::
+
+        torch.repeat_interleave(torch.arange(E), torch.diff(offsets, prepend=[0]))
+    """
+    counts = torch.diff(offsets, prepend=offsets.new_zeros(1)).long()
+    return torch.repeat_interleave(torch.arange(offsets.shape[0], device=offsets.device),
+                                   counts, output_size=n_rows)  # fmt: skip
 
 
 def grouped_mm(a: Tensor, b: Tensor, offsets: Tensor) -> Tensor:

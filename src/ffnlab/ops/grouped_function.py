@@ -34,16 +34,9 @@ from ..activations import get_activation
 from ..errors import UsageError, check_choice
 from .engines import ENGINES, select
 from .function import RECOMPUTE_MODES, _engine, _kept
-from .grouped import grouped_mm, grouped_mm_weight
+from .grouped import grouped_mm, grouped_mm_weight, row_experts
 
 __all__ = ["grouped_feed_forward"]
-
-
-def _row_expert(offsets: Tensor, n_rows: int) -> Tensor:
-    """``[M]`` (int64): the expert owning each row."""
-    counts = torch.diff(offsets, prepend=offsets.new_zeros(1)).long()
-    return torch.repeat_interleave(torch.arange(offsets.shape[0], device=offsets.device),
-                                   counts, output_size=n_rows)  # fmt: skip
 
 
 def _glinear(x: Tensor, w: Tensor, b: Tensor | None, offsets: Tensor, rows: Tensor | None):
@@ -71,7 +64,7 @@ def _forward_impl(
     backward keeps under ``recompute`` (named by :func:`ffnlab.ops.function._kept`)."""
     gated = w3 is not None
     biased = any(b is not None for b in (b1, b2, b3))
-    rows = _row_expert(offsets, xs.shape[0]) if biased else None
+    rows = row_experts(offsets, xs.shape[0]) if biased else None
     h1 = _glinear(xs, w1, b1, offsets, rows)
     h3 = _glinear(xs, w3, b3, offsets, rows) if gated else None
     kept = _kept(recompute, gated, activation)
@@ -128,7 +121,7 @@ def _backward_impl(
     n_groups = offsets.shape[0]
     rows = None
     if any(need[k] for k in ("b1", "b2", "b3")) or b1 is not None or b3 is not None:
-        rows = _row_expert(offsets, xs.shape[0])
+        rows = row_experts(offsets, xs.shape[0])
     saved = dict(zip(_kept(recompute, gated, activation), kept, strict=True))
     if recompute == "full":
         saved["h1"] = _glinear(xs, w1, b1, offsets, rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .expert_norm import OutputNorm
 from .reference import ffn_reference
 
 __all__ = ["experts_reference"]
@@ -29,18 +30,22 @@ def experts_reference(
     beta: float = 1.0,
     gate_input: bool = False,
     options: tuple = (),
+    out_norm: OutputNorm | None = None,
 ) -> Tensor:
     """The routed experts' output for ``x [T, dim]``: ``[T, out]``.
 
     ``expert_idx [T, k]`` (int64) names each token's experts, ``gates [T, k]`` their weights;
     ``w1, w3 [E, hidden, dim]``, ``w2 [E, out, hidden]``, ``b1, b3 [E, hidden]``, ``b2 [E, out]``;
-    ``options``: the activation's option values (GPT-OSS's clamped SwiGLU alpha and limit).
-    ``y_t = Σ_j gates[t, j] · FFN_{expert_idx[t, j]}(x_t)``, or with ``gate_input`` (Llama 4)
-    ``y_t = Σ_j FFN_{expert_idx[t, j]}(gates[t, j] · x_t)``. Equivalent PyTorch (this is it)::
+    ``options``: the activation's option values (GPT-OSS's clamped SwiGLU alpha and limit);
+    ``out_norm``: each expert's RMSNorm on its output, before the gates (Ergo; ``N_e`` below,
+    the identity without it).
+    ``y_t = Σ_j gates[t, j] · N_e(FFN_e(x_t))`` with ``e = expert_idx[t, j]``, or with
+    ``gate_input`` (Llama 4) ``y_t = Σ_j N_e(FFN_e(gates[t, j] · x_t))``. Equivalent PyTorch
+    (this is it)::
 
         for e in range(E):
             tok, slot = torch.where(expert_idx == e)
-            y[tok] += gates[tok, slot, None] * FFN_e(x[tok])
+            y[tok] += gates[tok, slot, None] * N_e(FFN_e(x[tok]))
     """
     out = x.new_zeros(x.shape[0], w2.shape[1])
     for e in range(w1.shape[0]):
@@ -55,5 +60,7 @@ def experts_reference(
             None if b3 is None else b3[e], activation=activation, beta=beta,
             options=options,
         )  # fmt: skip
+        if out_norm is not None:
+            ye = out_norm(ye, e)
         out = out.index_add(0, tok, ye if gate_input else ye * g)
     return out

@@ -75,10 +75,11 @@ class ExpertParallelExperts(Experts):
         self.n_experts, self.dim, self.hidden_dim = experts.n_experts, experts.dim, experts.hidden_dim
         self.activation, self.beta = experts.activation, experts.beta
         self.options = experts.options
+        self.norm_eps = experts.norm_eps
         self.rank, self.world, self.group = rank, world, group
         self.n_local = experts.n_experts // world
         first = rank * self.n_local
-        for name in ("w1", "w2", "w3", "b1", "b2", "b3"):
+        for name in ("w1", "w2", "w3", "b1", "b2", "b3", "norm"):
             p = getattr(experts, name)
             local = None if p is None else p.detach()[first : first + self.n_local].clone()
             setattr(self, name, None if local is None else nn.Parameter(local, p.requires_grad))
