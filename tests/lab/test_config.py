@@ -15,7 +15,8 @@ EVERY_FIELD = {
     "steps": 7, "data": Path("texts/a.txt"), "backend": "reference", "optimizer": "adamw",
     "nproc": 2,
     "dist_timeout": 30.0, "json": True, "resolution": 0.05, "max_seeds": 3, "workers": 1,
-    "data_fraction": 0.5, "time_budget": 60.0, "dim": 16,
+    "data_fraction": 0.5, "time_budget": 60.0, "dim": 16, "tune": True,
+    "lr_grid": (0.01, 0.02, 0.04), "tuning_seeds": 3,
 }
 
 
@@ -58,6 +59,11 @@ def test_defaults_and_normalisation():
     assert CompareConfig().time_budget_s == 570.0 and CompareConfig(preset="smoke").time_budget_s is None
     assert CompareConfig(time_budget=float("inf")).time_budget_s is None
     assert CompareConfig(nproc=2).worker_count() == 1
+    assert CompareConfig().tuning and not CompareConfig(preset="smoke").tuning
+    assert CompareConfig(tune=False).tuning is False
+    assert CompareConfig(preset="smoke", tuning_seeds=1).tuning  # asking for seeds asks for it
+    assert CompareConfig().tuning_grid() == pytest.approx((0.012, 0.024, 0.048))
+    assert CompareConfig(seed=4).tuning_seed_list() == [1004, 1005]
     assert CompareConfig(preset="quick").seed_list() == list(range(PRESETS["quick"].seeds))
     assert CompareConfig(seed=5, seeds=3).seed_list() == [5, 6, 7]
     assert CompareConfig(dtype=torch.bfloat16).dtype_name == "bfloat16"

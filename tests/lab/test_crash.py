@@ -212,6 +212,25 @@ def test_damaged_checkpoint_after_sigkill_restarts_the_run(lab, tmp_path, optimi
     assert _comparable(got) == _comparable(want)
 
 
+def test_sigkill_during_tuning_resumes_to_the_uninterrupted_choice(lab, tmp_path):
+    """Killed in the tuning phase (2 variants x 3 rates x 1 seed of 6 steps: step 10 is relu's
+    second rate): the rerun keeps the finished tuning runs, resumes the rest, chooses the same
+    rates and ends with the uninterrupted run's numbers."""
+    tuned = ("--lr-grid", "0.005,0.01,0.02", "--tuning-seeds", "1")
+    out = tmp_path / "out"
+    _killed(lab(out, "step", "-", "10", extra=tuned))
+    assert [p.name for p in (out / "tuning").glob("*.json")] == ["relu-lr0.005-s1000.json"]
+    proc = lab(out, extra=tuned)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    baseline = tmp_path / "baseline"
+    assert lab(baseline, extra=tuned).returncode == 0
+    got = json.loads((out / "results.json").read_text())
+    want = json.loads((baseline / "results.json").read_text())
+    assert [v["tuning"] for v in got["variants"]] == [v["tuning"] for v in want["variants"]]
+    assert _comparable(got) == _comparable(want)
+    assert got["comparisons_shared_rate"] == want["comparisons_shared_rate"]
+
+
 def test_sigkill_during_an_adaptive_round_resumes_with_the_seeds_it_had(lab, tmp_path):
     # An unreachable resolution: round 1 trains seeds 0-1 of both variants (4 runs x 6 steps),
     # round 2 adds seed 2. Killed at the 27th step: relu seed 2, step 3, in round 2.

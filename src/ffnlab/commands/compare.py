@@ -83,6 +83,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="adamw, or muon (Muon on the blocks' matrices, AdamW on embeddings and "
                         "gains); default: the preset's (quick: muon; adamw for a mixture of "
                         "experts)")
+    p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                   help="train each variant at its own learning rate, chosen on tuning seeds "
+                        "from a grid around the recipe's (default: the preset's; quick tunes)")
+    p.add_argument("--lr-grid", default=None, metavar="LR,LR,LR",
+                   help="the learning rates every variant is tuned on first: at least 3, "
+                        "neighbours at most a factor 2 apart (default: the recipe's rate /2, x1, "
+                        "x2); implies --tune")
+    p.add_argument("--tuning-seeds", type=int, default=None,
+                   help="seeds of each tuning grid point (default: the preset's, 2); implies --tune")
     p.add_argument("--json", action="store_true", help="print results.json when done")
     p.add_argument("--nproc", type=int, default=None,
                    help="train data-parallel on N local processes (starts torchrun on 127.0.0.1)")
@@ -144,8 +153,24 @@ def config_from_args(args: argparse.Namespace, *, dim=_FROM_ARGS,
         data_fraction=data_fraction, dim=dim, time_budget=args.time_budget, ray=args.ray,
         device=parse_device(args.device), dtype=parse_dtype(args.dtype), seed=args.seed,
         seeds=args.seeds, steps=args.steps, data=None if args.data is None else Path(args.data),
-        backend=args.backend, optimizer=args.optimizer, nproc=args.nproc, dist_timeout=args.dist_timeout, json=args.json,
+        backend=args.backend, optimizer=args.optimizer, nproc=args.nproc,
+        dist_timeout=args.dist_timeout, json=args.json, tune=args.tune,
+        lr_grid=None if args.lr_grid is None else _rates(args.lr_grid),
+        tuning_seeds=args.tuning_seeds,
     )
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    out = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        try:
+            out.append(float(part))
+        except ValueError:
+            raise UsageError(f"--lr-grid takes learning rates separated by commas, got "
+                             f"{part!r}") from None
+    return tuple(out)
 
 
 def _variants(text: str | None) -> tuple[str, ...]:

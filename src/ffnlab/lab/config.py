@@ -20,73 +20,15 @@ import torch
 
 from ..errors import UsageError, check_choice, check_positive_int
 from ..variants import variant_names
+from .presets import DEFAULT_VARIANTS, PRESETS, TUNING_SEED_OFFSET, Preset
 from .train.distributed import DEFAULT_TIMEOUT_S
 from .train.precision import FLOAT_DTYPES
 from .verdicts import DEFAULT_RESOLUTION
 
-__all__ = ["CompareConfig", "PRESETS", "Preset", "DEFAULT_OUT", "DEFAULT_VARIANTS", "resolve_config"]
+__all__ = ["CompareConfig", "PRESETS", "Preset", "DEFAULT_OUT", "DEFAULT_VARIANTS", "resolve_config",
+           "TUNING_SEED_OFFSET"]
 
 DEFAULT_OUT = Path("runs/compare")
-
-
-DEFAULT_VARIANTS = ("relu", "gelu", "swish", "glu", "geglu", "swiglu", "relu2")
-"""What ``ffnlab compare`` compares unless told otherwise: the six FFNs the first blog post
-compares, and ReLU-squared, today's contender (modded-nanogpt and nanochat use it)."""
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A model size, optimisation settings and measurement effort.
-
-    ``seeds``: seeds every variant starts with; ``max_seeds``: how far adaptive seeding may go
-    (equal to ``seeds``: no adaptive seeding); ``variants``: the default list (``()``: every
-    registered variant); ``time_budget_s``: wall seconds after which adaptive seeding starts
-    no new round (``None``: no limit).
-    """
-
-    model: dict
-    train: dict
-    seeds: int
-    timing_reps: int
-    act_numel: int
-    max_seeds: int | None = None
-    variants: tuple[str, ...] = DEFAULT_VARIANTS
-    time_budget_s: float | None = None
-
-    @property
-    def seed_budget(self) -> int:
-        return self.seeds if self.max_seeds is None else self.max_seeds
-
-
-# Sized for a 2-core CPU (docs/lab.md has the recipe sweep and the wall times): smoke checks the
-# pipeline; quick is the default run: one layer at dim 64 (paired spread of swiglu - relu 0.018
-# bpb over 5 seeds against 0.027-0.057 with two layers at equal wall time), batch 32, the whole
-# validation split, learning rate to 0, Muon on the block matrices: 600 steps at lr 0.024 reach
-# 2.10-2.12 bpb (AdamW: 2.19-2.24 after 1000 steps at its best rate, 6e-3) with paired spreads
-# of 0.016-0.019 over 8 seeds (AdamW at 1000 steps: 0.022-0.031 over 6), so ten minutes buy
-# about 60 runs instead of 40, each with less spread. 570 s of training leave about 15-25 s for
-# start-up, measurements and the report; full wants a GPU or an afternoon.
-PRESETS: dict[str, Preset] = {
-    "smoke": Preset(
-        model={"dim": 32, "n_layers": 1, "n_heads": 2, "seq_len": 32},
-        train={"steps": 20, "batch_size": 8, "lr": 1e-2, "warmup": 4, "eval_every": 10,
-               "eval_tokens": 1024, "ckpt_every": 10},
-        seeds=1, timing_reps=5, act_numel=1 << 16, variants=(),
-    ),
-    "quick": Preset(
-        model={"dim": 64, "n_layers": 1, "n_heads": 4, "seq_len": 64},
-        train={"steps": 600, "batch_size": 32, "lr": 0.024, "warmup": 60, "eval_every": 200,
-               "eval_tokens": 100_000, "ckpt_every": 100, "min_lr_ratio": 0.0,
-               "optimizer": "muon"},
-        seeds=5, max_seeds=10, timing_reps=30, act_numel=1 << 20, time_budget_s=570.0,
-    ),
-    "full": Preset(
-        model={"dim": 256, "n_layers": 4, "n_heads": 8, "seq_len": 256},
-        train={"steps": 3000, "batch_size": 32, "lr": 3e-3, "warmup": 200, "eval_every": 250,
-               "eval_tokens": 65536, "ckpt_every": 250},
-        seeds=3, timing_reps=20, act_numel=1 << 22,
-    ),
-}
 
 
 def resolve_config(preset_name: str, *, steps: int | None = None, dim: int | None = None,
@@ -177,6 +119,9 @@ class CompareConfig:
     optimizer: str | None = None
     nproc: int | None = None
     dist_timeout: float = DEFAULT_TIMEOUT_S
+    tune: bool | None = None
+    lr_grid: tuple[float, ...] | None = None
+    tuning_seeds: int | None = None
     json: bool = False
 
     def __post_init__(self) -> None:
@@ -207,6 +152,17 @@ class CompareConfig:
                              f"(use one of {', '.join(FLOAT_DTYPES)})")
         if self.seeds is not None:
             check_positive_int("--seeds", self.seeds)
+        if self.lr_grid is not None:
+            from .stats.tuning import check_grid
+
+            object.__setattr__(self, "lr_grid", check_grid(self.lr_grid))
+        if self.tuning_seeds is not None:
+            check_positive_int("--tuning-seeds", self.tuning_seeds)
+        if self.tune is not None and not isinstance(self.tune, bool):
+            raise UsageError(f"tune is true or false, got {self.tune!r}")
+        if self.tuning and self.seed_budget >= TUNING_SEED_OFFSET:
+            raise UsageError(f"--max-seeds must stay below {TUNING_SEED_OFFSET} when rates are "
+                             f"tuned (tuning runs use seeds from seed + {TUNING_SEED_OFFSET})")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise UsageError(f"--seed must be a non-negative integer, got {self.seed}")
         from ..ops.dispatch import BACKENDS
@@ -288,6 +244,31 @@ class CompareConfig:
         budget = PRESETS[self.preset].seed_budget if self.max_seeds is None else self.max_seeds
         return max(budget, self.initial_seeds)
 
+    @property
+    def tuning(self) -> bool:
+        """Whether each variant's learning rate is tuned (``tune``, else the preset's; a grid
+        or a tuning seed count given asks for it)."""
+        if self.tune is not None:
+            return self.tune
+        if self.lr_grid is not None or self.tuning_seeds is not None:
+            return True
+        return PRESETS[self.preset].tune if self.preset in PRESETS else False
+
+    def tuning_grid(self) -> tuple[float, ...]:
+        """The learning rates every variant is tuned on first (``lr_grid``, else three points a
+        factor 2 apart around the recipe's rate)."""
+        from .stats.tuning import log_grid
+
+        if self.lr_grid is not None:
+            return self.lr_grid
+        return log_grid(self.resolved()[2].lr)
+
+    def tuning_seed_list(self) -> list[int]:
+        """The seeds of the tuning runs: ``seed + TUNING_SEED_OFFSET + i``, never a verdict's."""
+        n = self.tuning_seeds if self.tuning_seeds is not None else (
+            PRESETS[self.preset].tuning_seeds if self.preset in PRESETS else 2)
+        return [self.seed + TUNING_SEED_OFFSET + i for i in range(n)]
+
     def seed_list(self) -> list[int]:
         """The seeds every variant starts with: ``seed, seed + 1, ...``."""
         return [self.seed + i for i in range(self.initial_seeds)]
@@ -337,6 +318,8 @@ class CompareConfig:
             kw["dtype"] = FLOAT_DTYPES[kw["dtype"]]
         if "variants" in kw:
             kw["variants"] = tuple(kw["variants"])
+        if kw.get("lr_grid") is not None:
+            kw["lr_grid"] = tuple(kw["lr_grid"])
         return cls(**kw)
 
     def to_json(self) -> str:

@@ -23,6 +23,7 @@ from ..verdicts import PairVerdict
 from .moe import moe_blocks
 from .plots import PLOTS, render_plots
 from .render import Block, render_html, render_markdown
+from .tuning import plot_lr_tuning, tuning_blocks
 
 __all__ = ["write_report", "build_blocks", "render_markdown", "render_html"]  # the last two: .render
 
@@ -122,7 +123,7 @@ def _best_paragraph(results: Mapping) -> str:
 
 # Figures shown in a section of their own, not under "Figures" (PLOTS' order places the rest:
 # the quality-against-time figure follows the learning curves).
-_OWN_SECTION = {"forest", "load_balance"}
+_OWN_SECTION = {"forest", "load_balance", "lr_tuning"}
 
 
 def _seeds_per_variant(results: Mapping) -> str:
@@ -270,6 +271,7 @@ def build_blocks(results: Mapping, plots: Mapping[str, bytes]) -> list[Block]:
         baseline = "ReLU is not in this run, so there is no paired baseline column."
     blocks.append(("p", baseline))
     blocks += _comparison_blocks(results, plots)
+    blocks += tuning_blocks(results, plots)
     blocks += moe_blocks(results, plots, PLOTS["load_balance"][1])
     blocks.append(("h2", "The sources' claims, checked"))
     blocks.append(("ul", _claim_items(results)))
@@ -295,6 +297,8 @@ def write_report(results: dict, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = render_plots(results)
+    if (lr_plot := plot_lr_tuning(results)) is not None:
+        plots["lr_tuning"] = lr_plot
     blocks = build_blocks(results, plots)
     write = files.atomic_write_bytes
     written = [write(out_dir / "report.md", render_markdown(blocks).encode("utf-8")),

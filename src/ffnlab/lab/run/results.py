@@ -160,8 +160,14 @@ def build_results(*, status: str, preset_name: str, variants: list[str], seeds: 
                   device: torch.device, dtype_name: str, backend: str, world_size: int,
                   corpus_identity: dict, measured: dict, started: str,
                   resolution: float | None = None, seeding: dict | None = None,
-                  data_fraction: float = 1.0) -> dict[str, Any]:
+                  data_fraction: float = 1.0, lrs: dict[str, float] | None = None,
+                  tuning: dict | None = None) -> dict[str, Any]:
     """results.json's content. ``runs`` maps every wanted (variant, seed) to its record or None.
+
+    ``lrs``: the learning rate each variant's runs trained at (``train_cfg.lr`` where absent);
+    ``tuning`` (:func:`ffnlab.lab.run.tuning.tuning_content`, with ``config``): each variant's
+    tuning, written as its ``tuning``, and the comparisons at the shared rate
+    (``comparisons_shared_rate``); ``config.tuning`` says whether and how rates were tuned.
 
     ``comparisons`` and ``claims`` are computed from the assembled variants
     (:mod:`ffnlab.lab.stats.comparisons`, :mod:`ffnlab.lab.claims.check`) at ``resolution`` bits per byte.
@@ -185,13 +191,22 @@ def build_results(*, status: str, preset_name: str, variants: list[str], seeds: 
         "dead_threshold": DEAD_THRESHOLD, "dead_rule": DEAD_RULE,
         "resolution_bpb": DEFAULT_RESOLUTION if resolution is None else resolution,
         "data_fraction": data_fraction, "seeding": seeding or {},
+        "tuning": {"enabled": bool(tuning), **((tuning or {}).get("config") or {}),
+                   "rule": ("per variant: the lowest point of the parabola in log(lr) through "
+                            "the best grid rate and its neighbours (mean bpb over the tuning "
+                            "seeds), the grid widened past an edge; verdict runs on other seeds")
+                   if tuning else None},
         "versions": versions(), "started": started, "finished": now(),
     }
     items = []
     for v in variants:
         done = [r for s in seeds if (r := runs.get((v, s))) is not None]
         if done:
-            items.append(aggregate_variant(v, done, dim=m.dim, measured=measured))
+            item = aggregate_variant(v, done, dim=m.dim, measured=measured)
+            item["lr"] = (lrs or {}).get(v, t.lr)
+            if tuning:
+                item["tuning"] = tuning["per_variant"].get(v)
+            items.append(item)
     content = {"schema_version": SCHEMA_VERSION, "status": status, "config": config,
                "corpus": corpus_identity, "variants": items, "missing": missing,
                # NaN (an interval from too few timing rounds) becomes null, as below
@@ -200,5 +215,7 @@ def build_results(*, status: str, preset_name: str, variants: list[str], seeds: 
     # NaN (a comparison with one seed) becomes null: results.json is strict JSON.
     content["comparisons"] = json_safe([c.to_dict() for c in
                                         comparisons(content, config["resolution_bpb"])])
+    if tuning:
+        content["comparisons_shared_rate"] = json_safe(tuning["shared_comparisons"])
     content["claims"] = json_safe([c.to_dict() for c in check_claims(content)])
     return content

@@ -22,11 +22,13 @@ import torch
 from ... import files
 from ..config import CompareConfig
 from ..names import file_stem
+from ..stats.tuning import RateChoice
 from ..train import checkpoint as io
 from ..train import distributed
 from .job import RunJob
 from .results import build_results, now
 from .seeding import SeedPlan, plan, trim_round
+from .tuning import tune, tuning_content, tuning_path
 
 __all__ = ["CompareRunner"]
 
@@ -58,6 +60,9 @@ class CompareRunner:
         self.stopped: str | None = None
         self.measured: dict[str, dict[str, float]] = {}
         self.started = now()
+        # Tuning (run/tuning.py): each variant's chosen rate; the recipe's rate until then.
+        self.choices: dict[str, RateChoice] = {}
+        self._paths: dict[tuple, Path] = {}  # job key -> where its record is saved
 
     @property
     def seed0(self) -> int:
@@ -74,16 +79,31 @@ class CompareRunner:
     def run_path(self, variant: str, seed: int) -> Path:
         return self.out / "runs" / f"{file_stem(variant)}-s{seed}.json"
 
-    def finished(self, variant: str, seed: int) -> dict | None:
-        """The saved record of a finished run, or None (absent, unreadable or not finished)."""
-        path = self.run_path(variant, seed)
+    def lr_of(self, variant: str) -> float:
+        """The learning rate ``variant``'s verdict runs train at (its tuned one, when tuned)."""
+        c = self.choices.get(variant)
+        return self.train_cfg.lr if c is None else c.chosen
+
+    def _read(self, path: Path, lr: float) -> dict | None:
         try:
             rec = files.read_json(path)
         except (OSError, ValueError):
             return None
-        if not isinstance(rec, dict) or rec.get("key", {}).get("corpus_sha256") != self.corpus.sha256:
+        if not isinstance(rec, dict):
             return None
+        key = rec.get("key", {})
+        if key.get("corpus_sha256") != self.corpus.sha256 or key.get("train", {}).get("lr") != lr:
+            return None  # another corpus, or a rate this invocation does not train at
         return rec
+
+    def finished(self, variant: str, seed: int) -> dict | None:
+        """The saved record of a finished verdict run at the variant's rate, or None (absent,
+        unreadable, not finished, or made at another rate)."""
+        return self._read(self.run_path(variant, seed), self.lr_of(variant))
+
+    def finished_tuning(self, variant: str, lr: float, seed: int) -> dict | None:
+        """The saved record of a finished tuning run, or None."""
+        return self._read(tuning_path(self.out, variant, lr, seed), lr)
 
     def measure(self) -> None:
         """Side-by-side speed and memory of every variant (fresh on each invocation), and the
@@ -169,18 +189,35 @@ class CompareRunner:
             self.stopped = p.stopped
         return p
 
-    def job(self, variant: str, seed: int) -> RunJob:
-        return RunJob(variant=variant, seed=seed, model=self.model_cfg.as_dict(),
-                      train=self.train_cfg.as_dict(),
-                      data=None if self.cfg.data is None else str(self.cfg.data),
-                      data_fraction=self.cfg.data_fraction,
-                      device=str(self.device), dtype=self.fingerprint["dtype"], backend=self.backend,
-                      checkpoint=str(self.out / "checkpoints" / f"{file_stem(variant)}-s{seed}"),
-                      fingerprint=self.fingerprint, threads=self.threads)
+    def job(self, variant: str, seed: int, *, tuning_lr: float | None = None) -> RunJob:
+        """The verdict run of ``variant`` with ``seed`` at its rate, or its tuning run at
+        ``tuning_lr``."""
+        lr = self.lr_of(variant) if tuning_lr is None else tuning_lr
+        stem = f"{file_stem(variant)}-s{seed}" if tuning_lr is None else \
+            f"tune-{file_stem(variant)}-lr{lr:g}-s{seed}"
+        job = RunJob(variant=variant, seed=seed, model=self.model_cfg.as_dict(),
+                     train={**self.train_cfg.as_dict(), "lr": lr},
+                     data=None if self.cfg.data is None else str(self.cfg.data),
+                     data_fraction=self.cfg.data_fraction,
+                     device=str(self.device), dtype=self.fingerprint["dtype"], backend=self.backend,
+                     checkpoint=str(self.out / "checkpoints" / stem),
+                     fingerprint=self.fingerprint, threads=self.threads)
+        self._paths[job.key] = (self.run_path(variant, seed) if tuning_lr is None
+                                else tuning_path(self.out, variant, lr, seed))
+        return job
 
     def save(self, job: RunJob, rec: dict) -> None:
-        files.atomic_write_json(self.run_path(job.variant, job.seed), rec)
+        files.atomic_write_json(self._paths[job.key], rec)
         io.remove_checkpoint(Path(job.checkpoint))
+
+    def tune(self, console) -> None:
+        """Choose every variant's rate (:mod:`.tuning`) before the verdict runs."""
+        self.choices = tune(
+            self.variants, self.cfg.tuning_grid(), self.cfg.tuning_seed_list(),
+            finished=self.finished_tuning,
+            run=lambda missing: self._run_round(
+                [self.job(v, s, tuning_lr=lr) for v, lr, s in missing], console),
+            agree=self.dist.agree)
 
     def run_all(self) -> None:
         """Measure (rank 0), then train round after round until the plan is complete."""
@@ -192,6 +229,8 @@ class CompareRunner:
             # Rank 0 alone, while the others wait: timings without the other ranks' load.
             with console.status("measuring FFN and activation speed side by side..."):
                 self.measure()
+        if self.cfg.tuning:
+            self.tune(console)
         while True:
             # Every rank asks rank 0's files, so all agree on the round.
             pending = self.dist.agree(lambda: [
@@ -219,7 +258,9 @@ class CompareRunner:
 
             def show(job: RunJob, ev: dict) -> None:
                 if job.key not in bars:
-                    bars[job.key] = progress.add_task(f"{job.variant} s{job.seed}", total=steps,
+                    name = (f"{job.variant} lr{job.train['lr']:g}" if job.key in self._paths
+                            and self._paths[job.key].parent.name == "tuning" else job.variant)
+                    bars[job.key] = progress.add_task(f"{name} s{job.seed}", total=steps,
                                                       step=0, steps=steps, loss="-")
                 progress.update(bars[job.key], completed=ev["step"], step=ev["step"],
                                 loss=f"{ev['loss'] / math.log(2):.3f} bpb")
@@ -244,10 +285,11 @@ class CompareRunner:
 
     def _run_here(self, jobs, show, finish, log) -> None:
         """In this process (and, under torchrun, with the other ranks: DDP inside each run)."""
-        from ..train.loop import train_run
+        from ..train.loop import TrainConfig, train_run
 
         for job in jobs:
-            rec = train_run(job.variant, job.seed, self.corpus, self.model_cfg, self.train_cfg,
+            rec = train_run(job.variant, job.seed, self.corpus, self.model_cfg,
+                            TrainConfig(**job.train),  # the job's rate: tuned, or a tuning one
                             device=self.device, dtype=self.dtype, backend=self.backend,
                             checkpoint=job.checkpoint, fingerprint=self.fingerprint,
                             on_step=lambda ev, job=job: show(job, ev), log=log, dist=self.dist)
@@ -258,6 +300,16 @@ class CompareRunner:
         p = self.plan()
         wanted = p.wanted(self.seed0)
         seeds = sorted({s for _, s in wanted})
+        tuning: dict = {}
+        if self.cfg.tuning and self.choices:
+            per, shared = tuning_content(self.choices, shared_lr=self.train_cfg.lr,
+                                         seeds=self.cfg.tuning_seed_list(),
+                                         finished=self.finished_tuning,
+                                         resolution=self.cfg.resolution)
+            tuning = {"per_variant": per, "shared_comparisons": shared,
+                      "config": {"grid": list(self.cfg.tuning_grid()),
+                                 "seeds": self.cfg.tuning_seed_list(),
+                                 "shared_lr": self.train_cfg.lr}}
         return build_results(
             status=status, preset_name=self.cfg.preset, variants=self.variants,
             seeds=seeds, runs={(v, s): self.finished(v, s) for v, s in wanted},
@@ -270,4 +322,5 @@ class CompareRunner:
             dtype_name=self.fingerprint["dtype"], backend=self.backend,
             world_size=self.dist.world_size, corpus_identity=self.corpus.identity(),
             measured=self.measured, started=self.started,
+            lrs={v: self.lr_of(v) for v in self.variants}, tuning=tuning,
         )

@@ -159,7 +159,9 @@ def train_run(
     """
     device = torch.device(device)
     v = lab_variant(variant)
-    key = {**_config_key(model_cfg, train_cfg), **(fingerprint or {}),
+    # The run's own model and recipe win over the comparison's fingerprint (a tuning run's
+    # learning rate is not the recipe's).
+    key = {**(fingerprint or {}), **_config_key(model_cfg, train_cfg),
            "variant": v.name, "seed": int(seed)}
 
     def fresh():
