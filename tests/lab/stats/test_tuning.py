@@ -80,12 +80,13 @@ CURVE, SEED_SD, RUN_SD = 0.03, 0.03, 0.012
 TUNING_SEEDS, VERDICT_SEEDS, RESOLUTION = 2, 8, 0.02
 
 
-def _procedure(rng: random.Random, anchor: float, best_lr: float, gaps: dict[str, float]) -> str:
+def _procedure(rng: random.Random, anchor: float, best_lr: float, gaps: dict[str, float],
+               curve: float = CURVE) -> str:
     """Tune every variant on the grid (widened at an edge), then judge a − b on fresh seeds at
     the chosen rates; the verdict word."""
 
     def bpb(variant: str, lr: float, seed_effect: float) -> float:
-        return (2.1 + gaps[variant] + CURVE * math.log2(lr / best_lr) ** 2 + seed_effect
+        return (2.1 + gaps[variant] + curve * math.log2(lr / best_lr) ** 2 + seed_effect
                 + rng.gauss(0.0, RUN_SD))
 
     tuning_seeds = [rng.gauss(0.0, SEED_SD) for _ in range(TUNING_SEEDS)]
@@ -105,15 +106,18 @@ def _procedure(rng: random.Random, anchor: float, best_lr: float, gaps: dict[str
     return Comparison("a", "b", tuple(range(VERDICT_SEEDS)), diffs, RESOLUTION).verdict
 
 
-def test_tuned_verdicts_declare_false_winners_at_most_at_the_nominal_rate():
+@pytest.mark.parametrize("curve", [0.015, CURVE])
+def test_tuned_verdicts_declare_false_winners_at_most_at_the_nominal_rate(curve):
     """Two equal FFNs (the same curve of bpb against learning rate), 2000 simulated experiments:
-    a winner in at most 5 % of them (plus two binomial standard errors, 1 %)."""
+    a winner in at most 5 % of them (plus two binomial standard errors, 1 %). 0.015 bpb per
+    octave² is the flattest curve the default run measured (geglu, 2026-12-06); the best grid
+    point instead of the parabola's vertex gives 7.5-14 % here."""
     rng = random.Random(20261206)
     n, winners = 2000, 0
     for _ in range(n):
         anchor = 0.024
         best_lr = anchor * 2 ** rng.uniform(-1.5, 1.5)  # the preset's rate is not the best one
-        verdict = _procedure(rng, anchor, best_lr, {"a": 0.0, "b": 0.0})
+        verdict = _procedure(rng, anchor, best_lr, {"a": 0.0, "b": 0.0}, curve)
         winners += verdict in (PairVerdict.A_BETTER, PairVerdict.B_BETTER)
     assert winners / n <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / n), winners / n
 
