@@ -15,6 +15,7 @@ from ffnlab.lab.train import checkpoint as io
 from ffnlab.lab.train.data import load_corpus
 from ffnlab.lab.train.loop import TrainConfig, train_run
 from ffnlab.lab.train.model import ModelConfig, TinyGPT, init_parameters
+from ffnlab.lab.train.muon import Muon
 from ffnlab.lab.train.optim import MuonAdamW, build_optimizer, muon_parameter_names
 
 MODEL = ModelConfig(dim=16, n_layers=2, n_heads=2, seq_len=16)
@@ -45,7 +46,7 @@ def test_muon_takes_the_block_matrices_only():
                      for p in ("attn.qkv", "attn.proj", "ffn.w1", "ffn.w2", "ffn.w3")]
     opt = build_optimizer(_model(), name="muon", lr=1e-3, weight_decay=0.1)
     assert isinstance(opt, MuonAdamW)
-    assert isinstance(opt.muon, torch.optim.Muon) and isinstance(opt.adamw, torch.optim.AdamW)
+    assert isinstance(opt.muon, Muon) and isinstance(opt.adamw, torch.optim.AdamW)
     # embeddings decay, gains do not; every parameter is in exactly one group
     wd = [g["weight_decay"] for g in opt.param_groups]
     assert wd == [0.1, 0.1, 0.0]
@@ -157,13 +158,25 @@ def test_unknown_optimizer_is_refused_with_close_matches():
 
 
 def test_mixture_of_experts_and_muon():
+    """Muon takes the experts' 3-D stacks (each expert's matrix on its own) and the router; a
+    comparison with an MoE keeps the preset's Muon for every run."""
     moe = TinyGPT(MODEL, "moe:swiglu:4x2", backend="reference")
-    with pytest.raises(UsageError, match=r"experts.*--optimizer adamw"):
-        build_optimizer(moe, name="muon", lr=1e-3, weight_decay=0.1)
-    with pytest.raises(UsageError, match="--optimizer muon cannot train moe:swiglu:4x2"):
-        CompareConfig(preset="quick", variants=("swiglu", "moe:swiglu:4x2"), optimizer="muon")
-    # the preset's Muon gives way to AdamW for a comparison with an MoE; dense keeps Muon
+    names = set(muon_parameter_names(moe))
+    stacks = {n for n, p in moe.named_parameters() if p.dim() == 3}
+    assert stacks and stacks <= names
+    assert {n for n in names if n.endswith("router.weight")}
+    opt = build_optimizer(moe, name="muon", lr=1e-2, weight_decay=0.1)
+    before = {n: p.detach().clone() for n, p in moe.named_parameters()}
+    x = torch.randint(0, 256, (2, MODEL.seq_len))
+    torch.nn.functional.cross_entropy(moe(x).flatten(0, 1), x.flatten()).backward()
+    opt.step()
+    for n, p in moe.named_parameters():
+        if n in stacks:  # every expert's matrix moved by an orthogonalised step
+            step = (p.detach() - before[n]).flatten(1).norm(dim=1)
+            assert (step > 0).all(), n
     assert CompareConfig(preset="quick", variants=("swiglu", "moe:swiglu:4x2")).optimizer_name \
-        == "adamw"
+        == "muon"
+    assert CompareConfig(preset="quick", variants=("swiglu", "moe:swiglu:4x2"),
+                         optimizer="muon").optimizer_name == "muon"
     assert CompareConfig(preset="quick", variants=("swiglu", "relu")).optimizer_name == "muon"
     assert CompareConfig(preset="quick", optimizer="adamw").resolved()[2].optimizer == "adamw"

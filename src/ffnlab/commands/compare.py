@@ -80,9 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="a text file or a folder of them (default: pydoc_data.topics)")
     p.add_argument("--backend", default="auto", help="FeedForward backend (default: auto)")
     p.add_argument("--optimizer", default=None,
-                   help="adamw, or muon (Muon on the blocks' matrices, AdamW on embeddings and "
-                        "gains); default: the preset's (quick: muon; adamw for a mixture of "
-                        "experts)")
+                   help="adamw, or muon (Muon on the blocks' matrices, each expert's on its own "
+                        "in a mixture of experts; AdamW on embeddings and gains); default: the "
+                        "preset's (quick: muon)")
     p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
                    help="train each variant at its own learning rate, chosen on tuning seeds "
                         "from a grid around the recipe's (default: the preset's; quick tunes)")

@@ -137,14 +137,6 @@ class CompareConfig:
         for name, value in normal.items():
             object.__setattr__(self, name, value)
         self.resolved()  # preset name, --steps, --dims and --optimizer
-        if self.optimizer == "muon":
-            from .names import is_moe
-
-            moe = [v for v in self.variants if is_moe(v)]
-            if moe:
-                raise UsageError(f"--optimizer muon cannot train {moe[0]}: Muon orthogonalises "
-                                 f"2-D matrices, and a mixture of experts keeps its experts as "
-                                 f"3-D stacks (use --optimizer adamw)")
         if self.device.type not in ("cpu", "cuda"):
             raise UsageError(f"device {str(self.device)!r} is not supported (use cpu or cuda)")
         if self.dtype not in FLOAT_DTYPES.values():
@@ -219,18 +211,13 @@ class CompareConfig:
 
     @property
     def optimizer_name(self) -> str:
-        """The optimizer in force: ``optimizer``, else the preset's; a preset's Muon gives way
-        to AdamW when a variant is a mixture of experts (its 3-D expert stacks are not
-        Muon's: :mod:`ffnlab.lab.train.optim`), so dense and MoE runs share one optimizer."""
+        """The optimizer in force: ``optimizer``, else the preset's (Muon takes a mixture of
+        experts' stacks expert by expert: :mod:`ffnlab.lab.train.optim`, so dense and MoE runs
+        share it)."""
         if self.optimizer is not None:
             return self.optimizer
-        from .names import is_moe
-
-        name = PRESETS[self.preset].train.get("optimizer", "adamw") \
+        return PRESETS[self.preset].train.get("optimizer", "adamw") \
             if self.preset in PRESETS else "adamw"
-        if name == "muon" and any(is_moe(v) for v in self.variants):
-            return "adamw"
-        return name
 
     @property
     def initial_seeds(self) -> int:
