@@ -30,6 +30,7 @@ from ..stats.comparisons import Comparison, compare
 from ..stats.paired import paired_difference
 from ..stats.table import ranking, variants_by_name
 from ..verdicts import ClaimVerdict, PairVerdict
+from .robust import optimizer_of, robust_claims, robust_comparisons
 from .verdict import Verdict
 
 __all__ = ["sweep_content", "claim_width", "claim_small_data", "trend", "ADVANCED_PLAIN",
@@ -192,7 +193,7 @@ def claim_small_data(settings: Sequence[Mapping], resolution: float) -> Verdict:
 def _setting_row(results: Mapping, label: str) -> dict:
     rk = ranking(results)
     return {
-        "label": label, "dim": int(_size(results, "dim")),
+        "label": label, "dim": int(_size(results, "dim")), "optimizer": optimizer_of(results),
         "data_fraction": _size(results, "data_fraction"), "status": results.get("status"),
         "best": rk[0]["name"] if rk else None,
         "val_bpb_mean": {v["name"]: v.get("val_bpb_mean") for v in results.get("variants") or []},
@@ -209,17 +210,25 @@ def sweep_content(done: Sequence[tuple], *, status: str, resolution: float,
     results = [r for _, r in done]
     rows = [_setting_row(r, s.label) for s, r in done]
     claims = []
-    dims = {_size(r, "dim") for r in results}
-    fracs = {_size(r, "data_fraction") for r in results}
-    if len(dims) >= 2:
-        for f in sorted(fracs):
-            group = [r for r in results if _size(r, "data_fraction") == f]
-            if len({_size(r, "dim") for r in group}) >= 2:
-                claims.append(claim_width(group, resolution).to_dict())
-    if len(fracs) >= 2:
-        for d in sorted(dims):
-            group = [r for r in results if _size(r, "dim") == d]
-            if len({_size(r, "data_fraction") for r in group}) >= 2:
-                claims.append(claim_small_data(group, resolution).to_dict())
-    return {"schema_version": SWEEP_SCHEMA_VERSION, "status": status, "finished": finished,
-            "resolution_bpb": resolution, "settings": rows, "claims": claims}
+    # The size claims are read within one optimizer at a time (each its own recipe).
+    for opt in dict.fromkeys(optimizer_of(r) for r in results):
+        same = [r for r in results if optimizer_of(r) == opt]
+        dims = {_size(r, "dim") for r in same}
+        fracs = {_size(r, "data_fraction") for r in same}
+        tag = {} if opt is None else {"optimizer": opt}
+        if len(dims) >= 2:
+            for f in sorted(fracs):
+                group = [r for r in same if _size(r, "data_fraction") == f]
+                if len({_size(r, "dim") for r in group}) >= 2:
+                    claims.append({**claim_width(group, resolution).to_dict(), **tag})
+        if len(fracs) >= 2:
+            for d in sorted(dims):
+                group = [r for r in same if _size(r, "dim") == d]
+                if len({_size(r, "data_fraction") for r in group}) >= 2:
+                    claims.append({**claim_small_data(group, resolution).to_dict(), **tag})
+    content = {"schema_version": SWEEP_SCHEMA_VERSION, "status": status, "finished": finished,
+               "resolution_bpb": resolution, "settings": rows, "claims": claims}
+    if len({optimizer_of(r) for r in results}) >= 2:
+        content["robust"] = robust_comparisons(results)
+        content["robust_claims"] = robust_claims(results)
+    return content

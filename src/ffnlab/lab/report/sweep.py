@@ -22,15 +22,18 @@ _AXES = {"dim": ("model width (dim)", "gain_vs_dim"),
 def _series(rows, key: str, other: str, other_value) -> dict[str, list[tuple[float, float, float, float]]]:
     """``"a − b" -> [(size, mean, low, high)]`` over the rows whose ``other`` size is fixed."""
     out: dict[str, list] = {}
+    several = len({row.get("optimizer") for row in rows}) > 1
     for row in rows:
         if row.get(other) != other_value:
             continue
+        tag = f" ({row.get('optimizer')})" if several else ""
         for c in row.get("comparisons") or []:
             lo, hi = (as_float(x) for x in (c.get("ci95") or [math.nan, math.nan]))
             mean = as_float(c.get("mean"))
             if math.isnan(mean):
                 continue
-            out.setdefault(f"{c['a']} − {c['b']}", []).append((as_float(row[key]), mean, lo, hi))
+            out.setdefault(f"{c['a']} − {c['b']}{tag}", []).append(
+                (as_float(row[key]), mean, lo, hi))
     return {k: sorted(v) for k, v in out.items() if len(v) >= 2}
 
 
@@ -62,7 +65,7 @@ def plot_gain(content: Mapping, key: str) -> bytes | None:
         err = [[max(0.0, p[1] - p[2]) if math.isfinite(p[2]) else 0.0 for p in pts],
                [max(0.0, p[3] - p[1]) if math.isfinite(p[3]) else 0.0 for p in pts]]
         ax.errorbar(shift, ys, yerr=err, marker="o", ms=4, capsize=3, lw=1.2,
-                    ls="--" if "relu" not in name.split(" − ")[1] else "-", label=name)
+                    ls="--" if not name.split(" − ")[1].startswith("relu") else "-", label=name)
     if key == "dim":
         ax.set_xscale("log", base=2)
         ax.set_xticks(values, [str(v) for v in values])
@@ -96,10 +99,51 @@ def render_sweep_markdown(content: Mapping, images: list[tuple[str, str]]) -> st
     for c in content.get("claims") or []:
         lines.append(f"- **{c['verdict']}**: {c['claim']} ({c['source']}) {c['explanation']}")
     if not content.get("claims"):
-        lines.append("- No claim: the sweep needs two or more widths or data fractions.")
+        lines.append("- No size claim: that needs two or more widths or data fractions.")
+    lines += _robust_lines(content)
     for stem, caption in images:
         lines += ["", f"![{caption}]({stem}.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _interval(p: Mapping) -> str:
+    ci = p.get("ci95") if isinstance(p.get("ci95"), (list, tuple)) else ()
+    lo, hi = (as_float(x) for x in ci) if len(ci) == 2 else (math.nan, math.nan)
+    mean = as_float(p.get("mean"))
+    ival = "" if math.isnan(lo) or math.isnan(hi) else f" [{lo:+.3f}, {hi:+.3f}]"
+    return f"{mean:+.3f}{ival}: **{p.get('verdict')}**"
+
+
+def _robust_lines(content: Mapping) -> list[str]:
+    """The "Across optimizers" section: each comparison and claim, robust or recipe-dependent."""
+    robust = [r for r in content.get("robust") or [] if isinstance(r, Mapping)]
+    if not robust:
+        return []
+    opts = list(dict.fromkeys(o for r in robust for o in r.get("by_optimizer") or {}))
+    lines = ["", "## Across optimizers", "",
+             "Each comparison under every optimizer, each a tuned comparison of its own: "
+             "**robust** when the verdict is the same under each, **recipe-dependent** when it "
+             "changes (then the verdict is an answer about the recipe as much as about the FFNs, "
+             "and both intervals are shown).", "",
+             "| a − b | dim | data | " + " | ".join(opts) + " | across optimizers |",
+             "|---" * (len(opts) + 4) + "|"]
+    for r in robust:
+        cells = [_interval(r["by_optimizer"][o]) if o in r["by_optimizer"] else "—" for o in opts]
+        call = "robust" if r.get("robust") else "recipe-dependent"
+        lines.append(f"| {r['a']} − {r['b']} | {as_float(r.get('dim')):g} | "
+                     f"{as_float(r.get('data_fraction')):g} | " + " | ".join(cells)
+                     + f" | **{call}** |")
+    n_robust = sum(bool(r.get("robust")) for r in robust)
+    lines += ["", f"{n_robust} of {len(robust)} comparisons are robust to the optimizer."]
+    claims = [c for c in content.get("robust_claims") or [] if isinstance(c, Mapping)]
+    if claims:
+        lines += ["", "The sources' claims under each optimizer:", ""]
+        for c in claims:
+            per = ", ".join(f"{o}: {v}" for o, v in (c.get("by_optimizer") or {}).items())
+            call = (f"robust, **{c.get('verdict')}**" if c.get("robust")
+                    else "**recipe-dependent**")
+            lines.append(f"- {c.get('claim')} ({per}): {call}")
+    return lines
 
 
 def write_sweep_report(content: Mapping, out: Path) -> list[Path]:
