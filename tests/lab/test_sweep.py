@@ -69,6 +69,12 @@ def test_width_sweep_runs_each_setting_and_writes_the_sweep_report(tmp_path, cap
     assert claim["id"] == "width" and claim["verdict"] in ("supported", "not supported",
                                                           "inconclusive")
     assert (out / "gain_vs_dim.png").read_bytes()[:4] == b"\x89PNG"
+    (trend,) = content["trends"]  # gelu − relu over 2 widths x 2 seeds
+    assert (trend["a"], trend["b"], trend["n_points"]) == ("gelu", "relu", 4)
+    assert trend["sizes"] == sorted(trend["sizes"]) and len(trend["sizes"]) == 2
+    assert trend["ci95"][0] <= trend["slope_per_doubling"] <= trend["ci95"][1]
+    assert (out / "trend_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Trend with size" in (out / "sweep.md").read_text()
     assert "dim-16/report.md" in (out / "sweep.md").read_text()
     # Run again: every setting resumes from its finished runs and the sweep is the same.
     assert main(argv) == 0
