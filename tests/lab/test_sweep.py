@@ -41,6 +41,7 @@ def test_bad_sweeps_name_the_problem(tmp_path, kw, message):
     (["--dims", "32,x"], "--dims takes positive integers"),
     (["--data-fraction", "0.25,0"], "--data-fraction must be in (0, 1]"),
     (["--data-fraction", "abc"], "--data-fraction takes numbers"),
+    (["--optimizers", "adamw,sgd"], "unknown --optimizers 'sgd'"),
 ])
 def test_cli_refuses_bad_sizes_with_one_line_and_writes_nothing(tmp_path, capsys, flags, message):
     out = tmp_path / "out"
@@ -68,8 +69,81 @@ def test_width_sweep_runs_each_setting_and_writes_the_sweep_report(tmp_path, cap
     assert claim["id"] == "width" and claim["verdict"] in ("supported", "not supported",
                                                           "inconclusive")
     assert (out / "gain_vs_dim.png").read_bytes()[:4] == b"\x89PNG"
+    (trend,) = content["trends"]  # gelu − relu over 2 widths x 2 seeds
+    assert (trend["a"], trend["b"], trend["n_points"]) == ("gelu", "relu", 4)
+    assert trend["sizes"] == sorted(trend["sizes"]) and len(trend["sizes"]) == 2
+    assert trend["ci95"][0] <= trend["slope_per_doubling"] <= trend["ci95"][1]
+    assert (out / "trend_vs_params.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Trend with size" in (out / "sweep.md").read_text()
     assert "dim-16/report.md" in (out / "sweep.md").read_text()
     # Run again: every setting resumes from its finished runs and the sweep is the same.
     assert main(argv) == 0
     again = json.loads((out / "sweep.json").read_text())
     assert again["settings"] == content["settings"]
+
+
+def test_optimizer_sweep_says_which_verdicts_survive_the_change_of_recipe(tmp_path):
+    data = tmp_path / "corpus.txt"
+    data.write_text(TEXT)
+    out = tmp_path / "recipes"
+    argv = ["compare", "--preset", "smoke", "--steps", "4", "--data", str(data), "--backend",
+            "reference", "--workers", "1", "--variants", "relu,gelu,swiglu", "--seeds", "2",
+            "--optimizers", "adamw,muon", "--out", str(out)]
+    assert main(argv) == 0
+    content = json.loads((out / "sweep.json").read_text())
+    assert [(r["label"], r["optimizer"]) for r in content["settings"]] == [
+        ("opt-adamw", "adamw"), ("opt-muon", "muon")]
+    for opt in ("adamw", "muon"):
+        res = json.loads((out / f"opt-{opt}" / "results.json").read_text())
+        assert res["config"]["optimizer"] == opt
+    pairs = {(r["a"], r["b"]): r for r in content["robust"]}
+    assert set(pairs) == {("gelu", "relu"), ("swiglu", "relu")}
+    for r in pairs.values():
+        verdicts = {o: p["verdict"] for o, p in r["by_optimizer"].items()}
+        assert set(verdicts) == {"adamw", "muon"}
+        assert r["robust"] == (len(set(verdicts.values())) == 1)
+        assert r["verdict"] == (verdicts["adamw"] if r["robust"] else None)
+    assert {c["id"] for c in content["robust_claims"]} >= {"smooth_beats_relu", "glu_best"}
+    md = (out / "sweep.md").read_text()
+    assert "## Across optimizers" in md and "comparisons are robust to the optimizer" in md
+
+
+def test_robustness_is_read_per_size_across_optimizers():
+    from ffnlab.lab.claims.robust import robust_claims, robust_comparisons
+
+    def res(opt, dim, verdict):
+        return {"config": {"optimizer": opt, "model": {"dim": dim}, "data_fraction": 1.0},
+                "comparisons": [{"a": "gelu", "b": "relu", "mean": -0.03, "ci95": [-0.05, -0.01],
+                                 "n": 5, "verdict": verdict}],
+                "claims": [{"id": "x", "claim": "X", "verdict": "supported"}]}
+
+    got = robust_comparisons([res("adamw", 64, "a better"), res("muon", 64, "a better"),
+                              res("adamw", 32, "a better"), res("muon", 32, "unresolved"),
+                              res("adamw", 16, "b better")])  # dim 16: one optimizer only
+    assert [(r["dim"], r["robust"], r["verdict"]) for r in got] == [
+        (32, False, None), (64, True, "a better")]
+    assert [c["robust"] for c in robust_claims([res("adamw", 64, "x"), res("muon", 64, "y")])] == [True]
+
+
+def test_advise_names_robust_and_recipe_dependent_verdicts(tmp_path, capsys):
+    out = tmp_path / "recipes"
+    for opt, verdict in (("adamw", "a better"), ("muon", "unresolved")):
+        (out / f"opt-{opt}").mkdir(parents=True)
+        res = {"config": {"optimizer": opt, "model": {"dim": 64}, "data_fraction": 1.0},
+               "variants": [{"name": n, "val_bpb_mean": b, "tokens_per_s": 1000.0,
+                             "saved_bytes_per_token": 100.0,
+                             "runs": [{"seed": 0, "val_bpb": b}, {"seed": 1, "val_bpb": b}]}
+                            for n, b in (("gelu", 2.0), ("relu", 2.1))],
+               "comparisons": [{"a": "gelu", "b": "relu", "mean": -0.1, "ci95": [-0.2, 0.0],
+                                "n": 2, "verdict": verdict}]}
+        (out / f"opt-{opt}" / "results.json").write_text(json.dumps(res))
+    from ffnlab.lab.claims.sweep import sweep_content
+    from ffnlab.lab.sweep import Setting
+
+    done = [(Setting(None, None, o), json.loads((out / f"opt-{o}" / "results.json").read_text()))
+            for o in ("adamw", "muon")]
+    (out / "sweep.json").write_text(json.dumps(sweep_content(done, status="complete",
+                                                             resolution=0.02)))
+    assert main(["advise", "--results", str(out / "opt-muon" / "results.json")]) == 0
+    text = capsys.readouterr().out
+    assert "gelu − relu is recipe-dependent (adamw: a better, muon: unresolved)" in text

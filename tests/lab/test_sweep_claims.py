@@ -7,14 +7,17 @@ def _results(dim: float, frac: float, diffs: dict[str, list[float]]) -> dict:
     """relu with a per-seed wobble; each other variant = relu + its diff per seed."""
     n = max(len(d) for d in diffs.values())
     relu = [2.0 + 0.013 * ((s * 7) % 5) for s in range(n)]
-    variants = [{"name": "relu", "val_bpb_mean": sum(relu) / n,
+    params = 8 * int(dim) ** 2  # FFN parameters per layer at equal budgets
+    variants = [{"name": "relu", "val_bpb_mean": sum(relu) / n, "params": params,
                  "runs": [{"seed": s, "val_bpb": relu[s], "final_train_loss": 1.3}
                           for s in range(n)]}]
     for name, d in diffs.items():
-        variants.append({"name": name, "val_bpb_mean": sum(relu[s] + x for s, x in enumerate(d)) / n,
+        variants.append({"name": name, "params": params,
+                         "val_bpb_mean": sum(relu[s] + x for s, x in enumerate(d)) / n,
                          "runs": [{"seed": s, "val_bpb": relu[s] + x, "final_train_loss": 1.3}
                                   for s, x in enumerate(d)]})
-    return {"config": {"model": {"dim": dim}, "data_fraction": frac}, "variants": variants}
+    return {"config": {"model": {"dim": dim, "n_layers": 1}, "data_fraction": frac},
+            "variants": variants}
 
 
 FLAT = [-0.001, 0.002, 0.0, -0.002, 0.001, 0.0]
@@ -28,7 +31,11 @@ def test_gain_that_appears_with_width_supports_the_width_claim():
     assert v.verdict == "supported", v.explanation
     assert v.numbers["widths"] == [32, 128]
     t = v.numbers["trend"]["gelu"]
-    assert t["mean"] == pytest.approx(sum(FLAT) / 6 - sum(BIG) / 6, abs=1e-9)
+    # from dim 32 to 128 the FFN grows 16x (4 doublings) and the difference moves by
+    # mean(BIG) − mean(FLAT): the fitted slope per doubling is a quarter of that
+    assert t["slope_per_doubling"] == pytest.approx((sum(BIG) - sum(FLAT)) / 6 / 4, abs=1e-9)
+    assert t["ci95"][1] < 0 and t["sizes"] == [8 * 32**2, 8 * 128**2]
+    assert "per doubling of FFN parameters" in v.explanation
 
 
 def test_gain_already_there_at_the_small_width_and_not_growing_is_not_supported():

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .. import files
 from ..errors import check_choice, check_positive_int
-from ..lab.advise import PRIORITIES, find_results, load_results, recommend
+from ..lab.advise import PRIORITIES, find_results, find_robustness, load_results, recommend
 
 __all__ = ["add_arguments", "run"]
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dim is not None:
         check_positive_int("--dim", args.dim)
     path = find_results(args.results)
-    rec = recommend(load_results(path), args.priority, args.dim)
+    rec = recommend(load_results(path), args.priority, args.dim, robust=find_robustness(path))
     if args.json:
         print(json.dumps(files.json_safe({"results": str(path), **rec}), indent=2, allow_nan=False))
     else:

@@ -79,10 +79,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
     p.add_argument("--data", default=None, help="a text file or a folder of them (default: pydoc_data.topics)")
     p.add_argument("--backend", default="auto", help="FeedForward backend (default: auto)")
-    p.add_argument("--optimizer", default=None,
+    p.add_argument("--optimizer", "--optimizers", dest="optimizer", default=None,
                    help="adamw, or muon (Muon on the blocks' matrices, each expert's on its own "
                         "in a mixture of experts; AdamW on embeddings and gains); default: the "
-                        "preset's (quick: muon)")
+                        "preset's (quick: muon). Several (adamw,muon) run the comparison under "
+                        "each and say which verdicts survive the change of recipe (a sweep)")
     p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
                    help="train each variant at its own learning rate, chosen on tuning seeds "
                         "from a grid around the recipe's (default: the preset's; quick tunes)")
@@ -116,24 +117,32 @@ def _fractions(text: str) -> list[float]:
     return out
 
 
+def _optimizers(text: str | None) -> list[str]:
+    return [] if text is None else list(dict.fromkeys(
+        p.strip() for p in str(text).split(",") if p.strip()))
+
+
 def sweep_from_args(args: argparse.Namespace) -> SweepConfig | None:
-    """A :class:`SweepConfig` when ``--dims`` or ``--data-fraction`` lists several values,
-    else None (one comparison)."""
+    """A :class:`SweepConfig` when ``--dims``, ``--data-fraction`` or ``--optimizers`` lists
+    several values, else None (one comparison)."""
     dims = [] if args.dim is None else parse_int_list("--dims", args.dim)
     fracs = _fractions(args.data_fraction)
-    if len(dims) < 2 and len(fracs) < 2:
+    opts = _optimizers(args.optimizer)
+    if len(dims) < 2 and len(fracs) < 2 and len(opts) < 2:
         return None
     base = config_from_args(args, dim=dims[0] if len(dims) == 1 else None,
-                            data_fraction=fracs[0] if len(fracs) == 1 else 1.0)
+                            data_fraction=fracs[0] if len(fracs) == 1 else 1.0,
+                            optimizer=opts[0] if len(opts) == 1 else None)
     return SweepConfig(base, dims=tuple(dims) if len(dims) > 1 else (),
-                       data_fractions=tuple(fracs) if len(fracs) > 1 else ())
+                       data_fractions=tuple(fracs) if len(fracs) > 1 else (),
+                       optimizers=tuple(opts) if len(opts) > 1 else ())
 
 
 _FROM_ARGS = object()  # config_from_args: take the value from the parsed flags
 
 
 def config_from_args(args: argparse.Namespace, *, dim=_FROM_ARGS,
-                     data_fraction=_FROM_ARGS) -> CompareConfig:
+                     data_fraction=_FROM_ARGS, optimizer=_FROM_ARGS) -> CompareConfig:
     """The parsed flags as a validated :class:`CompareConfig` (UsageError naming the flag);
     ``dim`` / ``data_fraction``, when given, replace a list-valued ``--dims`` /
     ``--data-fraction`` (what a sweep does for each setting)."""
@@ -147,13 +156,18 @@ def config_from_args(args: argparse.Namespace, *, dim=_FROM_ARGS,
         if len(fracs) > 1:
             raise UsageError("--data-fraction with several values is a sweep")
         data_fraction = fracs[0]
+    if optimizer is _FROM_ARGS:
+        opts = _optimizers(args.optimizer)
+        if len(opts) > 1:
+            raise UsageError("--optimizers with several optimizers is a sweep")
+        optimizer = opts[0] if opts else None
     return CompareConfig(
         preset=args.preset, out=Path(args.out), variants=_variants(args.variants),
         resolution=args.resolution, max_seeds=args.max_seeds, workers=args.workers,
         data_fraction=data_fraction, dim=dim, time_budget=args.time_budget, ray=args.ray,
         device=parse_device(args.device), dtype=parse_dtype(args.dtype), seed=args.seed,
         seeds=args.seeds, steps=args.steps, data=None if args.data is None else Path(args.data),
-        backend=args.backend, optimizer=args.optimizer, nproc=args.nproc,
+        backend=args.backend, optimizer=optimizer, nproc=args.nproc,
         dist_timeout=args.dist_timeout, json=args.json, tune=args.tune,
         lr_grid=None if args.lr_grid is None else _rates(args.lr_grid),
         tuning_seeds=args.tuning_seeds,

@@ -34,7 +34,8 @@ PRIORITIES = ("quality", "speed", "memory")
 DEFAULT_RESULTS = (Path("runs/demo/results.json"), Path("runs/compare/results.json"))
 MEMORY_TIE = 0.01  # byte counts are deterministic; 1 % only absorbs rounding
 
-__all__ = ["recommend", "load_results", "find_results", "PRIORITIES", "DEFAULT_RESULTS"]
+__all__ = ["recommend", "load_results", "find_results", "find_robustness", "PRIORITIES",
+           "DEFAULT_RESULTS"]
 
 
 def find_results(path: str | None) -> Path:
@@ -130,8 +131,11 @@ def _at_dim(results: Mapping, v: Mapping, dim: int) -> dict | None:
     return out
 
 
-def recommend(results: Mapping, priority: str, dim: int | None = None) -> dict:
-    """The recommendation as a dict: ``pick``, ``runner_up``, ``reasons`` and numbers."""
+def recommend(results: Mapping, priority: str, dim: int | None = None,
+              robust: list | None = None) -> dict:
+    """The recommendation as a dict: ``pick``, ``runner_up``, ``reasons`` and numbers;
+    ``robust`` (a sweep's, :func:`find_robustness`): ``robustness`` says which of the pick's
+    comparisons keep their verdict across optimizers, and the reasons name the others."""
     check_choice("priority", priority, PRIORITIES)
     need = {"quality": "val_bpb_mean", "speed": "tokens_per_s",
             "memory": "saved_bytes_per_token"}[priority]
@@ -191,4 +195,39 @@ def recommend(results: Mapping, priority: str, dim: int | None = None) -> dict:
     rec["other_priorities"] = others
     if dim is not None:
         rec["at_dim"] = {v["name"]: _at_dim(results, v, dim) for v in (pick, runner) if v}
+    if robust:
+        rec["robustness"] = _robustness(results, robust, pick["name"])
+        rec["reasons"] += rec["robustness"]["lines"]
     return rec
+
+
+def find_robustness(path: Path) -> list | None:
+    """The ``robust`` list of the sweep ``path`` belongs to (``OUT/opt-muon/results.json`` ->
+    ``OUT/sweep.json``, written by ``ffnlab compare --optimizers adamw,muon``), or None."""
+    sweep = Path(path).parent.parent / "sweep.json"
+    try:
+        robust = json.loads(sweep.read_text(encoding="utf-8")).get("robust")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return robust if isinstance(robust, list) and robust else None
+
+
+def _robustness(results: Mapping, robust: list, pick: str) -> dict:
+    """Which of the pick's comparisons (at this run's size) keep their verdict across the
+    optimizers of the sweep: the advice rests on the robust ones and names the others."""
+    cfg = results.get("config") or {}
+    size = (as_float((cfg.get("model") or {}).get("dim")), as_float(cfg.get("data_fraction", 1.0)))
+    mine = [r for r in robust if isinstance(r, Mapping) and pick in (r.get("a"), r.get("b"))
+            and (as_float(r.get("dim")), as_float(r.get("data_fraction"))) == size]
+    lines = []
+    for r in mine:
+        per = ", ".join(f"{o}: {p.get('verdict')}" for o, p in (r.get("by_optimizer") or {}).items())
+        if r.get("robust"):
+            lines.append(f"{r['a']} − {r['b']}: {r.get('verdict')} under every optimizer "
+                         f"({per}), a verdict about the FFNs this advice can rest on.")
+        else:
+            lines.append(f"{r['a']} − {r['b']} is recipe-dependent ({per}): an answer about the "
+                         f"optimizer as much as about the FFNs.")
+    return {"robust": [f"{r['a']} − {r['b']}" for r in mine if r.get("robust")],
+            "recipe_dependent": [f"{r['a']} − {r['b']}" for r in mine if not r.get("robust")],
+            "lines": lines}

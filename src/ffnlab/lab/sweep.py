@@ -1,5 +1,5 @@
-"""A lab comparison repeated over model widths or data sizes: ``ffnlab compare --dims 32,64,128``
-or ``--data-fraction 0.25,1``.
+"""A lab comparison repeated over model widths, data sizes or optimizers: ``ffnlab compare --dims
+32,64,128``, ``--data-fraction 0.25,1`` or ``--optimizers adamw,muon``.
 
 Two advices of the sources depend on a size, not on one run: "small tasks: ReLU or Swish; large
 models: GELU or a gated FFN", and "on small data a GLU may bring no gain". A sweep answers them
@@ -7,7 +7,9 @@ by running the whole comparison (:func:`ffnlab.lab.compare.run_compare`: paired 
 seeding, its own report) once per setting, each in its own folder ``OUT/dim-64`` /
 ``OUT/data-0.25``, then reading every setting's paired intervals side by side
 (:mod:`ffnlab.lab.claims.sweep`) into ``OUT/sweep.json`` and ``OUT/sweep.md`` with a plot of each
-difference against the swept size (:mod:`ffnlab.lab.report.sweep`).
+difference against the swept size (:mod:`ffnlab.lab.report.sweep`). With several optimizers
+each comparison is also read across them: *robust* when every optimizer gives it the same
+verdict, *recipe-dependent* otherwise (``sweep.json``'s ``robust`` list).
 
 Every setting is an ordinary compare folder, so an interrupted sweep resumes setting by setting
 with the runs it had, and the time budget and seed limits apply to each setting.
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import files
-from ..errors import UsageError, check_positive_int
+from ..errors import UsageError, check_choice, check_positive_int
 from .config import CompareConfig
 
 __all__ = ["SweepConfig", "Setting", "SweepResults", "run_sweep"]
@@ -29,19 +31,24 @@ __all__ = ["SweepConfig", "Setting", "SweepResults", "run_sweep"]
 
 @dataclass(frozen=True)
 class Setting:
-    """One point of a sweep: a width and/or a data fraction (``None``: the base config's)."""
+    """One point of a sweep: a width, a data fraction and/or an optimizer (``None``: the base
+    config's)."""
 
     dim: int | None
     data_fraction: float | None
+    optimizer: str | None = None
 
     @property
     def label(self) -> str:
-        """The folder name: ``dim-64``, ``data-0.25`` or ``dim-64-data-0.25``."""
+        """The folder name: ``dim-64``, ``data-0.25``, ``opt-muon`` or a combination
+        (``dim-64-data-0.25-opt-adamw``)."""
         parts = []
         if self.dim is not None:
             parts.append(f"dim-{self.dim}")
         if self.data_fraction is not None:
             parts.append(f"data-{self.data_fraction:g}")
+        if self.optimizer is not None:
+            parts.append(f"opt-{self.optimizer}")
         return "-".join(parts) or "base"
 
 
@@ -50,13 +57,16 @@ class SweepConfig:
     """A base :class:`CompareConfig` and the sizes to sweep (at least one list non-empty).
 
     ``dims``: model widths (each divisible by the preset's head count); ``data_fractions``:
-    shares of the training split in (0, 1]. Both given: every combination. Values are sorted
-    and de-duplicated; a sweep needs two or more settings.
+    shares of the training split in (0, 1]; ``optimizers``: names of
+    :data:`ffnlab.lab.train.optim.OPTIMIZERS`, in the order given. Several given: every
+    combination. Sizes are sorted; every list is de-duplicated; a sweep needs two or more
+    settings.
     """
 
     base: CompareConfig
     dims: tuple[int, ...] = ()
     data_fractions: tuple[float, ...] = ()
+    optimizers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         dims = tuple(sorted({check_positive_int("--dims", d) for d in self.dims}))
@@ -67,19 +77,25 @@ class SweepConfig:
             fracs.append(float(f))
         object.__setattr__(self, "dims", dims)
         object.__setattr__(self, "data_fractions", tuple(sorted(set(fracs))))
+        from .train.optim import OPTIMIZERS
+
+        opts = tuple(dict.fromkeys(check_choice("--optimizers", o, OPTIMIZERS)
+                                   for o in self.optimizers))
+        object.__setattr__(self, "optimizers", opts)
         if self.base.nproc is not None:
-            raise UsageError("a sweep (--dims / several --data-fraction values) runs its settings "
-                             "one after another; leave out --nproc")
+            raise UsageError("a sweep (--dims, --optimizers, several --data-fraction values) runs "
+                             "its settings one after another; leave out --nproc")
         if len(self.settings()) < 2:
-            raise UsageError("a sweep needs at least two settings (e.g. --dims 32,64,128 or "
-                             "--data-fraction 0.25,1)")
+            raise UsageError("a sweep needs at least two settings (e.g. --dims 32,64,128, "
+                             "--data-fraction 0.25,1 or --optimizers adamw,muon)")
         for s in self.settings():
             self.config_for(s)  # every width checked against the heads before anything runs
 
     def settings(self) -> list[Setting]:
         dims = self.dims or (None,)
         fracs = self.data_fractions or (None,)
-        return [Setting(d, f) for d, f in itertools.product(dims, fracs)]
+        opts = self.optimizers or (None,)
+        return [Setting(d, f, o) for d, f, o in itertools.product(dims, fracs, opts)]
 
     def config_for(self, s: Setting) -> CompareConfig:
         """The compare configuration of one setting (its own folder under ``base.out``)."""
@@ -88,6 +104,8 @@ class SweepConfig:
             kw["dim"] = s.dim
         if s.data_fraction is not None:
             kw["data_fraction"] = s.data_fraction
+        if s.optimizer is not None:
+            kw["optimizer"] = s.optimizer
         return replace(self.base, **kw)
 
 

@@ -29,7 +29,9 @@ from ..names import BASELINE, GATED_TWINS
 from ..stats.comparisons import Comparison, compare
 from ..stats.paired import paired_difference
 from ..stats.table import ranking, variants_by_name
+from ..stats.trend import Trend, fit_trend
 from ..verdicts import ClaimVerdict, PairVerdict
+from .robust import optimizer_of, robust_claims, robust_comparisons
 from .verdict import Verdict
 
 __all__ = ["sweep_content", "claim_width", "claim_small_data", "trend", "ADVANCED_PLAIN",
@@ -68,6 +70,19 @@ def trend(small: Mapping, large: Mapping, a: str, b: str, resolution: float) -> 
                       tuple(ds[s] - dl[s] for s in seeds), resolution)
 
 
+def _slope_text(t: Trend | None) -> str:
+    if t is None:
+        return "no fit (too few points)"
+    lo, hi = t.slope_ci95
+    text = f"slope {t.slope:+.4f} [{lo:+.4f}, {hi:+.4f}] bpb per doubling of FFN parameters"
+    if t.crossing is not None and math.isfinite(t.crossing):
+        where = "extrapolated" if t.extrapolated else "inside the ladder"
+        ci = ("no bounded interval" if t.crossing_ci95 is None
+              else f"[{t.crossing_ci95[0]:.3g}, {t.crossing_ci95[1]:.3g}]")
+        text += f", crossing 0 at {t.crossing:.3g} parameters ({ci}; {where})"
+    return text
+
+
 def _ival(c: Comparison) -> str:
     if c.n < 2:
         return f"{c.mean:+.4f} ({c.n} seed{'s' if c.n != 1 else ''}, no interval)"
@@ -94,14 +109,63 @@ def _gap(results: Mapping, name: str) -> float:
     return statistics.fmean(gaps) if gaps else math.nan
 
 
-def _decide(at_end: Sequence[Comparison], trends: Sequence[Comparison]) -> str:
+def ladder_points(settings: Sequence[Mapping], a: str, b: str) -> list[tuple[float, float]]:
+    """``(FFN parameters of the model, a − b)`` for every seed of every setting that ran both:
+    the points a size trend is fitted to (:func:`ffnlab.lab.stats.trend.fit_trend`). FFN
+    parameters count every layer (per-layer parameters x depth), so width and depth both move
+    along the axis."""
+    pts = []
+    for r in settings:
+        by = variants_by_name(r)
+        if a not in by or b not in by:
+            continue
+        layers = as_float(((r.get("config") or {}).get("model") or {}).get("n_layers", 1))
+        params = as_float(by[a].get("params")) * (layers if math.isfinite(layers) else 1.0)
+        if not (math.isfinite(params) and params > 0):
+            continue
+        pts += [(params, d) for d in _per_seed(r, a, b).values()]
+    return pts
+
+
+def size_trends(settings: Sequence[Mapping]) -> list[dict]:
+    """Every comparison's fitted trend over the sizes of ``settings`` (those with enough points):
+    :meth:`ffnlab.lab.stats.trend.Trend.to_dict` items, in the comparisons' order."""
+    pairs = list(dict.fromkeys((c.get("a"), c.get("b")) for r in settings
+                               for c in r.get("comparisons") or [] if isinstance(c, Mapping)))
+    return [t.to_dict() for a, b in pairs if (t := _fit(settings, a, b)) is not None]
+
+
+def _slope_call(t: Trend | None, resolution: float) -> str:
+    """A fitted trend read like a trend between two sizes: ``grows`` (the slope's interval lies
+    below 0: ``a``'s advantage grows with size), ``shrinks`` (above 0), ``flat`` (the change
+    over the whole ladder lies within ±resolution), else ``unresolved``."""
+    if t is None:
+        return "unresolved"
+    lo, hi = t.slope_ci95
+    span = math.log2(t.sizes[-1] / t.sizes[0])
+    if -resolution <= lo * span and hi * span <= resolution:
+        return "flat"
+    if hi < 0:
+        return "grows"
+    if lo > 0:
+        return "shrinks"
+    return "unresolved"
+
+
+def _fit(settings: Sequence[Mapping], a: str, b: str) -> Trend | None:
+    try:
+        return fit_trend(a, b, ladder_points(settings, a, b))
+    except ValueError:
+        return None
+
+
+def _decide(at_end: Sequence[Comparison], tr: Sequence[str]) -> str:
     """Supported: the gain is there where the claim says (``a better`` for at least half of
     ``at_end``, none worse) and grows (at least half ``grows``, none ``shrinks``/``flat``).
     Not supported: a comparison at the end is worse or equivalent for most, or a trend is
     ``shrinks`` / ``flat`` for most. Else inconclusive."""
     n = len(at_end)
     end = [c.verdict for c in at_end]
-    tr = [_trend_call(c) for c in trends]
     if end.count(PairVerdict.B_BETTER) or 2 * (end.count(PairVerdict.EQUIVALENT)) > n:
         return ClaimVerdict.NOT_SUPPORTED
     if 2 * (tr.count("shrinks") + tr.count("flat")) > n:
@@ -128,17 +192,19 @@ def claim_width(settings: Sequence[Mapping], resolution: float) -> Verdict:
     per_width = {int(_size(r, "dim")): {n: compare(r, n, BASELINE, resolution).to_dict()
                                         for n in adv if n in variants_by_name(r)} for r in runs}
     at_large = [compare(large, n, BASELINE, resolution) for n in adv]
-    trends = [trend(small, large, n, BASELINE, resolution) for n in adv]
-    verdict = _decide(at_large, trends)
-    parts = [f"{n}: at dim {ws[-1]} {n} − relu = {_ival(c)} ({c.verdict}); from dim {ws[0]} to "
-             f"{ws[-1]} the advantage {_trend_call(t)}, (small − large) = {_ival(t)}"
-             for n, c, t in zip(adv, at_large, trends, strict=True)]
+    fits = [_fit(runs, n, BASELINE) for n in adv]
+    calls = [_slope_call(t, resolution) for t in fits]
+    verdict = _decide(at_large, calls)
+    parts = [f"{n}: at dim {ws[-1]} {n} − relu = {_ival(c)} ({c.verdict}); over the widths the "
+             f"advantage {call}, {_slope_text(t)}"
+             for n, c, t, call in zip(adv, at_large, fits, calls, strict=True)]
     best = {int(_size(r, "dim")): (ranking(r) or [{}])[0].get("name") for r in runs}
     why = (f"Widths {', '.join(map(str, ws))}; best by mean: "
            f"{', '.join(f'dim {w}: {b}' for w, b in best.items())}. " + "; ".join(parts) +
            f". Resolution ±{resolution:g} bpb.")
     nums = {"widths": ws, "resolution_bpb": resolution, "vs_relu": per_width,
-            "trend": {n: t.to_dict() for n, t in zip(adv, trends, strict=True)}, "best": best}
+            "trend": {n: None if t is None else t.to_dict() for n, t in zip(adv, fits, strict=True)},
+            "best": best}
     return Verdict(cid, claim, WIDTH_SRC, verdict, why, nums)
 
 
@@ -192,7 +258,7 @@ def claim_small_data(settings: Sequence[Mapping], resolution: float) -> Verdict:
 def _setting_row(results: Mapping, label: str) -> dict:
     rk = ranking(results)
     return {
-        "label": label, "dim": int(_size(results, "dim")),
+        "label": label, "dim": int(_size(results, "dim")), "optimizer": optimizer_of(results),
         "data_fraction": _size(results, "data_fraction"), "status": results.get("status"),
         "best": rk[0]["name"] if rk else None,
         "val_bpb_mean": {v["name"]: v.get("val_bpb_mean") for v in results.get("variants") or []},
@@ -208,18 +274,29 @@ def sweep_content(done: Sequence[tuple], *, status: str, resolution: float,
     ``finished``: the time stamp to record."""
     results = [r for _, r in done]
     rows = [_setting_row(r, s.label) for s, r in done]
-    claims = []
-    dims = {_size(r, "dim") for r in results}
-    fracs = {_size(r, "data_fraction") for r in results}
-    if len(dims) >= 2:
-        for f in sorted(fracs):
-            group = [r for r in results if _size(r, "data_fraction") == f]
-            if len({_size(r, "dim") for r in group}) >= 2:
-                claims.append(claim_width(group, resolution).to_dict())
-    if len(fracs) >= 2:
-        for d in sorted(dims):
-            group = [r for r in results if _size(r, "dim") == d]
-            if len({_size(r, "data_fraction") for r in group}) >= 2:
-                claims.append(claim_small_data(group, resolution).to_dict())
-    return {"schema_version": SWEEP_SCHEMA_VERSION, "status": status, "finished": finished,
-            "resolution_bpb": resolution, "settings": rows, "claims": claims}
+    claims, trends = [], []
+    # The size claims are read within one optimizer at a time (each its own recipe).
+    for opt in dict.fromkeys(optimizer_of(r) for r in results):
+        same = [r for r in results if optimizer_of(r) == opt]
+        dims = {_size(r, "dim") for r in same}
+        fracs = {_size(r, "data_fraction") for r in same}
+        tag = {} if opt is None else {"optimizer": opt}
+        if len(dims) >= 2:
+            for f in sorted(fracs):
+                group = [r for r in same if _size(r, "data_fraction") == f]
+                if len({_size(r, "dim") for r in group}) >= 2:
+                    claims.append({**claim_width(group, resolution).to_dict(), **tag})
+                    trends += [{**t, **tag, "data_fraction": f} for t in size_trends(group)]
+        if len(fracs) >= 2:
+            for d in sorted(dims):
+                group = [r for r in same if _size(r, "dim") == d]
+                if len({_size(r, "data_fraction") for r in group}) >= 2:
+                    claims.append({**claim_small_data(group, resolution).to_dict(), **tag})
+    content = {"schema_version": SWEEP_SCHEMA_VERSION, "status": status, "finished": finished,
+               "resolution_bpb": resolution, "settings": rows, "claims": claims}
+    if trends:
+        content["trends"] = trends
+    if len({optimizer_of(r) for r in results}) >= 2:
+        content["robust"] = robust_comparisons(results)
+        content["robust_claims"] = robust_claims(results)
+    return content
