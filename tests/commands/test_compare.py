@@ -33,7 +33,7 @@ def _every_flag(tmp_path: Path) -> list[str]:
             "--steps", "4", "--data", str(data), "--backend", "reference", "--nproc", "2",
             "--dist-timeout", "30", "--json", "--resolution", "0.05", "--max-seeds", "3",
             "--workers", "1", "--data-fraction", "0.5", "--time-budget", "60",
-            "--dims", "16", "--optimizer", "adamw", "--tune", "--lr-grid", "0.01,0.02,0.04",
+            "--dims", "16", "--depths", "2", "--optimizer", "adamw", "--tune", "--lr-grid", "0.01,0.02,0.04",
             "--tuning-seeds", "3"]
 
 

@@ -15,7 +15,7 @@ EVERY_FIELD = {
     "steps": 7, "data": Path("texts/a.txt"), "backend": "reference", "optimizer": "adamw",
     "nproc": 2,
     "dist_timeout": 30.0, "json": True, "resolution": 0.05, "max_seeds": 3, "workers": 1,
-    "data_fraction": 0.5, "time_budget": 60.0, "dim": 16, "tune": True,
+    "data_fraction": 0.5, "time_budget": 60.0, "dim": 16, "layers": 2, "tune": True,
     "lr_grid": (0.01, 0.02, 0.04), "tuning_seeds": 3,
 }
 

@@ -147,3 +147,36 @@ def test_advise_names_robust_and_recipe_dependent_verdicts(tmp_path, capsys):
     assert main(["advise", "--results", str(out / "opt-muon" / "results.json")]) == 0
     text = capsys.readouterr().out
     assert "gelu − relu is recipe-dependent (adamw: a better, muon: unresolved)" in text
+
+
+def test_thorough_is_a_ladder_of_widths_and_depths_under_both_optimizers(tmp_path):
+    import argparse
+
+    from ffnlab.commands import compare as cmd
+    from ffnlab.lab.sweep import sweep_preset
+
+    p = argparse.ArgumentParser()
+    cmd.add_arguments(p)
+    sweep = cmd.sweep_from_args(p.parse_args(["--preset", "thorough", "--out", str(tmp_path)]))
+    assert [s.label for s in sweep.settings()] == [
+        f"dim-{d}-L{n}-opt-{o}" for d in (32, 64) for n in (1, 2) for o in ("adamw", "muon")]
+    assert sweep.base.preset == "quick" and sweep.base.tuning
+    sizes = {(c.resolved()[1].dim, c.resolved()[1].n_layers)
+             for c in map(sweep.config_for, sweep.settings())}
+    ffn = sorted(8 * d * d * n for d, n in sizes)
+    assert ffn[-1] / ffn[0] >= 8  # the ladder spans 8x in FFN parameters
+    fewer = cmd.sweep_from_args(p.parse_args(["--preset", "thorough", "--dims", "32,64",
+                                              "--depths", "1", "--out", str(tmp_path)]))
+    assert [s.label for s in fewer.settings()] == [
+        f"dim-{d}-L1-opt-{o}" for d in (32, 64) for o in ("adamw", "muon")]
+    with pytest.raises(UsageError, match="is a sweep"):
+        CompareConfig(preset="thorough")
+    assert sweep_preset("thorough", CompareConfig(out=tmp_path)).optimizers == ("adamw", "muon")
+
+
+def test_depth_sweep_sets_the_layers(tmp_path):
+    cfg = SweepConfig(CompareConfig(preset="smoke", out=tmp_path), depths=(2, 1, 2))
+    assert [s.label for s in cfg.settings()] == ["L1", "L2"]
+    assert cfg.config_for(Setting(None, None, None, 2)).resolved()[1].n_layers == 2
+    with pytest.raises(UsageError, match="--depths"):
+        SweepConfig(CompareConfig(preset="smoke", out=tmp_path), depths=(0, 1))

@@ -23,7 +23,8 @@ from pathlib import Path
 from ..errors import UsageError
 from ..lab.compare import prepare_launch, run_compare
 from ..lab.config import DEFAULT_OUT, DEFAULT_VARIANTS, CompareConfig
-from ..lab.sweep import SweepConfig, run_sweep
+from ..lab.presets import SWEEP_PRESETS
+from ..lab.sweep import SweepConfig, run_sweep, sweep_preset
 from ..lab.train import distributed
 from ..lab.train.variant import parse_lab_variants
 from ..lab.verdicts import DEFAULT_RESOLUTION
@@ -51,7 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"{','.join(DEFAULT_VARIANTS)}; every variant for --preset smoke); "
                         "moe:VARIANT:ExK is a mixture of E experts of VARIANT, K per token, "
                         "with the dense variant's active FFN parameters (e.g. moe:swiglu:8x2)")
-    p.add_argument("--preset", default="quick", help="smoke, quick or full (default: quick)")
+    p.add_argument("--preset", default="quick",
+                   help="smoke, quick or full (default: quick); thorough is a sweep: quick "
+                        "(tuned) at widths 32, 64 and depths 1, 2 under adamw and muon")
     p.add_argument("--seeds", type=int, default=None,
                    help="seeds every variant starts with (default: the preset's)")
     p.add_argument("--max-seeds", type=int, default=None,
@@ -73,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train on this share of the training split, in (0, 1] (default: 1); "
                         "several values (0.25,1) run the comparison at each and decide the "
                         "small-data claim (a sweep)")
+    p.add_argument("--depths", dest="layers", default=None,
+                   help="model depth(s), layers (default: the preset's); several (1,2) run the "
+                        "comparison at each depth (a sweep; with --dims, every combination)")
     p.add_argument("--dims", dest="dim", default=None,
                    help="model width(s) (default: the preset's); several (32,64,128) run the "
                         "comparison at each width and decide the width claim (a sweep)")
@@ -128,12 +134,22 @@ def sweep_from_args(args: argparse.Namespace) -> SweepConfig | None:
     dims = [] if args.dim is None else parse_int_list("--dims", args.dim)
     fracs = _fractions(args.data_fraction)
     opts = _optimizers(args.optimizer)
-    if len(dims) < 2 and len(fracs) < 2 and len(opts) < 2:
+    depths = [] if args.layers is None else parse_int_list("--depths", args.layers)
+    if args.preset in SWEEP_PRESETS:
+        sp = SWEEP_PRESETS[args.preset]
+        base = config_from_args(argparse.Namespace(**{**vars(args), "preset": sp.base}),
+                                dim=None, layers=None, optimizer=None,
+                                data_fraction=fracs[0] if len(fracs) == 1 else 1.0)
+        return sweep_preset(args.preset, base, dims=tuple(dims), optimizers=tuple(opts),
+                            depths=tuple(depths))
+    if len(dims) < 2 and len(fracs) < 2 and len(opts) < 2 and len(depths) < 2:
         return None
     base = config_from_args(args, dim=dims[0] if len(dims) == 1 else None,
+                            layers=depths[0] if len(depths) == 1 else None,
                             data_fraction=fracs[0] if len(fracs) == 1 else 1.0,
                             optimizer=opts[0] if len(opts) == 1 else None)
     return SweepConfig(base, dims=tuple(dims) if len(dims) > 1 else (),
+                       depths=tuple(depths) if len(depths) > 1 else (),
                        data_fractions=tuple(fracs) if len(fracs) > 1 else (),
                        optimizers=tuple(opts) if len(opts) > 1 else ())
 
@@ -141,7 +157,7 @@ def sweep_from_args(args: argparse.Namespace) -> SweepConfig | None:
 _FROM_ARGS = object()  # config_from_args: take the value from the parsed flags
 
 
-def config_from_args(args: argparse.Namespace, *, dim=_FROM_ARGS,
+def config_from_args(args: argparse.Namespace, *, dim=_FROM_ARGS, layers=_FROM_ARGS,
                      data_fraction=_FROM_ARGS, optimizer=_FROM_ARGS) -> CompareConfig:
     """The parsed flags as a validated :class:`CompareConfig` (UsageError naming the flag);
     ``dim`` / ``data_fraction``, when given, replace a list-valued ``--dims`` /
@@ -156,6 +172,11 @@ def config_from_args(args: argparse.Namespace, *, dim=_FROM_ARGS,
         if len(fracs) > 1:
             raise UsageError("--data-fraction with several values is a sweep")
         data_fraction = fracs[0]
+    if layers is _FROM_ARGS:
+        depths = [] if args.layers is None else parse_int_list("--depths", args.layers)
+        if len(depths) > 1:
+            raise UsageError("--depths with several depths is a sweep")
+        layers = depths[0] if depths else None
     if optimizer is _FROM_ARGS:
         opts = _optimizers(args.optimizer)
         if len(opts) > 1:
@@ -164,7 +185,8 @@ def config_from_args(args: argparse.Namespace, *, dim=_FROM_ARGS,
     return CompareConfig(
         preset=args.preset, out=Path(args.out), variants=_variants(args.variants),
         resolution=args.resolution, max_seeds=args.max_seeds, workers=args.workers,
-        data_fraction=data_fraction, dim=dim, time_budget=args.time_budget, ray=args.ray,
+        data_fraction=data_fraction, dim=dim, layers=layers, time_budget=args.time_budget,
+        ray=args.ray,
         device=parse_device(args.device), dtype=parse_dtype(args.dtype), seed=args.seed,
         seeds=args.seeds, steps=args.steps, data=None if args.data is None else Path(args.data),
         backend=args.backend, optimizer=optimizer, nproc=args.nproc,

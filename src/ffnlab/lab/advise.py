@@ -216,9 +216,12 @@ def _robustness(results: Mapping, robust: list, pick: str) -> dict:
     """Which of the pick's comparisons (at this run's size) keep their verdict across the
     optimizers of the sweep: the advice rests on the robust ones and names the others."""
     cfg = results.get("config") or {}
-    size = (as_float((cfg.get("model") or {}).get("dim")), as_float(cfg.get("data_fraction", 1.0)))
+    model = cfg.get("model") or {}
+    size = (as_float(model.get("dim")), as_float(cfg.get("data_fraction", 1.0)),
+            as_float(model.get("n_layers", 1)))
     mine = [r for r in robust if isinstance(r, Mapping) and pick in (r.get("a"), r.get("b"))
-            and (as_float(r.get("dim")), as_float(r.get("data_fraction"))) == size]
+            and (as_float(r.get("dim")), as_float(r.get("data_fraction")),
+                 as_float(r.get("layers", 1))) == size]
     lines = []
     for r in mine:
         per = ", ".join(f"{o}: {p.get('verdict')}" for o, p in (r.get("by_optimizer") or {}).items())

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import UsageError, check_choice, check_positive_int
 from ..variants import variant_names
-from .presets import DEFAULT_VARIANTS, PRESETS, TUNING_SEED_OFFSET, Preset
+from .presets import DEFAULT_VARIANTS, PRESETS, SWEEP_PRESETS, TUNING_SEED_OFFSET, Preset
 from .train.distributed import DEFAULT_TIMEOUT_S
 from .train.precision import FLOAT_DTYPES
 from .verdicts import DEFAULT_RESOLUTION
@@ -32,6 +32,7 @@ DEFAULT_OUT = Path("runs/compare")
 
 
 def resolve_config(preset_name: str, *, steps: int | None = None, dim: int | None = None,
+                   layers: int | None = None,
                    optimizer: str | None = None):
     """``(preset, ModelConfig, TrainConfig)`` for a preset and optional step and width overrides.
 
@@ -44,7 +45,11 @@ def resolve_config(preset_name: str, *, steps: int | None = None, dim: int | Non
     from .train.model import ModelConfig
     from .train.optim import OPTIMIZERS
 
-    check_choice("preset", preset_name, PRESETS)
+    if preset_name in SWEEP_PRESETS:
+        raise UsageError(f"preset {preset_name!r} is a sweep ({SWEEP_PRESETS[preset_name].about}):"
+                         f" run it with `ffnlab compare --preset {preset_name}` or "
+                         f"ffnlab.lab.sweep.sweep_preset")
+    check_choice("preset", preset_name, [*PRESETS, *SWEEP_PRESETS])
     preset = PRESETS[preset_name]
     train = TrainConfig(**preset.train)
     if optimizer is not None:
@@ -63,6 +68,9 @@ def resolve_config(preset_name: str, *, steps: int | None = None, dim: int | Non
             raise UsageError(f"--dims: width {dim} is not divisible by the {model['n_heads']} "
                              f"attention heads of preset {preset_name!r}")
         model["dim"] = dim
+    if layers is not None:
+        check_positive_int("--depths", layers)
+        model["n_layers"] = layers
     return preset, ModelConfig(**model), train
 
 
@@ -87,7 +95,7 @@ class CompareConfig:
     of seeds every variant starts with, ``None`` for the preset's, and the seeds run are
     ``seed, seed + 1, ...``; ``max_seeds`` (``None``: the preset's) is how many adaptive seeding
     may reach while a comparison's 95 % interval is wider than ``resolution`` bits per byte;
-    ``steps`` and ``dim`` (model width) ``None`` keep the preset's. ``workers``: independent runs train on that many
+    ``steps``, ``dim`` (model width) and ``layers`` (depth) ``None`` keep the preset's. ``workers``: independent runs train on that many
     local processes with one torch thread each (``None``: one per CPU core on cpu, 1 on cuda; 1:
     this process). ``data_fraction``: the share of the training split used. ``time_budget``:
     seconds of wall time after which adaptive seeding adds no seeds, and rounds are cut to what
@@ -114,6 +122,7 @@ class CompareConfig:
     seeds: int | None = None
     steps: int | None = None
     dim: int | None = None
+    layers: int | None = None
     data: Path | None = None
     backend: str = "auto"
     optimizer: str | None = None
@@ -206,7 +215,7 @@ class CompareConfig:
 
     def resolved(self):
         """``(preset, ModelConfig, TrainConfig)`` of this configuration."""
-        return resolve_config(self.preset, steps=self.steps, dim=self.dim,
+        return resolve_config(self.preset, steps=self.steps, dim=self.dim, layers=self.layers,
                               optimizer=self.optimizer_name)
 
     @property

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_VARIANTS", "Preset", "PRESETS", "TUNING_SEED_OFFSET"]
+__all__ = ["DEFAULT_VARIANTS", "Preset", "PRESETS", "TUNING_SEED_OFFSET", "SweepPreset",
+           "SWEEP_PRESETS"]
 
 
 DEFAULT_VARIANTS = ("relu", "gelu", "swish", "glu", "geglu", "swiglu", "relu2")
@@ -77,3 +78,24 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
+
+@dataclass(frozen=True)
+class SweepPreset:
+    """A preset that is a sweep (:mod:`ffnlab.lab.sweep`): the comparison of preset ``base``
+    (tuned, as ``base`` is) at every width of ``dims`` under every optimizer of ``optimizers``."""
+
+    base: str
+    dims: tuple[int, ...] = ()
+    optimizers: tuple[str, ...] = ()
+    depths: tuple[int, ...] = ()
+    about: str = ""
+
+
+# thorough: the default comparison (seven FFNs, each at its own tuned rate) under AdamW and Muon
+# on a ladder of widths 32 and 64 and depths 1 and 2 (the model's FFN parameters 8,192, 16,384,
+# 32,768 and 65,536: 8x), so every verdict says whether it survives the change of recipe and
+# how it moves with size.
+SWEEP_PRESETS: dict[str, SweepPreset] = {
+    "thorough": SweepPreset("quick", dims=(32, 64), depths=(1, 2), optimizers=("adamw", "muon"),
+                            about="quick at widths 32, 64 and depths 1, 2 under adamw and muon"),
+}

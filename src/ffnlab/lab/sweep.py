@@ -26,7 +26,7 @@ from .. import files
 from ..errors import UsageError, check_choice, check_positive_int
 from .config import CompareConfig
 
-__all__ = ["SweepConfig", "Setting", "SweepResults", "run_sweep"]
+__all__ = ["SweepConfig", "Setting", "SweepResults", "run_sweep", "sweep_preset"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Setting:
     dim: int | None
     data_fraction: float | None
     optimizer: str | None = None
+    layers: int | None = None
 
     @property
     def label(self) -> str:
@@ -45,6 +46,8 @@ class Setting:
         parts = []
         if self.dim is not None:
             parts.append(f"dim-{self.dim}")
+        if self.layers is not None:
+            parts.append(f"L{self.layers}")
         if self.data_fraction is not None:
             parts.append(f"data-{self.data_fraction:g}")
         if self.optimizer is not None:
@@ -56,7 +59,8 @@ class Setting:
 class SweepConfig:
     """A base :class:`CompareConfig` and the sizes to sweep (at least one list non-empty).
 
-    ``dims``: model widths (each divisible by the preset's head count); ``data_fractions``:
+    ``dims``: model widths (each divisible by the preset's head count); ``depths``: numbers of
+    layers; ``data_fractions``:
     shares of the training split in (0, 1]; ``optimizers``: names of
     :data:`ffnlab.lab.train.optim.OPTIMIZERS`, in the order given. Several given: every
     combination. Sizes are sorted; every list is de-duplicated; a sweep needs two or more
@@ -67,9 +71,12 @@ class SweepConfig:
     dims: tuple[int, ...] = ()
     data_fractions: tuple[float, ...] = ()
     optimizers: tuple[str, ...] = ()
+    depths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         dims = tuple(sorted({check_positive_int("--dims", d) for d in self.dims}))
+        object.__setattr__(self, "depths", tuple(sorted({check_positive_int("--depths", d)
+                                                         for d in self.depths})))
         fracs = []
         for f in self.data_fractions:
             if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < f <= 1.0:
@@ -93,20 +100,36 @@ class SweepConfig:
 
     def settings(self) -> list[Setting]:
         dims = self.dims or (None,)
+        depths = self.depths or (None,)
         fracs = self.data_fractions or (None,)
         opts = self.optimizers or (None,)
-        return [Setting(d, f, o) for d, f, o in itertools.product(dims, fracs, opts)]
+        return [Setting(d, f, o, n) for d, n, f, o in itertools.product(dims, depths, fracs, opts)]
 
     def config_for(self, s: Setting) -> CompareConfig:
         """The compare configuration of one setting (its own folder under ``base.out``)."""
         kw: dict[str, Any] = {"out": Path(self.base.out) / s.label, "json": False}
         if s.dim is not None:
             kw["dim"] = s.dim
+        if s.layers is not None:
+            kw["layers"] = s.layers
         if s.data_fraction is not None:
             kw["data_fraction"] = s.data_fraction
         if s.optimizer is not None:
             kw["optimizer"] = s.optimizer
         return replace(self.base, **kw)
+
+
+def sweep_preset(name: str, base: CompareConfig, *, dims: tuple[int, ...] = (),
+                 optimizers: tuple[str, ...] = (), depths: tuple[int, ...] = ()) -> SweepConfig:
+    """The sweep a preset of :data:`ffnlab.lab.presets.SWEEP_PRESETS` stands for, on ``base``
+    (its options; its preset is replaced by the sweep's base preset); ``dims`` / ``optimizers``
+    given replace the preset's."""
+    from .presets import SWEEP_PRESETS
+
+    sp = SWEEP_PRESETS[check_choice("preset", name, SWEEP_PRESETS)]
+    return SweepConfig(replace(base, preset=sp.base), dims=tuple(dims) or sp.dims,
+                       optimizers=tuple(optimizers) or sp.optimizers,
+                       depths=tuple(depths) or sp.depths)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ A comparison run under several optimizers (``ffnlab compare --optimizers adamw,m
 optimizer a full tuned comparison of its own) is **robust** when every optimizer gives it the
 same verdict, and **recipe-dependent** otherwise: then it is an answer about the recipe as much
 as about the FFNs, and both intervals are shown. The sources' claims are read the same way.
-Settings are matched by model width and data fraction; only those that ran under two or more
+Settings are matched by model width, depth and data fraction; only those that ran under two or more
 optimizers are read.
 """
 
@@ -23,14 +23,17 @@ def optimizer_of(results: Mapping) -> str | None:
     return opt if isinstance(opt, str) else None
 
 
-def _size_key(results: Mapping) -> tuple[float, float]:
+def _size_key(results: Mapping) -> tuple[float, float, float]:
     cfg = results.get("config") or {}
-    return (as_float((cfg.get("model") or {}).get("dim")), as_float(cfg.get("data_fraction", 1.0)))
+    model = cfg.get("model") or {}
+    return (as_float(model.get("dim")), as_float(cfg.get("data_fraction", 1.0)),
+            as_float(model.get("n_layers", 1)))
 
 
-def _groups(settings: Sequence[Mapping]) -> list[tuple[tuple[float, float], dict[str, Mapping]]]:
-    """``((dim, data_fraction), {optimizer: results})`` for every size run under 2+ optimizers."""
-    by: dict[tuple[float, float], dict[str, Mapping]] = {}
+def _groups(settings: Sequence[Mapping]) -> list[tuple[tuple, dict[str, Mapping]]]:
+    """``((dim, data_fraction, layers), {optimizer: results})`` for every size run under 2+
+    optimizers."""
+    by: dict[tuple, dict[str, Mapping]] = {}
     for r in settings:
         opt = optimizer_of(r)
         if opt is not None:
@@ -43,7 +46,7 @@ def robust_comparisons(settings: Sequence[Mapping]) -> list[dict]:
     ``data_fraction``, ``by_optimizer`` (optimizer -> ``{mean, ci95, n, verdict}``),
     ``robust`` (the same verdict under each) and ``verdict`` (that verdict, else None)."""
     out = []
-    for (dim, frac), by_opt in _groups(settings):
+    for (dim, frac, layers), by_opt in _groups(settings):
         comps = {opt: {(c.get("a"), c.get("b")): c for c in r.get("comparisons") or []
                        if isinstance(c, Mapping)} for opt, r in by_opt.items()}
         pairs = [p for p in next(iter(comps.values())) if all(p in c for c in comps.values())]
@@ -52,7 +55,8 @@ def robust_comparisons(settings: Sequence[Mapping]) -> list[dict]:
                    for opt in by_opt}
             verdicts = {p["verdict"] for p in per.values()}
             robust = len(verdicts) == 1
-            out.append({"a": a, "b": b, "dim": dim, "data_fraction": frac, "by_optimizer": per,
+            out.append({"a": a, "b": b, "dim": dim, "layers": layers, "data_fraction": frac,
+                        "by_optimizer": per,
                         "robust": robust, "verdict": verdicts.pop() if robust else None})
     return out
 
@@ -61,7 +65,7 @@ def robust_claims(settings: Sequence[Mapping]) -> list[dict]:
     """The sources' claims across optimizers: ``id``, ``claim``, ``dim``, ``data_fraction``,
     ``by_optimizer`` (optimizer -> verdict), ``robust`` and ``verdict``."""
     out = []
-    for (dim, frac), by_opt in _groups(settings):
+    for (dim, frac, layers), by_opt in _groups(settings):
         claims = {opt: {c.get("id"): c for c in r.get("claims") or [] if isinstance(c, Mapping)}
                   for opt, r in by_opt.items()}
         ids = [i for i in next(iter(claims.values())) if all(i in c for c in claims.values())]
@@ -69,7 +73,7 @@ def robust_claims(settings: Sequence[Mapping]) -> list[dict]:
             per = {opt: claims[opt][cid].get("verdict") for opt in by_opt}
             robust = len(set(per.values())) == 1
             first = next(iter(claims.values()))[cid]
-            out.append({"id": cid, "claim": first.get("claim"), "dim": dim,
+            out.append({"id": cid, "claim": first.get("claim"), "dim": dim, "layers": layers,
                         "data_fraction": frac, "by_optimizer": per, "robust": robust,
                         "verdict": next(iter(per.values())) if robust else None})
     return out

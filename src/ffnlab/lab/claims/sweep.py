@@ -48,9 +48,27 @@ DATA_SRC = "在数据规模不大时,可能出现过拟合或收益不明显"
 
 def _size(results: Mapping, key: str) -> float:
     cfg = results.get("config") or {}
-    if key == "dim":
-        return as_float((cfg.get("model") or {}).get("dim"))
+    if key in ("dim", "n_layers"):
+        default = 1 if key == "n_layers" else None
+        return as_float((cfg.get("model") or {}).get(key, default))
     return as_float(cfg.get("data_fraction", 1.0))
+
+
+def _shape(results: Mapping) -> tuple[float, float]:
+    """``(width, depth)`` of the model."""
+    return (_size(results, "dim"), _size(results, "n_layers"))
+
+
+def _scale(results: Mapping) -> float:
+    """A number proportional to the model's FFN parameters: width² × depth."""
+    dim, layers = _shape(results)
+    return dim * dim * layers
+
+
+def _shape_label(results: Mapping) -> int | str:
+    """The width (an int) for a one-layer model, else ``"<width>x<depth>"``."""
+    dim, layers = _shape(results)
+    return int(dim) if layers == 1 or math.isnan(layers) else f"{dim:g}x{layers:g}"
 
 
 def _per_seed(results: Mapping, a: str, b: str) -> dict[int, float]:
@@ -180,7 +198,7 @@ def claim_width(settings: Sequence[Mapping], resolution: float) -> Verdict:
     """See the module docstring; ``settings`` are results dicts of different widths."""
     cid, claim = "width", ("Small models: ReLU or Swish is enough; large models gain from GELU "
                            "or a gated FFN (the gain over ReLU grows with width).")
-    runs = sorted(settings, key=lambda r: _size(r, "dim"))
+    runs = sorted(settings, key=_scale)
     small, large = runs[0], runs[-1]
     names = set(variants_by_name(small)) & set(variants_by_name(large))
     adv = [n for n in variants_by_name(large) if n in names and n != BASELINE
@@ -188,9 +206,9 @@ def claim_width(settings: Sequence[Mapping], resolution: float) -> Verdict:
     if BASELINE not in names or not adv:
         return Verdict(cid, claim, WIDTH_SRC, ClaimVerdict.INCONCLUSIVE, "Not measured: the sweep needs relu "
                        "and GELU or a gated variant at every width.", {})
-    ws = [int(_size(r, "dim")) for r in runs]
-    per_width = {int(_size(r, "dim")): {n: compare(r, n, BASELINE, resolution).to_dict()
-                                        for n in adv if n in variants_by_name(r)} for r in runs}
+    ws = [_shape_label(r) for r in runs]
+    per_width = {_shape_label(r): {n: compare(r, n, BASELINE, resolution).to_dict()
+                                   for n in adv if n in variants_by_name(r)} for r in runs}
     at_large = [compare(large, n, BASELINE, resolution) for n in adv]
     fits = [_fit(runs, n, BASELINE) for n in adv]
     calls = [_slope_call(t, resolution) for t in fits]
@@ -198,8 +216,8 @@ def claim_width(settings: Sequence[Mapping], resolution: float) -> Verdict:
     parts = [f"{n}: at dim {ws[-1]} {n} − relu = {_ival(c)} ({c.verdict}); over the widths the "
              f"advantage {call}, {_slope_text(t)}"
              for n, c, t, call in zip(adv, at_large, fits, calls, strict=True)]
-    best = {int(_size(r, "dim")): (ranking(r) or [{}])[0].get("name") for r in runs}
-    why = (f"Widths {', '.join(map(str, ws))}; best by mean: "
+    best = {_shape_label(r): (ranking(r) or [{}])[0].get("name") for r in runs}
+    why = (f"Sizes (width or width x depth) {', '.join(map(str, ws))}; best by mean: "
            f"{', '.join(f'dim {w}: {b}' for w, b in best.items())}. " + "; ".join(parts) +
            f". Resolution ±{resolution:g} bpb.")
     nums = {"widths": ws, "resolution_bpb": resolution, "vs_relu": per_width,
@@ -258,7 +276,8 @@ def claim_small_data(settings: Sequence[Mapping], resolution: float) -> Verdict:
 def _setting_row(results: Mapping, label: str) -> dict:
     rk = ranking(results)
     return {
-        "label": label, "dim": int(_size(results, "dim")), "optimizer": optimizer_of(results),
+        "label": label, "dim": int(_size(results, "dim")),
+        "layers": int(_size(results, "n_layers")), "optimizer": optimizer_of(results),
         "data_fraction": _size(results, "data_fraction"), "status": results.get("status"),
         "best": rk[0]["name"] if rk else None,
         "val_bpb_mean": {v["name"]: v.get("val_bpb_mean") for v in results.get("variants") or []},
@@ -278,18 +297,18 @@ def sweep_content(done: Sequence[tuple], *, status: str, resolution: float,
     # The size claims are read within one optimizer at a time (each its own recipe).
     for opt in dict.fromkeys(optimizer_of(r) for r in results):
         same = [r for r in results if optimizer_of(r) == opt]
-        dims = {_size(r, "dim") for r in same}
+        shapes = {_shape(r) for r in same}
         fracs = {_size(r, "data_fraction") for r in same}
         tag = {} if opt is None else {"optimizer": opt}
-        if len(dims) >= 2:
+        if len(shapes) >= 2:
             for f in sorted(fracs):
                 group = [r for r in same if _size(r, "data_fraction") == f]
-                if len({_size(r, "dim") for r in group}) >= 2:
+                if len({_scale(r) for r in group}) >= 2:
                     claims.append({**claim_width(group, resolution).to_dict(), **tag})
                     trends += [{**t, **tag, "data_fraction": f} for t in size_trends(group)]
         if len(fracs) >= 2:
-            for d in sorted(dims):
-                group = [r for r in same if _size(r, "dim") == d]
+            for d in sorted(shapes):
+                group = [r for r in same if _shape(r) == d]
                 if len({_size(r, "data_fraction") for r in group}) >= 2:
                     claims.append({**claim_small_data(group, resolution).to_dict(), **tag})
     content = {"schema_version": SWEEP_SCHEMA_VERSION, "status": status, "finished": finished,

@@ -213,7 +213,9 @@ def build_results(*, status: str, preset_name: str, variants: list[str], seeds: 
                "measured": json_safe({k: measured[k] for k in EXTRA_MEASUREMENTS
                                       if k in measured})}
     # NaN (a comparison with one seed) becomes null: results.json is strict JSON.
-    content["comparisons"] = json_safe([c.to_dict() for c in
+    # Each comparison names the optimizer it was trained under (a sweep over optimizers reads
+    # the same comparison across them: ffnlab.lab.claims.robust).
+    content["comparisons"] = json_safe([{**c.to_dict(), "optimizer": t.optimizer} for c in
                                         comparisons(content, config["resolution_bpb"])])
     if tuning:
         content["comparisons_shared_rate"] = json_safe(tuning["shared_comparisons"])
