@@ -157,31 +157,28 @@ def sweep_from_args(args: argparse.Namespace) -> SweepConfig | None:
 _FROM_ARGS = object()  # config_from_args: take the value from the parsed flags
 
 
+def _one(flag: str, values: list):
+    """The one value of a list-valued flag (None when empty); several make a sweep, which
+    :func:`sweep_from_args` handles."""
+    if len(values) > 1:
+        raise UsageError(f"{flag} with several values is a sweep (see sweep_from_args)")
+    return values[0] if values else None
+
+
 def config_from_args(args: argparse.Namespace, *, dim=_FROM_ARGS, layers=_FROM_ARGS,
                      data_fraction=_FROM_ARGS, optimizer=_FROM_ARGS) -> CompareConfig:
     """The parsed flags as a validated :class:`CompareConfig` (UsageError naming the flag);
     ``dim`` / ``data_fraction``, when given, replace a list-valued ``--dims`` /
     ``--data-fraction`` (what a sweep does for each setting)."""
     if dim is _FROM_ARGS:
-        dims = [] if args.dim is None else parse_int_list("--dims", args.dim)
-        if len(dims) > 1:
-            raise UsageError("--dims with several widths is a sweep (see sweep_from_args)")
-        dim = dims[0] if dims else None
+        dim = _one("--dims", [] if args.dim is None else parse_int_list("--dims", args.dim))
     if data_fraction is _FROM_ARGS:
-        fracs = _fractions(args.data_fraction)
-        if len(fracs) > 1:
-            raise UsageError("--data-fraction with several values is a sweep")
-        data_fraction = fracs[0]
+        data_fraction = _one("--data-fraction", _fractions(args.data_fraction))
     if layers is _FROM_ARGS:
-        depths = [] if args.layers is None else parse_int_list("--depths", args.layers)
-        if len(depths) > 1:
-            raise UsageError("--depths with several depths is a sweep")
-        layers = depths[0] if depths else None
+        layers = _one("--depths",
+                      [] if args.layers is None else parse_int_list("--depths", args.layers))
     if optimizer is _FROM_ARGS:
-        opts = _optimizers(args.optimizer)
-        if len(opts) > 1:
-            raise UsageError("--optimizers with several optimizers is a sweep")
-        optimizer = opts[0] if opts else None
+        optimizer = _one("--optimizers", _optimizers(args.optimizer))
     return CompareConfig(
         preset=args.preset, out=Path(args.out), variants=_variants(args.variants),
         resolution=args.resolution, max_seeds=args.max_seeds, workers=args.workers,

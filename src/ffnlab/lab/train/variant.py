@@ -26,7 +26,7 @@ from torch import nn
 from ...errors import UsageError
 from ...ffn import FeedForward
 from ...moe import MoEFeedForward
-from ...moe_spelling import MOE_PREFIX, parse_variant_spelling
+from ...moe_spelling import VariantSpelling, parse_variant_spelling
 from ...sizing import default_hidden_dim, ffn_params
 
 __all__ = ["LOAD_BALANCE_COEF", "LabVariant", "canonical_name", "lab_variant",
@@ -37,23 +37,9 @@ LOAD_BALANCE_COEF = 0.01
 paper's alpha = 1e-2, summed over layers); dense runs add nothing."""
 
 @dataclass(frozen=True)
-class LabVariant:
-    """One lab variant: ``base`` (a registry name), dense when ``n_experts`` is None."""
-
-    base: str
-    n_experts: int | None = None
-    top_k: int | None = None
-
-    @property
-    def is_moe(self) -> bool:
-        return self.n_experts is not None
-
-    @property
-    def name(self) -> str:
-        """The canonical spelling (``swiglu``, ``moe:swiglu:8x2``)."""
-        if not self.is_moe:
-            return self.base
-        return f"{MOE_PREFIX}:{self.base}:{self.n_experts}x{self.top_k}"
+class LabVariant(VariantSpelling):
+    """One lab variant: a parsed spelling (``base``, dense when ``n_experts`` is None; its
+    ``name`` and ``is_moe``) with the lab's sizing and the block it builds."""
 
     def dense_hidden(self, dim: int) -> int:
         """The dense variant's hidden size in the lab (equal FFN budgets, multiple_of 1)."""
