@@ -12,6 +12,7 @@ import os
 import queue as queue_mod
 from collections.abc import Iterable, Iterator
 
+from .allocator import keep_freed_memory
 from .job import Event, RunJob, execute
 
 __all__ = ["PoolExecutor", "STEP_EVENT_EVERY"]
@@ -30,6 +31,7 @@ def _init_worker(events, threads: int) -> None:
     global _EVENTS, _PARENT
     _EVENTS, _PARENT = events, os.getppid()
     torch.set_num_threads(threads)
+    keep_freed_memory()  # the worker is the lab's own process: 13 % less CPU per step (allocator)
 
 
 def _pool_task(job_dict: dict) -> dict:
