@@ -188,3 +188,16 @@ def test_atomic_json_write(tmp_path):
         files.atomic_write_json(path, {"x": float("nan")})  # not JSON: refused, old file kept
     assert files.read_json(path) == {"x": [1, 2.5]}
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp files left
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_evaluating_on_the_way_changes_nothing_in_training(corpus, straight, optimizer):
+    """Tuning runs evaluate only at the start and the end (``CompareRunner.job``): their final
+    bpb, loss and dead share equal those of the same run evaluated every 4 steps."""
+    once = run("swiglu", 0, corpus, MODEL,
+               TrainConfig(**{**TRAIN.as_dict(), "eval_every": TRAIN.steps, "optimizer": optimizer}))
+    every = straight("swiglu", 0, optimizer)
+    assert [s for s, _ in once["curve"]] == [0, TRAIN.steps]
+    assert len(every["curve"]) > 2
+    for k in ("val_bpb", "final_train_loss", "dead_fraction"):
+        assert once[k] == every[k], k
