@@ -49,6 +49,8 @@ class Setup:
     processes: int  # runs side by side
     threads: int  # torch threads per run
     steps: int = 300
+    optimizer: str = "adamw"
+    lr: float = 5e-3
 
 
 # The quick preset before the recipe sweep (2 layers, batch 16, one process with 2 threads) and
@@ -65,6 +67,13 @@ class ThroughputConfig:
               PRESETS["quick"].train["batch_size"], 2, 1),
         Setup("new quick model, 1 process x 2 threads", PRESETS["quick"].model,
               PRESETS["quick"].train["batch_size"], 1, 2),
+        # The quick recipe as the default run trains it (Muon since 2026-12-03).
+        Setup("quick recipe (Muon), 2 processes x 1 thread", PRESETS["quick"].model,
+              PRESETS["quick"].train["batch_size"], 2, 1, optimizer="muon",
+              lr=PRESETS["quick"].train["lr"]),
+        Setup("quick recipe (Muon), 1 process x 2 threads", PRESETS["quick"].model,
+              PRESETS["quick"].train["batch_size"], 1, 2, optimizer="muon",
+              lr=PRESETS["quick"].train["lr"]),
     ))
     variant: str = "swiglu"
 
@@ -84,8 +93,9 @@ def flops_per_token(model_cfg: dict, batch_size: int, variant: str) -> float:
 
 def _job(setup: Setup, seed: int, variant: str, tmp: Path) -> J.RunJob:
     steps = setup.steps
-    train = {"steps": steps, "batch_size": setup.batch_size, "lr": 5e-3, "warmup": steps // 10,
-             "eval_every": steps, "eval_tokens": 4096, "ckpt_every": 10**9}
+    train = {"steps": steps, "batch_size": setup.batch_size, "lr": setup.lr,
+             "warmup": steps // 10, "eval_every": steps, "eval_tokens": 4096, "ckpt_every": 10**9,
+             "optimizer": setup.optimizer}
     return J.RunJob(variant=variant, seed=seed, model=dict(setup.model), train=train, data=None,
                     data_fraction=1.0, device="cpu", dtype="float32", backend="auto",
                     checkpoint=str(tmp / f"{setup.processes}-{seed}"), fingerprint={},

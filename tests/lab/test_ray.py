@@ -92,3 +92,29 @@ def test_a_ray_address_that_does_not_answer_is_one_line_and_writes_nothing(tmp_p
     err = capsys.readouterr().err.strip()
     assert "the Ray cluster does not answer" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "nope").exists()
+
+
+def _runs(out: Path) -> dict:
+    """Every saved run of a sweep (tuning and verdict) by its path under ``out``: the numbers a
+    run's executor must not change (wall times aside)."""
+    keep = ("val_bpb", "curve", "dead_fraction", "final_train_loss", "diverged", "steps_done")
+    return {str(p.relative_to(out)): {k: json.loads(p.read_text()).get(k) for k in keep}
+            for p in sorted(out.rglob("*.json")) if p.parent.name in ("runs", "tuning")}
+
+
+def test_a_tuned_sweep_over_optimizers_and_widths_on_ray_equals_a_local_one(cluster, tmp_path,
+                                                                            monkeypatch):
+    """What ``--preset thorough`` does (tuning, both optimizers, a ladder of widths), at smoke
+    size, through the cluster and through local one-thread workers: the same runs, the same
+    numbers, the same robustness verdicts."""
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    sweep = ("--tune", "--tuning-seeds", "1", "--optimizers", "adamw,muon", "--dims", "16,32")
+    assert main(_argv(tmp_path, "ray", *sweep, "--ray", cluster)) == 0
+    assert main(_argv(tmp_path, "local", *sweep, "--workers", "2")) == 0
+    got, want = _runs(tmp_path / "ray"), _runs(tmp_path / "local")
+    # 2 optimizers x 2 widths x 2 variants x (3 tuning rates, more where a grid widens, + 2 seeds)
+    assert got == want
+    assert len(want) >= 40
+    robust = [json.loads((tmp_path / d / "sweep.json").read_text())["robust"]
+              for d in ("ray", "local")]
+    assert robust[0] == robust[1] and robust[0]
