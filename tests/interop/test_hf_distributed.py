@@ -142,6 +142,26 @@ def case_tp_plan_packed_through_projections(mesh):
     _same(before, _outputs(model), TOL64)
 
 
+def case_torch_parallel_styles(mesh):
+    # torch's own ColwiseParallel/RowwiseParallel (hooks, not transformers' forwards)
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    model = _llama()
+    plan = {"model.layers.*.mlp.gate_proj": ColwiseParallel(),
+            "model.layers.*.mlp.up_proj": ColwiseParallel(),
+            "model.layers.*.mlp.down_proj": RowwiseParallel()}  # fmt: skip
+    parallelize_module(model, mesh, plan)
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 2 and not warned, (n, warned)
+    assert all(w.tensor_parallel for w in _wrappers(model))
+    _same(before, _outputs(model), TOL64)
+
+
 def _fully_shard_layers(model):
     from torch.distributed.fsdp import fully_shard
 

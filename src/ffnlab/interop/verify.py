@@ -52,8 +52,9 @@ def plain_copy(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` in which every DTensor parameter (FSDP2's shards, a tensor- or
     expert-parallel layout) is a plain, uninitialised parameter of the DTensor's full shape on
     the local device, and every forward that transformers' tensor/expert parallelism installed
-    on a submodule (an instance ``forward`` on a module it marks ``_is_hooked``) is dropped, so
-    the copy runs on one process. Its values are meant to be redrawn
+    on a submodule (an instance ``forward`` on a module it marks ``_is_hooked``) is dropped, as
+    are the forward hooks of a module that held DTensors (torch's parallel styles), so the copy
+    runs on one process. Its values are meant to be redrawn
     (:func:`randomise_parameters`). No collective runs: each rank copies alone."""
     dtensor = sys.modules.get("torch.distributed.tensor")
     memo: dict[int, object] = {}
@@ -65,9 +66,14 @@ def plain_copy(module: nn.Module) -> nn.Module:
                 memo[id(t)] = (nn.Parameter(plain, requires_grad=t.requires_grad)
                                if isinstance(t, nn.Parameter) else plain)  # fmt: skip
     twin = copy.deepcopy(module, memo)
+    plain = {id(t) for t in memo.values()}
     for m in twin.modules():
         if getattr(m, "_is_hooked", False):
             m.__dict__.pop("forward", None)
+        if any(id(p) in plain for p in m.parameters(recurse=False)):
+            # torch's parallel styles (ColwiseParallel ...) install their layouts as hooks
+            m._forward_hooks.clear()
+            m._forward_pre_hooks.clear()
     return twin
 
 
