@@ -49,14 +49,14 @@ def _phi3():
     return Phi3ForCausalLM(cfg).to(torch.float64)
 
 
-def _qwen3_moe():
+def _qwen3_moe(mlp_only_layers=()):
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     torch.manual_seed(0)
     cfg = Qwen3MoeConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
                          moe_intermediate_size=8, num_hidden_layers=2, num_attention_heads=2,
                          num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2,
-                         decoder_sparse_step=1, mlp_only_layers=[])  # fmt: skip
+                         decoder_sparse_step=1, mlp_only_layers=list(mlp_only_layers))  # fmt: skip
     return Qwen3MoeForCausalLM(cfg)
 
 
@@ -142,6 +142,20 @@ def case_tp_plan_packed_through_projections(mesh):
     _same(before, _outputs(model), TOL64)
 
 
+def case_tp_plan_moe_model(mesh):
+    # Qwen3-MoE under tp_size=2: layer 0's dense MLP is tensor-parallel (local shards), layer
+    # 1's experts are replicated (its plan shards none of them) and patched as usual
+    from ffnlab.interop.hf_moe import HFMoE
+
+    model = _distribute(_qwen3_moe(mlp_only_layers=[0]), tp_size=WORLD)
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 2 and not warned, (n, warned)
+    assert [w.tensor_parallel for w in _wrappers(model)] == [True]
+    assert isinstance(model.model.layers[1].mlp, HFMoE)
+    _same(before, _outputs(model), {"rtol": 1e-5, "atol": 1e-5})
+
+
 def case_torch_parallel_styles(mesh):
     # torch's own ColwiseParallel/RowwiseParallel (hooks, not transformers' forwards)
     from torch.distributed.tensor.parallel import (
@@ -199,6 +213,18 @@ def case_fsdp2_transformers_plan(mesh):
     n, warned = _patch(model, backend="auto")
     assert n == 2 and not warned, (n, warned)
     _same(before, _outputs(model), TOL64)
+
+
+def case_fsdp2_moe_before_patch(mesh):
+    from ffnlab.interop.hf_moe import HFMoE
+
+    model = _qwen3_moe()
+    _fully_shard_layers(model)
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 2 and not warned, (n, warned)
+    assert all(isinstance(layer.mlp, HFMoE) for layer in model.model.layers)
+    _same(before, _outputs(model), {"rtol": 1e-5, "atol": 1e-5})
 
 
 def case_fsdp2_unit_declined(mesh):

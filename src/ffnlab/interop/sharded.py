@@ -19,8 +19,10 @@ Three ways of distributing a model meet ``patch_hf``:
   ranks before the module is replaced (:func:`sharded_difference`), else the module is left
   with the placements named.
 * **Expert parallelism** (transformers' ``ep_plan``: experts sharded ``Shard(0)`` over the EP
-  mesh, their ``forward`` replaced by its token dispatch): declined with the placements named;
-  ffnlab's own expert parallelism is :func:`ffnlab.parallel.expert_parallel`.
+  mesh, their ``forward`` replaced by its token dispatch): declined with the placements named.
+  The dispatch calls the experts' own forward on this rank's experts, which runs the experts
+  implementation the model was given (transformers' ``ExpertsInterface``); ffnlab's own expert
+  parallelism is :func:`ffnlab.parallel.expert_parallel`.
 
 The checks that run collectives are called by every rank in the same order (``patch_hf`` walks
 the same model on each rank), as ``from_pretrained`` with a ``tp_plan`` is.
@@ -99,8 +101,9 @@ def declined_layout(module: nn.Module, *, moe: bool = False) -> str | None:
                 f"after patch_hf) [{_describe(module)}]")  # fmt: skip
     if moe and _has_parallel_forward(module):
         return ("its experts are expert- or tensor-parallel (transformers' parallel forward "
-                f"on sharded weights: {_describe(module)}), which ffnlab's MoE does not run; "
-                "ffnlab.parallel.expert_parallel shards ffnlab's own MoEFeedForward")  # fmt: skip
+                f"on sharded weights: {_describe(module)}), which ffnlab's MoE does not run: the "
+                "block stays with transformers' token dispatch, which runs the experts "
+                "implementation the model was given (experts_implementation=)")  # fmt: skip
     return None
 
 
