@@ -71,15 +71,19 @@ def _distribute(model, **config):
 
 
 def _outputs(model):
-    """Logits of a fixed batch and the gradients of their sum of squares (local shards)."""
+    """Logits of a fixed batch, and the same under no_grad followed by the gradients of their
+    sum of squares (local shards)."""
     from torch.distributed.tensor import DTensor
 
     ids = torch.arange(14).reshape(2, 7) * 5 % 64  # the same on both ranks
+    with torch.no_grad():  # transformers' projections take their local inference path
+        inference = model(ids).logits
     logits = model(ids).logits
     logits.pow(2).sum().backward()  # backward, not autograd.grad: FSDP2 reduces .grad
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     model.zero_grad(set_to_none=True)
-    return logits.detach(), [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+    return logits.detach(), [inference, *(g.to_local() if isinstance(g, DTensor) else g
+                                          for g in grads)]  # fmt: skip
 
 
 def _patch(model, **kw):
@@ -320,6 +324,16 @@ def dist_results(tmp_path_factory):
 @pytest.mark.parametrize("case", list(CASES))
 def test_distributed_case(dist_results, case):
     assert dist_results[case] == "ok", dist_results[case]
+
+
+def test_local_shards_need_the_megatron_layout():
+    import ffnlab
+    from ffnlab.local_shards import tensor_parallel_feed_forward, tensor_parallel_mesh
+
+    w1, w2 = torch.randn(8, 4), torch.randn(4, 8)
+    assert tensor_parallel_mesh(w1, w2) is None  # plain tensors: no mesh
+    with pytest.raises(ffnlab.UsageError, match="W1/W3 .* Shard\\(0\\), W2 Shard\\(1\\)"):
+        tensor_parallel_feed_forward(torch.randn(2, 4), w1, w2, activation="relu")
 
 
 if __name__ == "__main__":
