@@ -41,7 +41,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch.distributed.device_mesh import DeviceMesh
     from torch.distributed.tensor import Placement
 
-__all__ = ["is_sharded", "check_divisible", "check_mesh", "check_layout", "sharded_forward"]
+__all__ = [
+    "is_sharded",
+    "check_divisible",
+    "check_mesh",
+    "check_layout",
+    "sharded_forward",
+    "tensor_parallel_mesh",
+    "tensor_parallel_feed_forward",
+]
 
 
 def is_sharded(ffn: nn.Module) -> bool:
@@ -199,3 +207,77 @@ def sharded_forward(ffn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(x, DTensor):
         return DTensor.from_local(y, mesh, [out_placement], run_check=False)
     return y
+
+
+def _placement(t: torch.Tensor | None):
+    """``t``'s single placement on a 1-D mesh, ``"plain"`` for a plain tensor (or None)."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    if t is None or mod is None or not isinstance(t, mod.DTensor):
+        return "plain"
+    return t.placements[0] if t.device_mesh.ndim == 1 else None
+
+
+def tensor_parallel_mesh(w1, w2, w3=None, b1=None, b2=None, b3=None):
+    """The 1-D mesh when ``(w1, w2, w3, b1, b2, b3)`` are laid out as Megatron-LM's FFN split,
+    else None: W1/W3 ``[hidden, dim]`` and b1/b3 ``[hidden]`` ``Shard(0)``, W2 ``[out,
+    hidden]`` ``Shard(1)``, b2 ``Replicate()``, all DTensors on one 1-D mesh with an even split
+    of the hidden units. That is the layout transformers' ``"colwise"``/``"rowwise"`` plan
+    entries (and torch's ``ColwiseParallel``/``RowwiseParallel``) give an MLP's projections.
+    A packed or strided shard (``_StridedShard``) is not this layout."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    if not isinstance(w1, DTensor):
+        return None
+    mesh = w1.device_mesh
+    want = ((w1, Shard(0)), (w3, Shard(0)), (b1, Shard(0)), (b3, Shard(0)), (w2, Shard(1)),
+            (b2, Replicate()))  # fmt: skip
+    for t, placement in want:
+        if t is None:
+            continue
+        got = _placement(t)
+        if type(got) is not type(placement) or got != placement or t.device_mesh != mesh:
+            return None
+    if mesh.ndim != 1 or w1.shape[0] % mesh.size():
+        return None
+    return mesh
+
+
+def tensor_parallel_feed_forward(
+    x: torch.Tensor, w1, w2, w3=None, b1=None, b2=None, b3=None, *, activation,
+    beta: float | torch.Tensor = 1.0, backend: str = "auto", recompute: str = "activation",
+    options: tuple[float, ...] = (),
+) -> torch.Tensor:
+    """The FFN on the local shards of weights laid out as :func:`tensor_parallel_mesh` checks:
+    ``x [..., dim]`` replicated on every rank (a plain tensor, or a DTensor redistributed to
+    ``Replicate()`` first) -> ``[..., out]`` replicated, a plain tensor::
+
+        y = all_reduce_sum(ffn(x, W1[block_r], W2[:, block_r], W3[block_r], b1[block_r],
+                               None, b3[block_r])) + b2
+
+    Backward all-reduces the input gradient (each rank's covers only its hidden block); each
+    weight's gradient is its local shard's. Equivalent PyTorch on one device:
+    ``ffn_reference(x, W1, W2, W3, b1, b2, b3, ...)`` with the full weights. UsageError when
+    the weights are not so laid out.
+    """
+    from torch.distributed.tensor import DTensor, Partial, Replicate
+
+    mesh = tensor_parallel_mesh(w1, w2, w3, b1, b2, b3)
+    if mesh is None:
+        raise UsageError(
+            "tensor_parallel_feed_forward needs W1/W3 (and b1/b3) sharded Shard(0), W2 Shard(1) "
+            "and b2 replicated on one 1-D device mesh, with the hidden size divisible by its size"
+        )
+
+    def local(t):
+        return t.to_local() if isinstance(t, DTensor) else t
+
+    if not isinstance(x, DTensor):
+        x = DTensor.from_local(x, mesh, [Replicate()], run_check=False)
+    x = x.redistribute(mesh, [Replicate()]).to_local(grad_placements=[Partial()])
+    y_partial = feed_forward(
+        x, local(w1), local(w2), local(w3), local(b1), None, local(b3), activation=activation,
+        beta=beta, backend=backend, recompute=recompute, options=options,
+    )  # fmt: skip
+    y = DTensor.from_local(y_partial, mesh, [Partial()], run_check=False)
+    y = y.redistribute(mesh, [Replicate()]).to_local()
+    return y if b2 is None else y + local(b2)

@@ -33,6 +33,7 @@ from .hf_modules import HFMLP, HFBertFeedForward, HFBertOutputTail, HFFeedForwar
 from .hf_moe import HFMoE, verified_moe_spec
 from .recognise import _MOE_CLASS, MLPSpec, candidates, is_moe_block, why_not_mlp
 from .recognise_moe import router_width, why_not_moe
+from .sharded import declined_layout, sharded_reason
 from .verify import TOLERANCE, Probe, verified_spec
 
 __all__ = ["HF_ACTIVATIONS", "hf_activation", "patch_hf", "patch_hf_report", "unpatch_hf"]
@@ -117,10 +118,16 @@ class _Patcher:
                 self._patch_moe(parent, name, child, path)
                 continue
             if next(candidates(child), None) is not None:
-                spec, diff = self.spec_for(child)
+                declined = declined_layout(child)  # distributed as no wrapper can run it
+                spec, diff = (None, math.inf) if declined else self.spec_for(child)
                 if spec is not None:
-                    setattr(parent, name, build_wrapper(child, spec, self.backend, self.recompute))
+                    wrapper = build_wrapper(child, spec, self.backend, self.recompute)
+                    declined = sharded_reason(child, wrapper)  # runs on the ranks' shards?
+                if spec is not None and declined is None:
+                    setattr(parent, name, wrapper)
                     self.count += 1
+                elif declined is not None and _looks_like_mlp(name, child):
+                    self.skipped.append(f"{path} ({type(child).__name__}: {declined})")
                 elif not _looks_like_mlp(name, child):
                     pass  # e.g. an attention block with three square projections: not an MLP
                 else:
@@ -134,7 +141,7 @@ class _Patcher:
     def _patch_moe(self, parent: nn.Module, name: str, block: nn.Module, path: str) -> None:
         """Replace a mixture-of-experts block by an :class:`HFMoE` when a spec verifies."""
         cls = type(block).__name__
-        reason = why_not_moe(block)
+        reason = declined_layout(block, moe=True) or why_not_moe(block)
         if reason is None and any(p.is_meta for p in block.parameters()):
             reason = _why(math.nan)
         spec = None

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..local_shards import tensor_parallel_feed_forward
 from ..ops.projections import Weights, projected_feed_forward
 from ..ops.reference import hidden_activation
 from .recognise import MLPSpec
@@ -67,6 +68,10 @@ class HFFeedForward(nn.Module):
 
     #: True for wrappers that count as one patched MLP (the BERT tail does not).
     counts_as_mlp = True
+    #: Set by ``patch_hf`` when the projections hold tensor-parallel DTensor weights laid out
+    #: as :func:`ffnlab.local_shards.tensor_parallel_mesh` says and the ranks agreed: the fused
+    #: op then runs on the local shards with one all-reduce (:mod:`ffnlab.interop.sharded`).
+    tensor_parallel = False
 
     def __init__(
         self,
@@ -123,6 +128,11 @@ class HFFeedForward(nn.Module):
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         if not self.fused_runs():
             return self.module_ffn(x)
+        if self.tensor_parallel:
+            return tensor_parallel_feed_forward(
+                x, *self.ffn_weights(), activation=self.ffn_activation, backend=self.backend,
+                recompute=self.recompute, options=self.act_options,
+            )  # fmt: skip
         return projected_feed_forward(
             x,
             self.projections(),

@@ -28,7 +28,6 @@ block: parameters, and the router's float buffers, redrawn) before any replaceme
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import replace
 
@@ -42,7 +41,14 @@ from ..ops.expert_norm import OutputNorm
 from ..routers import get_router
 from .hf_modules import HFFeedForward
 from .recognise_moe import MoESpec, moe_candidates
-from .verify import NEAR, TOLERANCE, TOLERANCE_FLOAT32, randomise_parameters, relative_difference
+from .verify import (
+    NEAR,
+    TOLERANCE,
+    TOLERANCE_FLOAT32,
+    plain_copy,
+    randomise_parameters,
+    relative_difference,
+)
 
 __all__ = ["HFMoE", "verified_moe_spec"]
 
@@ -196,7 +202,7 @@ def _halves(t: Tensor, interleaved: bool, gate_first: bool, dim: int) -> tuple[T
 def _eager_copy(block: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A ``dtype`` copy of ``block`` whose experts run transformers' eager loop (the default
     ``grouped_mm`` has no float64 kernel on the CPU), parameters and router buffers redrawn."""
-    probe = copy.deepcopy(block).to(dtype).eval()
+    probe = plain_copy(block).to(dtype).eval()  # DTensor shards: plain, full-shape
     for m in probe.modules():
         config = getattr(m, "config", None)
         if config is not None and hasattr(config, "_experts_implementation"):

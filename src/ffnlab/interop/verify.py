@@ -11,12 +11,19 @@ numbers in the same order). :func:`verified_spec` returns the first candidate of
 The copy is made once per call, in float64 on the module's device: for one LLaMA-7B MLP
 (135 M parameters) that is 1.1 GB, once per distinct MLP shape (:mod:`.hf` caches results).
 The check uses the reference backend: the other backends are tested against it elsewhere.
+
+A distributed module (FSDP2's or tensor/expert parallelism's DTensor parameters, transformers'
+parallel forwards installed on its projections) is probed through :func:`plain_copy`: the
+same module with plain parameters of the full (global) shape and its own forwards, which the
+redrawn weights make a probe of the function, the layout aside. How the sharded weights then
+run is checked on the ranks themselves (:mod:`ffnlab.interop.sharded`).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import sys
 from collections.abc import Callable
 
 import torch
@@ -24,7 +31,14 @@ from torch import nn
 
 from .recognise import MLPSpec, candidates, forward_inputs, projection_shape
 
-__all__ = ["TOLERANCE", "Probe", "verified_spec", "randomise_parameters", "relative_difference"]
+__all__ = [
+    "TOLERANCE",
+    "Probe",
+    "plain_copy",
+    "verified_spec",
+    "randomise_parameters",
+    "relative_difference",
+]
 
 #: Largest accepted difference, relative to the largest magnitude of the compared tensor, in
 #: float64 (the float64 reference and transformers' modules agree to ~1e-16 on the probes).
@@ -32,6 +46,35 @@ TOLERANCE = 1e-10
 #: Accepted in the float32 check, made only for candidates within :data:`NEAR` in float64.
 TOLERANCE_FLOAT32 = 1e-5
 NEAR = 1e-5
+
+
+def plain_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` in which every DTensor parameter (FSDP2's shards, a tensor- or
+    expert-parallel layout) is a plain, uninitialised parameter of the DTensor's full shape on
+    the local device, and every forward that transformers' tensor/expert parallelism installed
+    on a submodule (an instance ``forward`` on a module it marks ``_is_hooked``) is dropped, as
+    are the forward hooks of a module that held DTensors (torch's parallel styles), so the copy
+    runs on one process. Its values are meant to be redrawn
+    (:func:`randomise_parameters`). No collective runs: each rank copies alone."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    memo: dict[int, object] = {}
+    if dtensor is not None:
+        for t in [*module.parameters(), *module.buffers()]:
+            if isinstance(t, dtensor.DTensor):
+                local = t.to_local()
+                plain = torch.empty(t.shape, dtype=t.dtype, device=local.device)
+                memo[id(t)] = (nn.Parameter(plain, requires_grad=t.requires_grad)
+                               if isinstance(t, nn.Parameter) else plain)  # fmt: skip
+    twin = copy.deepcopy(module, memo)
+    plain = {id(t) for t in memo.values()}
+    for m in twin.modules():
+        if getattr(m, "_is_hooked", False):
+            m.__dict__.pop("forward", None)
+        if any(id(p) in plain for p in m.parameters(recurse=False)):
+            # torch's parallel styles (ColwiseParallel ...) install their layouts as hooks
+            m._forward_hooks.clear()
+            m._forward_pre_hooks.clear()
+    return twin
 
 
 def randomise_parameters(module: nn.Module, seed: int) -> None:
@@ -75,7 +118,7 @@ class Probe:
 
     def __init__(self, module: nn.Module, *, dim: int, seed: int = 0,
                  dtype: torch.dtype = torch.float64) -> None:  # fmt: skip
-        self.module = copy.deepcopy(module).to(dtype).eval()
+        self.module = plain_copy(module).to(dtype).eval()
         randomise_parameters(self.module, seed)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         device = self.params[0].device if self.params else torch.device("cpu")

@@ -38,9 +38,10 @@ def projections_are_plain(*modules: nn.Module | None) -> bool:
     """Whether a backend may read these projections' weights instead of calling them.
 
     True when each module (None entries are skipped) is exactly an ``nn.Linear`` or
-    transformers' ``Conv1D`` and carries no forward (pre-)hook. A subclass or a replacement (a
-    LoRA adapter, a quantised Linear) or a hook must see its own call, so callers then run the
-    block through the modules themselves.
+    transformers' ``Conv1D`` and carries no forward (pre-)hook and no ``forward`` of its own
+    instance (transformers' tensor parallelism installs its layouts that way). A subclass or a
+    replacement (a LoRA adapter, a quantised Linear), a hook or such a forward must see its own
+    call, so callers then run the block through the modules themselves.
     """
     for m in modules:
         if m is None:
@@ -49,7 +50,7 @@ def projections_are_plain(*modules: nn.Module | None) -> bool:
         known = t is nn.Linear or (
             t.__name__ == "Conv1D" and t.__module__.startswith("transformers.")
         )
-        if not known or m._forward_hooks or m._forward_pre_hooks:
+        if not known or m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__:
             return False
     return True
 

@@ -1,0 +1,340 @@
+"""patch_hf on distributed transformers models, over 2 CPU processes with gloo.
+
+As tests/test_parallel.py: the test runs this file as a script once; it forks two ranks on
+127.0.0.1 and each runs every case; rank 0 writes the outcome per case to a JSON file. Each
+case builds a tiny random model alike on both ranks (same seed), distributes it the way a user
+does (transformers' own ``maybe_distribute_model`` with a ``DistributedConfig``: the layout
+``from_pretrained(..., tp_plan="auto")`` sets up, which needs ``accelerate``; or torch's
+``fully_shard``), and compares the patched model's logits and parameter gradients with the
+same sharded model's before patching: float64 within 1e-10, float32 (expert parallelism,
+whose grouped_mm has no float64 CPU kernel) within 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import traceback
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+WORLD = 2
+TOL64 = {"rtol": 1e-10, "atol": 1e-10}
+
+
+# --- the worker side -----------------------------------------------------------------------
+
+
+def _llama(dtype=torch.float64):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, head_dim=8)  # fmt: skip
+    return LlamaForCausalLM(cfg).to(dtype)
+
+
+def _phi3():
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Phi3Config(vocab_size=64, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                     num_attention_heads=2, num_key_value_heads=2, pad_token_id=0)  # fmt: skip
+    return Phi3ForCausalLM(cfg).to(torch.float64)
+
+
+def _qwen3_moe(mlp_only_layers=()):
+    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen3MoeConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
+                         moe_intermediate_size=8, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2,
+                         decoder_sparse_step=1, mlp_only_layers=list(mlp_only_layers))  # fmt: skip
+    return Qwen3MoeForCausalLM(cfg)
+
+
+def _distribute(model, **config):
+    """transformers' own layout for ``DistributedConfig(**config)`` (what from_pretrained
+    applies before loading the weights; here the weights are the seeded ones, alike on every
+    rank, and each rank keeps its shard)."""
+    from transformers.distributed import DistributedConfig
+
+    dc, _, meshes = type(model).prepare_distribute_model(DistributedConfig(**config))
+    return type(model).maybe_distribute_model(model, dc, meshes)
+
+
+def _outputs(model):
+    """Logits of a fixed batch, and the same under no_grad followed by the gradients of their
+    sum of squares (local shards)."""
+    from torch.distributed.tensor import DTensor
+
+    ids = torch.arange(14).reshape(2, 7) * 5 % 64  # the same on both ranks
+    with torch.no_grad():  # transformers' projections take their local inference path
+        inference = model(ids).logits
+    logits = model(ids).logits
+    logits.pow(2).sum().backward()  # backward, not autograd.grad: FSDP2 reduces .grad
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    model.zero_grad(set_to_none=True)
+    return logits.detach(), [inference, *(g.to_local() if isinstance(g, DTensor) else g
+                                          for g in grads)]  # fmt: skip
+
+
+def _patch(model, **kw):
+    import ffnlab
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        n = ffnlab.patch_hf(model, **kw)
+    return n, " ".join(str(w.message) for w in caught if "ffnlab" in str(w.message))
+
+
+def _same(before, after, tol) -> None:
+    torch.testing.assert_close(after[0], before[0], **tol)
+    for a, b in zip(after[1], before[1], strict=True):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def _wrappers(model):
+    from ffnlab.interop.hf_modules import HFMLP
+
+    return [m for m in model.modules() if isinstance(m, HFMLP)]
+
+
+def case_tp_plan_local_shards(mesh):
+    # Llama's base_model_tp_plan: gate/up "colwise" (Shard(0)), down "rowwise" (Shard(1))
+    from torch.distributed.tensor import DTensor
+
+    model = _distribute(_llama(), tp_size=WORLD)
+    assert isinstance(model.model.layers[0].mlp.gate_proj.weight, DTensor)
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 2 and not warned, (n, warned)
+    assert all(w.tensor_parallel for w in _wrappers(model))  # fused op on local shards
+    _same(before, _outputs(model), TOL64)
+
+
+def case_tp_plan_overridden_layouts(mesh):
+    # the weights keep Shard(0)/Shard(1) while the projections gather and re-split their
+    # activations: the local-shard sum is still the MLP's function
+    model = _distribute(_llama(), tp_size=WORLD, tp_plan={
+        "model.layers.*.mlp.gate_proj": "colwise_gather_output",
+        "model.layers.*.mlp.up_proj": "colwise_gather_output",
+        "model.layers.*.mlp.down_proj": "rowwise_split_input"})  # fmt: skip
+    before = _outputs(model)
+    n, warned = _patch(model, backend="reference")
+    assert n == 2 and not warned, (n, warned)
+    assert all(w.tensor_parallel for w in _wrappers(model))
+    _same(before, _outputs(model), TOL64)
+
+
+def case_tp_plan_packed_through_projections(mesh):
+    # Phi-3's packed gate_up_proj "colwise_gather_output": rank r holds rows of the packed
+    # weight that are not its hidden block of both halves, so the wrapper calls the
+    # projections (transformers' layout transforms run) instead of reading local shards
+    model = _distribute(_phi3(), tp_size=WORLD)
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 2 and not warned, (n, warned)
+    assert not any(w.tensor_parallel for w in _wrappers(model))
+    _same(before, _outputs(model), TOL64)
+
+
+def case_tp_plan_moe_model(mesh):
+    # Qwen3-MoE under tp_size=2: layer 0's dense MLP is tensor-parallel (local shards), layer
+    # 1's experts are replicated (its plan shards none of them) and patched as usual
+    from ffnlab.interop.hf_moe import HFMoE
+
+    model = _distribute(_qwen3_moe(mlp_only_layers=[0]), tp_size=WORLD)
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 2 and not warned, (n, warned)
+    assert [w.tensor_parallel for w in _wrappers(model)] == [True]
+    assert isinstance(model.model.layers[1].mlp, HFMoE)
+    _same(before, _outputs(model), {"rtol": 1e-5, "atol": 1e-5})
+
+
+def case_torch_parallel_styles(mesh):
+    # torch's own ColwiseParallel/RowwiseParallel (hooks, not transformers' forwards)
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    model = _llama()
+    plan = {"model.layers.*.mlp.gate_proj": ColwiseParallel(),
+            "model.layers.*.mlp.up_proj": ColwiseParallel(),
+            "model.layers.*.mlp.down_proj": RowwiseParallel()}  # fmt: skip
+    parallelize_module(model, mesh, plan)
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 2 and not warned, (n, warned)
+    assert all(w.tensor_parallel for w in _wrappers(model))
+    _same(before, _outputs(model), TOL64)
+
+
+def _fully_shard_layers(model):
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+
+
+def case_fsdp2_before_patch(mesh):
+    from torch.distributed.tensor import DTensor
+
+    model = _llama()
+    _fully_shard_layers(model)
+    assert isinstance(model.model.layers[0].mlp.down_proj.weight, DTensor)
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 2 and not warned, (n, warned)
+    _same(before, _outputs(model), TOL64)
+
+
+def case_fsdp2_after_patch(mesh):
+    model = _llama()
+    n, warned = _patch(model, backend="auto")
+    assert n == 2 and not warned, (n, warned)
+    _fully_shard_layers(model)
+    patched = _outputs(model)
+    plain = _llama()
+    _fully_shard_layers(plain)
+    _same(_outputs(plain), patched, TOL64)
+
+
+def case_fsdp2_transformers_plan(mesh):
+    model = _distribute(_llama(), fsdp_size=WORLD)
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 2 and not warned, (n, warned)
+    _same(before, _outputs(model), TOL64)
+
+
+def case_fsdp2_moe_before_patch(mesh):
+    from ffnlab.interop.hf_moe import HFMoE
+
+    model = _qwen3_moe()
+    _fully_shard_layers(model)
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 2 and not warned, (n, warned)
+    assert all(isinstance(layer.mlp, HFMoE) for layer in model.model.layers)
+    _same(before, _outputs(model), {"rtol": 1e-5, "atol": 1e-5})
+
+
+def case_fsdp2_unit_declined(mesh):
+    from torch.distributed.fsdp import fully_shard
+
+    model = _llama()
+    fully_shard(model.model.layers[0].mlp)  # the MLP itself is an FSDP2 unit
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 1, n  # layer 1's MLP only
+    assert "model.layers.0.mlp (FSDPLlamaMLP: fully_shard was applied to this module itself" in warned, warned
+    assert "down_proj.weight: Shard(dim=0) over 2 ranks" in warned, warned
+    _same(before, _outputs(model), TOL64)
+
+
+def case_expert_parallel_declined(mesh):
+    model = _distribute(_qwen3_moe(), ep_size=WORLD, tp_plan={})
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 0, n
+    for i in range(2):
+        assert f"model.layers.{i}.mlp (Qwen3MoeSparseMoeBlock: its experts are expert-" in warned
+    assert "experts.gate_up_proj: Shard(dim=0) over 2 ranks" in warned, warned
+    _same(before, _outputs(model), {"rtol": 1e-5, "atol": 1e-5})
+
+
+CASES = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith("case_")}
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=WORLD)  # fmt: skip
+    try:
+        mesh = init_device_mesh("cpu", (WORLD,))
+        results = {}
+        for name, fn in CASES.items():
+            try:
+                fn(mesh)
+                results[name] = "ok"
+            except Exception:  # reported per case by the test below
+                results[name] = traceback.format_exc()
+        if rank == 0:
+            Path(out).write_text(json.dumps(results))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def main() -> None:
+    port, out = int(sys.argv[1]), sys.argv[2]
+    torch.set_num_threads(1)
+    import transformers  # noqa: F401 - once, before the fork (see tests/test_parallel.py)
+    from transformers import LlamaForCausalLM, Phi3ForCausalLM, Qwen3MoeForCausalLM  # noqa: F401
+
+    import ffnlab  # noqa: F401
+
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    torch.multiprocessing.start_processes(
+        _worker, args=(port, out), nprocs=WORLD, join=True, start_method=method
+    )
+
+
+# --- the pytest side -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dist_results(tmp_path_factory):
+    import torch.distributed as dist
+
+    pytest.importorskip("transformers")
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available")
+    out = tmp_path_factory.mktemp("hf_dist") / "results.json"
+    env = dict(os.environ)
+    if sys.platform.startswith("linux"):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    proc = subprocess.run([sys.executable, __file__, str(_free_port()), str(out)], env=env,
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert proc.returncode == 0 and out.exists(), proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_distributed_case(dist_results, case):
+    assert dist_results[case] == "ok", dist_results[case]
+
+
+def test_local_shards_need_the_megatron_layout():
+    import ffnlab
+    from ffnlab.local_shards import tensor_parallel_feed_forward, tensor_parallel_mesh
+
+    w1, w2 = torch.randn(8, 4), torch.randn(4, 8)
+    assert tensor_parallel_mesh(w1, w2) is None  # plain tensors: no mesh
+    with pytest.raises(ffnlab.UsageError, match="W1/W3 .* Shard\\(0\\), W2 Shard\\(1\\)"):
+        tensor_parallel_feed_forward(torch.randn(2, 4), w1, w2, activation="relu")
+
+
+if __name__ == "__main__":
+    main()
