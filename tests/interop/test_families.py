@@ -114,8 +114,6 @@ MOE_FEATURES = {
     "axk1": lambda specs: all(s.out_norm == "post_mlp_layernorm" and s.n_group == 2
                               for s in specs),  # fmt: skip
     "phimoe": lambda specs: all(s.kind == "sparsemixer" and s.top_k == 2 for s in specs),
-    "axk2": lambda specs: all(dict(s.router_options).get("group_fill", "zero") == "zero"
-                              for s in specs),  # fmt: skip
     "ernie4_5_moe": lambda specs: all(
         s.selection_bias == "gate.moe_statics.e_score_correction_bias" for s in specs),
 }
