@@ -169,3 +169,19 @@ def test_other_group_limited_families(families, family, fill, e, k, n_group, top
     _bias(model)
     blocks = _same_model(model, inputs, families)
     assert all(dict(b.spec.router_options)["group_fill"] == fill for b in blocks)
+
+
+@pytest.mark.parametrize("e,k,n_group,topk_group", [(8, 3, 4, 2), (8, 6, 4, 1)])
+def test_mistral4_group_limited_softmax(families, e, k, n_group, topk_group):
+    """Mistral 4 fills the other groups with 0 on softmax probabilities (all above 0): the same
+    choice as -inf. Its causal LM is not in transformers' auto registry: built directly."""
+    config = families.tiny_config("mistral4", num_experts_per_tok=k, n_group=n_group,
+                                  topk_group=topk_group, num_key_value_heads=4,
+                                  **_experts(e))  # fmt: skip
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = transformers.Mistral4ForCausalLM(config).double().eval()
+    model.set_experts_implementation("eager")
+    blocks = _same_model(model, families.inputs_for(model), families)
+    assert len(blocks) == 2 and all(b.spec.n_group == n_group for b in blocks)
