@@ -52,7 +52,6 @@ NOT_PATCHED = {
     # SwiGLU with clamps but no +1 on the value branch: not GPT-OSS's clamped_swiglu
     "minimax_m3_vl_text": "hold no activation module ffnlab can name",
     "hy_v4": "HYV4MoE: its experts (HYV4Experts) hold no activation module ffnlab can name",
-    "phimoe": "PhimoeSparseMoeBlock: no candidate matches it",  # sparsemixer routing
     # top-k of logits + bias, sigmoid gates on the output: no ffnlab router
     "kolibri1": "Kolibri1SparseMoeBlock: no candidate matches it",
     "kolibri1_1": "Kolibri1_1SparseMoeBlock: no candidate matches it",  # kolibri1's router
@@ -114,6 +113,7 @@ MOE_FEATURES = {
                               and s.float32 == "logits" for s in specs),  # fmt: skip
     "axk1": lambda specs: all(s.out_norm == "post_mlp_layernorm" and s.n_group == 2
                               for s in specs),  # fmt: skip
+    "phimoe": lambda specs: all(s.kind == "sparsemixer" and s.top_k == 2 for s in specs),
     "ernie4_5_moe": lambda specs: all(
         s.selection_bias == "gate.moe_statics.e_score_correction_bias" for s in specs),
 }

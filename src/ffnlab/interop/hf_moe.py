@@ -86,6 +86,7 @@ class HFMoE(HFFeedForward):
         self.__dict__["moe_router"] = router_cls(
             weight.shape[1], self._router_param(spec.down).shape[0], spec.top_k, bias=False,
             n_group=spec.n_group, topk_group=spec.topk_group, device="meta", **kw,
+            **dict(spec.router_options),
         )  # fmt: skip
 
     def _router_param(self, path: str) -> Tensor:
@@ -131,7 +132,9 @@ class HFMoE(HFFeedForward):
         logits = F.linear(x2.to(cd), weight.to(cd), bias)
         sel = None if s.selection_bias is None else self._router_param(s.selection_bias)
         scores = logits.float() if s.float32 == "routing" else logits
-        return self.__dict__["moe_router"].route(scores, sel), logits
+        router = self.__dict__["moe_router"]
+        router.training = self.training  # sparsemixer samples in training mode
+        return router.route(scores, sel), logits
 
     def forward(self, hidden_states: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """``[..., dim]`` -> the block's output (see the class docstring)."""
@@ -209,11 +212,14 @@ def _eager_copy(block: nn.Module, dtype: torch.dtype) -> nn.Module:
             config._experts_implementation = "eager"
     randomise_parameters(probe, seed=0)
     g = torch.Generator().manual_seed(2)
-    with torch.no_grad():  # a correction bias left at zero would hide a spec that ignores it
+    # A correction bias left at zero would hide a spec that ignores it; N(-1, 1) puts most
+    # biased sigmoid scores (in (0, 1)) below 0, where filling the groups not chosen with 0
+    # (A.X-K2) or -inf (DeepSeek-V3) chooses otherwise.
+    with torch.no_grad():
         for m in probe.modules():
             for name, b in m.named_buffers(recurse=False):
                 if b.is_floating_point() and "bias" in name:
-                    b.copy_(torch.randn(b.shape, generator=g, dtype=torch.float64) * 0.1)
+                    b.copy_(torch.randn(b.shape, generator=g, dtype=torch.float64) - 1.0)
     return probe
 
 

@@ -54,8 +54,12 @@ LAYOUTS = {
 _SELECTION_BIAS = ("e_score_correction_bias", "expert_bias", "score_correction_bias")
 # Multiplicative input noise in training mode (Mixtral's, PhiMoE's): random numbers ffnlab
 # would have to draw exactly as the block does. (PhiMoE's router_jitter_noise is its
-# sparsemixer's threshold, not noise: that routing is no ffnlab router and fails the probe.)
+# sparsemixer's threshold, not noise: ffnlab's router="sparsemixer" takes it as jitter_eps.)
 _JITTER = ("jitter_noise", "input_jitter_noise")
+# Group-limited routing, (group_score, group_fill) of ffnlab's routers, most likely first:
+# DeepSeek-V3's (GLM-4.5, dots1, Kimi ...), Mistral 4's and A.X-K2's, DeepSeek-V2's
+# group_limited_greedy (its router's topk_method says so and puts it first).
+_GROUP_RULES = (("top2", "-inf"), ("top2", "zero"), ("max", "zero_gates"))
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,10 @@ class MoESpec:
             (``"gate.weight"``, ``"router.layer.weight"``), ``logit_bias`` the path of a bias
             added to the logits, ``selection_bias`` of the buffer added to the scores for the
             choice only (the router's, or the block's own).
-        kind, top_k, norm_topk, n_group, topk_group, routed_scaling: the ffnlab router.
+        kind, top_k, norm_topk, n_group, topk_group, routed_scaling: the ffnlab router;
+            ``router_options`` its further keyword arguments as ``(name, value)`` pairs
+            (``group_score``/``group_fill`` of group-limited routing, sparsemixer's
+            ``jitter_eps``).
         transposed, interleaved, gate_first: the layout of ``gate_up_proj`` (:data:`LAYOUTS`).
         activation, options: the experts' ffnlab activation name and its option values.
         biases: the experts hold ``gate_up_proj_bias`` and ``down_proj_bias``.
@@ -108,6 +115,7 @@ class MoESpec:
     n_group: int = 1
     topk_group: int = 1
     routed_scaling: float = 1.0
+    router_options: tuple[tuple[str, object], ...] = ()
     transposed: bool = False
     interleaved: bool = False
     gate_first: bool = True
@@ -315,7 +323,10 @@ def moe_candidates(block: nn.Module, returns: tuple[str | None, ...] = (None,),
     scaling = float(_first("routed_scaling_factor", "router_scaling_factor", "route_scale",
                            owners=owners) or 1.0)  # fmt: skip
     n_group = int(_first("num_group", "n_group", owners=owners) or 1)
-    topk_group = int(_first("topk_group", owners=owners) or n_group)
+    method = _first("topk_method", owners=owners)
+    if method == "greedy" or n_experts % n_group:  # DeepSeek-V2's default: no groups
+        n_group = 1
+    topk_group = min(int(_first("topk_group", owners=owners) or n_group), n_group)
     base = MoESpec(
         router=rname, experts=parts["experts"], router_weight=f"{rname}.{_router_weight(router)}",
         logit_bias=logit_bias, selection_bias=sel, top_k=top_k, n_group=n_group,
@@ -327,19 +338,32 @@ def moe_candidates(block: nn.Module, returns: tuple[str | None, ...] = (None,),
     )  # fmt: skip
     kinds = ("sigmoid", "softmax", "sigmoid_input") if sel else ("softmax", "sigmoid",
                                                                   "sigmoid_input")  # fmt: skip
+    jitter = _first("router_jitter_noise", owners=owners)  # PhiMoE's sparsemixer threshold
+    kinds = ("sparsemixer", *kinds) if jitter is not None else (*kinds, "sparsemixer")
+    groups = [()] if n_group == 1 else [
+        (("group_score", score), ("group_fill", fill)) for score, fill in sorted(
+            _GROUP_RULES, key=lambda r: method == "group_limited_greedy" and r[0] != "max")]
     norms = (True, False) if hint_norm is None or hint_norm else (False, True)
     halves = (True, False) if base.gated else (True,)
     layouts = _layouts(experts, dim) if "down_experts" not in parts else (
         [(False, False), (False, True)] if gated else [(False, False)])  # fmt: skip
     norm32s = (False, True) if norm is not None else (False,)
-    for kind, norm_topk, layout, gate_first, ret, f32, norm32 in itertools.product(
-        kinds, norms, layouts, halves, returns, (None, "routing", "logits"), norm32s
+    for kind, norm_topk, group, layout, gate_first, ret, f32, norm32 in itertools.product(
+        kinds, norms, groups, layouts, halves, returns, (None, "routing", "logits"), norm32s
     ):
         if kind == "sigmoid_input" and (norm_topk or scaling != 1.0):
             continue
+        options, k = group, top_k
+        if kind == "sparsemixer":
+            # transformers' sparsemixer runs two rounds whatever num_experts_per_tok says
+            if norm_topk or sel or n_group > 1 or n_experts < 2:
+                continue
+            k = 2
+            options = (("jitter_eps", float(0.01 if jitter is None else jitter)),)
         yield replace(base, kind=kind, norm_topk=norm_topk, transposed=layout[0],
                       interleaved=layout[1], gate_first=gate_first, returns=ret,
-                      float32=f32, norm_float32=norm32)  # fmt: skip
+                      float32=f32, norm_float32=norm32, router_options=options,
+                      top_k=k)  # fmt: skip
 
 
 def _has(module: nn.Module, path: str) -> bool:
