@@ -353,3 +353,35 @@ def test_an_explicit_choice_is_kept_and_reported():
         ffnlab.patch_hf(model)
     assert not any(isinstance(m, HFMoE) for m in model.modules())
     assert model.config._experts_implementation == "batched_mm"
+
+
+# --- benchmarks/hf_experts.py at tiny sizes ---------------------------------------------------
+
+
+def _bench_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "hf_experts.py"
+    spec = importlib.util.spec_from_file_location("bench_hf_experts", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_hf_experts", module)  # dataclasses look their module up
+    spec.loader.exec_module(sys.modules["bench_hf_experts"])
+    return sys.modules["bench_hf_experts"]
+
+
+def test_benchmark_runs_at_tiny_sizes():
+    bench = _bench_module()
+    cfg = bench.HFExpertsBench(dim=16, hidden=8, experts=4, top_k=2, prefill_tokens=8,
+                               repeats=2, batched_limit_gb=1e-5)  # fmt: skip
+    result = bench.run(cfg)
+    decode, prefill = result["phases"]["decode"]["rows"], result["phases"]["prefill"]["rows"]
+    assert set(decode) == set(prefill) == set(bench.IMPLEMENTATIONS)
+    for name in bench.IMPLEMENTATIONS:
+        assert decode[name]["ms"] > 0 and decode[name]["max_abs_diff_vs_eager"] < 1e-5
+    assert decode["ffnlab"]["vs_ffnlab"] == 1.0
+    assert "gather" in prefill["batched_mm"]["skipped"]  # 8 x 2 routes x 1.5 kB > 10 kB
+    text = bench.table(result)
+    assert "ffnlab" in text and "skipped" in text
+    with pytest.raises(ValueError, match="top_k"):
+        bench.HFExpertsBench(experts=2, top_k=3)

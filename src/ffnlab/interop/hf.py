@@ -251,6 +251,14 @@ def patch_hf(model: nn.Module, *, backend: str = "auto", recompute: str = "activ
     candidate matches, with the measured difference) are listed in one warning; a model with no
     MLP it recognises gets one warning saying so.
 
+    transformers' experts implementation: a block whose experts run one chosen for the model
+    (``batched_mm``, anything but the defaults ``grouped_mm``/``eager`` and ``"ffnlab"``) is
+    kept and listed in the warning. The configs of the blocks it replaces are set to
+    ``"ffnlab"`` (:func:`ffnlab.register_hf` is called), so ``model.get_experts_implementation()``
+    says what runs and ``model.set_experts_implementation(name)`` afterwards runs ``name``'s
+    experts in the patched blocks (on ffnlab's routing); :func:`unpatch_hf` puts the replaced
+    choice back.
+
     Args:
         model: any ``nn.Module`` (typically a ``PreTrainedModel``).
         backend: the ffnlab backend the replacements use (see :mod:`ffnlab.ops.dispatch`).
