@@ -9,7 +9,7 @@ torch.Size([2, 5, 64])
 from . import activations, parallel
 from .errors import UsageError
 from .ffn import FeedForward
-from .interop import from_hf, patch_hf, unpatch_hf
+from .interop import from_hf, patch_hf, register_hf, unpatch_hf
 from .moe import MoEFeedForward
 from .sizing import default_hidden_dim, ffn_flops_per_token, ffn_params, llama_hidden_dim
 from .variants import ALIASES, VARIANTS, Variant, get_variant
@@ -32,5 +32,6 @@ __all__ = [
     "MoEFeedForward",
     "parallel",
     "patch_hf",
+    "register_hf",
     "unpatch_hf",
 ]

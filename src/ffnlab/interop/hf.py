@@ -14,7 +14,10 @@
 
 Mixture-of-experts blocks (:func:`ffnlab.interop.recognise.is_moe_block`) are replaced whole by
 :class:`ffnlab.interop.hf_moe.HFMoE` where :mod:`ffnlab.interop.recognise_moe` describes them and
-the probe agrees (:func:`ffnlab.interop.hf_moe.verified_moe_spec`), else left with the reason.
+the probe agrees (:func:`ffnlab.interop.hf_moe.verified_moe_spec`), else left with the reason;
+a block whose experts run an experts implementation chosen for the model (``batched_mm``, say:
+anything but transformers' defaults ``grouped_mm``/``eager`` and ffnlab's ``"ffnlab"``) is kept,
+and a choice made after patching runs in the patched block (:class:`~.hf_moe.HFMoE`).
 transformers is never imported.
 """
 
@@ -29,8 +32,9 @@ from torch import nn
 from ..errors import check_choice
 from ..ops.dispatch import BACKENDS, RECOMPUTE_MODES
 from .hf_activations import HF_ACTIVATIONS, describe, hf_activation
+from .hf_experts import take_over_experts_choice
 from .hf_modules import HFMLP, HFBertFeedForward, HFBertOutputTail, HFFeedForward
-from .hf_moe import HFMoE, verified_moe_spec
+from .hf_moe import HFMoE, experts_choice, verified_moe_spec
 from .recognise import _MOE_CLASS, MLPSpec, candidates, is_moe_block, why_not_mlp
 from .recognise_moe import router_width, why_not_moe
 from .sharded import declined_layout, sharded_reason
@@ -96,6 +100,7 @@ class _Patcher:
         self.cache: dict[tuple, tuple[MLPSpec | None, float]] = {}
         self.skipped: list[str] = []
         self.count = 0
+        self.moes: list[HFMoE] = []
 
     def spec_for(self, module: nn.Module) -> tuple[MLPSpec | None, float]:
         if any(p.is_meta for p in module.parameters()):
@@ -142,6 +147,8 @@ class _Patcher:
         """Replace a mixture-of-experts block by an :class:`HFMoE` when a spec verifies."""
         cls = type(block).__name__
         reason = declined_layout(block, moe=True) or why_not_moe(block)
+        if reason is None:
+            reason = _kept_choice(block)
         if reason is None and any(p.is_meta for p in block.parameters()):
             reason = _why(math.nan)
         spec = None
@@ -167,6 +174,7 @@ class _Patcher:
         moe = HFMoE(block, spec, backend=self.backend, shared=shared)
         moe.recompute = self.recompute  # the routed experts' fused op (HFMoE.forward)
         setattr(parent, name, moe)
+        self.moes.append(moe)
         self.count += 1
 
     def _patch_bert(self, layer: nn.Module, prefix: str) -> None:
@@ -183,6 +191,21 @@ class _Patcher:
             return
         layer.intermediate, layer.output = head, tail
         self.count += 1
+
+
+#: Experts implementations a mixture-of-experts block is replaced under: transformers' defaults
+#: (``grouped_mm``; ``eager``) and ffnlab's own. Any other was chosen for the model and is kept.
+REPLACED_EXPERTS = ("grouped_mm", "eager", "ffnlab")
+
+
+def _kept_choice(block: nn.Module) -> str | None:
+    """Why ``block`` is kept for the experts implementation chosen for it, or None."""
+    experts = next((c for c in block.children() if experts_choice(c) is not None), None)
+    chosen = experts_choice(experts)
+    if chosen is None or chosen in REPLACED_EXPERTS:
+        return None
+    return (f"its experts run experts_implementation={chosen!r}, chosen for this model: kept "
+            f"(patch_hf replaces blocks under {', '.join(map(repr, REPLACED_EXPERTS))})")  # fmt: skip
 
 
 def _bert_difference(layer: nn.Module, act) -> float:
@@ -235,6 +258,14 @@ def patch_hf(model: nn.Module, *, backend: str = "auto", recompute: str = "activ
     candidate matches, with the measured difference) are listed in one warning; a model with no
     MLP it recognises gets one warning saying so.
 
+    transformers' experts implementation: a block whose experts run one chosen for the model
+    (``batched_mm``, anything but the defaults ``grouped_mm``/``eager`` and ``"ffnlab"``) is
+    kept and listed in the warning. The configs of the blocks it replaces are set to
+    ``"ffnlab"`` (:func:`ffnlab.register_hf` is called), so ``model.get_experts_implementation()``
+    says what runs and ``model.set_experts_implementation(name)`` afterwards runs ``name``'s
+    experts in the patched blocks (on ffnlab's routing); :func:`unpatch_hf` puts the replaced
+    choice back.
+
     Args:
         model: any ``nn.Module`` (typically a ``PreTrainedModel``).
         backend: the ffnlab backend the replacements use (see :mod:`ffnlab.ops.dispatch`).
@@ -275,6 +306,7 @@ def patch_hf_report(
     check_choice("recompute mode", recompute, RECOMPUTE_MODES)
     patcher = _Patcher(backend, recompute)
     patcher.walk(model, "")
+    take_over_experts_choice(model, patcher.moes)
     return patcher.count, patcher.skipped
 
 
@@ -309,6 +341,8 @@ def unpatch_hf(model: nn.Module) -> int:
             if buf_name in wrapper._buffers:
                 original._buffers[buf_name] = wrapper._buffers[buf_name]
         original.train(wrapper.training)
+        if isinstance(wrapper, HFMoE):
+            wrapper.give_back_experts_choice()
         setattr(parent, name, original)
         count += int(wrapper.counts_as_mlp)
     return count

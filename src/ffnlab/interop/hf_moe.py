@@ -18,6 +18,12 @@ The wrapper registers the block's own children under their own names (``gate``/`
 4. returns what the block returns: the output, or ``(output, router logits)`` /
    ``(output, gates)``.
 
+Experts that go through transformers' experts interface (``@use_experts_implementation``) keep
+the user's choice: the wrapper stands in for the implementation in effect when it was made
+(:attr:`HFMoE.experts_choice`, transformers' default ``grouped_mm`` or ``eager``); once
+``model.set_experts_implementation(name)`` chooses another, step 2 calls the experts module,
+which runs ``name`` on ffnlab's routing (the same top-k ids and weights the block computes).
+
 transformers records router logits for its auxiliary loss with forward hooks on the router
 module; when the router has hooks the wrapper calls it (its output is discarded; one
 ``[T, dim] x [dim, E]`` product more), so what they record is unchanged.
@@ -50,7 +56,7 @@ from .verify import (
     relative_difference,
 )
 
-__all__ = ["HFMoE", "verified_moe_spec"]
+__all__ = ["HFMoE", "experts_choice", "verified_moe_spec"]
 
 
 class HFMoE(HFFeedForward):
@@ -67,6 +73,11 @@ class HFMoE(HFFeedForward):
         super().__init__(original, activation=spec.activation, backend=backend,
                          options=spec.options)  # fmt: skip
         self.spec = spec
+        # The experts implementation ffnlab stands in for (transformers' choice on the experts'
+        # config when patched, "ffnlab" once patch_hf sets it): another one chosen later runs
+        # instead (forward); the one it replaced comes back with unpatch_hf.
+        self.experts_choice = experts_choice(original._modules.get(spec.experts))
+        self.replaced_choice = self.experts_choice
         for name, child in original.named_children():
             self.add_module(name, child)
         # The block's own tensors (MiniMax-M2's correction bias) keep their keys here too.
@@ -156,9 +167,15 @@ class HFMoE(HFFeedForward):
             options = ()
         else:
             options, backend = self.act_options, "reference" if self.act_options else backend
-        y = run_experts(xe, routing, self.expert_weights(), activation=s.activation,
-                        backend=backend, options=options, recompute=self.recompute,
-                        out_norm=self.out_norm())  # fmt: skip
+        experts = self._modules.get(s.experts)
+        chosen = experts_choice(experts)
+        if chosen not in (None, self.experts_choice, "ffnlab") and not routing.gate_input:
+            # set_experts_implementation after patching: the experts run what was chosen
+            y = experts(x2, routing.expert_idx, routing.gates.to(x2.dtype))
+        else:
+            y = run_experts(xe, routing, self.expert_weights(), activation=s.activation,
+                            backend=backend, options=options, recompute=self.recompute,
+                            out_norm=self.out_norm())  # fmt: skip
         if s.shared is not None:
             sh = self._modules[s.shared](x2)
             if s.shared_gate is not None:
@@ -176,11 +193,27 @@ class HFMoE(HFFeedForward):
             return y, routing.gates.to(x.dtype)
         return y
 
+    def give_back_experts_choice(self) -> None:
+        """Put back on the experts' config the implementation patching replaced by ``"ffnlab"``
+        (where ``"ffnlab"`` is still the choice)."""
+        experts = self._modules.get(self.spec.experts)
+        if experts_choice(experts) == "ffnlab" != self.replaced_choice:
+            experts.config._experts_implementation = self.replaced_choice
+
     def extra_repr(self) -> str:
         s = self.spec
         return (f"router={s.kind!r}, top_k={s.top_k}, norm_topk={s.norm_topk}, "
                 f"activation={s.activation!r}, backend={self.backend!r}"
                 + (f", expert_norm={s.expert_norm!r}" if s.expert_norm else ""))  # fmt: skip
+
+
+def experts_choice(experts: nn.Module | None) -> str | None:
+    """The experts implementation transformers runs ``experts`` with (``"grouped_mm"``,
+    ``"eager"`` ...: ``experts.config._experts_implementation``, read at each of its forwards),
+    or None for experts that do not go through transformers' experts interface."""
+    if experts is None or not hasattr(experts, "has_gate"):  # set by @use_experts_implementation
+        return None
+    return getattr(getattr(experts, "config", None), "_experts_implementation", None)
 
 
 def _default_options(spec: MoESpec) -> bool:
