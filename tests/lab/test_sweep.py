@@ -158,8 +158,12 @@ def test_thorough_is_a_ladder_of_widths_and_depths_under_both_optimizers(tmp_pat
     p = argparse.ArgumentParser()
     cmd.add_arguments(p)
     sweep = cmd.sweep_from_args(p.parse_args(["--preset", "thorough", "--out", str(tmp_path)]))
+    small_data = [f"dim-64-L1-data-0.25-opt-{o}" for o in ("adamw", "muon")]
     assert [s.label for s in sweep.settings()] == [
-        f"dim-{d}-L{n}-opt-{o}" for d in (32, 64) for n in (1, 2) for o in ("adamw", "muon")]
+        f"dim-{d}-L{n}-opt-{o}" for d in (32, 64) for n in (1, 2) for o in ("adamw", "muon")
+    ] + small_data
+    arm = sweep.config_for(sweep.settings()[-1])
+    assert arm.data_fraction == 0.25 and arm.resolved()[1].dim == 64
     assert sweep.base.preset == "quick" and sweep.base.tuning
     sizes = {(c.resolved()[1].dim, c.resolved()[1].n_layers)
              for c in map(sweep.config_for, sweep.settings())}
@@ -168,7 +172,7 @@ def test_thorough_is_a_ladder_of_widths_and_depths_under_both_optimizers(tmp_pat
     fewer = cmd.sweep_from_args(p.parse_args(["--preset", "thorough", "--dims", "32,64",
                                               "--depths", "1", "--out", str(tmp_path)]))
     assert [s.label for s in fewer.settings()] == [
-        f"dim-{d}-L1-opt-{o}" for d in (32, 64) for o in ("adamw", "muon")]
+        f"dim-{d}-L1-opt-{o}" for d in (32, 64) for o in ("adamw", "muon")] + small_data
     with pytest.raises(UsageError, match="is a sweep"):
         CompareConfig(preset="thorough")
     assert sweep_preset("thorough", CompareConfig(out=tmp_path)).optimizers == ("adamw", "muon")
@@ -180,3 +184,34 @@ def test_depth_sweep_sets_the_layers(tmp_path):
     assert cfg.config_for(Setting(None, None, None, 2)).resolved()[1].n_layers == 2
     with pytest.raises(UsageError, match="--depths"):
         SweepConfig(CompareConfig(preset="smoke", out=tmp_path), depths=(0, 1))
+
+
+def test_small_data_arm_runs_at_one_size_and_never_repeats_the_ladder(tmp_path):
+    base = CompareConfig(preset="smoke", out=tmp_path)
+    cfg = SweepConfig(base, dims=(32, 16), depths=(2, 1), optimizers=("adamw", "muon"),
+                      small_data=(0.5, 0.25, 1.0))
+    arm = [s.label for s in cfg.settings() if s.data_fraction is not None]
+    assert arm == [f"dim-32-L1-data-{f:g}-opt-{o}" for f in (0.25, 0.5) for o in ("adamw", "muon")]
+    assert len(cfg.settings()) == 8 + 4
+    with pytest.raises(UsageError, match=r"--data-fraction must be in \(0, 1\], got 0"):
+        SweepConfig(base, dims=(16, 32), small_data=(0,))
+
+
+def test_small_data_arm_decides_the_small_data_claim_under_each_optimizer(tmp_path):
+    """The thorough preset's layout at smoke size: a ladder of widths under two optimizers plus a
+    quarter of the data at the widest; sweep.json then holds the small-data claim under each
+    optimizer, and its robustness across them."""
+    from ffnlab.lab.sweep import run_sweep
+
+    data = tmp_path / "corpus.txt"
+    data.write_text(TEXT)
+    base = CompareConfig(preset="smoke", out=tmp_path / "sweep", steps=4, data=data,
+                         backend="reference", workers=1, variants=("swish", "swiglu"), seeds=2)
+    res = run_sweep(SweepConfig(base, dims=(16, 32), optimizers=("adamw", "muon"),
+                                small_data=(0.25,)))
+    assert not res.interrupted
+    small = [c for c in res.content["claims"] if c["id"] == "glu_small_data"]
+    assert sorted(c["optimizer"] for c in small) == ["adamw", "muon"]
+    assert all(c["numbers"]["fractions"] == [0.25, 1.0] for c in small)
+    assert "glu_small_data" in {c["id"] for c in res.content["robust_claims"]}
+    assert {c["id"] for c in res.content["claims"]} >= {"width", "glu_small_data"}

@@ -82,20 +82,26 @@ PRESETS: dict[str, Preset] = {
 @dataclass(frozen=True)
 class SweepPreset:
     """A preset that is a sweep (:mod:`ffnlab.lab.sweep`): the comparison of preset ``base``
-    (tuned, as ``base`` is) at every width of ``dims`` under every optimizer of ``optimizers``."""
+    (tuned, as ``base`` is) at every width of ``dims`` and depth of ``depths`` under every optimizer
+    of ``optimizers``; ``small_data``: shares of the training split also run at the ladder's
+    widest one-layer size (:attr:`ffnlab.lab.sweep.SweepConfig.small_data`)."""
 
     base: str
     dims: tuple[int, ...] = ()
     optimizers: tuple[str, ...] = ()
     depths: tuple[int, ...] = ()
+    small_data: tuple[float, ...] = ()
     about: str = ""
 
 
 # thorough: the default comparison (seven FFNs, each at its own tuned rate) under AdamW and Muon
 # on a ladder of widths 32 and 64 and depths 1 and 2 (the model's FFN parameters 8,192, 16,384,
 # 32,768 and 65,536: 8x), so every verdict says whether it survives the change of recipe and
-# how it moves with size.
+# how it moves with size; and at the default run's size (width 64, one layer) on a quarter of the
+# training split too, which decides the small-data claim (two settings more: about 20 minutes).
 SWEEP_PRESETS: dict[str, SweepPreset] = {
     "thorough": SweepPreset("quick", dims=(32, 64), depths=(1, 2), optimizers=("adamw", "muon"),
-                            about="quick at widths 32, 64 and depths 1, 2 under adamw and muon"),
+                            small_data=(0.25,),
+                            about="quick at widths 32, 64 and depths 1, 2 under adamw and muon, "
+                                  "and on 25 % of the data at width 64, depth 1"),
 }

@@ -64,7 +64,9 @@ class SweepConfig:
     shares of the training split in (0, 1]; ``optimizers``: names of
     :data:`ffnlab.lab.train.optim.OPTIMIZERS`, in the order given. Several given: every
     combination. Sizes are sorted; every list is de-duplicated; a sweep needs two or more
-    settings.
+    settings. ``small_data``: shares of the training split run besides, at one size only (the
+    widest of ``dims`` at the fewest of ``depths``; the base's where not swept) under every
+    optimizer: what decides the small-data claim without a whole ladder per share.
     """
 
     base: CompareConfig
@@ -72,18 +74,15 @@ class SweepConfig:
     data_fractions: tuple[float, ...] = ()
     optimizers: tuple[str, ...] = ()
     depths: tuple[int, ...] = ()
+    small_data: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         dims = tuple(sorted({check_positive_int("--dims", d) for d in self.dims}))
         object.__setattr__(self, "depths", tuple(sorted({check_positive_int("--depths", d)
                                                          for d in self.depths})))
-        fracs = []
-        for f in self.data_fractions:
-            if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < f <= 1.0:
-                raise UsageError(f"--data-fraction must be in (0, 1], got {f!r}")
-            fracs.append(float(f))
         object.__setattr__(self, "dims", dims)
-        object.__setattr__(self, "data_fractions", tuple(sorted(set(fracs))))
+        object.__setattr__(self, "data_fractions", _fractions(self.data_fractions))
+        object.__setattr__(self, "small_data", _fractions(self.small_data))
         from .train.optim import OPTIMIZERS
 
         opts = tuple(dict.fromkeys(check_choice("--optimizers", o, OPTIMIZERS)
@@ -103,7 +102,11 @@ class SweepConfig:
         depths = self.depths or (None,)
         fracs = self.data_fractions or (None,)
         opts = self.optimizers or (None,)
-        return [Setting(d, f, o, n) for d, n, f, o in itertools.product(dims, depths, fracs, opts)]
+        ladder = [Setting(d, f, o, n)
+                  for d, n, f, o in itertools.product(dims, depths, fracs, opts)]
+        arm = [Setting(dims[-1], f, o, depths[0]) for f in self.small_data for o in opts
+               if f not in fracs and f != self.base.data_fraction]  # not the ladder's own share
+        return list(dict.fromkeys(ladder + arm))
 
     def config_for(self, s: Setting) -> CompareConfig:
         """The compare configuration of one setting (its own folder under ``base.out``)."""
@@ -119,6 +122,14 @@ class SweepConfig:
         return replace(self.base, **kw)
 
 
+def _fractions(values) -> tuple[float, ...]:
+    """Shares of the training split, checked, sorted and de-duplicated."""
+    for f in values:
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 < f <= 1.0:
+            raise UsageError(f"--data-fraction must be in (0, 1], got {f!r}")
+    return tuple(sorted({float(f) for f in values}))
+
+
 def sweep_preset(name: str, base: CompareConfig, *, dims: tuple[int, ...] = (),
                  optimizers: tuple[str, ...] = (), depths: tuple[int, ...] = ()) -> SweepConfig:
     """The sweep a preset of :data:`ffnlab.lab.presets.SWEEP_PRESETS` stands for, on ``base``
@@ -129,7 +140,7 @@ def sweep_preset(name: str, base: CompareConfig, *, dims: tuple[int, ...] = (),
     sp = SWEEP_PRESETS[check_choice("preset", name, SWEEP_PRESETS)]
     return SweepConfig(replace(base, preset=sp.base), dims=tuple(dims) or sp.dims,
                        optimizers=tuple(optimizers) or sp.optimizers,
-                       depths=tuple(depths) or sp.depths)
+                       depths=tuple(depths) or sp.depths, small_data=sp.small_data)
 
 
 @dataclass(frozen=True)

@@ -286,6 +286,26 @@ def _setting_row(results: Mapping, label: str) -> dict:
     }
 
 
+def _sweep_claims_across(claims: Sequence[Mapping]) -> list[dict]:
+    """The claims the sweep itself decides (width, small data), each decided within one optimizer,
+    set side by side across optimizers like :func:`.robust.robust_claims` (``dim``,
+    ``layers`` and ``data_fraction`` ``None``: the claim spans the swept sizes)."""
+    by_id: dict[str, dict[str, Mapping]] = {}
+    for c in claims:
+        if c.get("optimizer") is not None:
+            by_id.setdefault(c["id"], {})[c["optimizer"]] = c
+    out = []
+    for cid, per in by_id.items():
+        if len(per) < 2:
+            continue
+        verdicts = {opt: c.get("verdict") for opt, c in per.items()}
+        robust = len(set(verdicts.values())) == 1
+        out.append({"id": cid, "claim": next(iter(per.values())).get("claim"), "dim": None,
+                    "layers": None, "data_fraction": None, "by_optimizer": verdicts,
+                    "robust": robust, "verdict": next(iter(verdicts.values())) if robust else None})
+    return out
+
+
 def sweep_content(done: Sequence[tuple], *, status: str, resolution: float,
                   finished: str | None = None) -> dict:
     """``sweep.json``: one row per finished setting ``(Setting, results)`` and the claims the
@@ -317,5 +337,5 @@ def sweep_content(done: Sequence[tuple], *, status: str, resolution: float,
         content["trends"] = trends
     if len({optimizer_of(r) for r in results}) >= 2:
         content["robust"] = robust_comparisons(results)
-        content["robust_claims"] = robust_claims(results)
+        content["robust_claims"] = robust_claims(results) + _sweep_claims_across(claims)
     return content
