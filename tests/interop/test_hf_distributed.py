@@ -6,8 +6,9 @@ case builds a tiny random model alike on both ranks (same seed), distributes it 
 does (transformers' own ``maybe_distribute_model`` with a ``DistributedConfig``: the layout
 ``from_pretrained(..., tp_plan="auto")`` sets up, which needs ``accelerate``; or torch's
 ``fully_shard``), and compares the patched model's logits and parameter gradients with the
-same sharded model's before patching: float64 within 1e-10, float32 (expert parallelism,
-whose grouped_mm has no float64 CPU kernel) within 1e-5.
+same sharded model's before patching: float64 within 1e-10, float32 within 1e-5 (the MoE
+models' default grouped_mm experts have no float64 CPU kernel; their eager experts, which
+the expert-parallel cases run in float64, have one).
 """
 
 from __future__ import annotations
@@ -244,15 +245,146 @@ def case_fsdp2_unit_declined(mesh):
     _same(before, _outputs(model), TOL64)
 
 
-def case_expert_parallel_declined(mesh):
-    model = _distribute(_qwen3_moe(), ep_size=WORLD, tp_plan={})
+def _qwen3_moe_ep(dtype, experts="eager", **distribute):
+    model = _qwen3_moe()
+    model.set_experts_implementation(experts)
+    return _distribute(model.to(dtype), ep_size=WORLD, tp_plan={}, **distribute)
+
+
+def _mixtral_ep(dtype, experts="eager"):
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=8, num_hidden_layers=2,
+                        num_attention_heads=2, num_key_value_heads=2, head_dim=8,
+                        num_local_experts=4, num_experts_per_tok=2)  # fmt: skip
+    model = MixtralForCausalLM(cfg)
+    model.set_experts_implementation(experts)
+    return _distribute(model.to(dtype), ep_size=WORLD, tp_plan={})
+
+
+class _CountCalls:
+    """Counts the calls of ffnlab's grouped experts op made by the "ffnlab" experts function."""
+
+    def __enter__(self):
+        from ffnlab.interop import hf_experts
+
+        self.module, self.fn, self.calls = hf_experts, hf_experts.grouped_feed_forward, 0
+
+        def counted(*args, **kw):
+            self.calls += 1
+            return self.fn(*args, **kw)
+
+        hf_experts.grouped_feed_forward = counted
+        return self
+
+    def __exit__(self, *exc):
+        self.module.grouped_feed_forward = self.fn
+
+
+def _expert_parallel_patched(model, tol, previous):
+    # transformers' dispatch stays; each block's experts run "ffnlab" on this rank's experts
+    import ffnlab
+    from ffnlab.interop.hf_moe import HFMoE
+
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 2 and not warned, (n, warned)
+    assert not any(isinstance(m, HFMoE) for m in model.modules())
+    assert model.get_experts_implementation()[""] == "ffnlab"
+    with _CountCalls() as counter:
+        after = _outputs(model)
+    assert counter.calls == 4, counter.calls  # 2 layers x (no_grad forward + forward)
+    _same(before, after, tol)
+    assert _patch(model)[0] == 0  # patched once
+    assert ffnlab.unpatch_hf(model) == 2
+    assert model.get_experts_implementation()[""] == previous
+    with _CountCalls() as counter:
+        _same(before, _outputs(model), {"rtol": 0, "atol": 0})
+    assert counter.calls == 0
+
+
+def case_expert_parallel_qwen3_moe_float64(mesh):
+    # eager has float64 CPU kernels (F.linear per expert); grouped_mm has none
+    _expert_parallel_patched(_qwen3_moe_ep(torch.float64), TOL64, "eager")
+
+
+def case_expert_parallel_mixtral_float64(mesh):
+    _expert_parallel_patched(_mixtral_ep(torch.float64), TOL64, "eager")
+
+
+def case_expert_parallel_grouped_mm_float32(mesh):
+    # transformers' default experts implementation, in float32
+    model = _qwen3_moe_ep(torch.float32, experts="grouped_mm")
+    _expert_parallel_patched(model, {"rtol": 1e-5, "atol": 1e-5}, "grouped_mm")
+
+
+def case_expert_parallel_shared_batch_float64(mesh):
+    # ep_size == tp_size: at inference every rank runs its experts on the whole batch, other
+    # ranks' routes as placeholder id num_experts with weight 0, then one all-reduce
+    model = _qwen3_moe_ep(torch.float64, tp_size=WORLD)
+    _expert_parallel_patched(model, TOL64, "eager")
+
+
+class _Perturbed(_CountCalls):
+    """ffnlab's grouped experts op, off by a relative 1e-6."""
+
+    def __enter__(self):
+        super().__enter__()
+        fn = self.module.grouped_feed_forward
+        self.module.grouped_feed_forward = lambda *a, **kw: fn(*a, **kw) * (1 + 1e-6)
+        return self
+
+
+def case_expert_parallel_mismatch_declined(mesh):
+    # the check on the ranks is what decides: an experts function off by 1e-6 is declined
+    model = _qwen3_moe_ep(torch.float64)
+    before = _outputs(model)
+    with _Perturbed():
+        n, warned = _patch(model, backend="auto")
+    assert n == 0, n
+    assert ("model.layers.1.mlp (Qwen3MoeSparseMoeBlock: its experts are expert-parallel "
+            "(experts.gate_up_proj: Shard(dim=0) over 2 ranks") in warned, warned  # fmt: skip
+    assert "and stay with 'eager': with experts_implementation='ffnlab'" in warned, warned
+    assert "differ on the ranks by 1e-06 > 1e-10" in warned, warned
+    assert model.get_experts_implementation()[""] == "eager"
+    _same(before, _outputs(model), {"rtol": 0, "atol": 0})
+
+
+def case_expert_parallel_explicit_choice_kept(mesh):
+    model = _qwen3_moe_ep(torch.float32, experts="batched_mm")
     before = _outputs(model)
     n, warned = _patch(model, backend="auto")
     assert n == 0, n
     for i in range(2):
-        assert f"model.layers.{i}.mlp (Qwen3MoeSparseMoeBlock: its experts are expert-" in warned
-    assert "experts.gate_up_proj: Shard(dim=0) over 2 ranks" in warned, warned
-    _same(before, _outputs(model), {"rtol": 1e-5, "atol": 1e-5})
+        assert (f"model.layers.{i}.mlp (Qwen3MoeSparseMoeBlock: its experts run "
+                "experts_implementation='batched_mm', chosen for this model: kept") in warned, warned  # fmt: skip
+    assert "under expert parallelism" in warned, warned
+    assert model.get_experts_implementation()[""] == "batched_mm"
+    with _CountCalls() as counter:
+        _same(before, _outputs(model), {"rtol": 0, "atol": 0})
+    assert counter.calls == 0
+
+
+def case_expert_parallel_unrunnable_declined(mesh):
+    # an activation ffnlab has no kernel for: named, and the block keeps its choice
+    from torch import nn
+
+    class Cube(nn.Module):
+        def forward(self, x):
+            return x**3
+
+    model = _qwen3_moe_ep(torch.float64)
+    for layer in model.model.layers:
+        layer.mlp.experts.act_fn = Cube()
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 0, n
+    assert ("model.layers.0.mlp (Qwen3MoeSparseMoeBlock: its experts are expert-parallel "
+            "(experts.gate_up_proj: Shard(dim=0) over 2 ranks") in warned, warned  # fmt: skip
+    assert "and stay with 'eager'" in warned and "Cube" in warned, warned
+    assert model.get_experts_implementation()[""] == "eager"
+    _same(before, _outputs(model), {"rtol": 0, "atol": 0})
 
 
 CASES = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith("case_")}
@@ -285,7 +417,12 @@ def main() -> None:
     port, out = int(sys.argv[1]), sys.argv[2]
     torch.set_num_threads(1)
     import transformers  # noqa: F401 - once, before the fork (see tests/test_parallel.py)
-    from transformers import LlamaForCausalLM, Phi3ForCausalLM, Qwen3MoeForCausalLM  # noqa: F401
+    from transformers import (  # noqa: F401
+        LlamaForCausalLM,
+        MixtralForCausalLM,
+        Phi3ForCausalLM,
+        Qwen3MoeForCausalLM,
+    )
 
     import ffnlab  # noqa: F401
 

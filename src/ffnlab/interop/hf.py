@@ -17,8 +17,10 @@ Mixture-of-experts blocks (:func:`ffnlab.interop.recognise.is_moe_block`) are re
 the probe agrees (:func:`ffnlab.interop.hf_moe.verified_moe_spec`), else left with the reason;
 a block whose experts run an experts implementation chosen for the model (``batched_mm``, say:
 anything but transformers' defaults ``grouped_mm``/``eager`` and ffnlab's ``"ffnlab"``) is kept,
-and a choice made after patching runs in the patched block (:class:`~.hf_moe.HFMoE`).
-transformers is never imported.
+and a choice made after patching runs in the patched block (:class:`~.hf_moe.HFMoE`). A block
+under transformers' expert parallelism stays, router and token dispatch included: its experts
+run ``"ffnlab"`` instead of transformers' default, once checked on the ranks
+(:class:`~.sharded.ExpertParallelBlocks`). transformers is never imported.
 """
 
 from __future__ import annotations
@@ -37,7 +39,14 @@ from .hf_modules import HFMLP, HFBertFeedForward, HFBertOutputTail, HFFeedForwar
 from .hf_moe import HFMoE, experts_choice, verified_moe_spec
 from .recognise import _MOE_CLASS, MLPSpec, candidates, is_moe_block, why_not_mlp
 from .recognise_moe import router_width, why_not_moe
-from .sharded import declined_layout, sharded_reason
+from .sharded import (
+    ExpertParallelBlocks,
+    declined_layout,
+    expert_parallel_experts,
+    give_back_expert_parallel,
+    is_switched,
+    sharded_reason,
+)
 from .verify import TOLERANCE, Probe, verified_spec
 
 __all__ = ["HF_ACTIVATIONS", "hf_activation", "patch_hf", "patch_hf_report", "unpatch_hf"]
@@ -101,6 +110,7 @@ class _Patcher:
         self.skipped: list[str] = []
         self.count = 0
         self.moes: list[HFMoE] = []
+        self.expert_parallel = ExpertParallelBlocks()
 
     def spec_for(self, module: nn.Module) -> tuple[MLPSpec | None, float]:
         if any(p.is_meta for p in module.parameters()):
@@ -146,6 +156,15 @@ class _Patcher:
     def _patch_moe(self, parent: nn.Module, name: str, block: nn.Module, path: str) -> None:
         """Replace a mixture-of-experts block by an :class:`HFMoE` when a spec verifies."""
         cls = type(block).__name__
+        experts = expert_parallel_experts(block)
+        # expert-parallel: routing and dispatch stay transformers'; the experts' choice may change
+        if experts is not None:
+            kept = None if is_switched(experts) else _kept_choice(block)
+            if kept is not None:
+                self.skipped.append(f"{path} ({cls}: {kept}, under expert parallelism)")
+            elif not is_switched(experts):  # patched before: nothing to do
+                self.expert_parallel.add(block, experts, path)
+            return
         reason = declined_layout(block, moe=True) or why_not_moe(block)
         if reason is None:
             reason = _kept_choice(block)
@@ -264,7 +283,11 @@ def patch_hf(model: nn.Module, *, backend: str = "auto", recompute: str = "activ
     ``"ffnlab"`` (:func:`ffnlab.register_hf` is called), so ``model.get_experts_implementation()``
     says what runs and ``model.set_experts_implementation(name)`` afterwards runs ``name``'s
     experts in the patched blocks (on ffnlab's routing); :func:`unpatch_hf` puts the replaced
-    choice back.
+    choice back. Under transformers' expert parallelism (``DistributedConfig(ep_size=N)``) the
+    block and its token dispatch stay, and the experts run ``"ffnlab"`` instead of the default
+    on each rank's experts, after a check on the ranks against the previous choice (see
+    :mod:`ffnlab.interop.sharded`). Each such block counts as one patched MLP, and
+    :func:`unpatch_hf` gives the previous implementation back.
 
     Args:
         model: any ``nn.Module`` (typically a ``PreTrainedModel``).
@@ -279,7 +302,7 @@ def patch_hf(model: nn.Module, *, backend: str = "auto", recompute: str = "activ
     Python's TypeError.
     """
     count, left = patch_hf_report(model, backend=backend, recompute=recompute)
-    already = any(isinstance(m, HFFeedForward) for m in model.modules())
+    already = any(isinstance(m, HFFeedForward) or is_switched(m) for m in model.modules())
     if left:
         warnings.warn(
             f"ffnlab.patch_hf left {len(left)} MLP module(s) unchanged: " + "; ".join(left),
@@ -307,7 +330,8 @@ def patch_hf_report(
     patcher = _Patcher(backend, recompute)
     patcher.walk(model, "")
     take_over_experts_choice(model, patcher.moes)
-    return patcher.count, patcher.skipped
+    switched, left = patcher.expert_parallel.finish()
+    return patcher.count + switched, patcher.skipped + left
 
 
 def _is_ffnlab(module: nn.Module) -> bool:
@@ -345,4 +369,4 @@ def unpatch_hf(model: nn.Module) -> int:
             wrapper.give_back_experts_choice()
         setattr(parent, name, original)
         count += int(wrapper.counts_as_mlp)
-    return count
+    return count + give_back_expert_parallel(model)

@@ -19,9 +19,17 @@ Three ways of distributing a model meet ``patch_hf``:
   ranks before the module is replaced (:func:`sharded_difference`), else the module is left
   with the placements named.
 * **Expert parallelism** (transformers' ``ep_plan``: experts sharded ``Shard(0)`` over the EP
-  mesh, their ``forward`` replaced by its token dispatch): declined with the placements named.
-  The dispatch calls the experts' own forward on this rank's experts, which runs the experts
-  implementation the model was given (transformers' ``ExpertsInterface``); ffnlab's own expert
+  mesh, their ``forward`` replaced by its token dispatch): the block stays, router and
+  dispatch included. The dispatch calls the experts' own forward on this rank's experts
+  (local tensors, local expert ids; at inference on a shared batch, other ranks' routes as id
+  ``num_experts`` with weight 0, then one all-reduce; else an all-to-all there and back), and
+  that forward runs the experts implementation on the model's config (transformers'
+  ``ExpertsInterface``). Where that choice is transformers' default (``grouped_mm``/``eager``),
+  it becomes ``"ffnlab"`` (:func:`ffnlab.register_hf`) once the block's output and gradients
+  with it equal the previous choice's on the ranks (:func:`expert_parallel_reason`; with and
+  without gradients, which take different dispatches), for every expert-parallel block reading
+  that config (the choice is the config's, shared by the blocks);
+  :func:`give_back_expert_parallel` puts the previous choice back. ffnlab's own expert
   parallelism is :func:`ffnlab.parallel.expert_parallel`.
 
 The checks that run collectives are called by every rank in the same order (``patch_hf`` walks
@@ -36,11 +44,25 @@ import sys
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..local_shards import tensor_parallel_mesh
+from .hf_experts import EXPERTS_NAME, experts_plan, register_hf
+from .hf_moe import experts_choice
 from .recognise import projection_shape
 from .verify import relative_difference
 
-__all__ = ["declined_layout", "placements", "sharded_difference", "sharded_reason"]
+__all__ = [
+    "ExpertParallelBlocks",
+    "declined_layout",
+    "expert_parallel_difference",
+    "expert_parallel_experts",
+    "expert_parallel_reason",
+    "give_back_expert_parallel",
+    "is_switched",
+    "placements",
+    "sharded_difference",
+    "sharded_reason",
+]
 
 #: Largest accepted difference on the ranks, relative, by the weights' dtype (the local-shard
 #: sum runs in another order than the projections' own all-reduce: ~1e-16 in float64 and
@@ -116,6 +138,7 @@ def _run(module: nn.Module, x: torch.Tensor, cot: torch.Tensor, params: list[tor
     dtensor = _dtensor_type()
     with torch.enable_grad():
         y = module(x)
+        y = y[0] if isinstance(y, tuple) else y  # (output, router logits) blocks
         grads = torch.autograd.grad(y, [x, *params], cot, allow_unused=True)
     y = y.to_local() if isinstance(y, dtensor) else y
     return [y, *(g.to_local() if isinstance(g, dtensor) else g for g in grads)]
@@ -169,3 +192,140 @@ def sharded_reason(original: nn.Module, wrapper: nn.Module) -> str | None:
         return None
     return (f"its sharded weights ({_describe(original)}) run neither as local shards nor "
             f"through its projections within {tol:g}: relative difference {diff:.2g}")  # fmt: skip
+
+
+# --- expert parallelism: the experts implementation the dispatch runs -----------------------
+
+#: Where an expert-parallel experts module keeps the implementation it ran before ``patch_hf``
+#: made it ``"ffnlab"`` (:func:`give_back_expert_parallel` puts it back).
+_REPLACED_ATTR = "_ffnlab_replaced_experts_choice"
+
+
+def expert_parallel_experts(block: nn.Module) -> nn.Module | None:
+    """The experts child of ``block`` that transformers' expert parallelism shards (its
+    ``_is_expert_parallel``, set by the ``grouped_gemm`` sharding) and that runs through the
+    experts interface (:func:`~.hf_moe.experts_choice`), or None."""
+    return next((c for c in block.children() if getattr(c, "_is_expert_parallel", False) is True
+                 and experts_choice(c) is not None), None)  # fmt: skip
+
+
+def is_switched(experts: nn.Module) -> bool:
+    """Whether ``patch_hf`` made ``experts`` (expert-parallel) run ``"ffnlab"``."""
+    return _REPLACED_ATTR in experts.__dict__
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, _dtensor_type()) else t
+
+
+def _output(y):
+    return y[0] if isinstance(y, tuple) else y
+
+
+def expert_parallel_difference(block: nn.Module, experts: nn.Module, previous: str) -> float:
+    """The largest relative difference between ``block`` run with its experts' config set to
+    ``previous`` and to ``"ffnlab"``: output, input gradient and each parameter's local gradient
+    (the dispatch's all-to-all path), and the output under ``no_grad`` (its all-reduce path on a
+    shared batch, with other ranks' routes as placeholder ids), on an input ``[2, 8, dim]`` drawn
+    alike on every rank, taken as the maximum over all ranks (one all-reduce); ``inf`` where
+    either fails. The config's choice is left as found; gradients are returned, not accumulated.
+    """
+    import torch.distributed as dist
+
+    config = experts.config
+    found = config._experts_implementation
+    down = experts.down_proj  # [E, dim, I], or [E, I, dim] transposed: dim is never sharded
+    shape = (2, 8, down.shape[2] if experts.is_transposed else down.shape[1])
+    dtype, device = _local(down).dtype, down.device
+    params = [p for p in block.parameters() if p.requires_grad]
+
+    def outputs(name: str) -> list[torch.Tensor]:
+        config._experts_implementation = name
+        x = _seeded(shape, dtype, device, seed=1).requires_grad_()
+        got = _run(block, x, _seeded(shape, dtype, device, seed=2), params)
+        with torch.no_grad():
+            got.append(_local(_output(block(x.detach()))))
+        return got
+
+    try:
+        ref, got = outputs(previous), outputs(EXPERTS_NAME)
+        diff = max(relative_difference(a, b) for a, b in zip(ref, got, strict=True))
+    except Exception:  # noqa: BLE001 - a path that fails on the ranks does not match
+        diff = math.inf
+    finally:
+        config._experts_implementation = found
+    worst = torch.tensor([diff if not math.isnan(diff) else math.inf], dtype=torch.float64)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    return worst.item()
+
+
+def expert_parallel_reason(block: nn.Module, experts: nn.Module, previous: str) -> str | None:
+    """None when ``block``'s expert-parallel ``experts`` may run ``"ffnlab"`` instead of
+    ``previous`` (:func:`expert_parallel_difference` within :data:`TOLERANCES`), else why not,
+    with the placements. Registers ``"ffnlab"`` (:func:`ffnlab.register_hf`). Every rank takes
+    the same branch (the same model, no rank-dependent check before the collective)."""
+    where = f"its experts are expert-parallel ({_describe(block)})"
+    try:
+        register_hf()
+        experts_plan(experts)  # what ffnlab cannot compute is named without running anything
+    except UsageError as exc:
+        return f"{where} and stay with {previous!r}: {exc}"
+    tol = TOLERANCES.get(_local(experts.down_proj).dtype, TOLERANCE_HALF)
+    diff = expert_parallel_difference(block, experts, previous)
+    if diff <= tol:
+        return None
+    return (f"{where} and stay with {previous!r}: with experts_implementation={EXPERTS_NAME!r} "
+            f"under transformers' dispatch the block's output or gradients differ on the ranks "
+            f"by {diff:.2g} > {tol:g}")  # fmt: skip
+
+
+class ExpertParallelBlocks:
+    """The expert-parallel blocks ``patch_hf`` meets, grouped by the config whose experts choice
+    they read: a config is switched to ``"ffnlab"`` only when every such block verifies, since
+    transformers reads the choice from the config each block shares."""
+
+    def __init__(self) -> None:
+        # id(config) -> (config, the choice found first, [(path, class, experts, reason)])
+        self.groups: dict[int, tuple[object, str, list[tuple]]] = {}
+
+    def add(self, block: nn.Module, experts: nn.Module, path: str) -> None:
+        """Verify ``block`` (collectives: every rank calls it in the same order)."""
+        config = experts.config
+        entry = (config, experts_choice(experts), [])
+        _, previous, items = self.groups.setdefault(id(config), entry)
+        items.append((path, type(block).__name__, experts,
+                      expert_parallel_reason(block, experts, previous)))  # fmt: skip
+
+    def finish(self) -> tuple[int, list[str]]:
+        """Switch the configs whose blocks all verified; ``(blocks switched, left)`` with
+        ``left`` as ``"path (Class: reason)"``."""
+        count, left = 0, []
+        for config, previous, items in self.groups.values():
+            failed = next(((p, r) for p, _, _, r in items if r is not None), None)
+            if failed is None:
+                config._experts_implementation = EXPERTS_NAME
+                for _, _, experts, _ in items:
+                    experts.__dict__[_REPLACED_ATTR] = previous
+                count += len(items)
+                continue
+            for path, cls, _, reason in items:
+                left.append(f"{path} ({cls}: " + (reason or (
+                    f"its experts are expert-parallel and verify with {EXPERTS_NAME!r}, but share "
+                    f"their config's experts choice with {failed[0]}, which does not: all stay "
+                    f"with {previous!r}")) + ")")  # fmt: skip
+        return count, left
+
+
+def give_back_expert_parallel(model: nn.Module) -> int:
+    """Put back the experts implementation ``patch_hf`` replaced by ``"ffnlab"`` on the
+    expert-parallel blocks of ``model`` (where ``"ffnlab"`` is still the choice); return how
+    many blocks were given back."""
+    count = 0
+    for m in model.modules():
+        previous = m.__dict__.pop(_REPLACED_ATTR, None)
+        if previous is None:
+            continue
+        if experts_choice(m) == EXPERTS_NAME:
+            m.config._experts_implementation = previous
+        count += 1
+    return count
