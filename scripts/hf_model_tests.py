@@ -19,7 +19,7 @@ test whose outcome differs with the patched run's failure message, and how many 
 built and how many MLP / mixture-of-experts blocks ``patch_hf`` replaced (with the distinct
 reasons it gave for what it left), so that a run in which nothing was patched cannot pass as
 equal. It writes ``summary.json``, both junit files and pytest's output per run under
-``--out``.
+``--out`` (``--no-run`` summarises those again without running anything).
 
 Exit status: 0 when every family's pass sets are equal and something was patched in each; 1
 when a pass set differs; 2 when a family's patched run patched nothing or a run produced no
@@ -119,7 +119,8 @@ def read_patch_log(folder: pathlib.Path | str) -> dict:
     """Totals of ``ffnlab_patch_plugin``'s JSON-lines logs in ``folder`` (every process's file).
 
     ``models``: models built and handed to ``patch_hf``; ``patched_models``: those with at
-    least one block replaced; ``blocks``: blocks replaced in all; ``processes``: how many
+    least one block replaced; ``with_left``: those in which ``patch_hf`` left a block (an
+    equal pass set says nothing about a block left alone); ``blocks``: blocks replaced in all; ``processes``: how many
     processes logged (spawned workers included); ``errors`` and ``left``: distinct error and
     warning texts with how often each came; ``meta``: models skipped because they were on the
     meta device; ``by_test``: blocks patched per test, keyed as :func:`parse_junit` keys."""
@@ -135,6 +136,7 @@ def read_patch_log(folder: pathlib.Path | str) -> dict:
     return {
         "models": len(handed),
         "patched_models": sum(1 for r in handed if r["patched"] > 0),
+        "with_left": sum(1 for r in handed if r["left"]),
         "blocks": sum(r["patched"] for r in handed),
         "processes": len({r["pid"] for r in records}),
         "meta": len(records) - len(handed),
@@ -178,7 +180,8 @@ def run_family(family: str, args, out: pathlib.Path, jobs: int) -> dict:
     base = {k: v for k, v in os.environ.items() if k != "FFNLAB_PATCH_LOG"}
     base.setdefault("OMP_NUM_THREADS", "1")
     patch_log = out / f"{family}-patch-log"
-    shutil.rmtree(patch_log, ignore_errors=True)
+    if not args.no_run:
+        shutil.rmtree(patch_log, ignore_errors=True)
     path = [str(SCRIPTS / "hf_patch_site"), str(SCRIPTS), str(args.ffnlab_src)]
     if base.get("PYTHONPATH"):
         path.append(base["PYTHONPATH"])
@@ -187,18 +190,20 @@ def run_family(family: str, args, out: pathlib.Path, jobs: int) -> dict:
     cases = {}
     for run, env, plugin in (("plain", base, False), ("patched", patched_env, True)):
         junit = out / f"{family}-{run}.xml"
-        junit.unlink(missing_ok=True)
-        print(f"[{family}] {run} run ...", flush=True)
-        wall = run_pytest(python=args.python, tf_root=args.transformers_root,
-                          test_file=test_file, junit=junit, log=out / f"{family}-{run}.log",
-                          env=env, keyword=args.k, jobs=jobs, timeout=args.timeout,
-                          plugin=plugin)
+        wall = None
+        if not args.no_run:
+            junit.unlink(missing_ok=True)
+            print(f"[{family}] {run} run ...", flush=True)
+            wall = run_pytest(python=args.python, tf_root=args.transformers_root,
+                              test_file=test_file, junit=junit, log=out / f"{family}-{run}.log",
+                              env=env, keyword=args.k, jobs=jobs, timeout=args.timeout,
+                              plugin=plugin)
         try:
             cases[run] = parse_junit(junit)
         except ValueError as error:
-            entry[run] = {"junit_error": str(error), "wall_s": round(wall, 1)}
+            entry[run] = {"junit_error": str(error), "wall_s": wall and round(wall, 1)}
             return entry | {"status": "no junit"}
-        entry[run] = counts(cases[run]) | {"wall_s": round(wall, 1)}
+        entry[run] = counts(cases[run]) | {"wall_s": wall and round(wall, 1)}
     entry["differ"] = differences(cases["plain"], cases["patched"])
     patching = read_patch_log(patch_log)
     for row in entry["differ"]:
@@ -220,12 +225,13 @@ def report(family: str, entry: dict) -> str:
             lines.append(f"  {run:8s} {r['junit_error']}")
         elif r:
             lines.append(f"  {run:8s} passed {r['passed']}/{r['total']}, failed {r['failed']}, "
-                         f"error {r['error']}, skipped {r['skipped']}  ({r['wall_s']} s)")
+                         f"error {r['error']}, skipped {r['skipped']}"
+                         + (f"  ({r['wall_s']} s)" if r["wall_s"] is not None else ""))
     p = entry.get("patching")
     if p:
         lines.append(f"  patching: {p['models']} models built ({p['processes']} processes), "
                      f"{p['patched_models']} patched, {p['blocks']} blocks replaced, "
-                     f"{p['meta']} skipped on meta")
+                     f"{p['with_left']} with blocks left, {p['meta']} skipped on meta")
         for text, n in list(p["left"].items())[:8]:
             lines.append(f"    left x{n}: {text[:300]}")
         for text, n in p["errors"].items():
@@ -251,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--jobs", type=int, default=1,
                         help="pytest-xdist workers (sequential when 1 or xdist is missing)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per test")
+    parser.add_argument("--no-run", action="store_true",
+                        help="summarise the junit files and logs already in --out")
     args = parser.parse_args(argv)
     args.transformers_root = args.transformers_root.resolve()
     if not (args.transformers_root / "tests" / "models").is_dir():

@@ -111,7 +111,7 @@ def test_read_patch_log_totals_over_processes(tmp_path):
             "".join(json.dumps({"pid": pid, "phase": "call", **r}) + "\n" for r in records))
     totals = harness.read_patch_log(tmp_path)
     assert totals == {
-        "models": 2, "patched_models": 1, "blocks": 2, "processes": 2, "meta": 1,
+        "models": 2, "patched_models": 1, "with_left": 1, "blocks": 2, "processes": 2, "meta": 1,
         "errors": {"ValueError: x": 1},
         "left": {"ffnlab.patch_hf left 1 MLP module(s) unchanged: ...": 1},
         "by_test": {f"{CLS}::test_b": 2},
@@ -126,7 +126,7 @@ def test_report_says_how_much_was_patched():
              "patched": {"passed": 2, "failed": 1, "error": 0, "skipped": 1, "total": 4,
                          "wall_s": 1.5},
              "patching": {"models": 5, "processes": 1, "patched_models": 4, "blocks": 8,
-                          "meta": 0, "left": {}, "errors": {}},
+                          "with_left": 0, "meta": 0, "left": {}, "errors": {}},
              "differ": [{"test": f"{CLS}::test_b", "plain": "passed", "patched": "failed",
                          "message": "AssertionError"}]}
     text = harness.report("mixtral", entry)
