@@ -51,6 +51,7 @@ class Setup:
     steps: int = 300
     optimizer: str = "adamw"
     lr: float = 5e-3
+    keep_memory: bool = True  # pool workers keep freed memory (ffnlab.lab.run.allocator)
 
 
 # The quick preset before the recipe sweep (2 layers, batch 16, one process with 2 threads) and
@@ -67,7 +68,11 @@ class ThroughputConfig:
               PRESETS["quick"].train["batch_size"], 2, 1),
         Setup("new quick model, 1 process x 2 threads", PRESETS["quick"].model,
               PRESETS["quick"].train["batch_size"], 1, 2),
-        # The quick recipe as the default run trains it (Muon since 2026-12-03).
+        # The quick recipe as the default run trains it (Muon since 2026-12-03), with the C
+        # library's allocator defaults (before 2026-12-07) and as the lab's workers now run.
+        Setup("quick recipe (Muon), 2 x 1 thread, allocator defaults", PRESETS["quick"].model,
+              PRESETS["quick"].train["batch_size"], 2, 1, optimizer="muon",
+              lr=PRESETS["quick"].train["lr"], keep_memory=False),
         Setup("quick recipe (Muon), 2 processes x 1 thread", PRESETS["quick"].model,
               PRESETS["quick"].train["batch_size"], 2, 1, optimizer="muon",
               lr=PRESETS["quick"].train["lr"]),
@@ -117,8 +122,9 @@ def throughput(cfg: ThroughputConfig) -> dict:
                 recs = [J.execute(jobs[0])]
                 torch.set_num_threads(threads)
             else:
-                recs = [rec for kind, _, rec in E.PoolExecutor(s.processes, threads=s.threads)
-                        .run(jobs) if kind == "done"]
+                pool = E.PoolExecutor(s.processes, threads=s.threads, keep_memory=s.keep_memory)
+                with pool:
+                    recs = [rec for kind, _, rec in pool.run(jobs) if kind == "done"]
             wall = time.perf_counter() - t0
             tps = sum(r["tokens_per_s"] for r in recs)
             fpt = flops_per_token(s.model, s.batch_size, cfg.variant)

@@ -25,13 +25,14 @@ _EVENTS = None  # in a pool worker: the queue step events go to
 _PARENT = None  # in a pool worker: the pid of the process that started it
 
 
-def _init_worker(events, threads: int) -> None:
+def _init_worker(events, threads: int, keep_memory: bool) -> None:
     import torch
 
     global _EVENTS, _PARENT
     _EVENTS, _PARENT = events, os.getppid()
     torch.set_num_threads(threads)
-    keep_freed_memory()  # the worker is the lab's own process: 13 % less CPU per step (allocator)
+    if keep_memory:  # the worker is the lab's own process: 13 % less CPU per step (allocator)
+        keep_freed_memory()
 
 
 def _pool_task(job_dict: dict) -> dict:
@@ -57,12 +58,17 @@ class PoolExecutor:
     Records come back as runs finish (not in job order). An exception in a run is raised here
     with the run named; Ctrl-C (or any exit from the iteration before its end) terminates the
     workers, whose last checkpoints stay for the next invocation.
+
+    ``keep_memory``: the workers keep freed memory for reuse (:mod:`.allocator`); ``False``
+    leaves the C library's defaults (what ``benchmarks/lab_bench.py`` measures against).
     """
 
-    def __init__(self, workers: int, *, threads: int = 1, poll_s: float = 0.2) -> None:
+    def __init__(self, workers: int, *, threads: int = 1, poll_s: float = 0.2,
+                 keep_memory: bool = True) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.workers, self.threads, self.poll_s = workers, threads, poll_s
+        self.keep_memory = bool(keep_memory)
         self._pool = None
         self._events = None
 
@@ -73,7 +79,7 @@ class PoolExecutor:
             ctx = mp.get_context("spawn")  # fork would copy torch's thread pools and locks
             self._events = ctx.Queue()
             self._pool = ctx.Pool(self.workers, initializer=_init_worker,
-                                  initargs=(self._events, self.threads))
+                                  initargs=(self._events, self.threads, self.keep_memory))
 
     def run(self, jobs: Iterable[RunJob]) -> Iterator[Event]:
         jobs = list(jobs)
