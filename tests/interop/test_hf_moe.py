@@ -3,7 +3,8 @@
 Models come from ``scripts/interop_families.py`` (width 32, two layers, 4 experts, top-2). In
 float64 the unpatched model runs transformers' eager expert loop (its default ``grouped_mm``
 has no float64 kernel on the CPU); the patched one runs ffnlab's fused grouped op (float64:
-its per-expert product loop) or the reference loop.
+its per-expert product loop) or the reference loop, and with ``backend="auto"`` the original
+block for small calls without gradients.
 """
 
 from __future__ import annotations
@@ -62,8 +63,11 @@ def _blocks(model) -> list[HFMoE]:
     return [m for m in model.modules() if isinstance(m, HFMoE)]
 
 
+# "auto" runs the original block for calls without gradients this small (HFMoE.plain_size),
+# "fused" always ffnlab's router and grouped experts: both must give the block's function.
+@pytest.mark.parametrize("backend", ["auto", "fused"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_family_float64_logits_gradients_keys_and_unpatch(families, family):
+def test_family_float64_logits_gradients_keys_and_unpatch(families, family, backend):
     model, inputs = _build(family, families)
     with torch.no_grad():
         want = families.logits(model, inputs)
@@ -73,7 +77,7 @@ def test_family_float64_logits_gradients_keys_and_unpatch(families, family):
     originals = dict(model.named_modules())
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing left: no warning
-        n = ffnlab.patch_hf(model)
+        n = ffnlab.patch_hf(model, backend=backend)
     blocks = _blocks(model)
     # one MoE block per layer; DeepSeek-V3's and Ergo's layer 0 is dense
     assert len(blocks) == (1 if family in DENSE_FIRST else 2)

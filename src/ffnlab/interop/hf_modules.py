@@ -14,6 +14,13 @@ under their original names, so
   transposed, a multiplier scales them), so gradients still land on the original parameter; a
   replaced or hooked projection is called instead.
 
+**Speed.** With ``backend="auto"`` a call whose work is too small for the fused op to pay off
+(:func:`ffnlab.ops.dispatch.choose`: fewer than 2^20 hidden elements, such as every decoding
+step) runs the plain computation through the projection modules, the calls the original module
+makes (``down(act(gate(x)) * up(x))``), so a patched model is not slower there; larger calls
+(prefill, training) run the fused op. Nothing that does not depend on the input is redone per
+call on that path (the hidden width is read at construction).
+
 :class:`HFMLP` covers every MLP that :mod:`ffnlab.interop.recognise` describes with an
 :class:`~ffnlab.interop.recognise.MLPSpec`; the BERT pair has its own two wrappers.
 The original module is kept as a plain attribute (not a registered submodule, which would list
@@ -31,9 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..activations import get_activation
+from ..ops.dispatch import choose
 from ..ops.projections import Weights, projected_feed_forward
 from ..ops.reference import hidden_activation
-from .recognise import MLPSpec
+from .recognise import MLPSpec, projection_shape
 
 __all__ = ["HFFeedForward", "HFMLP", "HFBertFeedForward", "HFBertOutputTail"]
 
@@ -42,11 +51,29 @@ Activation = str | Callable[[torch.Tensor], torch.Tensor]
 activation object)."""
 
 
-def apply_activation(
-    activation: Activation, h1: torch.Tensor, options: tuple[float, ...] = ()
+def middle(
+    activation: Activation, h1: torch.Tensor, h3: torch.Tensor | None,
+    options: tuple[float, ...] = (),
 ) -> torch.Tensor:
-    """``act(h1)``: ffnlab's function for a name (with its option values), else the callable."""
-    return hidden_activation(activation, h1, None, 1.0, options)
+    """The elementwise middle ``m = act(h1) [* value(h3)]``, ``[..., hidden]``, with the least
+    Python around it (the plain path runs it on every decoding step). Equivalent PyTorch::
+
+        hidden_activation(activation, h1, h3, 1.0, options)
+    """
+    if callable(activation):
+        a = activation(h1)
+        return a if h3 is None else a * h3
+    act = get_activation(activation)
+    if act.n_params or act.value_fn is not None:
+        return hidden_activation(activation, h1, h3, 1.0, options)
+    kw = act.kwargs(options)
+    a = act.fn(h1, 1.0, **kw) if act.has_beta else act.fn(h1, **kw)  # swish's beta is 1 here
+    return a if h3 is None else a * h3
+
+
+def _rows(x: torch.Tensor) -> int:
+    """Rows of ``x [..., dim]``: every leading dim together."""
+    return x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
 
 
 class HFFeedForward(nn.Module):
@@ -84,6 +111,9 @@ class HFFeedForward(nn.Module):
         self.act_options = tuple(options)
         self.backend = backend
         self.recompute = recompute
+        #: Hidden units of one call, for the size rule of ``backend="auto"`` (None: unknown,
+        #: the fused op always runs). Set by the subclasses that know it.
+        self.hidden_dim: int | None = None
         self.train(original.training)
 
     @property
@@ -110,10 +140,19 @@ class HFFeedForward(nn.Module):
 
     def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
         """The same FFN computed by calling the projection modules (what runs when one of them
-        is replaced, e.g. by a LoRA adapter, or hooked)."""
+        is replaced, e.g. by a LoRA adapter, or hooked, and for calls too small for the fused
+        op: :meth:`plain_size`)."""
         h1, h3 = self.branches(x)
-        m = apply_activation(self.ffn_activation, h1, self.act_options)
-        return self.down(m if h3 is None else m * h3)
+        return self.down(middle(self.ffn_activation, h1, h3, self.act_options))
+
+    def plain_size(self, x: torch.Tensor) -> bool:
+        """Whether ``backend="auto"`` runs the plain computation for ``x [..., dim]``: too few
+        hidden elements for the fused op to pay off (:func:`ffnlab.ops.dispatch.choose`)."""
+        return (
+            self.backend == "auto"
+            and self.hidden_dim is not None
+            and choose("auto", _rows(x), self.hidden_dim) == "reference"
+        )
 
     def fused_runs(self) -> bool:
         """Whether the fused op can run this activation with this backend (Triton runs only
@@ -121,7 +160,7 @@ class HFFeedForward(nn.Module):
         return isinstance(self.ffn_activation, str) or self.backend != "triton"
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.fused_runs():
+        if not self.fused_runs() or self.plain_size(x):
             return self.module_ffn(x)
         return projected_feed_forward(
             x,
@@ -195,6 +234,9 @@ class HFMLP(HFFeedForward):
             self.register_buffer(
                 name, b, persistent=name not in original._non_persistent_buffers_set
             )
+        shape = projection_shape(self._modules[spec.gate])
+        if shape is not None:
+            self.hidden_dim = shape[1] // 2 if spec.packed else shape[1]
 
     def _float(self, name: str | None) -> float:
         return 1.0 if name is None else float(getattr(self.original, name))
@@ -271,9 +313,7 @@ class HFMLP(HFFeedForward):
         h1, h3 = self.branches(x)
         if s.gate_transform is not None:
             h1 = getattr(self.original, s.gate_transform)(h1)
-        m = apply_activation(self.ffn_activation, h1, self.act_options)
-        if h3 is not None:
-            m = m * h3
+        m = middle(self.ffn_activation, h1, h3, self.act_options)
         m = self._dropout(s.hidden_dropout, m)
         if s.hidden_norm is not None:
             m = self._modules[s.hidden_norm](m)
@@ -286,7 +326,8 @@ class HFMLP(HFFeedForward):
         if s.input_norm is not None:
             x = self._modules[s.input_norm](x)
         if (
-            s.fusable
+            not self.plain_size(x)  # first: a decoding step skips the other checks
+            and s.fusable
             and self.fused_runs()
             and not self._hidden_dropout_active()
             and self._one_dtype(x)
@@ -326,6 +367,8 @@ class HFBertFeedForward(HFFeedForward):
         # from its ``dense`` at each call, so replacing ``output.dense`` later (an adapter,
         # a quantised Linear) is seen here too.
         self.__dict__["_output"] = output
+        shape = projection_shape(self.dense)
+        self.hidden_dim = None if shape is None else shape[1]
 
     @property
     def _down(self) -> nn.Module:

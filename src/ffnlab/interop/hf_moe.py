@@ -18,6 +18,14 @@ The wrapper registers the block's own children under their own names (``gate``/`
 4. returns what the block returns: the output, or ``(output, router logits)`` /
    ``(output, gates)``.
 
+**Speed.** With ``backend="auto"``, a call without gradients whose routed work is too small for
+ffnlab's grouped op to pay off (:func:`ffnlab.ops.dispatch.choose` on ``tokens x top_k`` rows
+of the experts' hidden width: every decoding step) calls the original block, whose children,
+parameters and buffers are this wrapper's (:meth:`HFMoE.original_is_current`), so a patched
+model decodes exactly as fast as transformers does with the experts implementation the model
+is set to. Larger calls (prefill) and every call that records gradients run ffnlab's router
+and grouped experts.
+
 transformers records router logits for its auxiliary loss with forward hooks on the router
 module; when the router has hooks the wrapper calls it (its output is discarded; one
 ``[T, dim] x [dim, E]`` product more), so what they record is unchanged.
@@ -38,6 +46,7 @@ from torch import Tensor, nn
 
 from ..activations import compute_dtype, get_activation
 from ..experts import Experts, run_experts
+from ..ops.dispatch import choose
 from ..ops.expert_norm import OutputNorm
 from ..routers import get_router
 from .hf_modules import HFFeedForward
@@ -77,6 +86,8 @@ class HFMoE(HFFeedForward):
         # weight is never used, so it holds no memory and is not registered (no new keys).
         kw = {} if spec.kind == "sigmoid_input" else {"norm_topk": spec.norm_topk,
                                                       "routed_scaling": spec.routed_scaling}  # fmt: skip
+        down = self._router_param(spec.down)  # [E, dim, I], or [E, I, dim] transposed
+        self.hidden_dim = down.shape[1] if spec.transposed else down.shape[2]
         self.__dict__["moe_router"] = router_cls(
             weight.shape[1], self._router_param(spec.down).shape[0], spec.top_k, bias=False,
             n_group=spec.n_group, topk_group=spec.topk_group, device="meta", **kw,
@@ -127,9 +138,30 @@ class HFMoE(HFFeedForward):
         scores = logits.float() if s.float32 == "routing" else logits
         return self.__dict__["moe_router"].route(scores, sel), logits
 
+    def original_is_current(self) -> bool:
+        """Whether calling the original block computes this wrapper: it still holds this
+        wrapper's children (a patched shared expert stands for the original's), parameters and
+        buffers, none replaced on the wrapper since (an adapter, or ``.to()``, which replaces
+        buffers on the wrapper only). A few identity checks: asked on every decoding step."""
+        return _same_tensors_and_children(self, self.original)
+
+    def plain_size(self, x: Tensor) -> bool:
+        """Whether ``backend="auto"`` calls the original block for ``x [..., dim]``: no
+        gradient is recorded and ``tokens x top_k`` rows of the experts' hidden width are
+        too few for the grouped op (:func:`ffnlab.ops.dispatch.choose`)."""
+        if self.backend != "auto" or torch.is_grad_enabled() or not x.dim() or not x.shape[-1]:
+            return False
+        routes = x.numel() // x.shape[-1] * self.spec.top_k
+        return choose("auto", routes, self.hidden_dim) == "reference"
+
     def forward(self, hidden_states: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """``[..., dim]`` -> the block's output (see the class docstring)."""
         s, x = self.spec, hidden_states
+        if self.plain_size(x) and self.original_is_current():
+            original = self.original
+            if original.training != self.training:
+                original.train(self.training)
+            return original(x)
         dim = x.shape[-1]
         x2 = x.reshape(-1, dim)
         routing, logits = self.route(x2)
@@ -172,6 +204,26 @@ class HFMoE(HFFeedForward):
         return (f"router={s.kind!r}, top_k={s.top_k}, norm_topk={s.norm_topk}, "
                 f"activation={s.activation!r}, backend={self.backend!r}"
                 + (f", expert_norm={s.expert_norm!r}" if s.expert_norm else ""))  # fmt: skip
+
+
+def _same_tensors_and_children(wrapper: nn.Module, original: nn.Module) -> bool:
+    """Whether ``wrapper`` holds ``original``'s own parameters, buffers and children (a child
+    wrapped by an :class:`HFFeedForward` counts when that wrapper holds the child's, in
+    turn)."""
+    for table in ("_parameters", "_buffers"):
+        mine = getattr(wrapper, table)
+        for name, t in getattr(original, table).items():
+            if mine.get(name) is not t:
+                return False
+    mods = wrapper._modules
+    for name, child in original._modules.items():
+        held = mods.get(name)
+        if held is child:
+            continue
+        if not (isinstance(held, HFFeedForward) and held.original is child
+                and _same_tensors_and_children(held, child)):  # fmt: skip
+            return False
+    return True
 
 
 def _default_options(spec: MoESpec) -> bool:
