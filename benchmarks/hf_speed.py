@@ -6,9 +6,9 @@
 Builds random-weight models from configs in code (nothing is downloaded): a dense Llama and a
 Qwen3-MoE (:class:`SpeedConfig`). For each, the plain model and a deep copy patched with
 ``patch_hf`` (default backend ``auto``) are timed interleaved, round-robin
-(:func:`ffnlab.bench.timing.round_robin`): entries ``plain``, ``patched`` and ``plain again``
-(the same plain model a second time, so that the ``plain again / plain`` ratio shows the noise
-of the machine), phases
+(:func:`ffnlab.bench.timing.round_robin`): entries ``plain``, ``patched`` and ``plain copy``
+(another deep copy, unpatched, so that the ``plain copy / plain`` ratio shows the noise of the
+machine and of where a copy's weights lie in memory), phases
 
 * ``decode``: greedy generation, batch 1, ``new_tokens`` new tokens after a ``prompt``-token
   prompt (``model.generate(..., do_sample=False, max_new_tokens=n, min_new_tokens=n)``);
@@ -44,7 +44,7 @@ from ffnlab.bench.machine import machine_info
 from ffnlab.bench.timing import median, paired_ratio, round_robin
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ENTRIES = ("plain", "patched", "plain again")
+ENTRIES = ("plain", "patched", "plain copy")
 PHASES = ("decode", "prefill", "train", "mlp call")
 
 
@@ -160,7 +160,7 @@ def _quartiles(values: list[float]) -> tuple[float, float]:
 def measure_model(kind: str, cfg: SpeedConfig) -> dict:
     """One model's rows: per phase the medians (seconds; ``mlp call`` per call), the
     ``patched / plain`` ratio with the quartiles of its per-round values, and the
-    ``plain again / plain`` ratio (the noise)."""
+    ``plain copy / plain`` ratio (the noise)."""
     plain, patched, n = build_models(kind, cfg)
     width, vocab = plain.config.hidden_size, plain.config.vocab_size
     g = torch.Generator().manual_seed(cfg.seed + 1)
@@ -176,7 +176,7 @@ def measure_model(kind: str, cfg: SpeedConfig) -> dict:
     same_tokens = bool(torch.equal(_phases(plain, cfg, inputs)["decode"](),
                                    _phases(patched, cfg, inputs)["decode"]()))  # fmt: skip
     calls = {"plain": _phases(plain, cfg, inputs), "patched": _phases(patched, cfg, inputs),
-             "plain again": _phases(plain, cfg, inputs)}  # fmt: skip
+             "plain copy": _phases(copy.deepcopy(plain), cfg, inputs)}  # fmt: skip
     times, failed = round_robin(calls, torch.device("cpu"), repeats=cfg.repeats, errors=())
     rows = []
     for phase in PHASES:
@@ -190,7 +190,7 @@ def measure_model(kind: str, cfg: SpeedConfig) -> dict:
             "patched_s": median(t["patched"]) / per,
             "ratio": paired_ratio(t["patched"], t["plain"]),
             "ratio_q1": lo, "ratio_q3": hi,
-            "noise_ratio": paired_ratio(t["plain again"], t["plain"]),
+            "noise_ratio": paired_ratio(t["plain copy"], t["plain"]),
         })  # fmt: skip
     return {"model": kind, "config": dict(cfg.dense if kind == "dense" else cfg.moe),
             "patched_modules": n, "logits_max_abs_diff": diff, "same_greedy_tokens": same_tokens,
@@ -217,7 +217,7 @@ def run(cfg: SpeedConfig) -> dict:
 def report(result: dict) -> str:
     """The table printed: per model and phase the medians and ratios."""
     lines = [f"{'model':<6} {'phase':<9} {'plain':>11} {'patched':>11} {'patched/plain':>14} "
-             f"{'(q1-q3)':>13} {'plain/plain':>12}"]  # fmt: skip
+             f"{'(q1-q3)':>13} {'copy/plain':>12}"]  # fmt: skip
     for m in result["models"]:
         for r in m["rows"]:
             unit, scale = ("us", 1e6) if r["phase"] == "mlp call" else ("ms", 1e3)

@@ -127,7 +127,7 @@ def test_float32_fused_and_reference_backends(families, family):
     with torch.no_grad():
         want = families.logits(model, inputs)
     want_grads = _grads(model, inputs, families)
-    for backend in ("auto", "reference"):
+    for backend in ("fused", "reference"):  # "auto" would call the blocks at these sizes
         assert patch_hf_report(model, backend=backend)[1] == []
         assert all(b.backend == backend for b in _blocks(model))
         with torch.no_grad():
@@ -283,10 +283,10 @@ def _counting_original(block: HFMoE) -> list[int]:
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "qwen2_moe", "deepseek_v3"])
-def test_small_calls_without_gradients_run_the_original_block(families, family, monkeypatch):
-    """A decoding step (no gradients, few routes) calls the original block, which computes
-    what ffnlab's reference does (float64); with gradients, or once the calls count as large,
-    ffnlab's own path runs with the same result."""
+def test_small_calls_run_the_original_block(families, family, monkeypatch):
+    """A decoding step or a small training batch (few routes) calls the original block, which
+    computes what ffnlab's reference does (float64, gradients too); once the calls count as
+    large ffnlab's own path runs with the same result."""
     model, _ = _build(family, families)
     ref_model, _ = _build(family, families)
     assert ffnlab.patch_hf(ref_model, backend="reference") > 0 and ffnlab.patch_hf(model) > 0
@@ -300,12 +300,21 @@ def test_small_calls_without_gradients_run_the_original_block(families, family, 
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     assert calls[0] == 3
     x = torch.randn(2, 5, 32, dtype=torch.float64, generator=g, requires_grad=True)
-    torch.testing.assert_close(block(x), ref_block(x), rtol=1e-12, atol=1e-12)
-    assert calls[0] == 3  # gradients: ffnlab's path
+    cot = torch.randn(2, 5, 32, dtype=torch.float64, generator=g)
+    (gx,) = torch.autograd.grad(_first(block(x)), x, cot)
+    (want_gx,) = torch.autograd.grad(_first(ref_block(x)), x, cot)
+    torch.testing.assert_close(gx, want_gx, rtol=1e-12, atol=1e-12)
+    assert calls[0] == 4  # with gradients too
     monkeypatch.setattr(dispatch, "FUSED_MIN_ELEMENTS", 1)
     with torch.no_grad():
         torch.testing.assert_close(block(x), ref_block(x), rtol=1e-12, atol=1e-12)
-    assert calls[0] == 3  # large: ffnlab's path
+    (gx,) = torch.autograd.grad(_first(block(x)), x, cot)
+    torch.testing.assert_close(gx, want_gx, rtol=1e-12, atol=1e-12)
+    assert calls[0] == 4  # large: ffnlab's path
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
 
 
 def test_forced_backends_never_call_the_original_block(families):

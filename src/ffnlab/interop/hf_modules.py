@@ -22,7 +22,8 @@ makes (``down(act(gate(x)) * up(x))``), so a patched model is not slower there; 
 call on that path (the hidden width is read at construction).
 
 :class:`HFMLP` covers every MLP that :mod:`ffnlab.interop.recognise` describes with an
-:class:`~ffnlab.interop.recognise.MLPSpec`; the BERT pair has its own two wrappers.
+:class:`~ffnlab.interop.recognise.MLPSpec`; the BERT pair has its own two wrappers
+(:mod:`ffnlab.interop.hf_bert`).
 The original module is kept as a plain attribute (not a registered submodule, which would list
 every parameter twice) so that :func:`ffnlab.interop.hf.unpatch_hf` can put it back.
 
@@ -44,7 +45,7 @@ from ..ops.projections import Weights, projected_feed_forward
 from ..ops.reference import hidden_activation
 from .recognise import MLPSpec, projection_shape
 
-__all__ = ["HFFeedForward", "HFMLP", "HFBertFeedForward", "HFBertOutputTail"]
+__all__ = ["HFFeedForward", "HFMLP", "middle"]
 
 Activation = str | Callable[[torch.Tensor], torch.Tensor]
 """An ffnlab activation name, or a callable ``[..., hidden] -> [..., hidden]`` (the model's own
@@ -143,7 +144,23 @@ class HFFeedForward(nn.Module):
         is replaced, e.g. by a LoRA adapter, or hooked, and for calls too small for the fused
         op: :meth:`plain_size`)."""
         h1, h3 = self.branches(x)
-        return self.down(middle(self.ffn_activation, h1, h3, self.act_options))
+        return self.down(self.plain_middle(h1, h3))
+
+    def own_activation(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The original module's own activation object, which the plain path calls as the
+        original does (same kernels, same rounding in half precision, where ffnlab's functions
+        compute in float32); None where there is none to call (the activation is then
+        :attr:`ffn_activation`)."""
+        return None
+
+    def plain_middle(self, h1: torch.Tensor, h3: torch.Tensor | None) -> torch.Tensor:
+        """``m = act(h1) [* h3]`` (``[..., hidden]``) as the plain path computes it: with
+        :meth:`own_activation` where there is one, else :func:`middle`."""
+        act = self.own_activation()
+        if act is None:
+            return middle(self.ffn_activation, h1, h3, self.act_options)
+        a = act(h1)
+        return a if h3 is None else a * h3
 
     def plain_size(self, x: torch.Tensor) -> bool:
         """Whether ``backend="auto"`` runs the plain computation for ``x [..., dim]``: too few
@@ -226,6 +243,10 @@ class HFMLP(HFFeedForward):
         super().__init__(original, activation=activation, backend=backend,
                          options=spec.act_options, recompute=recompute)  # fmt: skip
         self.__dict__["spec"] = spec
+        # Read once: whether the named activation also transforms the value branch.
+        self.__dict__["_value_transform"] = (
+            isinstance(activation, str) and get_activation(activation).value_fn is not None
+        )
         for name, child in original.named_children():
             self.add_module(name, child)
         for name, p in original.named_parameters(recurse=False):
@@ -237,6 +258,15 @@ class HFMLP(HFFeedForward):
         shape = projection_shape(self._modules[spec.gate])
         if shape is not None:
             self.hidden_dim = shape[1] // 2 if spec.packed else shape[1]
+
+    def own_activation(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The object in the spec's ``act_attr`` (a child replaced on this wrapper counts),
+        unless the named activation also transforms the value branch (GPT-OSS's clamp)."""
+        name = self.spec.act_attr
+        if name is None or self.__dict__["_value_transform"]:
+            return None
+        own = self._modules.get(name)
+        return own if own is not None else getattr(self.original, name)
 
     def _float(self, name: str | None) -> float:
         return 1.0 if name is None else float(getattr(self.original, name))
@@ -313,7 +343,7 @@ class HFMLP(HFFeedForward):
         h1, h3 = self.branches(x)
         if s.gate_transform is not None:
             h1 = getattr(self.original, s.gate_transform)(h1)
-        m = middle(self.ffn_activation, h1, h3, self.act_options)
+        m = self.plain_middle(h1, h3)
         m = self._dropout(s.hidden_dropout, m)
         if s.hidden_norm is not None:
             m = self._modules[s.hidden_norm](m)
@@ -339,84 +369,3 @@ class HFMLP(HFFeedForward):
             y = self._modules[s.out_norm](y)
         y = self._dropout(s.out_dropout, y)
         return y if residual is None else residual + y
-
-
-class HFBertFeedForward(HFFeedForward):
-    """Replaces BERT's ``intermediate`` so that it computes the whole FFN
-    ``output.dense(act(intermediate.dense(x)))``, i.e. ``W2 · act(W1 x + b1) + b2``.
-
-    It registers ``dense`` (W1, b1) like ``BertIntermediate`` and reads W2/b2 from the layer's
-    ``output.dense``, which stays registered in :class:`HFBertOutputTail` only. The layer's
-    ``feed_forward_chunk`` calls ``self.output(self.intermediate(x), x)``, so the two wrappers
-    together compute exactly BERT's ``LayerNorm(dropout(W2 act(W1 x + b1) + b2) + x)``.
-    An intermediate holding its own ``LayerNorm`` (RoBERTa-PreLayerNorm) applies it to ``x``
-    first, as the original does.
-    """
-
-    def __init__(
-        self, original: nn.Module, output: nn.Module, *, activation: Activation, backend: str,
-        recompute: str = "activation",
-    ) -> None:
-        super().__init__(original, activation=activation, backend=backend, recompute=recompute)
-        # every child in the original's order (dense, the activation, a LayerNorm): same keys
-        for name, child in original.named_children():
-            self.add_module(name, child)
-        if "intermediate_act_fn" not in self._modules:  # a plain function
-            self.intermediate_act_fn = original.intermediate_act_fn
-        # The layer's output module (the tail once patched), not registered here: W2 is read
-        # from its ``dense`` at each call, so replacing ``output.dense`` later (an adapter,
-        # a quantised Linear) is seen here too.
-        self.__dict__["_output"] = output
-        shape = projection_shape(self.dense)
-        self.hidden_dim = None if shape is None else shape[1]
-
-    @property
-    def _down(self) -> nn.Module:
-        return self.__dict__["_output"].dense
-
-    def ffn_weights(self) -> Weights:
-        down = self._down
-        return self.dense.weight, down.weight, None, self.dense.bias, down.bias, None
-
-    def projections(self) -> tuple[nn.Module, ...]:
-        return self.dense, self._down
-
-    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.dense(x), None
-
-    def down(self, m: torch.Tensor) -> torch.Tensor:
-        return self._down(m)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., dim]`` -> ``[..., dim]`` (the FFN output, before the tail's residual)."""
-        if "LayerNorm" in self._modules:
-            x = self.LayerNorm(x)
-        return self._ffn(x)
-
-
-class HFBertOutputTail(HFFeedForward):
-    """Replaces BERT's ``output`` when its ``intermediate`` is an :class:`HFBertFeedForward`:
-    ``dense`` has already been applied, so this is ``LayerNorm(dropout(h) + input_tensor)``,
-    without the dropout or the LayerNorm where the original has none (Megatron-BERT's and
-    XLM-RoBERTa-XL's outputs end with the residual).
-
-    It keeps ``dense``, ``dropout`` and ``LayerNorm`` registered under their names so the
-    state dict is unchanged.
-    """
-
-    counts_as_mlp = False
-
-    def __init__(self, original: nn.Module, *, activation: Activation, backend: str) -> None:
-        super().__init__(original, activation=activation, backend=backend)
-        for name, child in original.named_children():  # dense, dropout, LayerNorm, in order
-            self.add_module(name, child)
-
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        """``hidden_states [..., dim]`` (the FFN output), ``input_tensor [..., dim]`` -> same."""
-        if "dropout" in self._modules:
-            hidden_states = self.dropout(hidden_states)
-        y = hidden_states + input_tensor
-        return self.LayerNorm(y) if "LayerNorm" in self._modules else y
-
-    def extra_repr(self) -> str:
-        return f"replaces={type(self.original).__name__} (dense applied by intermediate)"

@@ -18,13 +18,15 @@ The wrapper registers the block's own children under their own names (``gate``/`
 4. returns what the block returns: the output, or ``(output, router logits)`` /
    ``(output, gates)``.
 
-**Speed.** With ``backend="auto"``, a call without gradients whose routed work is too small for
-ffnlab's grouped op to pay off (:func:`ffnlab.ops.dispatch.choose` on ``tokens x top_k`` rows
-of the experts' hidden width: every decoding step) calls the original block, whose children,
-parameters and buffers are this wrapper's (:meth:`HFMoE.original_is_current`), so a patched
-model decodes exactly as fast as transformers does with the experts implementation the model
-is set to. Larger calls (prefill) and every call that records gradients run ffnlab's router
-and grouped experts.
+**Speed.** With ``backend="auto"``, a call whose routed work is too small for ffnlab's grouped
+op to pay off (:func:`ffnlab.ops.dispatch.choose` on ``tokens x top_k`` rows of the experts'
+hidden width: every decoding step, and small training batches) calls the original block, whose
+children, parameters and buffers are this wrapper's (:meth:`HFMoE.original_is_current`), so a
+patched model runs exactly what transformers runs there, with the experts implementation the
+model is set to. Larger calls (prefill, training on longer batches) run ffnlab's router and
+grouped experts. Measured under load (one thread, Qwen3-MoE, 16 experts of 256, top-4, dim
+256): a training step on 4 x 128 tokens (2048 routes x 256 = 2^19 hidden elements) took 1.14x
+transformers' time through ffnlab's grouped op, which is why gradients do not change the rule.
 
 transformers records router logits for its auxiliary loss with forward hooks on the router
 module; when the router has hooks the wrapper calls it (its output is discarded; one
@@ -146,10 +148,10 @@ class HFMoE(HFFeedForward):
         return _same_tensors_and_children(self, self.original)
 
     def plain_size(self, x: Tensor) -> bool:
-        """Whether ``backend="auto"`` calls the original block for ``x [..., dim]``: no
-        gradient is recorded and ``tokens x top_k`` rows of the experts' hidden width are
-        too few for the grouped op (:func:`ffnlab.ops.dispatch.choose`)."""
-        if self.backend != "auto" or torch.is_grad_enabled() or not x.dim() or not x.shape[-1]:
+        """Whether ``backend="auto"`` calls the original block for ``x [..., dim]``:
+        ``tokens x top_k`` rows of the experts' hidden width are too few for the grouped op
+        (:func:`ffnlab.ops.dispatch.choose`), with or without gradients."""
+        if self.backend != "auto" or not x.dim() or not x.shape[-1]:
             return False
         routes = x.numel() // x.shape[-1] * self.spec.top_k
         return choose("auto", routes, self.hidden_dim) == "reference"
