@@ -255,6 +255,15 @@ class HFMLP(HFFeedForward):
             self.register_buffer(
                 name, b, persistent=name not in original._non_persistent_buffers_set
             )
+        # Nothing but the projections and the module's own activation object (LLaMA's
+        # ``down(act(gate(x)) * up(x))``, GPT-2's ``c_proj(act(c_fc(x)))`` without dropout):
+        # the plain path then makes exactly the original's calls (forward).
+        steps = (spec.gate_scale, spec.out_scale, spec.hidden_norm, spec.input_norm,
+                 spec.out_norm, spec.gate_transform, spec.hidden_dropout, spec.out_dropout)
+        self.__dict__["_bare"] = (
+            all(v is None for v in steps) and not spec.packed and not spec.residual
+            and spec.act_attr is not None and not self.__dict__["_value_transform"]
+        )  # fmt: skip
         shape = projection_shape(self._modules[spec.gate])
         if shape is not None:
             self.hidden_dim = shape[1] // 2 if spec.packed else shape[1]
@@ -353,6 +362,12 @@ class HFMLP(HFFeedForward):
         """``x [..., dim]`` -> ``[..., dim]`` (plus ``residual [..., dim]`` where the original
         MLP adds it: :attr:`MLPSpec.residual`)."""
         s = self.spec
+        if self.__dict__["_bare"] and self.plain_size(x):
+            # LLaMA's form at a decoding step: the original's own calls and no others
+            mods = self._modules
+            h1 = mods[s.gate](x)
+            a = self.own_activation()(h1)
+            return mods[s.down](a if s.up is None else a * mods[s.up](x))
         if s.input_norm is not None:
             x = self._modules[s.input_norm](x)
         if (
