@@ -163,7 +163,7 @@ class HFMoE(HFFeedForward):
             original = self.original
             if original.training != self.training:
                 original.train(self.training)
-            return original(x)
+            return original.forward(x)  # hooks run on the wrapper (left on the original, none do)
         dim = x.shape[-1]
         x2 = x.reshape(-1, dim)
         routing, logits = self.route(x2)
