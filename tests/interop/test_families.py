@@ -158,8 +158,11 @@ def _wrappers(model):
     return [m for m in model.modules() if isinstance(m, HFFeedForward) and m.counts_as_mlp]
 
 
+# "auto" runs these tiny calls as the plain computation through the modules (and the original
+# MoE blocks without gradients), "fused" the fused ops: both must give the model's function.
+@pytest.mark.parametrize("backend", ["auto", "fused"])
 @pytest.mark.parametrize("family", _families())
-def test_family(built, family):
+def test_family(built, family, backend):
     got = built(family)
     if isinstance(got, str):
         pytest.skip(got)
@@ -177,7 +180,7 @@ def test_family(built, family):
     originals = dict(model.named_modules())
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        n = ffnlab.patch_hf(model)
+        n = ffnlab.patch_hf(model, backend=backend)
     left = [str(w.message) for w in record if "ffnlab.patch_hf" in str(w.message)]
     if family in NOT_PATCHED:
         assert NOT_PATCHED[family] in " ".join(left) + survey._why_none(model), (n, left)

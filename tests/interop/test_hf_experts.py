@@ -308,7 +308,9 @@ def test_eager_matches_batched_and_grouped_inference_on_a_patched_model(family, 
             assert model.config._experts_implementation == name
             outputs[name] = model(IDS).logits
             assert batched.called == (name == "batched_mm")
-            assert grouped.called == (name == "grouped_mm")
+            # "ffnlab" at these (decoding) sizes runs the block with the implementation it
+            # replaced, grouped_mm (test_small_calls_run_the_implementation_patching_replaced)
+            assert grouped.called == (name in ("grouped_mm", "ffnlab"))
     assert any(isinstance(m, HFMoE) for m in model.modules())
     for name in ("batched_mm", "grouped_mm", "ffnlab"):
         torch.testing.assert_close(outputs["eager"], outputs[name], rtol=1e-4, atol=1e-4)
@@ -327,7 +329,8 @@ def test_patched_float64_runs_ffnlab_and_a_later_eager_runs_eager():
     want, want_grads = _logits_and_grads(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ffnlab.patch_hf(model)
+        # fused: ffnlab's grouped op at every size (auto hands these tiny calls to the original)
+        ffnlab.patch_hf(model, backend="fused")
     got, grads = _logits_and_grads(model)
     _close(want, got)
     for k in want_grads:
@@ -385,3 +388,21 @@ def test_benchmark_runs_at_tiny_sizes():
     assert "ffnlab" in text and "skipped" in text
     with pytest.raises(ValueError, match="top_k"):
         bench.HFExpertsBench(experts=2, top_k=3)
+
+
+def test_small_calls_run_the_implementation_patching_replaced():
+    """At decoding sizes a patched block runs the original block (``HFMoE.plain_size``) with the
+    implementation ``"ffnlab"`` replaced (transformers' ``grouped_mm`` by default), since that is
+    the faster one there; the model's choice reads ``"ffnlab"`` before, after and when the call
+    fails."""
+    model = _patched("qwen3_moe")
+    grouped = Mock(wraps=moe_api.grouped_mm_experts_forward)
+    ours = Mock(wraps=experts_forward)
+    with torch.no_grad(), patch.dict(MAPPING, {"grouped_mm": grouped, "ffnlab": ours}):
+        model(IDS[:, :1])
+        assert grouped.called and not ours.called
+        assert model.config._experts_implementation == "ffnlab"
+        grouped.side_effect = RuntimeError("boom")
+        with pytest.raises(RuntimeError, match="boom"):
+            model(IDS[:, :1])
+    assert model.config._experts_implementation == "ffnlab"

@@ -3,11 +3,13 @@
 Models come from ``scripts/interop_families.py`` (width 32, two layers, 4 experts, top-2). In
 float64 the unpatched model runs transformers' eager expert loop (its default ``grouped_mm``
 has no float64 kernel on the CPU); the patched one runs ffnlab's fused grouped op (float64:
-its per-expert product loop) or the reference loop.
+its per-expert product loop) or the reference loop, and with ``backend="auto"`` the original
+block for small calls without gradients.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
@@ -17,6 +19,7 @@ from torch import nn
 import ffnlab
 from ffnlab.interop.hf import patch_hf_report
 from ffnlab.interop.hf_moe import HFMoE
+from ffnlab.ops import dispatch
 
 transformers = pytest.importorskip("transformers")
 
@@ -62,8 +65,11 @@ def _blocks(model) -> list[HFMoE]:
     return [m for m in model.modules() if isinstance(m, HFMoE)]
 
 
+# "auto" runs the original block for calls without gradients this small (HFMoE.plain_size),
+# "fused" always ffnlab's router and grouped experts: both must give the block's function.
+@pytest.mark.parametrize("backend", ["auto", "fused"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_family_float64_logits_gradients_keys_and_unpatch(families, family):
+def test_family_float64_logits_gradients_keys_and_unpatch(families, family, backend):
     model, inputs = _build(family, families)
     with torch.no_grad():
         want = families.logits(model, inputs)
@@ -73,7 +79,7 @@ def test_family_float64_logits_gradients_keys_and_unpatch(families, family):
     originals = dict(model.named_modules())
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing left: no warning
-        n = ffnlab.patch_hf(model)
+        n = ffnlab.patch_hf(model, backend=backend)
     blocks = _blocks(model)
     # one MoE block per layer; DeepSeek-V3's and Ergo's layer 0 is dense
     assert len(blocks) == (1 if family in DENSE_FIRST else 2)
@@ -121,7 +127,7 @@ def test_float32_fused_and_reference_backends(families, family):
     with torch.no_grad():
         want = families.logits(model, inputs)
     want_grads = _grads(model, inputs, families)
-    for backend in ("auto", "reference"):
+    for backend in ("fused", "reference"):  # "auto" would call the blocks at these sizes
         assert patch_hf_report(model, backend=backend)[1] == []
         assert all(b.backend == backend for b in _blocks(model))
         with torch.no_grad():
@@ -258,3 +264,132 @@ def test_ergo_expert_norm_and_shared_output_norm(families):
     assert block.shared_experts.spec.input_norm is None
     _grads(model, inputs, families)
     assert block.experts.post_expert_norm.weight.grad.abs().sum() > 0
+
+
+# --- which path a call takes (backend "auto") ----------------------------------------------
+
+
+def _counting_original(block: HFMoE) -> list[int]:
+    """How many times the original block's forward ran (the wrapper calls it directly)."""
+    calls = [0]
+    forward = block.original.forward
+
+    def counted(*args, **kw):
+        calls[0] += 1
+        return forward(*args, **kw)
+
+    block.original.forward = counted
+    return calls
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "qwen2_moe", "deepseek_v3"])
+def test_small_calls_run_the_original_block(families, family, monkeypatch):
+    """A decoding step or a small training batch (few routes) calls the original block, which
+    computes what ffnlab's reference does (float64, gradients too); once the calls count as
+    large ffnlab's own path runs with the same result."""
+    model, _ = _build(family, families)
+    ref_model, _ = _build(family, families)
+    assert ffnlab.patch_hf(ref_model, backend="reference") > 0 and ffnlab.patch_hf(model) > 0
+    block, ref_block = _blocks(model)[0], _blocks(ref_model)[0]
+    calls = _counting_original(block)
+    g = torch.Generator().manual_seed(0)
+    for shape in ((1, 1, 32), (3, 1, 32), (2, 5, 32)):
+        x = torch.randn(shape, dtype=torch.float64, generator=g)
+        with torch.no_grad():
+            got, want = block(x), ref_block(x)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert calls[0] == 3
+    x = torch.randn(2, 5, 32, dtype=torch.float64, generator=g, requires_grad=True)
+    cot = torch.randn(2, 5, 32, dtype=torch.float64, generator=g)
+    (gx,) = torch.autograd.grad(_first(block(x)), x, cot)
+    (want_gx,) = torch.autograd.grad(_first(ref_block(x)), x, cot)
+    torch.testing.assert_close(gx, want_gx, rtol=1e-12, atol=1e-12)
+    assert calls[0] == 4  # with gradients too
+    monkeypatch.setattr(dispatch, "FUSED_MIN_ELEMENTS", 1)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), ref_block(x), rtol=1e-12, atol=1e-12)
+    (gx,) = torch.autograd.grad(_first(block(x)), x, cot)
+    torch.testing.assert_close(gx, want_gx, rtol=1e-12, atol=1e-12)
+    assert calls[0] == 4  # large: ffnlab's path
+
+
+def _first(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+def test_forced_backends_never_call_the_original_block(families):
+    for backend in ("fused", "reference"):
+        model, _ = _build("qwen3_moe", families)
+        ffnlab.patch_hf(model, backend=backend)
+        block = _blocks(model)[0]
+        calls = _counting_original(block)
+        with torch.no_grad():
+            block(torch.randn(1, 1, 32, dtype=torch.float64))
+        assert calls[0] == 0, backend
+
+
+def test_a_child_or_tensor_replaced_on_the_wrapper_is_what_runs(families):
+    """Replacing the router on the wrapper after patching (or a tensor, as ``.to()`` replaces
+    a block's own buffers on the wrapper only) stops the calls to the original block: the
+    wrapper's router and tensors are what run."""
+    model, _ = _build("qwen3_moe", families)
+    ffnlab.patch_hf(model)
+    block = _blocks(model)[0]
+    calls = _counting_original(block)
+    x = torch.randn(1, 1, 32, dtype=torch.float64)
+    assert block.original_is_current()
+    new_gate = copy.deepcopy(block.gate)
+    with torch.no_grad():
+        new_gate.weight.mul_(-3.0)
+    block.gate = new_gate
+    assert not block.original_is_current()
+    with torch.no_grad():
+        got = block(x)
+    assert calls[0] == 0
+    fused = copy.deepcopy(block)
+    fused.backend = "fused"
+    with torch.no_grad():
+        torch.testing.assert_close(got, fused(x), rtol=1e-12, atol=1e-12)
+    block.gate = block.original.gate
+    assert block.original_is_current()
+    block.register_buffer("extra", torch.zeros(1))  # not the original's: harmless
+    assert block.original_is_current()
+    block.original.register_buffer("scale", torch.ones(1))
+    block.register_buffer("scale", torch.ones(1))  # a different tensor than the original's
+    assert not block.original_is_current()
+
+
+def test_outputs_follow_the_weights_after_training_and_load_state_dict(families):
+    model, inputs = _build("qwen3_moe", families)
+    ffnlab.patch_hf(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(2):
+        _grads(model, inputs, families)
+        opt.step()
+    fresh, _ = _build("qwen3_moe", families)
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        stepped = families.logits(model, inputs)
+        torch.testing.assert_close(stepped, families.logits(fresh, inputs), rtol=1e-12,
+                                   atol=1e-12)  # fmt: skip
+        for p in fresh.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.load_state_dict(fresh.state_dict())
+    with torch.no_grad():
+        got = families.logits(model, inputs)
+        torch.testing.assert_close(got, families.logits(fresh, inputs), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(got, stepped)
+
+
+def test_train_mode_reaches_the_original_block(families):
+    model, _ = _build("qwen3_moe", families)
+    ffnlab.patch_hf(model)
+    block = _blocks(model)[0]
+    model.train()
+    with torch.no_grad():
+        block(torch.randn(1, 1, 32, dtype=torch.float64))
+    assert block.original.training
+    model.eval()
+    with torch.no_grad():
+        block(torch.randn(1, 1, 32, dtype=torch.float64))
+    assert not block.original.training

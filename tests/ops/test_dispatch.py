@@ -158,3 +158,14 @@ def test_bench_setup_runs_on_fused():
 def test_variants_all_have_a_triton_kernel():
     for v in ffnlab.VARIANTS.values():
         assert v.activation in engines.TRITON.activations
+
+
+def test_choose_runs_small_work_plainly_and_keeps_forced_backends():
+    n = dispatch.FUSED_MIN_ELEMENTS
+    assert dispatch.choose("auto", 1, 1408) == "reference"  # a decoding step
+    assert dispatch.choose("auto", n // 64 - 1, 64) == "reference"
+    assert dispatch.choose("auto", n // 64, 64) == "fused"  # from the threshold on
+    assert dispatch.choose("auto", 4096, 1408) == "fused"
+    for forced in ("fused", "triton", "reference"):
+        assert dispatch.choose(forced, 1, 8) == forced
+        assert dispatch.choose(forced, 10**6, 10**4) == forced

@@ -34,8 +34,9 @@ from torch import nn
 from ..errors import check_choice
 from ..ops.dispatch import BACKENDS, RECOMPUTE_MODES
 from .hf_activations import HF_ACTIVATIONS, describe, hf_activation
+from .hf_bert import HFBertFeedForward, HFBertOutputTail
 from .hf_experts import take_over_experts_choice
-from .hf_modules import HFMLP, HFBertFeedForward, HFBertOutputTail, HFFeedForward
+from .hf_modules import HFMLP, HFFeedForward
 from .hf_moe import HFMoE, experts_choice, verified_moe_spec
 from .recognise import _MOE_CLASS, MLPSpec, candidates, is_moe_block, why_not_mlp
 from .recognise_moe import router_width, why_not_moe

@@ -14,8 +14,16 @@ under their original names, so
   transposed, a multiplier scales them), so gradients still land on the original parameter; a
   replaced or hooked projection is called instead.
 
+**Speed.** With ``backend="auto"`` a call whose work is too small for the fused op to pay off
+(:func:`ffnlab.ops.dispatch.choose`: fewer than 2^20 hidden elements, such as every decoding
+step) runs the plain computation through the projection modules, the calls the original module
+makes (``down(act(gate(x)) * up(x))``), so a patched model is not slower there; larger calls
+(prefill, training) run the fused op. Nothing that does not depend on the input is redone per
+call on that path (the hidden width is read at construction).
+
 :class:`HFMLP` covers every MLP that :mod:`ffnlab.interop.recognise` describes with an
-:class:`~ffnlab.interop.recognise.MLPSpec`; the BERT pair has its own two wrappers.
+:class:`~ffnlab.interop.recognise.MLPSpec`; the BERT pair has its own two wrappers
+(:mod:`ffnlab.interop.hf_bert`).
 The original module is kept as a plain attribute (not a registered submodule, which would list
 every parameter twice) so that :func:`ffnlab.interop.hf.unpatch_hf` can put it back.
 
@@ -31,23 +39,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..activations import get_activation
 from ..local_shards import tensor_parallel_feed_forward
+from ..ops.dispatch import choose
 from ..ops.projections import Weights, projected_feed_forward
 from ..ops.reference import hidden_activation
-from .recognise import MLPSpec
+from .recognise import MLPSpec, projection_shape
 
-__all__ = ["HFFeedForward", "HFMLP", "HFBertFeedForward", "HFBertOutputTail"]
+__all__ = ["HFFeedForward", "HFMLP", "middle"]
 
 Activation = str | Callable[[torch.Tensor], torch.Tensor]
 """An ffnlab activation name, or a callable ``[..., hidden] -> [..., hidden]`` (the model's own
 activation object)."""
 
 
-def apply_activation(
-    activation: Activation, h1: torch.Tensor, options: tuple[float, ...] = ()
+def middle(
+    activation: Activation, h1: torch.Tensor, h3: torch.Tensor | None,
+    options: tuple[float, ...] = (),
 ) -> torch.Tensor:
-    """``act(h1)``: ffnlab's function for a name (with its option values), else the callable."""
-    return hidden_activation(activation, h1, None, 1.0, options)
+    """The elementwise middle ``m = act(h1) [* value(h3)]``, ``[..., hidden]``, with the least
+    Python around it (the plain path runs it on every decoding step). Equivalent PyTorch::
+
+        hidden_activation(activation, h1, h3, 1.0, options)
+    """
+    if callable(activation):
+        a = activation(h1)
+        return a if h3 is None else a * h3
+    act = get_activation(activation)
+    if act.n_params or act.value_fn is not None:
+        return hidden_activation(activation, h1, h3, 1.0, options)
+    kw = act.kwargs(options)
+    a = act.fn(h1, 1.0, **kw) if act.has_beta else act.fn(h1, **kw)  # swish's beta is 1 here
+    return a if h3 is None else a * h3
+
+
+def _rows(x: torch.Tensor) -> int:
+    """Rows of ``x [..., dim]``: every leading dim together."""
+    return x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
 
 
 class HFFeedForward(nn.Module):
@@ -89,6 +117,9 @@ class HFFeedForward(nn.Module):
         self.act_options = tuple(options)
         self.backend = backend
         self.recompute = recompute
+        #: Hidden units of one call, for the size rule of ``backend="auto"`` (None: unknown,
+        #: the fused op always runs). Set by the subclasses that know it.
+        self.hidden_dim: int | None = None
         self.train(original.training)
 
     @property
@@ -115,10 +146,35 @@ class HFFeedForward(nn.Module):
 
     def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
         """The same FFN computed by calling the projection modules (what runs when one of them
-        is replaced, e.g. by a LoRA adapter, or hooked)."""
+        is replaced, e.g. by a LoRA adapter, or hooked, and for calls too small for the fused
+        op: :meth:`plain_size`)."""
         h1, h3 = self.branches(x)
-        m = apply_activation(self.ffn_activation, h1, self.act_options)
-        return self.down(m if h3 is None else m * h3)
+        return self.down(self.plain_middle(h1, h3))
+
+    def own_activation(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The original module's own activation object, which the plain path calls as the
+        original does (same kernels, same rounding in half precision, where ffnlab's functions
+        compute in float32); None where there is none to call (the activation is then
+        :attr:`ffn_activation`)."""
+        return None
+
+    def plain_middle(self, h1: torch.Tensor, h3: torch.Tensor | None) -> torch.Tensor:
+        """``m = act(h1) [* h3]`` (``[..., hidden]``) as the plain path computes it: with
+        :meth:`own_activation` where there is one, else :func:`middle`."""
+        act = self.own_activation()
+        if act is None:
+            return middle(self.ffn_activation, h1, h3, self.act_options)
+        a = act(h1)
+        return a if h3 is None else a * h3
+
+    def plain_size(self, x: torch.Tensor) -> bool:
+        """Whether ``backend="auto"`` runs the plain computation for ``x [..., dim]``: too few
+        hidden elements for the fused op to pay off (:func:`ffnlab.ops.dispatch.choose`)."""
+        return (
+            self.backend == "auto"
+            and self.hidden_dim is not None
+            and choose("auto", _rows(x), self.hidden_dim) == "reference"
+        )
 
     def fused_runs(self) -> bool:
         """Whether the fused op can run this activation with this backend (Triton runs only
@@ -126,7 +182,7 @@ class HFFeedForward(nn.Module):
         return isinstance(self.ffn_activation, str) or self.backend != "triton"
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.fused_runs():
+        if not self.fused_runs() or self.plain_size(x):
             return self.module_ffn(x)
         if self.tensor_parallel:
             return tensor_parallel_feed_forward(
@@ -197,6 +253,10 @@ class HFMLP(HFFeedForward):
         super().__init__(original, activation=activation, backend=backend,
                          options=spec.act_options, recompute=recompute)  # fmt: skip
         self.__dict__["spec"] = spec
+        # Read once: whether the named activation also transforms the value branch.
+        self.__dict__["_value_transform"] = (
+            isinstance(activation, str) and get_activation(activation).value_fn is not None
+        )
         for name, child in original.named_children():
             self.add_module(name, child)
         for name, p in original.named_parameters(recurse=False):
@@ -205,6 +265,27 @@ class HFMLP(HFFeedForward):
             self.register_buffer(
                 name, b, persistent=name not in original._non_persistent_buffers_set
             )
+        # Nothing but the projections and the module's own activation object (LLaMA's
+        # ``down(act(gate(x)) * up(x))``, GPT-2's ``c_proj(act(c_fc(x)))`` without dropout):
+        # the plain path then makes exactly the original's calls (forward).
+        steps = (spec.gate_scale, spec.out_scale, spec.hidden_norm, spec.input_norm,
+                 spec.out_norm, spec.gate_transform, spec.hidden_dropout, spec.out_dropout)
+        self.__dict__["_bare"] = (
+            all(v is None for v in steps) and not spec.packed and not spec.residual
+            and spec.act_attr is not None and not self.__dict__["_value_transform"]
+        )  # fmt: skip
+        shape = projection_shape(self._modules[spec.gate])
+        if shape is not None:
+            self.hidden_dim = shape[1] // 2 if spec.packed else shape[1]
+
+    def own_activation(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The object in the spec's ``act_attr`` (a child replaced on this wrapper counts),
+        unless the named activation also transforms the value branch (GPT-OSS's clamp)."""
+        name = self.spec.act_attr
+        if name is None or self.__dict__["_value_transform"]:
+            return None
+        own = self._modules.get(name)
+        return own if own is not None else getattr(self.original, name)
 
     def _float(self, name: str | None) -> float:
         return 1.0 if name is None else float(getattr(self.original, name))
@@ -281,9 +362,7 @@ class HFMLP(HFFeedForward):
         h1, h3 = self.branches(x)
         if s.gate_transform is not None:
             h1 = getattr(self.original, s.gate_transform)(h1)
-        m = apply_activation(self.ffn_activation, h1, self.act_options)
-        if h3 is not None:
-            m = m * h3
+        m = self.plain_middle(h1, h3)
         m = self._dropout(s.hidden_dropout, m)
         if s.hidden_norm is not None:
             m = self._modules[s.hidden_norm](m)
@@ -293,10 +372,17 @@ class HFMLP(HFFeedForward):
         """``x [..., dim]`` -> ``[..., dim]`` (plus ``residual [..., dim]`` where the original
         MLP adds it: :attr:`MLPSpec.residual`)."""
         s = self.spec
+        if self.__dict__["_bare"] and self.plain_size(x):
+            # LLaMA's form at a decoding step: the original's own calls and no others
+            mods = self._modules
+            h1 = mods[s.gate](x)
+            a = self.own_activation()(h1)
+            return mods[s.down](a if s.up is None else a * mods[s.up](x))
         if s.input_norm is not None:
             x = self._modules[s.input_norm](x)
         if (
-            s.fusable
+            not self.plain_size(x)  # first: a decoding step skips the other checks
+            and s.fusable
             and self.fused_runs()
             and not self._hidden_dropout_active()
             and self._one_dtype(x)
@@ -308,82 +394,3 @@ class HFMLP(HFFeedForward):
             y = self._modules[s.out_norm](y)
         y = self._dropout(s.out_dropout, y)
         return y if residual is None else residual + y
-
-
-class HFBertFeedForward(HFFeedForward):
-    """Replaces BERT's ``intermediate`` so that it computes the whole FFN
-    ``output.dense(act(intermediate.dense(x)))``, i.e. ``W2 · act(W1 x + b1) + b2``.
-
-    It registers ``dense`` (W1, b1) like ``BertIntermediate`` and reads W2/b2 from the layer's
-    ``output.dense``, which stays registered in :class:`HFBertOutputTail` only. The layer's
-    ``feed_forward_chunk`` calls ``self.output(self.intermediate(x), x)``, so the two wrappers
-    together compute exactly BERT's ``LayerNorm(dropout(W2 act(W1 x + b1) + b2) + x)``.
-    An intermediate holding its own ``LayerNorm`` (RoBERTa-PreLayerNorm) applies it to ``x``
-    first, as the original does.
-    """
-
-    def __init__(
-        self, original: nn.Module, output: nn.Module, *, activation: Activation, backend: str,
-        recompute: str = "activation",
-    ) -> None:
-        super().__init__(original, activation=activation, backend=backend, recompute=recompute)
-        # every child in the original's order (dense, the activation, a LayerNorm): same keys
-        for name, child in original.named_children():
-            self.add_module(name, child)
-        if "intermediate_act_fn" not in self._modules:  # a plain function
-            self.intermediate_act_fn = original.intermediate_act_fn
-        # The layer's output module (the tail once patched), not registered here: W2 is read
-        # from its ``dense`` at each call, so replacing ``output.dense`` later (an adapter,
-        # a quantised Linear) is seen here too.
-        self.__dict__["_output"] = output
-
-    @property
-    def _down(self) -> nn.Module:
-        return self.__dict__["_output"].dense
-
-    def ffn_weights(self) -> Weights:
-        down = self._down
-        return self.dense.weight, down.weight, None, self.dense.bias, down.bias, None
-
-    def projections(self) -> tuple[nn.Module, ...]:
-        return self.dense, self._down
-
-    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.dense(x), None
-
-    def down(self, m: torch.Tensor) -> torch.Tensor:
-        return self._down(m)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [..., dim]`` -> ``[..., dim]`` (the FFN output, before the tail's residual)."""
-        if "LayerNorm" in self._modules:
-            x = self.LayerNorm(x)
-        return self._ffn(x)
-
-
-class HFBertOutputTail(HFFeedForward):
-    """Replaces BERT's ``output`` when its ``intermediate`` is an :class:`HFBertFeedForward`:
-    ``dense`` has already been applied, so this is ``LayerNorm(dropout(h) + input_tensor)``,
-    without the dropout or the LayerNorm where the original has none (Megatron-BERT's and
-    XLM-RoBERTa-XL's outputs end with the residual).
-
-    It keeps ``dense``, ``dropout`` and ``LayerNorm`` registered under their names so the
-    state dict is unchanged.
-    """
-
-    counts_as_mlp = False
-
-    def __init__(self, original: nn.Module, *, activation: Activation, backend: str) -> None:
-        super().__init__(original, activation=activation, backend=backend)
-        for name, child in original.named_children():  # dense, dropout, LayerNorm, in order
-            self.add_module(name, child)
-
-    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-        """``hidden_states [..., dim]`` (the FFN output), ``input_tensor [..., dim]`` -> same."""
-        if "dropout" in self._modules:
-            hidden_states = self.dropout(hidden_states)
-        y = hidden_states + input_tensor
-        return self.LayerNorm(y) if "LayerNorm" in self._modules else y
-
-    def extra_repr(self) -> str:
-        return f"replaces={type(self.original).__name__} (dense applied by intermediate)"
