@@ -387,6 +387,158 @@ def case_expert_parallel_unrunnable_declined(mesh):
     _same(before, _outputs(model), {"rtol": 0, "atol": 0})
 
 
+# --- transformers' hook-based tensor parallelism (its trees around 5.15), built by hand ------
+#
+# There the weights are plain nn.Parameter slices (no DTensor) and each style's communication
+# is a forward (pre-)hook on the module it names, marked _hf_tp_plan. Qwen3-MoE's plan shards
+# its experts: gate_up_proj "packed_colwise" (rank r keeps its block of the gate half and of the
+# up half), down_proj "rowwise", and "moe_tp_experts" on the experts module all-reduces their
+# partial output (and, backward, the gradients of its hidden-states and routing-weights inputs).
+
+
+class _AllReduceForward(torch.autograd.Function):
+    """Sum over the ranks forward, identity backward (after a rowwise layer)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        import torch.distributed as dist
+
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class _AllReduceBackward(torch.autograd.Function):
+    """Identity forward, sum over the ranks backward (before a colwise layer)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def _slice(module, name, dim, *, packed=False):
+    """Replace ``module.name`` by rank r's block along ``dim`` (of each half when ``packed``)."""
+    import torch.distributed as dist
+    from torch import nn
+
+    rank, full = dist.get_rank(), getattr(module, name).detach()
+    parts = full.chunk(2, dim) if packed else (full,)
+    local = torch.cat([p.chunk(WORLD, dim)[rank] for p in parts], dim).contiguous()
+    setattr(module, name, nn.Parameter(local))
+
+
+def _hook_tp(model, style, pre=None, post=None):
+    model._hf_tp_plan = style
+    if pre is not None:
+        model.register_forward_pre_hook(pre)
+    if post is not None:
+        model.register_forward_hook(lambda mod, args, out: _AllReduceForward.apply(out))
+
+
+def _hook_tensor_parallel(model):
+    """The 5.15 layout of Qwen3-MoE's MLPs: dense ones colwise/rowwise, experts as above."""
+    for layer in model.model.layers:
+        mlp = layer.mlp
+        if hasattr(mlp, "experts"):
+            _slice(mlp.experts, "gate_up_proj", 1, packed=True)
+            _slice(mlp.experts, "down_proj", 2)
+            _hook_tp(mlp.experts, "moe_tp_experts", post=True, pre=lambda mod, args: (
+                _AllReduceBackward.apply(args[0]), args[1], _AllReduceBackward.apply(args[2])))  # fmt: skip
+            continue
+        for name in ("gate_proj", "up_proj"):
+            _slice(getattr(mlp, name), "weight", 0)
+            _hook_tp(getattr(mlp, name), "colwise",
+                     pre=lambda mod, args: (_AllReduceBackward.apply(args[0]),))  # fmt: skip
+        _slice(mlp.down_proj, "weight", 1)
+        _hook_tp(mlp.down_proj, "rowwise", post=True)
+    return model
+
+
+def _qwen3_moe_hook_tp(dtype, experts="eager"):
+    model = _qwen3_moe(mlp_only_layers=[0])
+    model.set_experts_implementation(experts)
+    return _hook_tensor_parallel(model.to(dtype))
+
+
+def _hook_tp_patched(model, tol, previous):
+    # the block and the layout's hooks stay; the experts run "ffnlab" on this rank's slices
+    import ffnlab
+    from ffnlab.interop.hf_moe import HFMoE
+
+    before = _outputs(model)
+    n, warned = _patch(model, backend="auto")
+    assert n == 2 and not warned, (n, warned)
+    with _CountCalls() as counter:
+        after = _outputs(model)
+    _same(before, after, tol)
+    assert counter.calls == 2, counter.calls  # 1 MoE layer x (no_grad forward + forward)
+    assert not any(isinstance(m, HFMoE) for m in model.modules())
+    assert [w.tensor_parallel for w in _wrappers(model)] == [False]  # through the hooked Linears
+    assert model.get_experts_implementation()[""] == "ffnlab"
+    assert ffnlab.unpatch_hf(model) == 2
+    assert model.get_experts_implementation()[""] == previous
+
+
+def case_hook_tp_moe_float64(mesh):
+    # replaced whole, the block skipped the experts' all-reduce: each rank returned its partial
+    # sum, and the probe (hooks dropped, local slices) could not see it
+    _hook_tp_patched(_qwen3_moe_hook_tp(torch.float64), TOL64, "eager")
+
+
+def case_hook_tp_moe_grouped_mm_float32(mesh):
+    # what from_pretrained(..., tp_plan) gives in those trees: grouped_mm experts, float32
+    model = _qwen3_moe_hook_tp(torch.float32, experts="grouped_mm")
+    _hook_tp_patched(model, {"rtol": 1e-5, "atol": 1e-5}, "grouped_mm")
+
+
+def case_hook_tp_moe_interface_without_norm_flag(mesh):
+    # those trees' experts interface sets no has_post_expert_norm (it has no such step)
+    model = _qwen3_moe_hook_tp(torch.float64)
+    del model.model.layers[1].mlp.experts.has_post_expert_norm
+    _hook_tp_patched(model, TOL64, "eager")
+
+
+def case_hook_tp_moe_mismatch_declined(mesh):
+    model = _qwen3_moe_hook_tp(torch.float64)
+    before = _outputs(model)
+    with _Perturbed():
+        n, warned = _patch(model, backend="auto")
+    assert n == 1, n  # the dense MLP
+    assert ("model.layers.1.mlp (Qwen3MoeSparseMoeBlock: its experts are distributed by "
+            "transformers' parallel hooks (experts: transformers' 'moe_tp_experts' hooks on local "
+            "shards experts.gate_up_proj [4, 8, 16], experts.down_proj [4, 16, 4]) and stay with "
+            "'eager'") in warned, warned  # fmt: skip
+    assert "differ on the ranks by 1e-06 > 1e-10" in warned, warned
+    assert model.get_experts_implementation()[""] == "eager"
+    _same(before, _outputs(model), TOL64)
+
+
+def case_hook_tp_other_module_declined(mesh):
+    # a hook-based style on another module of the block (a router's, say): left whole, named
+    from ffnlab.interop.hf_moe import HFMoE
+
+    model = _qwen3_moe()
+    model.model.layers[1].mlp.gate._hf_tp_plan = "ep_router"
+    n, warned = _patch(model, backend="auto")
+    assert n == 1, n
+    assert ("model.layers.1.mlp (Qwen3MoeSparseMoeBlock: it is distributed by transformers' "
+            "hook-based parallel layout (gate: transformers' 'ep_router' hooks on local shards "
+            "gate.weight [4, 16])") in warned, warned  # fmt: skip
+    assert not isinstance(model.model.layers[1].mlp, HFMoE)
+
+
 CASES = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith("case_")}
 
 

@@ -46,6 +46,7 @@ from .sharded import (
     expert_parallel_experts,
     give_back_expert_parallel,
     is_switched,
+    layout_name,
     sharded_reason,
 )
 from .verify import TOLERANCE, Probe, verified_spec
@@ -158,11 +159,12 @@ class _Patcher:
         """Replace a mixture-of-experts block by an :class:`HFMoE` when a spec verifies."""
         cls = type(block).__name__
         experts = expert_parallel_experts(block)
-        # expert-parallel: routing and dispatch stay transformers'; the experts' choice may change
+        # expert- or tensor-parallel experts: routing, dispatch and the layout's hooks stay
+        # transformers'; the experts' choice may change (checked on the ranks)
         if experts is not None:
             kept = None if is_switched(experts) else _kept_choice(block)
             if kept is not None:
-                self.skipped.append(f"{path} ({cls}: {kept}, under expert parallelism)")
+                self.skipped.append(f"{path} ({cls}: {kept}, under {layout_name(experts)})")
             elif not is_switched(experts):  # patched before: nothing to do
                 self.expert_parallel.add(block, experts, path)
             return

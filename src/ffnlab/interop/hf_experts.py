@@ -15,6 +15,7 @@ and calls it as ``fn(experts, hidden_states [T, dim], top_k_index [T, k], top_k_
 ``is_concatenated``         gate and up halves concatenated (gate first), else interleaved
 ``has_bias``                ``gate_up_proj_bias [E, 2I]`` (``up_proj_bias``), ``down_proj_bias``
 ``has_post_expert_norm``    ``experts.post_expert_norm`` on each route's output, before the gates
+                            (unset by transformers' interface before it had the step: none)
 ``_is_expert_parallel``     expert ids ``>= num_experts`` are other ranks' (weight 0)
 ==========================  ======================================================================
 
@@ -157,8 +158,10 @@ def experts_plan(experts: nn.Module) -> ExpertsPlan:
         return plan
     cls = type(experts).__name__
     has_gate, concatenated = _flag(experts, "has_gate"), _flag(experts, "is_concatenated")
-    for name in ("is_transposed", "has_bias", "has_post_expert_norm"):
+    for name in ("is_transposed", "has_bias"):
         _flag(experts, name)
+    if hasattr(experts, "has_post_expert_norm"):  # transformers' interface before it (5.15) has
+        _flag(experts, "has_post_expert_norm")  # no post-expert norm step: none runs
     if not has_gate:
         act = _named_act(experts)
         if act is None:
@@ -238,7 +241,7 @@ def experts_forward(experts: nn.Module, hidden_states: Tensor, top_k_index: Tens
     xs = permute_tokens(x.reshape(-1, x.shape[-1]), order, top_k).to(weights[0].dtype)
     ys = grouped_feed_forward(xs, offsets, *weights, activation=plan.activation,
                               options=plan.options)  # fmt: skip
-    if experts.has_post_expert_norm:  # a norm of each route's output rows, before the weights
+    if getattr(experts, "has_post_expert_norm", False):  # per route output, before the gates
         ys = experts.post_expert_norm(ys)
     out = unpermute_tokens(ys, order, xs.shape[0] // top_k, top_k, gates)
     return out.reshape(hidden_states.shape).to(hidden_states.dtype)

@@ -18,6 +18,16 @@ Three ways of distributing a model meet ``patch_hf``:
   through the projection modules, so the plan's own transforms run. Either is checked on the
   ranks before the module is replaced (:func:`sharded_difference`), else the module is left
   with the placements named.
+* **Hook-based tensor parallelism** (transformers' trees around 5.15: the weights are plain
+  local ``nn.Parameter`` slices, no DTensor, and each style's communication is a forward
+  (pre-)hook on the module it names, marked ``_hf_tp_plan``, :func:`tp_plans`): an MLP is
+  checked on the ranks as above (its wrapper calls the hooked projections). Qwen3-MoE's experts
+  (``"moe_tp_experts"``: ``gate_up_proj`` ``"packed_colwise"``, ``down_proj`` ``"rowwise"``, the
+  experts' partial output all-reduced by a hook on the experts module) are treated as expert
+  parallelism below: the block and the hooks stay, the experts implementation may become
+  ``"ffnlab"`` after the check on the ranks. A block replaced whole would skip those hooks
+  (each rank would return its partial sum), so any other block holding such a style is left
+  (:func:`declined_layout`).
 * **Expert parallelism** (transformers' ``ep_plan``: experts sharded ``Shard(0)`` over the EP
   mesh, their ``forward`` replaced by its token dispatch): the block stays, router and
   dispatch included. The dispatch calls the experts' own forward on this rank's experts
@@ -59,9 +69,11 @@ __all__ = [
     "expert_parallel_reason",
     "give_back_expert_parallel",
     "is_switched",
+    "layout_name",
     "placements",
     "sharded_difference",
     "sharded_reason",
+    "tp_plans",
 ]
 
 #: Largest accepted difference on the ranks, relative, by the weights' dtype (the local-shard
@@ -89,10 +101,27 @@ def placements(module: nn.Module) -> dict[str, str]:
     }
 
 
+def tp_plans(module: nn.Module) -> dict[str, str]:
+    """``{submodule path: style}`` of the submodules of ``module`` (``""`` itself) that
+    transformers' hook-based tensor parallelism gave a style: the layout that shards the weights
+    as plain local ``nn.Parameter`` slices (no DTensor) and installs the style's communication
+    as forward (pre-)hooks on the module, marking it ``_hf_tp_plan`` (transformers' trees around
+    5.15: ``"moe_tp_experts"`` on Qwen3-MoE's experts all-reduces their partial output,
+    ``"packed_colwise"``/``"rowwise"`` slice ``gate_up_proj``/``down_proj``)."""
+    return {name: plan for name, m in module.named_modules()
+            if isinstance(plan := m.__dict__.get("_hf_tp_plan"), str)}  # fmt: skip
+
+
 def _has_parallel_forward(module: nn.Module) -> bool:
     """Whether a submodule's call is wrapped by a parallel layout: transformers' installed
-    ``forward`` (marked ``_is_hooked``) or a forward (pre-)hook, on a module holding DTensors."""
+    ``forward`` (marked ``_is_hooked``) or a forward (pre-)hook, on a module holding DTensors;
+    or a style of transformers' hook-based tensor parallelism on plain local shards
+    (:func:`tp_plans`), which no DTensor reveals."""
+    if tp_plans(module):
+        return True
     dtensor = _dtensor_type()
+    if dtensor is None:
+        return False
     for m in module.modules():
         owns = any(isinstance(p, dtensor) for p in m.parameters(recurse=False))
         hooked = getattr(m, "_is_hooked", False) or m._forward_hooks or m._forward_pre_hooks
@@ -107,7 +136,17 @@ def _is_fsdp_unit(module: nn.Module) -> bool:
 
 
 def _describe(module: nn.Module) -> str:
-    return "; ".join(f"{n}: {p}" for n, p in placements(module).items())
+    """The placements of its DTensor parameters, or the hook-based styles of its submodules
+    and the shapes of the local shards their parameters hold."""
+    parts = [f"{n}: {p}" for n, p in placements(module).items()]
+    for path, plan in tp_plans(module).items():
+        owner = module.get_submodule(path)
+        shards = ", ".join(f"{(path + '.' if path else '') + n} {list(p.shape)}"
+                           for n, p in owner.named_parameters(recurse=False))  # fmt: skip
+        where = path or "the module"
+        parts.append(f"{where}: transformers' {plan!r} hooks" + (f" on local shards {shards}"
+                                                                  if shards else ""))  # fmt: skip
+    return "; ".join(parts)
 
 
 def declined_layout(module: nn.Module, *, moe: bool = False) -> str | None:
@@ -115,6 +154,11 @@ def declined_layout(module: nn.Module, *, moe: bool = False) -> str | None:
     because of how it is distributed, naming the parameters and their placements; None when
     its layout does not decide (unsharded, or FSDP2 shards gathered by an enclosing unit).
     Runs no collective."""
+    if moe and tp_plans(module):  # plain local shards: no DTensor says so
+        return ("it is distributed by transformers' hook-based parallel layout ("
+                f"{_describe(module)}), which ffnlab's MoE does not run: the block stays with "
+                "transformers' forward and its hooks, which run the experts implementation the "
+                "model was given (experts_implementation=)")  # fmt: skip
     if _dtensor_type() is None:
         return None
     if _is_fsdp_unit(module):
@@ -172,7 +216,7 @@ def sharded_reason(original: nn.Module, wrapper: nn.Module) -> str | None:
     not, with the placements. Modules without a parallel forward on DTensor weights (unsharded,
     or FSDP2 shards gathered by an enclosing unit) return None at once, without a collective.
     """
-    if _dtensor_type() is None or not _has_parallel_forward(original):
+    if not _has_parallel_forward(original):
         return None
     dim = projection_shape(wrapper._modules[wrapper.spec.down])[1]
     try:  # a packed weight is sliced, which a DTensor may refuse or gather: not local shards
@@ -201,12 +245,33 @@ def sharded_reason(original: nn.Module, wrapper: nn.Module) -> str | None:
 _REPLACED_ATTR = "_ffnlab_replaced_experts_choice"
 
 
+def _experts_layout(child: nn.Module) -> str | None:
+    """How transformers distributes an experts module: ``"expert-parallel"`` (its
+    ``_is_expert_parallel``, set by the ``grouped_gemm`` sharding), ``"distributed by
+    transformers' parallel hooks"`` (a hook-based style on the module itself, :func:`tp_plans`:
+    ``"moe_tp_experts"``'s all-reduce of the partial output over local ``gate_up_proj`` and
+    ``down_proj`` slices), or None."""
+    if getattr(child, "_is_expert_parallel", False) is True:
+        return "expert-parallel"
+    return "distributed by transformers' parallel hooks" if "" in tp_plans(child) else None
+
+
 def expert_parallel_experts(block: nn.Module) -> nn.Module | None:
-    """The experts child of ``block`` that transformers' expert parallelism shards (its
-    ``_is_expert_parallel``, set by the ``grouped_gemm`` sharding) and that runs through the
-    experts interface (:func:`~.hf_moe.experts_choice`), or None."""
-    return next((c for c in block.children() if getattr(c, "_is_expert_parallel", False) is True
+    """The experts child of ``block`` that transformers' expert or tensor parallelism
+    distributes (:func:`_experts_layout`) and that runs through the experts interface
+    (:func:`~.hf_moe.experts_choice`), or None. Its block stays (router, dispatch and the
+    layout's hooks); only the experts implementation it calls may change, after a check on the
+    ranks (:func:`expert_parallel_reason`)."""
+    return next((c for c in block.children() if _experts_layout(c) is not None
                  and experts_choice(c) is not None), None)  # fmt: skip
+
+
+def layout_name(experts: nn.Module) -> str:
+    """What distributes ``experts``: ``"expert parallelism"`` or ``"transformers' parallel
+    hooks"``."""
+    layout = _experts_layout(experts)
+    hooks = layout not in (None, "expert-parallel")
+    return "transformers' parallel hooks" if hooks else "expert parallelism"
 
 
 def is_switched(experts: nn.Module) -> bool:
@@ -264,7 +329,7 @@ def expert_parallel_reason(block: nn.Module, experts: nn.Module, previous: str) 
     ``previous`` (:func:`expert_parallel_difference` within :data:`TOLERANCES`), else why not,
     with the placements. Registers ``"ffnlab"`` (:func:`ffnlab.register_hf`). Every rank takes
     the same branch (the same model, no rank-dependent check before the collective)."""
-    where = f"its experts are expert-parallel ({_describe(block)})"
+    where = f"its experts are {_experts_layout(experts) or 'expert-parallel'} ({_describe(block)})"
     try:
         register_hf()
         experts_plan(experts)  # what ffnlab cannot compute is named without running anything
@@ -274,9 +339,10 @@ def expert_parallel_reason(block: nn.Module, experts: nn.Module, previous: str) 
     diff = expert_parallel_difference(block, experts, previous)
     if diff <= tol:
         return None
+    how = ("the block fails on a rank (an error, or a non-finite value)" if math.isinf(diff) else
+           f"the block's output or gradients differ on the ranks by {diff:.2g} > {tol:g}")  # fmt: skip
     return (f"{where} and stay with {previous!r}: with experts_implementation={EXPERTS_NAME!r} "
-            f"under transformers' dispatch the block's output or gradients differ on the ranks "
-            f"by {diff:.2g} > {tol:g}")  # fmt: skip
+            f"under transformers' dispatch {how}")  # fmt: skip
 
 
 class ExpertParallelBlocks:
@@ -310,7 +376,7 @@ class ExpertParallelBlocks:
                 continue
             for path, cls, _, reason in items:
                 left.append(f"{path} ({cls}: " + (reason or (
-                    f"its experts are expert-parallel and verify with {EXPERTS_NAME!r}, but share "
+                    f"its distributed experts verify with {EXPERTS_NAME!r}, but share "
                     f"their config's experts choice with {failed[0]}, which does not: all stay "
                     f"with {previous!r}")) + ")")  # fmt: skip
         return count, left

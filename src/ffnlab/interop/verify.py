@@ -53,8 +53,9 @@ def plain_copy(module: nn.Module) -> nn.Module:
     expert-parallel layout) is a plain, uninitialised parameter of the DTensor's full shape on
     the local device, and every forward that transformers' tensor/expert parallelism installed
     on a submodule (an instance ``forward`` on a module it marks ``_is_hooked``) is dropped, as
-    are the forward hooks of a module that held DTensors (torch's parallel styles), so the copy
-    runs on one process. Its values are meant to be redrawn
+    are the forward hooks of a module that held DTensors (torch's parallel styles) or that
+    transformers' hook-based tensor parallelism marks ``_hf_tp_plan`` (its parameters stay the
+    local slices they are), so the copy runs on one process; other hooks are kept. Its values are meant to be redrawn
     (:func:`randomise_parameters`). No collective runs: each rank copies alone."""
     dtensor = sys.modules.get("torch.distributed.tensor")
     memo: dict[int, object] = {}
@@ -65,13 +66,18 @@ def plain_copy(module: nn.Module) -> nn.Module:
                 plain = torch.empty(t.shape, dtype=t.dtype, device=local.device)
                 memo[id(t)] = (nn.Parameter(plain, requires_grad=t.requires_grad)
                                if isinstance(t, nn.Parameter) else plain)  # fmt: skip
-    twin = copy.deepcopy(module, memo)
+    # before deepcopy, which enters every object it copies into memo: after it, these ids
+    # would name every parameter of the copy, and every hook would be dropped
     plain = {id(t) for t in memo.values()}
+    twin = copy.deepcopy(module, memo)
     for m in twin.modules():
         if getattr(m, "_is_hooked", False):
             m.__dict__.pop("forward", None)
-        if any(id(p) in plain for p in m.parameters(recurse=False)):
-            # torch's parallel styles (ColwiseParallel ...) install their layouts as hooks
+        hook_layout = isinstance(m.__dict__.get("_hf_tp_plan"), str)
+        if hook_layout or any(id(p) in plain for p in m.parameters(recurse=False)):
+            # torch's parallel styles (ColwiseParallel ...) and transformers' hook-based
+            # tensor parallelism (_hf_tp_plan, on plain local shards) install their layouts,
+            # collectives included, as hooks
             m._forward_hooks.clear()
             m._forward_pre_hooks.clear()
     return twin
