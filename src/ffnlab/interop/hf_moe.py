@@ -234,7 +234,8 @@ class HFMoE(HFFeedForward):
             original.train(self.training)
         experts = self._modules.get(self.spec.experts)
         if (experts_choice(experts) != "ffnlab" or self.experts_choice != "ffnlab"
-                or self.replaced_choice in (None, "ffnlab")):
+                or self.replaced_choice in (None, "ffnlab")
+                or x.dtype not in _RUNS_IN.get(self.replaced_choice, (x.dtype,))):
             return original.forward(x)
         config = experts.config  # shared by every layer: set back whatever happens
         config._experts_implementation = self.replaced_choice
@@ -255,6 +256,12 @@ class HFMoE(HFFeedForward):
         return (f"router={s.kind!r}, top_k={s.top_k}, norm_topk={s.norm_topk}, "
                 f"activation={s.activation!r}, backend={self.backend!r}"
                 + (f", expert_norm={s.expert_norm!r}" if s.expert_norm else ""))  # fmt: skip
+
+
+# The dtypes an implementation patching may hand small calls back to runs in: torch's grouped
+# matrix product (transformers' default, grouped_mm) has no float64 kernel on CPU; "ffnlab" runs
+# every dtype, so a float64 model keeps it at every size.
+_RUNS_IN = {"grouped_mm": (torch.float32, torch.bfloat16, torch.float16)}
 
 
 def experts_choice(experts: nn.Module | None) -> str | None:
