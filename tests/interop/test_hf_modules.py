@@ -116,9 +116,10 @@ def test_small_and_large_calls_take_their_paths_and_give_the_models_function(
     monkeypatch.setattr(dispatch, "FUSED_MIN_ELEMENTS", 1)  # every call counts as large
     with torch.no_grad():
         got_large = hf_models.output(patched, inputs)
-    assert fused_calls[0] > 0, "large calls run the fused op"
+    assert fused_calls[0] == 0, "without gradients a CPU keeps the plain path at every size"
     torch.testing.assert_close(got_large, want, rtol=1e-12, atol=1e-12)
     large_grads = _grads(patched, inputs, hf_models)
+    assert fused_calls[0] > 0, "large calls with gradients run the fused op"
     assert small_grads.keys() == want_grads.keys() == large_grads.keys()
     for k in want_grads:
         torch.testing.assert_close(small_grads[k], want_grads[k], rtol=1e-10, atol=1e-12, msg=k)

@@ -223,3 +223,35 @@ def test_aggregate_leaves_diverged_runs_out_of_quality_numbers():
     assert v["curve"] == [[0, 8.0], [10, 3.0]]
     assert v["val_bpb_mean"] == 3.0 and v["dead_fraction"] == 0.1
     assert v["diverged_runs"] == 1 and v["tokens_per_s"] == 150.0  # speed is still measured
+
+
+def test_a_comparison_its_time_budget_ended_is_not_extended_by_running_it_again(
+        argv, tmp_path, monkeypatch):
+    """The same command on a finished comparison adds no run: an earlier invocation's budget
+    that ended the adaptive rounds is recorded (``seeding.json``) and honoured; a larger budget
+    goes on."""
+    from ffnlab.lab.run import runner as R
+
+    class Spent:  # every reading after the first is far past any budget
+        calls = 0
+
+        @classmethod
+        def monotonic(cls) -> float:
+            cls.calls += 1
+            return 0.0 if cls.calls == 1 else 1e9
+
+    flags = ("--variants", "relu,gelu", "--seeds", "2", "--max-seeds", "6", "--time-budget", "1000")
+    monkeypatch.setattr(R, "time", Spent)
+    assert main(argv(*flags)) == 0
+    monkeypatch.undo()
+    seeding = json.loads((tmp_path / "out" / "seeding.json").read_text())
+    assert seeding["stopped_by_budget"] == 1000.0
+    runs = sorted(p.name for p in (tmp_path / "out" / "runs").glob("*.json"))
+    assert runs == ["gelu-s0.json", "gelu-s1.json", "relu-s0.json", "relu-s1.json"]
+    res = _results(tmp_path)
+    assert res["config"]["seeding"]["stopped"] == "time budget"
+    assert main(argv(*flags)) == 0  # the same command: nothing to add
+    assert sorted(p.name for p in (tmp_path / "out" / "runs").glob("*.json")) == runs
+    assert _results(tmp_path)["config"]["seeding"]["stopped"] == "time budget"
+    assert main(argv(*flags[:-1], "5000")) == 0  # a larger budget goes on deciding rounds
+    assert len(list((tmp_path / "out" / "runs").glob("*.json"))) > len(runs)

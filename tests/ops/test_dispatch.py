@@ -169,3 +169,9 @@ def test_choose_runs_small_work_plainly_and_keeps_forced_backends():
     for forced in ("fused", "triton", "reference"):
         assert dispatch.choose(forced, 1, 8) == forced
         assert dispatch.choose(forced, 10**6, 10**4) == forced
+        assert dispatch.choose(forced, 10**6, 10**4, grad=False) == forced
+    # without gradients a CPU keeps the plain computation at every size (nothing to save for
+    # backward); elsewhere the size decides
+    assert dispatch.choose("auto", 4096, 1408, grad=False) == "reference"
+    assert dispatch.choose("auto", 4096, 1408, grad=False, device_type="cuda") == "fused"
+    assert dispatch.choose("auto", 1, 1408, grad=False, device_type="cuda") == "reference"

@@ -14,7 +14,7 @@
 
 Mixture-of-experts blocks (:func:`ffnlab.interop.recognise.is_moe_block`) are replaced whole by
 :class:`ffnlab.interop.hf_moe.HFMoE` where :mod:`ffnlab.interop.recognise_moe` describes them and
-the probe agrees (:func:`ffnlab.interop.hf_moe.verified_moe_spec`), else left with the reason;
+the probe agrees (:func:`ffnlab.interop.verify_moe.verified_moe_spec`), else left with the reason;
 a block whose experts run an experts implementation chosen for the model (``batched_mm``, say:
 anything but transformers' defaults ``grouped_mm``/``eager`` and ffnlab's ``"ffnlab"``) is kept,
 and a choice made after patching runs in the patched block (:class:`~.hf_moe.HFMoE`). A block
@@ -37,7 +37,7 @@ from .hf_activations import HF_ACTIVATIONS, describe, hf_activation
 from .hf_bert import HFBertFeedForward, HFBertOutputTail
 from .hf_experts import take_over_experts_choice
 from .hf_modules import HFMLP, HFFeedForward
-from .hf_moe import HFMoE, experts_choice, verified_moe_spec
+from .hf_moe import HFMoE, experts_choice
 from .recognise import _MOE_CLASS, MLPSpec, candidates, is_moe_block, why_not_mlp
 from .recognise_moe import router_width, why_not_moe
 from .sharded import (
@@ -50,6 +50,7 @@ from .sharded import (
     sharded_reason,
 )
 from .verify import TOLERANCE, Probe, verified_spec
+from .verify_moe import verified_moe_spec
 
 __all__ = ["HF_ACTIVATIONS", "hf_activation", "patch_hf", "patch_hf_report", "unpatch_hf"]
 

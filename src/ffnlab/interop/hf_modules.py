@@ -169,11 +169,13 @@ class HFFeedForward(nn.Module):
 
     def plain_size(self, x: torch.Tensor) -> bool:
         """Whether ``backend="auto"`` runs the plain computation for ``x [..., dim]``: too few
-        hidden elements for the fused op to pay off (:func:`ffnlab.ops.dispatch.choose`)."""
+        hidden elements for the fused op to pay off, or no gradient wanted on a CPU
+        (:func:`ffnlab.ops.dispatch.choose`)."""
         return (
             self.backend == "auto"
             and self.hidden_dim is not None
-            and choose("auto", _rows(x), self.hidden_dim) == "reference"
+            and choose("auto", _rows(x), self.hidden_dim, grad=torch.is_grad_enabled(),
+                       device_type=x.device.type) == "reference"
         )
 
     def fused_runs(self) -> bool:

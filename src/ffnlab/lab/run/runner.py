@@ -148,17 +148,30 @@ class CompareRunner:
     def seeding_path(self) -> Path:
         return self.out / "seeding.json"
 
-    def recorded_rounds(self) -> list[dict[str, int]]:
-        """The adaptive rounds decided by earlier invocations (``OUT/seeding.json``)."""
+    def _seeding(self) -> dict:
         try:
             data = files.read_json(self.seeding_path)
         except (OSError, ValueError):
-            return []
-        rounds = data.get("rounds") if isinstance(data, dict) else None
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def recorded_rounds(self) -> list[dict[str, int]]:
+        """The adaptive rounds decided by earlier invocations (``OUT/seeding.json``)."""
+        rounds = self._seeding().get("rounds")
         if not isinstance(rounds, list):
             return []
         return [{k: v for k, v in r.items() if isinstance(v, int)} for r in rounds
                 if isinstance(r, dict)]
+
+    def budget_spent_before(self) -> bool:
+        """Whether an earlier invocation's time budget, at least as large as this one's, ended
+        the adaptive rounds (``seeding.json``'s ``stopped_by_budget``). The same command
+        again then adds no round: a finished comparison is not extended by being run twice
+        (a larger ``--time-budget`` does extend it)."""
+        spent = self._seeding().get("stopped_by_budget")
+        budget = self.cfg.time_budget_s
+        return (isinstance(spent, (int, float)) and budget is not None
+                and budget <= float(spent))  # fmt: skip
 
     def _fit(self, counts, new, priority) -> dict[str, int]:
         """Cut a new round to what is left of the time budget (whole waves of runs)."""
@@ -177,16 +190,19 @@ class CompareRunner:
         """The runs wanted now (adaptive seeding: :mod:`ffnlab.lab.run.seeding`). ``deciding``:
         this invocation may decide new rounds (they are recorded), with its time budget."""
         recorded = self.recorded_rounds()
+        spent = deciding and self.budget_spent_before()
         p = plan(self.variants, self.seed0, initial=self.cfg.initial_seeds,
                  max_seeds=self.cfg.seed_budget, resolution=self.cfg.resolution,
                  finished=self.finished,
-                 recorded=recorded, fit=self._fit if deciding else None, decide=deciding,
-                 wave=self.workers)
-        if deciding and p.new_rounds:
-            files.atomic_write_json(self.seeding_path,
-                                    {"rounds": [*recorded, *p.new_rounds]})
+                 recorded=recorded, fit=self._fit if deciding else None,
+                 decide=deciding and not spent, wave=self.workers)
+        if deciding and (p.new_rounds or p.stopped == "time budget"):
+            content: dict = {"rounds": [*recorded, *p.new_rounds]}
+            if p.stopped == "time budget":
+                content["stopped_by_budget"] = self.cfg.time_budget_s
+            files.atomic_write_json(self.seeding_path, content)
         if deciding:
-            self.stopped = p.stopped
+            self.stopped = "time budget" if spent and p.complete else p.stopped
         return p
 
     def job(self, variant: str, seed: int, *, tuning_lr: float | None = None) -> RunJob:
