@@ -60,8 +60,8 @@ class MoEFeedForward(nn.Module):
         hidden_dim: each routed expert's hidden size, exactly.
         n_experts, top_k: ``E`` routed experts, ``k`` per token (``1 <= k <= E``).
         variant: every expert's variant (a name of ``ffnlab.VARIANTS``).
-        router: ``"softmax"``, ``"sigmoid"`` (DeepSeek-V3) or ``"sigmoid_input"`` (Llama 4):
-            :data:`ffnlab.routers.ROUTERS`.
+        router: ``"softmax"``, ``"sigmoid"`` (DeepSeek-V3), ``"sigmoid_input"`` (Llama 4) or
+            ``"sparsemixer"`` (PhiMoE): :data:`ffnlab.routers.ROUTERS`.
         norm_topk: renormalise the chosen gates to sum 1; ``None``: the router's default
             (True, False for ``sigmoid_input``, where True is refused).
         router_bias: a per-expert selection bias (``router.bias``); ``None``: on for
