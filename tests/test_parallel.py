@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import copy
 import importlib
-import json
-import os
-import socket
 import subprocess
 import sys
-import traceback
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +20,7 @@ from torch import nn
 import ffnlab
 from ffnlab import FeedForward
 from ffnlab.parallel import tensor_parallel, tp_plan
+from gloo_cases import ranks_results, run_ranks
 
 WORLD = 2
 DIM, HIDDEN = 12, 20  # HIDDEN even: splits over 2 ranks; 15 does not
@@ -271,67 +267,12 @@ def case_torch_style_layouts_refused(mesh):
 CASES = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith("case_")}
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD
-    )
-    try:
-        mesh = init_device_mesh("cpu", (WORLD,))
-        results = {}
-        for name, fn in CASES.items():
-            torch.manual_seed(0)
-            try:
-                fn(mesh)
-                results[name] = "ok"
-            except Exception:  # reported per case by the test below
-                results[name] = traceback.format_exc()
-        if rank == 0:
-            Path(out).write_text(json.dumps(results))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def main() -> None:
-    port, out = int(sys.argv[1]), sys.argv[2]
-    torch.set_num_threads(1)
-    importlib.import_module("torch.distributed.tensor.parallel")  # once, before the fork
-    # fork: the ranks inherit the imported modules instead of importing torch again (about
-    # 8 s each on a busy 2-core machine); no torch work has run yet, so no thread pool exists.
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    torch.multiprocessing.start_processes(
-        _worker, args=(port, out), nprocs=WORLD, join=True, start_method=method
-    )
-
-
 # --- the pytest side -----------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def tp_results(tmp_path_factory):
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    out = tmp_path_factory.mktemp("tp") / "results.json"
-    env = dict(os.environ)
-    if sys.platform.startswith("linux"):
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # stay on loopback
-    proc = subprocess.run(
-        [sys.executable, __file__, str(_free_port()), str(out)],
-        env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    assert proc.returncode == 0 and out.exists(), proc.stderr[-4000:]
-    return json.loads(out.read_text())
+    return ranks_results(__file__, tmp_path_factory.mktemp("tp"))
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -378,4 +319,5 @@ def test_unsharded_ffn_is_not_sharded():
 
 
 if __name__ == "__main__":
-    main()
+    importlib.import_module("torch.distributed.tensor.parallel")  # once, before the fork
+    run_ranks(CASES, world=WORLD)

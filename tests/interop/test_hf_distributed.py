@@ -13,17 +13,12 @@ the expert-parallel cases run in float64, have one).
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
-import traceback
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
+
+from gloo_cases import ranks_results, run_ranks
 
 WORLD = 2
 TOL64 = {"rtol": 1e-10, "atol": 1e-10}
@@ -542,72 +537,13 @@ def case_hook_tp_other_module_declined(mesh):
 CASES = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith("case_")}
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD)  # fmt: skip
-    try:
-        mesh = init_device_mesh("cpu", (WORLD,))
-        results = {}
-        for name, fn in CASES.items():
-            try:
-                fn(mesh)
-                results[name] = "ok"
-            except Exception:  # reported per case by the test below
-                results[name] = traceback.format_exc()
-        if rank == 0:
-            Path(out).write_text(json.dumps(results))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def main() -> None:
-    port, out = int(sys.argv[1]), sys.argv[2]
-    torch.set_num_threads(1)
-    import transformers  # noqa: F401 - once, before the fork (see tests/test_parallel.py)
-    from transformers import (  # noqa: F401
-        LlamaForCausalLM,
-        MixtralForCausalLM,
-        Phi3ForCausalLM,
-        Qwen3MoeForCausalLM,
-    )
-
-    import ffnlab  # noqa: F401
-
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    torch.multiprocessing.start_processes(
-        _worker, args=(port, out), nprocs=WORLD, join=True, start_method=method
-    )
-
-
 # --- the pytest side -----------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def dist_results(tmp_path_factory):
-    import torch.distributed as dist
-
     pytest.importorskip("transformers")
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    out = tmp_path_factory.mktemp("hf_dist") / "results.json"
-    env = dict(os.environ)
-    if sys.platform.startswith("linux"):
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    proc = subprocess.run([sys.executable, __file__, str(_free_port()), str(out)], env=env,
-                          capture_output=True, text=True, timeout=240)  # fmt: skip
-    assert proc.returncode == 0 and out.exists(), proc.stderr[-4000:]
-    return json.loads(out.read_text())
+    return ranks_results(__file__, tmp_path_factory.mktemp("hf_dist"))
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -626,4 +562,14 @@ def test_local_shards_need_the_megatron_layout():
 
 
 if __name__ == "__main__":
-    main()
+    import transformers  # noqa: F401 - once, before the fork (see tests/gloo_cases.py)
+    from transformers import (  # noqa: F401
+        LlamaForCausalLM,
+        MixtralForCausalLM,
+        Phi3ForCausalLM,
+        Qwen3MoeForCausalLM,
+    )
+
+    import ffnlab  # noqa: F401
+
+    run_ranks(CASES, world=WORLD)

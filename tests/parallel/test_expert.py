@@ -8,19 +8,13 @@ both ranks, and rank 0 writes the outcome per case to a JSON file.
 from __future__ import annotations
 
 import copy
-import json
-import os
-import socket
-import subprocess
-import sys
-import traceback
-from pathlib import Path
 
 import pytest
 import torch
 
 from ffnlab import MoEFeedForward
 from ffnlab.errors import UsageError
+from gloo_cases import ranks_results, run_ranks
 
 WORLD = 2
 DIM, HIDDEN = 6, 10  # float64 and dims not multiples of 4: the per-segment fallback runs
@@ -113,58 +107,9 @@ def case_errors(mesh):
 CASES = {name[5:]: fn for name, fn in list(globals().items()) if name.startswith("case_")}
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=WORLD)  # fmt: skip
-    try:
-        mesh = init_device_mesh("cpu", (WORLD,))
-        results = {}
-        for name, fn in CASES.items():
-            try:
-                fn(mesh)
-                results[name] = "ok"
-            except Exception:  # reported per case by the test below
-                results[name] = traceback.format_exc()
-        if rank == 0:
-            Path(out).write_text(json.dumps(results))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def main() -> None:
-    port, out = int(sys.argv[1]), sys.argv[2]
-    torch.set_num_threads(1)
-    # fork: the ranks inherit the imported modules (see tests/test_parallel.py)
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    torch.multiprocessing.start_processes(
-        _worker, args=(port, out), nprocs=WORLD, join=True, start_method=method
-    )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ep_results(tmp_path_factory):
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
-    out = tmp_path_factory.mktemp("ep") / "results.json"
-    env = dict(os.environ)
-    if sys.platform.startswith("linux"):
-        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    proc = subprocess.run([sys.executable, __file__, str(_free_port()), str(out)], env=env,
-                          capture_output=True, text=True, timeout=240)  # fmt: skip
-    assert proc.returncode == 0 and out.exists(), proc.stderr[-4000:]
-    return json.loads(out.read_text())
+    return ranks_results(__file__, tmp_path_factory.mktemp("ep"))
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -173,4 +118,4 @@ def test_expert_parallel_case(ep_results, case):
 
 
 if __name__ == "__main__":
-    main()
+    run_ranks(CASES, world=WORLD)
