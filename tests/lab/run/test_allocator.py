@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-# Twenty training steps of the quick recipe's model (SwiGLU, Muon, one thread) after twenty to warm
-# up (the heap grows to its size); print the minor page faults counted over them.
+# Sixty training steps of the quick recipe's model (SwiGLU, Muon, one thread) after twenty to warm
+# up; print the minor page faults counted over them.
 _SCRIPT = """
 import resource, sys, torch
 import torch.nn.functional as F
@@ -28,7 +28,7 @@ def step():
 for _ in range(20):
     step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
+for _ in range(60):
     step()
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
@@ -46,7 +46,8 @@ def test_freed_blocks_are_reused_without_faulting_in_again():
     applied, kept = _faults("keep")
     if applied != "True":
         pytest.skip("not glibc: keep_freed_memory leaves the allocator alone")
-    # Plain glibc hands freed activations back and faults them in again: about 400 faults per
-    # step (2026-12-07); kept: none once the heap has grown (0.03 per step over 100 steps).
-    assert plain >= 20 * 100, plain
+    # Plain glibc hands freed activations back now and then and faults them in again: over these
+    # 60 steps 12,538-25,342 faults in five runs (2026-12-07); kept, only while the heap still
+    # grows: 7-304.
+    assert plain >= 60 * 20, plain
     assert kept <= plain / 4, (kept, plain)
