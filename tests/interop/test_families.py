@@ -158,8 +158,9 @@ def _wrappers(model):
     return [m for m in model.modules() if isinstance(m, HFFeedForward) and m.counts_as_mlp]
 
 
-# "auto" runs these tiny calls as the plain computation through the modules (and the original
-# MoE blocks without gradients), "fused" the fused ops: both must give the model's function.
+# "auto" runs these tiny calls as the plain computation (and, without gradients, one token's
+# MoE blocks as the routes loop, more tokens' as the original blocks), "fused" the fused ops:
+# both must give the model's function.
 @pytest.mark.parametrize("backend", ["auto", "fused"])
 @pytest.mark.parametrize("family", _families())
 def test_family(built, family, backend):
@@ -167,8 +168,9 @@ def test_family(built, family, backend):
     if isinstance(got, str):
         pytest.skip(got)
     model, inputs = got
+    one = {k: v[:1, :1] for k, v in inputs.items()}  # a decoding step's size
     with torch.no_grad():
-        want32 = survey.logits(model, inputs)
+        want32, want_one = survey.logits(model, inputs), survey.logits(model, one)
     try:
         want_grads = _grads(model, inputs)
     except Exception:  # Reformer's backward needs train mode; it is left alone anyway
@@ -196,6 +198,7 @@ def test_family(built, family, backend):
     assert list(model.state_dict()) == keys
     with torch.no_grad():
         torch.testing.assert_close(survey.logits(model, inputs), want32, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(survey.logits(model, one), want_one, rtol=1e-5, atol=1e-6)
     got_grads = _grads(model, inputs) if want_grads is not None else {}
     assert got_grads.keys() == (want_grads or {}).keys()
     for k in got_grads:

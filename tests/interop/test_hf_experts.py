@@ -161,9 +161,10 @@ def test_every_family_of_the_interface(families, family):
             model = families.build_model(family, dtype=torch.float64,
                                          **WITH_EXPERTS.get(family, {}))  # fmt: skip
         inputs = families.inputs_for(model)
+        one = {"input_ids": inputs["input_ids"][:1, :1]}  # a decoding step: the routes loop
         model.set_experts_implementation("eager")
         with torch.no_grad():
-            want = families.logits(model, inputs)
+            want, want_one = families.logits(model, inputs), families.logits(model, one)
     except Exception as exc:  # noqa: BLE001
         pytest.skip(f"{family} does not build or run tinily in float64: {exc}"[:200])
     if not any(hasattr(m, "has_gate") for m in model.modules()):
@@ -175,9 +176,10 @@ def test_every_family_of_the_interface(families, family):
             families.logits(model, inputs)
         return
     with ctx, torch.no_grad():
-        got = families.logits(model, inputs)
-    assert mock.call_count >= 1
+        got, got_one = families.logits(model, inputs), families.logits(model, one)
+    assert mock.call_count >= 2
     _close(want, got)
+    _close(want_one, got_one)
 
 
 def test_register_is_explicit_idempotent_and_imports_nothing_at_import_time():
@@ -391,14 +393,18 @@ def test_benchmark_runs_at_tiny_sizes():
 
 
 def test_small_calls_run_the_implementation_patching_replaced():
-    """At decoding sizes a patched block runs the original block (``HFMoE.plain_size``) with the
-    implementation ``"ffnlab"`` replaced (transformers' ``grouped_mm`` by default), since that is
-    the faster one there; the model's choice reads ``"ffnlab"`` before, after and when the call
-    fails."""
+    """At small sizes with gradients a patched block runs the original block
+    (``HFMoE.plain_size``) with the implementation ``"ffnlab"`` replaced (transformers'
+    ``grouped_mm`` by default), since that is the faster one there (without gradients on a CPU
+    ffnlab's routes loop runs, neither implementation); the model's choice reads ``"ffnlab"``
+    before, after and when the call fails."""
     model = _patched("qwen3_moe")
     grouped = Mock(wraps=moe_api.grouped_mm_experts_forward)
     ours = Mock(wraps=experts_forward)
-    with torch.no_grad(), patch.dict(MAPPING, {"grouped_mm": grouped, "ffnlab": ours}):
+    with patch.dict(MAPPING, {"grouped_mm": grouped, "ffnlab": ours}):
+        with torch.no_grad():
+            model(IDS[:, :1])
+        assert not grouped.called and not ours.called
         model(IDS[:, :1])
         assert grouped.called and not ours.called
         assert model.config._experts_implementation == "ffnlab"

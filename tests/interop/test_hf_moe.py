@@ -17,9 +17,11 @@ import torch
 from torch import nn
 
 import ffnlab
+from ffnlab.interop import hf_moe
 from ffnlab.interop.hf import patch_hf_report
 from ffnlab.interop.hf_moe import HFMoE
 from ffnlab.ops import dispatch
+from ffnlab.ops.routes_loop import ROUTES_LOOP_MAX
 
 transformers = pytest.importorskip("transformers")
 
@@ -282,35 +284,52 @@ def _counting_original(block: HFMoE) -> list[int]:
     return calls
 
 
+def _counting_loop(monkeypatch) -> list[int]:
+    """How many times HFMoE ran the routes loop."""
+    calls = [0]
+    real = hf_moe.loop_routes
+
+    def counted(*args, **kw):
+        calls[0] += 1
+        return real(*args, **kw)
+
+    monkeypatch.setattr(hf_moe, "loop_routes", counted)
+    return calls
+
+
 @pytest.mark.parametrize("family", ["qwen3_moe", "qwen2_moe", "deepseek_v3"])
-def test_small_calls_run_the_original_block(families, family, monkeypatch):
-    """A decoding step or a small training batch (few routes) calls the original block, which
+def test_small_calls_run_the_routes_loop_or_the_original_block(families, family, monkeypatch):
+    """Without gradients on a CPU, a decoding step (a few routes) runs ffnlab's router and the
+    routes loop; other small calls (more routes, or gradients) call the original block, which
     computes what ffnlab's reference does (float64, gradients too); once the calls count as
     large ffnlab's own path runs with the same result."""
     model, _ = _build(family, families)
     ref_model, _ = _build(family, families)
     assert ffnlab.patch_hf(ref_model, backend="reference") > 0 and ffnlab.patch_hf(model) > 0
     block, ref_block = _blocks(model)[0], _blocks(ref_model)[0]
-    calls = _counting_original(block)
+    calls, loops = _counting_original(block), _counting_loop(monkeypatch)
     g = torch.Generator().manual_seed(0)
+    looped = 0
     for shape in ((1, 1, 32), (3, 1, 32), (2, 5, 32)):
         x = torch.randn(shape, dtype=torch.float64, generator=g)
         with torch.no_grad():
             got, want = block(x), ref_block(x)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    assert calls[0] == 3
-    x = torch.randn(2, 5, 32, dtype=torch.float64, generator=g, requires_grad=True)
-    cot = torch.randn(2, 5, 32, dtype=torch.float64, generator=g)
+        tokens = shape[0] * shape[1]
+        looped += tokens == 1 or tokens * block.spec.top_k <= ROUTES_LOOP_MAX
+    assert looped >= 1 and loops[0] == looped and calls[0] == 3 - looped
+    x = torch.randn(1, 1, 32, dtype=torch.float64, generator=g, requires_grad=True)
+    cot = torch.randn(1, 1, 32, dtype=torch.float64, generator=g)
     (gx,) = torch.autograd.grad(_first(block(x)), x, cot)
     (want_gx,) = torch.autograd.grad(_first(ref_block(x)), x, cot)
     torch.testing.assert_close(gx, want_gx, rtol=1e-12, atol=1e-12)
-    assert calls[0] == 4  # with gradients too
+    assert calls[0] == 4 - looped and loops[0] == looped  # with gradients: the block
     monkeypatch.setattr(dispatch, "FUSED_MIN_ELEMENTS", 1)
     with torch.no_grad():
         torch.testing.assert_close(block(x), ref_block(x), rtol=1e-12, atol=1e-12)
     (gx,) = torch.autograd.grad(_first(block(x)), x, cot)
     torch.testing.assert_close(gx, want_gx, rtol=1e-12, atol=1e-12)
-    assert calls[0] == 4  # large: ffnlab's path
+    assert calls[0] == 4 - looped and loops[0] == looped  # large: ffnlab's grouped path
 
 
 def _first(out):
@@ -385,11 +404,9 @@ def test_train_mode_reaches_the_original_block(families):
     model, _ = _build("qwen3_moe", families)
     ffnlab.patch_hf(model)
     block = _blocks(model)[0]
-    model.train()
-    with torch.no_grad():
-        block(torch.randn(1, 1, 32, dtype=torch.float64))
+    model.train()  # with gradients a small call runs the block (without, the routes loop)
+    block(torch.randn(1, 1, 32, dtype=torch.float64))
     assert block.original.training
     model.eval()
-    with torch.no_grad():
-        block(torch.randn(1, 1, 32, dtype=torch.float64))
+    block(torch.randn(1, 1, 32, dtype=torch.float64))
     assert not block.original.training

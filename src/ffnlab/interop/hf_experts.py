@@ -32,6 +32,10 @@ weights. Equivalent PyTorch (transformers' eager loop, gated, ``F.linear`` layou
         h = experts._apply_gate(F.linear(x[t], gate_up_proj[e]))   # act(gate) * up
         out.index_add_(0, t, F.linear(h, down_proj[e]) * top_k_weights[t, j, None])
 
+A decoding step on a CPU without gradients (a few routes: :func:`ffnlab.ops.routes_loop.
+routes_loop_runs`) runs one ``F.linear`` per route instead (:func:`~ffnlab.ops.routes_loop.
+loop_routes`), which is faster than any grouped product at that size.
+
 What the middle computes is read once per experts module and kept on it (:class:`ExpertsPlan`):
 the default ``_apply_gate`` is ``act_fn(gate) * up`` with ``act_fn`` named by
 :func:`ffnlab.interop.hf_activations.hf_activation`; a class's own ``_apply_gate`` (GPT-OSS's
@@ -52,6 +56,7 @@ from ..experts import Experts
 from ..ops.grouped import permute_tokens, sort_by_expert, unpermute_tokens
 from ..ops.grouped_function import grouped_feed_forward
 from ..ops.reference import hidden_activation
+from ..ops.routes_loop import loop_routes, routes_loop_runs
 from .hf_activations import describe, hf_activation, hf_activation_options
 from .hf_moe import HFMoE, _halves, experts_choice
 from .verify import TOLERANCE, relative_difference
@@ -203,15 +208,22 @@ def _weight(experts: nn.Module, name: str) -> Tensor:
     return w
 
 
-def _weights(experts: nn.Module, plan: ExpertsPlan) -> tuple[Tensor | None, ...]:
-    """``(w1, w2, w3, b1, b2, b3)`` of :func:`grouped_feed_forward` as views of the stored
-    tensors: ``w1, w3 [E, I, dim]``, ``w2 [E, dim, I]``, biases ``[E, ...]`` (None where absent)."""
+def _packed_weights(experts: nn.Module) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """``(up, down, b_up, b_down)`` as stored, in ``F.linear``'s layout (views): ``up [E, 2I,
+    dim]`` (``[E, I, dim]`` without a gate), ``down [E, dim, I]``, biases or None."""
     up_name = "gate_up_proj" if experts.has_gate else "up_proj"
     up, down = _weight(experts, up_name), _weight(experts, "down_proj")
     if experts.is_transposed:  # [E, dim, 2I] and [E, I, dim]: F.linear wants the transpose
         up, down = up.transpose(1, 2), down.transpose(1, 2)
     b_up = getattr(experts, f"{up_name}_bias") if experts.has_bias else None
     b_down = experts.down_proj_bias if experts.has_bias else None
+    return up, down, b_up, b_down
+
+
+def _weights(experts: nn.Module, plan: ExpertsPlan) -> tuple[Tensor | None, ...]:
+    """``(w1, w2, w3, b1, b2, b3)`` of :func:`grouped_feed_forward` as views of the stored
+    tensors: ``w1, w3 [E, I, dim]``, ``w2 [E, dim, I]``, biases ``[E, ...]`` (None where absent)."""
+    up, down, b_up, b_down = _packed_weights(experts)
     if not experts.has_gate:
         return up, down, None, b_up, b_down, None
     w1, w3 = _halves(up, plan.interleaved, plan.gate_first, dim=1)
@@ -227,6 +239,15 @@ def experts_forward(experts: nn.Module, hidden_states: Tensor, top_k_index: Tens
     plan = experts_plan(experts)
     x = Experts.autocast_input(hidden_states)
     idx, gates = top_k_index, top_k_weights
+    if routes_loop_runs(x, idx.numel() // max(idx.shape[-1], 1), idx.shape[-1]):
+        # a decoding step on a CPU: one product per route (other ranks' ids contribute zero)
+        norm = experts.post_expert_norm if getattr(experts, "has_post_expert_norm", False) else None
+        out = loop_routes(x.reshape(-1, x.shape[-1]), idx.reshape(-1, idx.shape[-1]),
+                          gates.reshape(-1, idx.shape[-1]), *_packed_weights(experts),
+                          activation=plan.activation, options=plan.options,
+                          gated=bool(experts.has_gate), interleaved=plan.interleaved,
+                          gate_first=plan.gate_first, route_norm=norm)  # fmt: skip
+        return out.reshape(hidden_states.shape).to(hidden_states.dtype)
     weights = _weights(experts, plan)
     if torch.is_autocast_enabled(x.device.type):  # what F.linear does to its operands there
         weights = tuple(None if w is None else w.to(x.dtype) for w in weights)

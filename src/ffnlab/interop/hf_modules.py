@@ -44,6 +44,7 @@ from ..local_shards import tensor_parallel_feed_forward
 from ..ops.dispatch import choose
 from ..ops.projections import Weights, projected_feed_forward
 from ..ops.reference import hidden_activation
+from .direct import DirectActivation, direct_mlp
 from .recognise import MLPSpec, projection_shape
 
 __all__ = ["HFFeedForward", "HFMLP", "middle"]
@@ -171,12 +172,16 @@ class HFFeedForward(nn.Module):
         """Whether ``backend="auto"`` runs the plain computation for ``x [..., dim]``: too few
         hidden elements for the fused op to pay off, or no gradient wanted on a CPU
         (:func:`ffnlab.ops.dispatch.choose`)."""
-        return (
-            self.backend == "auto"
-            and self.hidden_dim is not None
-            and choose("auto", _rows(x), self.hidden_dim, grad=torch.is_grad_enabled(),
-                       device_type=x.device.type) == "reference"
-        )
+        if self.backend != "auto" or self.hidden_dim is None:
+            return False
+        grad = torch.is_grad_enabled()
+        if not grad and x.is_cpu:
+            # choose()'s first rule, without computing its arguments: after a decoding step's
+            # matrix-vector products this Python runs cold, and x.device.type alone took 12.7 us
+            # of a 200 us call (idle 2-core Xeon, 2026-12-07)
+            return True
+        return choose("auto", _rows(x), self.hidden_dim, grad=grad,
+                      device_type=x.device.type) == "reference"
 
     def fused_runs(self) -> bool:
         """Whether the fused op can run this activation with this backend (Triton runs only
@@ -276,6 +281,10 @@ class HFMLP(HFFeedForward):
             all(v is None for v in steps) and not spec.packed and not spec.residual
             and spec.act_attr is not None and not self.__dict__["_value_transform"]
         )  # fmt: skip
+        # The activation object the plain path may call as a function (:mod:`.direct`).
+        self.__dict__["_direct_act"] = DirectActivation(
+            self.own_activation() if self.__dict__["_bare"] else None
+        )
         shape = projection_shape(self._modules[spec.gate])
         if shape is not None:
             self.hidden_dim = shape[1] // 2 if spec.packed else shape[1]
@@ -358,6 +367,12 @@ class HFMLP(HFFeedForward):
         d = self._modules.get(name, getattr(self.original, name))
         return (d.p if isinstance(d, nn.Dropout) else float(d)) > 0
 
+    def _bare_calls(self, x: torch.Tensor) -> torch.Tensor:
+        """LLaMA's form through the modules, the calls the original makes."""
+        s, mods = self.spec, self._modules
+        a = self.own_activation()(mods[s.gate](x))
+        return mods[s.down](a if s.up is None else a * mods[s.up](x))
+
     def module_ffn(self, x: torch.Tensor) -> torch.Tensor:
         """The spec's steps through the modules (the Equivalent PyTorch above)."""
         s = self.spec
@@ -373,13 +388,18 @@ class HFMLP(HFFeedForward):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """``x [..., dim]`` -> ``[..., dim]`` (plus ``residual [..., dim]`` where the original
         MLP adds it: :attr:`MLPSpec.residual`)."""
-        s = self.spec
-        if self.__dict__["_bare"] and self.plain_size(x):
-            # LLaMA's form at a decoding step: the original's own calls and no others
-            mods = self._modules
-            h1 = mods[s.gate](x)
-            a = self.own_activation()(h1)
-            return mods[s.down](a if s.up is None else a * mods[s.up](x))
+        s, d = self.spec, self.__dict__
+        if d["_bare"] and d["backend"] == "auto" and d["hidden_dim"] is not None:
+            # LLaMA's form ``down(act(gate(x)) [* up(x)])``, with the fewest Python calls on a
+            # decoding step (:mod:`.direct`: this is choose()'s CPU rule, inlined)
+            if not torch.is_grad_enabled() and x.is_cpu:
+                mods = self._modules
+                act = mods.get(s.act_attr) or self.own_activation()
+                up = None if s.up is None else mods[s.up]
+                y = direct_mlp(x, mods[s.gate], up, mods[s.down], act, d["_direct_act"])
+                return self._bare_calls(x) if y is None else y
+            if self.plain_size(x):
+                return self._bare_calls(x)
         if s.input_norm is not None:
             x = self._modules[s.input_norm](x)
         if (

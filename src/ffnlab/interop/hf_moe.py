@@ -26,10 +26,12 @@ which runs ``name`` on ffnlab's routing (the same top-k ids and weights the bloc
 
 **Speed.** With ``backend="auto"``, a call whose routed work is too small for ffnlab's grouped
 op to pay off (:func:`ffnlab.ops.dispatch.choose` on ``tokens x top_k`` rows of the experts'
-hidden width: every decoding step, and small training batches) calls the original block, whose
-children, parameters and buffers are this wrapper's (:meth:`HFMoE.original_is_current`), so a
-patched model runs exactly what transformers runs there, with the experts implementation the
-model is set to. Larger calls (prefill, training on longer batches) run ffnlab's router and
+hidden width: every decoding step, and small training batches) runs, without gradients on a
+CPU for one token or a few routes, ffnlab's router and one ``F.linear`` per route
+(:mod:`ffnlab.ops.routes_loop`: a Qwen3-MoE block's one-token call took 0.83x the block's own
+time with ``grouped_mm``); otherwise it calls the original block, whose children, parameters and
+buffers are this wrapper's (:meth:`HFMoE.original_is_current`), so a patched model runs exactly
+what transformers runs there, with the experts implementation the model is set to. Larger calls (prefill, training on longer batches) run ffnlab's router and
 grouped experts. Measured under load (one thread, Qwen3-MoE, 16 experts of 256, top-4, dim
 256): a training step on 4 x 128 tokens (2048 routes x 256 = 2^19 hidden elements) took 1.14x
 transformers' time through ffnlab's grouped op, which is why gradients do not change the rule.
@@ -52,6 +54,7 @@ from ..activations import compute_dtype, get_activation
 from ..experts import Experts, run_experts
 from ..ops.dispatch import choose
 from ..ops.expert_norm import OutputNorm
+from ..ops.routes_loop import loop_routes, routes_loop_runs
 from ..routers import get_router
 from .hf_modules import HFFeedForward
 from .recognise_moe import MoESpec
@@ -110,16 +113,25 @@ class HFMoE(HFFeedForward):
             module = getattr(module, part)
         return getattr(module, leaf)
 
-    def expert_weights(self) -> tuple[Tensor | None, ...]:
-        """``(w1, w2, w3, b1, b2, b3)`` as views of the experts' stored tensors: ``w1, w3
-        [E, I, dim]``, ``w2 [E, dim, I]``, ``b1, b3 [E, I]``, ``b2 [E, dim]`` (None without
-        biases; ``w3``, ``b3`` None for plain experts)."""
+    def packed_expert_weights(self) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """``(up, down, b_up, b_down)`` as the experts store them, in ``F.linear``'s layout
+        (views): ``up [E, 2I, dim]`` (gate and up halves as the spec's layout says; ``[E, I,
+        dim]`` for plain experts), ``down [E, dim, I]``, biases ``[E, 2I]``, ``[E, dim]`` or
+        None."""
         s = self.spec
         gu, down = self._router_param(s.up), self._router_param(s.down)
         bu = self._router_param(f"{s.up}_bias") if s.biases else None
         b2 = self._router_param(f"{s.down}_bias") if s.biases else None
         if s.transposed:  # [E, dim, 2I] and [E, I, dim]: F.linear wants the transpose
             gu, down = gu.transpose(1, 2), down.transpose(1, 2)
+        return gu, down, bu, b2
+
+    def expert_weights(self) -> tuple[Tensor | None, ...]:
+        """``(w1, w2, w3, b1, b2, b3)`` as views of the experts' stored tensors: ``w1, w3
+        [E, I, dim]``, ``w2 [E, dim, I]``, ``b1, b3 [E, I]``, ``b2 [E, dim]`` (None without
+        biases; ``w3``, ``b3`` None for plain experts)."""
+        s = self.spec
+        gu, down, bu, b2 = self.packed_expert_weights()
         if not s.gated:
             return gu, down, None, bu, b2, None
         w1, w3 = _halves(gu, s.interleaved, s.gate_first, dim=1)
@@ -157,19 +169,24 @@ class HFMoE(HFFeedForward):
         return _same_tensors_and_children(self, self.original)
 
     def plain_size(self, x: Tensor) -> bool:
-        """Whether ``backend="auto"`` calls the original block for ``x [..., dim]``:
-        ``tokens x top_k`` rows of the experts' hidden width are too few for the grouped op
-        (:func:`ffnlab.ops.dispatch.choose`), with or without gradients."""
+        """Whether ``backend="auto"`` runs ``x [..., dim]`` otherwise than by the grouped op:
+        ``tokens x top_k`` rows of the experts' hidden width are too few for it
+        (:func:`ffnlab.ops.dispatch.choose`), with or without gradients. :meth:`forward` then
+        runs the routes loop or calls the original block."""
         if self.backend != "auto" or not x.dim() or not x.shape[-1]:
             return False
-        routes = x.numel() // x.shape[-1] * self.spec.top_k
-        return choose("auto", routes, self.hidden_dim) == "reference"
+        return choose("auto", _tokens(x) * self.spec.top_k, self.hidden_dim) == "reference"
 
     def forward(self, hidden_states: Tensor) -> Tensor | tuple[Tensor, Tensor]:
         """``[..., dim]`` -> the block's output (see the class docstring)."""
         s, x = self.spec, hidden_states
-        if self.plain_size(x) and self.original_is_current():
-            return self._run_original(x)
+        loop = False
+        if self.plain_size(x):
+            # a decoding step on a CPU without gradients: ffnlab's router and the routes loop
+            # (:mod:`ffnlab.ops.routes_loop`); else the block itself
+            loop = s.expert_norm is None and routes_loop_runs(x, _tokens(x), s.top_k)
+            if not loop and self.original_is_current():
+                return self._run_original(x)
         dim = x.shape[-1]
         x2 = x.reshape(-1, dim)
         routing, logits = self.route(x2)
@@ -192,6 +209,11 @@ class HFMoE(HFFeedForward):
         if chosen not in (None, self.experts_choice, "ffnlab") and not routing.gate_input:
             # set_experts_implementation after patching: the experts run what was chosen
             y = experts(x2, routing.expert_idx, routing.gates.to(x2.dtype))
+        elif loop and not routing.gate_input:
+            up, down, b_up, b_down = self.packed_expert_weights()
+            y = loop_routes(xe, routing.expert_idx, routing.gates, up, down, b_up, b_down,
+                            activation=s.activation, options=self.act_options, gated=s.gated,
+                            interleaved=s.interleaved, gate_first=s.gate_first)  # fmt: skip
         else:
             y = run_experts(xe, routing, self.expert_weights(), activation=s.activation,
                             backend=backend, options=options, recompute=self.recompute,
@@ -257,6 +279,11 @@ _RUNS_IN = {"grouped_mm": (torch.float32, torch.bfloat16, torch.float16)}
 # property, whose setter also walks the sub-configs: setting and restoring it through the
 # property cost 25 us per decoding call of each layer, 2 us directly (2026-12-07, under load).
 _CHOICE_SLOT = "_experts_implementation_internal"
+
+
+def _tokens(x: Tensor) -> int:
+    """Tokens of ``x [..., dim]`` (every leading dim together; ``dim`` > 0)."""
+    return x.numel() // x.shape[-1]
 
 
 def _set_choice(config, name: str) -> None:
