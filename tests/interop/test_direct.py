@@ -62,24 +62,51 @@ def test_direct_mlp_equals_the_modules_bit_for_bit(act, gated):
             torch.testing.assert_close(got, mm(x), rtol=0, atol=0, equal_nan=True)
 
 
+def _fn(act):
+    found = activation_function(act)
+    return None if found is None else found[0]
+
+
 def test_the_activation_table_names_what_each_class_calls():
-    assert activation_function(nn.SiLU()) is F.silu
-    assert activation_function(nn.ReLU()) is F.relu
-    assert activation_function(nn.SiLU(inplace=True)) is None  # writes into its input
-    assert activation_function(nn.Tanh()) is None  # not in the table: called as a module
-    gelu = activation_function(nn.GELU(approximate="tanh"))
+    assert _fn(nn.SiLU()) is F.silu
+    assert _fn(nn.ReLU()) is F.relu
+    assert _fn(nn.SiLU(inplace=True)) is None  # writes into its input
+    assert _fn(nn.Tanh()) is None  # not in the table: called as a module
+    gelu = _fn(nn.GELU(approximate="tanh"))
     assert isinstance(gelu, functools.partial) and gelu.keywords == {"approximate": "tanh"}
-    assert activation_function(F.silu) is None
 
     class MySiLU(nn.SiLU):  # a subclass may compute anything
         def forward(self, x):
             return 2 * F.silu(x)
 
-    assert activation_function(MySiLU()) is None
+    assert _fn(MySiLU()) is None
     acts = pytest.importorskip("transformers.activations")
-    assert activation_function(acts.GELUActivation(use_gelu_python=True)) is None
-    assert activation_function(acts.GELUTanh(use_gelu_tanh_python=True)) is None
-    assert activation_function(acts.ACT2FN["silu"]) is F.silu
+    assert _fn(acts.GELUActivation(use_gelu_python=True)) is None
+    assert _fn(acts.GELUTanh(use_gelu_tanh_python=True)) is None
+    assert _fn(acts.ACT2FN["silu"]) is F.silu
+
+
+@pytest.mark.parametrize("change", ["approximate", "act"])
+def test_an_activation_setting_changed_after_the_wrapper_was_made_is_honoured(change):
+    torch.manual_seed(3)
+    if change == "approximate":
+        act = nn.GELU()
+    else:
+        act = pytest.importorskip("transformers.activations").GELUActivation()
+    m = _Mlp(act)
+    known = DirectActivation(act)
+    x = torch.randn(2, 12)
+    with torch.no_grad():
+        before = direct_mlp(x, *_args(m), known)
+        if change == "approximate":
+            act.approximate = "tanh"
+        else:
+            act.act = torch.tanh
+        want = m(x)
+        got = direct_mlp(x, *_args(m), known)
+    assert not torch.equal(want, before)  # the change shows in the module's output
+    assert torch.equal(got, want)
+    assert DirectActivation(nn.SiLU(inplace=True)).fn is None
 
 
 def _hooked(hook_on: str, how: str):

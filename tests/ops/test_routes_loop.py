@@ -103,3 +103,15 @@ def test_the_loop_runs_for_one_token_or_a_few_routes_on_a_cpu_without_gradients(
         assert not routes_loop_runs(x, 2, ROUTES_LOOP_MAX // 2 + 1)
         assert not routes_loop_runs(x.to("meta"), 1, 1)
     assert not routes_loop_runs(x, 1, 1)  # gradients wanted
+
+
+def test_a_compiled_graph_never_takes_the_loop():
+    seen = []
+
+    def f(x):
+        seen.append(routes_loop_runs(x, 1, 2))
+        return x + 1
+
+    with torch.no_grad():
+        torch.compile(f, fullgraph=True, backend="eager")(torch.zeros(3))
+    assert seen == [False]

@@ -49,8 +49,8 @@ def direct_mlp(
         y = down(a if up is None else a * up(x))
 
     The checks are written out in this one function: each Python call costs 1.5-2 us here
-    (the module docstring), and a function per check made the patched call 0.98x the
-    original's time where this makes it 0.92x.
+    (the module docstring); a function per check made a patched Llama's one-token MLP call
+    0.98x the original's time, this makes it 0.96x (2 threads).
     """
     if (_module._global_forward_hooks or _module._global_forward_pre_hooks
             or torch._C._get_tracing_state()):  # fmt: skip
@@ -72,35 +72,43 @@ def direct_mlp(
         fn = act
     else:
         d = act.__dict__
-        if d["_forward_hooks"] or d["_forward_pre_hooks"] or "_compiled_call_impl" in d or "forward" in d:
+        if (d["_forward_hooks"] or d["_forward_pre_hooks"] or "_compiled_call_impl" in d
+                or "forward" in d or d.get(known.setting) is not known.value):  # fmt: skip
             fn = act
     a = fn(F.linear(x, *w1))
     return F.linear(a if w3 is None else a * F.linear(x, *w3), *w2)
 
 
-def activation_function(act: object) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The torch function that activation module ``act``'s class ``forward`` calls, for the
-    few classes whose forward is one such call (SiLU, ReLU, GELU of ``torch.nn`` and of
-    ``transformers.activations``), else None. Read once, when a wrapper is made."""
+_TANH = "tanh"
+
+
+def activation_function(act: object) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None,
+                                               object] | None:  # fmt: skip
+    """``(fn, setting, value)``: the torch function that activation module ``act``'s class
+    ``forward`` calls, for the few classes whose forward is one such call (SiLU, ReLU, GELU of
+    ``torch.nn`` and of ``transformers.activations``), and the instance attribute it depends on
+    with its value now (the function holds while ``act.setting is value``; None: none), else
+    None. Read once, when a wrapper is made."""
     cls = type(act)
     where, name = cls.__module__, cls.__name__
+    d = act.__dict__
     if where == "torch.nn.modules.activation":
-        if name in ("SiLU", "ReLU") and not act.inplace:
-            return F.silu if name == "SiLU" else F.relu
-        if name == "GELU":
-            return functools.partial(F.gelu, approximate=act.approximate)
+        if name in ("SiLU", "ReLU") and d.get("inplace") is False:
+            return (F.silu if name == "SiLU" else F.relu), "inplace", False
+        if name == "GELU" and d.get("approximate") in ("none", _TANH):
+            value = d["approximate"]
+            return functools.partial(F.gelu, approximate=value), "approximate", value
         return None
     if where != "transformers.activations":
         return None
     if name == "SiLUActivation":
-        return F.silu
+        return F.silu, None, None
     if name in ("GELUActivation", "GELUTanh"):
-        fn = act.__dict__.get("act")  # F.gelu, partial(F.gelu, approximate="tanh"), or Python
-        if fn is F.gelu:
-            return F.gelu
-        if (isinstance(fn, functools.partial) and fn.func is F.gelu and not fn.args
-                and fn.keywords == {"approximate": "tanh"}):  # fmt: skip
-            return fn
+        fn = d.get("act")  # F.gelu, partial(F.gelu, approximate="tanh"), or Python code
+        tanh = (isinstance(fn, functools.partial) and fn.func is F.gelu and not fn.args
+                and fn.keywords == {"approximate": _TANH})  # fmt: skip
+        if fn is F.gelu or tanh:
+            return fn, "act", fn
     return None
 
 
@@ -114,10 +122,10 @@ class DirectActivation:
     on it, else the object.
     """
 
-    __slots__ = ("act", "fn", "forward")
+    __slots__ = ("act", "fn", "forward", "setting", "value")
 
     def __init__(self, act: object) -> None:
         self.act = act
-        module = isinstance(act, nn.Module)
-        self.fn = activation_function(act) if module else None
+        found = activation_function(act) if isinstance(act, nn.Module) else None
+        self.fn, self.setting, self.value = found if found is not None else (None, None, None)
         self.forward = type(act).forward if self.fn is not None else None

@@ -37,11 +37,13 @@ ROUTES_LOOP_MAX = 8
 
 def routes_loop_runs(x: Tensor, tokens: int, top_k: int) -> bool:
     """Whether :func:`loop_routes` is the faster way to run ``tokens x top_k`` routes of ``x``:
-    a CPU tensor, no gradients wanted, one token or at most :data:`ROUTES_LOOP_MAX` routes."""
+    a CPU tensor, no gradients wanted, one token or at most :data:`ROUTES_LOOP_MAX` routes, and
+    no ``torch.compile`` tracing (the ids read on the host would break a full graph)."""
     return (
         (tokens == 1 or tokens * top_k <= ROUTES_LOOP_MAX)
         and not torch.is_grad_enabled()
         and x.is_cpu
+        and not torch.compiler.is_compiling()
     )
 
 
