@@ -222,3 +222,18 @@ def test_a_patched_llama_decoding_step_takes_the_direct_path(hf_models, monkeypa
         assert torch.equal(wrapper(x), wrapper.original(x))
     h.remove()
     assert seen == [True, False]
+
+
+def test_a_small_call_off_the_cpu_takes_the_direct_path_too(hf_models, monkeypatch):
+    """Off the CPU (the meta device stands in for a GPU here) a small call without gradients
+    runs the direct calls as well; a large one with gradients would run the fused op."""
+    model, _, _ = hf_models.build("llama")
+    assert ffnlab.patch_hf(model) > 0
+    wrapper = next(m for m in model.modules() if isinstance(m, HFMLP)).to("meta")
+    seen = []
+    real = direct.direct_mlp
+    monkeypatch.setattr("ffnlab.interop.hf_modules.direct_mlp",
+                        lambda *a: seen.append(1) or real(*a))  # fmt: skip
+    with torch.no_grad():
+        y = wrapper(torch.empty(1, 1, 32, device="meta"))
+    assert seen == [1] and y.shape == (1, 1, 32) and y.device.type == "meta"

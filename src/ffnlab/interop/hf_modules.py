@@ -391,14 +391,16 @@ class HFMLP(HFFeedForward):
         s, d = self.spec, self.__dict__
         if d["_bare"] and d["backend"] == "auto" and d["hidden_dim"] is not None:
             # LLaMA's form ``down(act(gate(x)) [* up(x)])``, with the fewest Python calls on a
-            # decoding step (:mod:`.direct`: this is choose()'s CPU rule, inlined)
-            if not torch.is_grad_enabled() and x.is_cpu:
-                mods = self._modules
-                act = mods.get(s.act_attr) or self.own_activation()
-                up = None if s.up is None else mods[s.up]
-                y = direct_mlp(x, mods[s.gate], up, mods[s.down], act, d["_direct_act"])
-                return self._bare_calls(x) if y is None else y
-            if self.plain_size(x):
+            # decoding step (:mod:`.direct`; the first test is choose()'s CPU rule, inlined)
+            grad = torch.is_grad_enabled()
+            if (not grad and x.is_cpu) or self.plain_size(x):
+                if not grad:
+                    mods = self._modules
+                    act = mods.get(s.act_attr) or self.own_activation()
+                    up = None if s.up is None else mods[s.up]
+                    y = direct_mlp(x, mods[s.gate], up, mods[s.down], act, d["_direct_act"])
+                    if y is not None:
+                        return y
                 return self._bare_calls(x)
         if s.input_norm is not None:
             x = self._modules[s.input_norm](x)
