@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from unittest.mock import Mock
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from ffnlab.interop.hf import patch_hf_report
 from ffnlab.interop.hf_moe import HFMoE
 from ffnlab.ops import dispatch
 from ffnlab.ops.routes_loop import ROUTES_LOOP_MAX
+from moe_models import build, grads
 
 transformers = pytest.importorskip("transformers")
 
@@ -48,21 +50,6 @@ FAMILIES = {
 DENSE_FIRST = {"deepseek_v3", "ergo", "axk1"}
 
 
-def _build(family: str, families, dtype=torch.float64, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = families.build_model(family, dtype=dtype, **kw)
-    if dtype == torch.float64:
-        model.set_experts_implementation("eager")
-    return model, families.inputs_for(model)
-
-
-def _grads(model, inputs, families) -> dict[str, torch.Tensor]:
-    model.zero_grad(set_to_none=True)
-    families.logits(model, inputs).pow(2).mean().backward()
-    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
-
-
 def _blocks(model) -> list[HFMoE]:
     return [m for m in model.modules() if isinstance(m, HFMoE)]
 
@@ -72,10 +59,10 @@ def _blocks(model) -> list[HFMoE]:
 @pytest.mark.parametrize("backend", ["auto", "fused"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_float64_logits_gradients_keys_and_unpatch(families, family, backend):
-    model, inputs = _build(family, families)
+    model, inputs = build(families, family)
     with torch.no_grad():
         want = families.logits(model, inputs)
-    want_grads = _grads(model, inputs, families)
+    want_grads = grads(model, inputs, families)
     keys = list(model.state_dict())
     params = {k: p for k, p in model.named_parameters()}
     originals = dict(model.named_modules())
@@ -94,7 +81,7 @@ def test_family_float64_logits_gradients_keys_and_unpatch(families, family, back
     tol = FAMILIES[family]
     with torch.no_grad():
         torch.testing.assert_close(families.logits(model, inputs), want, rtol=tol, atol=tol)
-    got_grads = _grads(model, inputs, families)
+    got_grads = grads(model, inputs, families)
     assert got_grads.keys() == want_grads.keys()
     for k in want_grads:
         torch.testing.assert_close(got_grads[k], want_grads[k], rtol=max(tol, 1e-10),
@@ -112,7 +99,7 @@ def test_recompute_reaches_the_experts_and_shared_expert(families):
 
     saved = {}
     for mode in ("none", "full"):
-        model, _ = _build("qwen2_moe", families, dtype=torch.float32)
+        model, _ = build(families, "qwen2_moe", dtype=torch.float32)
         assert patch_hf_report(model, backend="fused", recompute=mode)[1] == []
         block = _blocks(model)[0]
         assert block.recompute == mode and block.shared_expert.recompute == mode
@@ -125,17 +112,17 @@ def test_recompute_reaches_the_experts_and_shared_expert(families):
 def test_float32_fused_and_reference_backends(families, family):
     """float32, transformers' default grouped_mm experts against ffnlab's fused grouped op
     (and the reference loop): logits ~1e-5, gradients ~1e-4."""
-    model, inputs = _build(family, families, dtype=torch.float32)
+    model, inputs = build(families, family, dtype=torch.float32)
     with torch.no_grad():
         want = families.logits(model, inputs)
-    want_grads = _grads(model, inputs, families)
+    want_grads = grads(model, inputs, families)
     for backend in ("fused", "reference"):  # "auto" would call the blocks at these sizes
         assert patch_hf_report(model, backend=backend)[1] == []
         assert all(b.backend == backend for b in _blocks(model))
         with torch.no_grad():
             torch.testing.assert_close(families.logits(model, inputs), want, rtol=1e-5,
                                        atol=1e-6)  # fmt: skip
-        got = _grads(model, inputs, families)
+        got = grads(model, inputs, families)
         for k in want_grads:
             torch.testing.assert_close(got[k], want_grads[k], rtol=1e-4, atol=1e-6, msg=k)
         ffnlab.unpatch_hf(model)
@@ -144,7 +131,7 @@ def test_float32_fused_and_reference_backends(families, family):
 def test_router_logits_and_aux_loss_unchanged(families):
     """transformers' recorded router logits (forward hooks on the router) and its
     load-balancing loss, with gradients to the router, are the same once patched."""
-    model, inputs = _build("mixtral", families)
+    model, inputs = build(families, "mixtral")
     labels = inputs["input_ids"]
 
     def run():
@@ -173,7 +160,7 @@ def test_recorded_router_logits_of_other_router_calls(families, family):
     """Routers called with the block's input as it came (DeepSeek, AFMoE), with the block's
     own correction bias (MiniMax-M2, AFMoE), returning ``(scores, logits)`` (Llama 4) or five
     values (JetMoE): transformers records the same router logits once patched."""
-    model, inputs = _build(family, families)
+    model, inputs = build(families, family)
 
     def recorded():
         with torch.no_grad():
@@ -190,7 +177,7 @@ def test_recorded_router_logits_of_other_router_calls(families, family):
 
 
 def test_gpt_oss_returns_its_gates(families):
-    model, _ = _build("gpt_oss", families)
+    model, _ = build(families, "gpt_oss")
     block = model.model.layers[0].mlp
     x = torch.randn(2, 3, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     want_y, want_scores = block(x)
@@ -216,7 +203,7 @@ class _HalfTemperatureRouter(nn.Module):
 
 
 def test_a_block_that_fails_the_probe_is_left_with_the_reason(families):
-    model, inputs = _build("mixtral", families)
+    model, inputs = build(families, "mixtral")
     odd = model.model.layers[1].mlp
     odd.gate = _HalfTemperatureRouter(odd.gate)
     with torch.no_grad():
@@ -237,7 +224,7 @@ def test_a_block_that_fails_the_probe_is_left_with_the_reason(families):
 @pytest.mark.parametrize("family", ["qwen2_moe", "ergo"])
 def test_save_pretrained_round_trip(families, family, tmp_path):
     """A patched model saves what the unpatched one would: a fresh load gives its logits."""
-    model, inputs = _build(family, families, dtype=torch.float32)
+    model, inputs = build(families, family, dtype=torch.float32)
     ffnlab.patch_hf(model)
     with torch.no_grad():
         for p in model.parameters():  # away from the seeded initialisation
@@ -256,7 +243,7 @@ def test_ergo_expert_norm_and_shared_output_norm(families):
     """Ergo: each route's output through its expert's RMSNorm (computed in float32, as the
     block does) on the stored ``post_expert_norm.weight``, whose gradient flows; the shared
     expert, a ReLU² MLP followed by an RMSNorm, is an HFMLP with that norm on its output."""
-    model, inputs = _build("ergo", families)
+    model, inputs = build(families, "ergo")
     assert ffnlab.patch_hf(model) == 2
     (block,) = _blocks(model)
     norm = block.out_norm()
@@ -264,7 +251,7 @@ def test_ergo_expert_norm_and_shared_output_norm(families):
     assert norm.eps == model.config.rms_norm_eps
     assert block.shared_experts.spec.out_norm == "norm"
     assert block.shared_experts.spec.input_norm is None
-    _grads(model, inputs, families)
+    grads(model, inputs, families)
     assert block.experts.post_expert_norm.weight.grad.abs().sum() > 0
 
 
@@ -284,17 +271,11 @@ def _counting_original(block: HFMoE) -> list[int]:
     return calls
 
 
-def _counting_loop(monkeypatch) -> list[int]:
-    """How many times HFMoE ran the routes loop."""
-    calls = [0]
-    real = hf_moe.loop_routes
-
-    def counted(*args, **kw):
-        calls[0] += 1
-        return real(*args, **kw)
-
-    monkeypatch.setattr(hf_moe, "loop_routes", counted)
-    return calls
+def _counting_loop(monkeypatch) -> Mock:
+    """The routes loop as HFMoE calls it, counting (``call_count``)."""
+    spy = Mock(wraps=hf_moe.loop_routes)
+    monkeypatch.setattr(hf_moe, "loop_routes", spy)
+    return spy
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "qwen2_moe", "deepseek_v3"])
@@ -303,8 +284,8 @@ def test_small_calls_run_the_routes_loop_or_the_original_block(families, family,
     routes loop; other small calls (more routes, or gradients) call the original block, which
     computes what ffnlab's reference does (float64, gradients too); once the calls count as
     large ffnlab's own path runs with the same result."""
-    model, _ = _build(family, families)
-    ref_model, _ = _build(family, families)
+    model, _ = build(families, family)
+    ref_model, _ = build(families, family)
     assert ffnlab.patch_hf(ref_model, backend="reference") > 0 and ffnlab.patch_hf(model) > 0
     block, ref_block = _blocks(model)[0], _blocks(ref_model)[0]
     calls, loops = _counting_original(block), _counting_loop(monkeypatch)
@@ -317,19 +298,19 @@ def test_small_calls_run_the_routes_loop_or_the_original_block(families, family,
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         tokens = shape[0] * shape[1]
         looped += tokens == 1 or tokens * block.spec.top_k <= ROUTES_LOOP_MAX
-    assert looped >= 1 and loops[0] == looped and calls[0] == 3 - looped
+    assert looped >= 1 and loops.call_count == looped and calls[0] == 3 - looped
     x = torch.randn(1, 1, 32, dtype=torch.float64, generator=g, requires_grad=True)
     cot = torch.randn(1, 1, 32, dtype=torch.float64, generator=g)
     (gx,) = torch.autograd.grad(_first(block(x)), x, cot)
     (want_gx,) = torch.autograd.grad(_first(ref_block(x)), x, cot)
     torch.testing.assert_close(gx, want_gx, rtol=1e-12, atol=1e-12)
-    assert calls[0] == 4 - looped and loops[0] == looped  # with gradients: the block
+    assert calls[0] == 4 - looped and loops.call_count == looped  # with gradients: the block
     monkeypatch.setattr(dispatch, "FUSED_MIN_ELEMENTS", 1)
     with torch.no_grad():
         torch.testing.assert_close(block(x), ref_block(x), rtol=1e-12, atol=1e-12)
     (gx,) = torch.autograd.grad(_first(block(x)), x, cot)
     torch.testing.assert_close(gx, want_gx, rtol=1e-12, atol=1e-12)
-    assert calls[0] == 4 - looped and loops[0] == looped  # large: ffnlab's grouped path
+    assert calls[0] == 4 - looped and loops.call_count == looped  # large: ffnlab's grouped path
 
 
 def _first(out):
@@ -338,7 +319,7 @@ def _first(out):
 
 def test_forced_backends_never_call_the_original_block(families):
     for backend in ("fused", "reference"):
-        model, _ = _build("qwen3_moe", families)
+        model, _ = build(families, "qwen3_moe")
         ffnlab.patch_hf(model, backend=backend)
         block = _blocks(model)[0]
         calls = _counting_original(block)
@@ -351,7 +332,7 @@ def test_a_child_or_tensor_replaced_on_the_wrapper_is_what_runs(families):
     """Replacing the router on the wrapper after patching (or a tensor, as ``.to()`` replaces
     a block's own buffers on the wrapper only) stops the calls to the original block: the
     wrapper's router and tensors are what run."""
-    model, _ = _build("qwen3_moe", families)
+    model, _ = build(families, "qwen3_moe")
     ffnlab.patch_hf(model)
     block = _blocks(model)[0]
     calls = _counting_original(block)
@@ -379,13 +360,13 @@ def test_a_child_or_tensor_replaced_on_the_wrapper_is_what_runs(families):
 
 
 def test_outputs_follow_the_weights_after_training_and_load_state_dict(families):
-    model, inputs = _build("qwen3_moe", families)
+    model, inputs = build(families, "qwen3_moe")
     ffnlab.patch_hf(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     for _ in range(2):
-        _grads(model, inputs, families)
+        grads(model, inputs, families)
         opt.step()
-    fresh, _ = _build("qwen3_moe", families)
+    fresh, _ = build(families, "qwen3_moe")
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         stepped = families.logits(model, inputs)
@@ -401,7 +382,7 @@ def test_outputs_follow_the_weights_after_training_and_load_state_dict(families)
 
 
 def test_train_mode_reaches_the_original_block(families):
-    model, _ = _build("qwen3_moe", families)
+    model, _ = build(families, "qwen3_moe")
     ffnlab.patch_hf(model)
     block = _blocks(model)[0]
     model.train()  # with gradients a small call runs the block (without, the routes loop)

@@ -15,23 +15,9 @@ import torch
 
 import ffnlab
 from ffnlab.interop.hf_moe import HFMoE
+from moe_models import build, grads
 
 transformers = pytest.importorskip("transformers")
-
-
-def _build(families, family: str, dtype=torch.float64, **kw):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = families.build_model(family, dtype=dtype, **kw)
-    if dtype == torch.float64:
-        model.set_experts_implementation("eager")
-    return model, families.inputs_for(model)
-
-
-def _grads(model, inputs, families) -> dict[str, torch.Tensor]:
-    model.zero_grad(set_to_none=True)
-    families.logits(model, inputs).pow(2).mean().backward()
-    return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
 
 def _patch(model) -> list[HFMoE]:
@@ -52,7 +38,7 @@ def _same_model(model, inputs, families, *, tol=1e-12, seed=None) -> list[HFMoE]
             out = families.logits(model, inputs)
         if seed is not None:
             torch.manual_seed(seed)
-        return out, _grads(model, inputs, families)
+        return out, grads(model, inputs, families)
 
     want, want_grads = run()
     blocks = _patch(model)
@@ -70,7 +56,7 @@ def _same_model(model, inputs, families, *, tol=1e-12, seed=None) -> list[HFMoE]
 
 
 def test_phimoe_is_patched_with_the_sparsemixer_router(families):
-    model, inputs = _build(families, "phimoe")
+    model, inputs = build(families, "phimoe")
     blocks = _same_model(model, inputs, families)
     assert len(blocks) == 2
     assert all(b.spec.kind == "sparsemixer" and b.spec.top_k == 2
@@ -78,7 +64,7 @@ def test_phimoe_is_patched_with_the_sparsemixer_router(families):
 
 
 def test_phimoe_float32(families):
-    model, inputs = _build(families, "phimoe", dtype=torch.float32)
+    model, inputs = build(families, "phimoe", dtype=torch.float32)
     with torch.no_grad():
         want = families.logits(model, inputs)
         assert len(_patch(model)) == 2
@@ -91,7 +77,7 @@ def test_phimoe_train_mode_draws_as_transformers_does(families, jitter):
     """Training mode samples the experts (Gumbel) and scales gates by 1 or 1/3 at random: with
     the generator seeded alike, the patched model draws the same numbers in the same order, so
     its logits and its (straight-through) gradients are the unpatched model's."""
-    model, inputs = _build(families, "phimoe", router_jitter_noise=jitter)
+    model, inputs = build(families, "phimoe", router_jitter_noise=jitter)
     model.train()
     with torch.no_grad():
         eval_logits = families.logits(model.eval(), inputs)
@@ -127,7 +113,7 @@ def _bias(model) -> None:
 @pytest.mark.parametrize("norm,scaling", [(True, 2.5), (False, 1.0)])
 @pytest.mark.parametrize("e,k,n_group,topk_group", GROUP_CONFIGS)
 def test_deepseek_v3_group_limited_routing(families, e, k, n_group, topk_group, norm, scaling):
-    model, inputs = _build(families, "deepseek_v3", num_experts_per_tok=k, n_group=n_group,
+    model, inputs = build(families, "deepseek_v3", num_experts_per_tok=k, n_group=n_group,
                            topk_group=topk_group, norm_topk_prob=norm,
                            routed_scaling_factor=scaling, **_experts(e))  # fmt: skip
     _bias(model)
@@ -142,7 +128,7 @@ def test_deepseek_v3_group_limited_routing(families, e, k, n_group, topk_group, 
 def test_deepseek_v2_group_limited_greedy(families, e, k, n_group, topk_group):
     """DeepSeek-V2: softmax, a group scores its best expert, the other groups score 0 and weigh
     0 when top_k reaches them."""
-    model, inputs = _build(families, "deepseek_v2", num_experts_per_tok=k, n_group=n_group,
+    model, inputs = build(families, "deepseek_v2", num_experts_per_tok=k, n_group=n_group,
                            topk_group=topk_group, topk_method="group_limited_greedy",
                            **_experts(e))  # fmt: skip
     blocks = _same_model(model, inputs, families)
@@ -151,7 +137,7 @@ def test_deepseek_v2_group_limited_greedy(families, e, k, n_group, topk_group):
 
 
 def test_deepseek_v2_greedy_ignores_its_groups(families):
-    model, inputs = _build(families, "deepseek_v2", num_experts_per_tok=3, n_group=4,
+    model, inputs = build(families, "deepseek_v2", num_experts_per_tok=3, n_group=4,
                            topk_group=1, topk_method="greedy", **_experts(8))  # fmt: skip
     blocks = _same_model(model, inputs, families)
     assert all(b.spec.n_group == 1 for b in blocks)
@@ -163,7 +149,7 @@ def test_deepseek_v2_greedy_ignores_its_groups(families):
 def test_other_group_limited_families(families, family, fill, e, k, n_group, topk_group):
     """GLM-4.5, dots1 and A.X-K1 route as DeepSeek-V3; A.X-K2 fills the other groups with 0
     (its biased scores below 0 then lose to them)."""
-    model, inputs = _build(families, family, num_experts_per_tok=k, n_group=n_group,
+    model, inputs = build(families, family, num_experts_per_tok=k, n_group=n_group,
                            topk_group=topk_group, first_k_dense_replace=1,
                            **_experts(e))  # fmt: skip
     _bias(model)
