@@ -43,35 +43,15 @@ from ..activations import get_activation
 from ..local_shards import tensor_parallel_feed_forward
 from ..ops.dispatch import choose
 from ..ops.projections import Weights, projected_feed_forward
-from ..ops.reference import hidden_activation
+from ..ops.reference import middle
 from .direct import DirectActivation, direct_mlp
 from .recognise import MLPSpec, projection_shape
 
-__all__ = ["HFFeedForward", "HFMLP", "middle"]
+__all__ = ["HFFeedForward", "HFMLP"]
 
 Activation = str | Callable[[torch.Tensor], torch.Tensor]
 """An ffnlab activation name, or a callable ``[..., hidden] -> [..., hidden]`` (the model's own
 activation object)."""
-
-
-def middle(
-    activation: Activation, h1: torch.Tensor, h3: torch.Tensor | None,
-    options: tuple[float, ...] = (),
-) -> torch.Tensor:
-    """The elementwise middle ``m = act(h1) [* value(h3)]``, ``[..., hidden]``, with the least
-    Python around it (the plain path runs it on every decoding step). Equivalent PyTorch::
-
-        hidden_activation(activation, h1, h3, 1.0, options)
-    """
-    if callable(activation):
-        a = activation(h1)
-        return a if h3 is None else a * h3
-    act = get_activation(activation)
-    if act.n_params or act.value_fn is not None:
-        return hidden_activation(activation, h1, h3, 1.0, options)
-    kw = act.kwargs(options)
-    a = act.fn(h1, 1.0, **kw) if act.has_beta else act.fn(h1, **kw)  # swish's beta is 1 here
-    return a if h3 is None else a * h3
 
 
 def _rows(x: torch.Tensor) -> int:

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 
 from ..activations import Activation, get_activation
 
-__all__ = ["ActivationArg", "act_value", "default_param", "hidden_activation", "ffn_reference"]
+__all__ = [
+    "ActivationArg", "act_value", "default_param", "ffn_reference", "hidden_activation", "middle",
+]
 
 ActivationArg = str | Callable[[torch.Tensor], torch.Tensor]
 """An activation: a name in :data:`ffnlab.activations.ACTIVATIONS`, or any callable
@@ -94,3 +96,23 @@ def ffn_reference(
     h1 = F.linear(x, w1, b1)
     h3 = None if w3 is None else F.linear(x, w3, b3)
     return F.linear(hidden_activation(activation, h1, h3, beta, options), w2, b2)
+
+
+def middle(
+    activation: ActivationArg, h1: torch.Tensor, h3: torch.Tensor | None,
+    options: tuple[float, ...] = (),
+) -> torch.Tensor:
+    """The elementwise middle ``m = act(h1) [* value(h3)]``, ``[..., hidden]``, with the least
+    Python around it (a patched MLP's plain path runs it on every decoding step). Equivalent PyTorch::
+
+        hidden_activation(activation, h1, h3, 1.0, options)
+    """
+    if callable(activation):
+        a = activation(h1)
+        return a if h3 is None else a * h3
+    act = get_activation(activation)
+    if act.n_params or act.value_fn is not None:
+        return hidden_activation(activation, h1, h3, 1.0, options)
+    kw = act.kwargs(options)
+    a = act.fn(h1, 1.0, **kw) if act.has_beta else act.fn(h1, **kw)  # swish's beta is 1 here
+    return a if h3 is None else a * h3

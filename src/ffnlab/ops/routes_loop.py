@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import hidden_activation
+from .reference import middle
 
 __all__ = ["ROUTES_LOOP_MAX", "loop_routes", "routes_loop_runs"]
 
@@ -104,7 +104,7 @@ def loop_routes(
         return x.new_zeros(x.shape[0], out_dim)
     h = torch.stack(rows)  # [R, U]
     h1, h3 = _halves(h, interleaved, gate_first) if gated else (h, None)
-    m = hidden_activation(activation, h1, h3, 1.0, options)
+    m = middle(activation, h1, h3, options)
     ys = torch.stack([F.linear(m[r], down[e], None if b_down is None else b_down[e])
                       for r, (_, _, e) in enumerate(keep)])  # fmt: skip
     if route_norm is not None:
