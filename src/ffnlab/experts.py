@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import UsageError
+from .ops.dispatch import device_type
 from .ops.expert_norm import OutputNorm
 from .ops.grouped import permute_tokens, row_experts, sort_by_expert, unpermute_tokens
 from .ops.grouped_function import grouped_feed_forward
@@ -152,7 +153,7 @@ class Experts(nn.Module):
     @staticmethod
     def autocast_input(x: Tensor) -> Tensor:
         """``x`` in the autocast dtype when autocast is on for its device, else as it is."""
-        if torch.is_autocast_enabled(x.device.type):
+        if torch.is_autocast_enabled(device_type(x)):
             return x.to(torch.get_autocast_dtype(x.device.type))
         return x
 

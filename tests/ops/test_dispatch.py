@@ -175,3 +175,8 @@ def test_choose_runs_small_work_plainly_and_keeps_forced_backends():
     assert dispatch.choose("auto", 4096, 1408, grad=False) == "reference"
     assert dispatch.choose("auto", 4096, 1408, grad=False, device_type="cuda") == "fused"
     assert dispatch.choose("auto", 1, 1408, grad=False, device_type="cuda") == "reference"
+
+
+def test_device_type_is_the_tensors_device_type():
+    assert dispatch.device_type(torch.zeros(1)) == "cpu"
+    assert dispatch.device_type(torch.zeros(1, device="meta")) == "meta"

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 
 from ..errors import UsageError
 from ..experts import Experts
+from ..ops.dispatch import device_type
 from ..ops.grouped import permute_tokens, sort_by_expert, unpermute_tokens
 from ..ops.grouped_function import grouped_feed_forward
 from ..ops.reference import hidden_activation
@@ -249,7 +250,7 @@ def experts_forward(experts: nn.Module, hidden_states: Tensor, top_k_index: Tens
                           gate_first=plan.gate_first, route_norm=norm)  # fmt: skip
         return out.reshape(hidden_states.shape).to(hidden_states.dtype)
     weights = _weights(experts, plan)
-    if torch.is_autocast_enabled(x.device.type):  # what F.linear does to its operands there
+    if torch.is_autocast_enabled(device_type(x)):  # what F.linear does to its operands there
         weights = tuple(None if w is None else w.to(x.dtype) for w in weights)
     n_experts = weights[0].shape[0]
     if getattr(experts, "_is_expert_parallel", False):

@@ -41,7 +41,7 @@ from torch import nn
 
 from ..activations import get_activation
 from ..local_shards import tensor_parallel_feed_forward
-from ..ops.dispatch import choose
+from ..ops.dispatch import choose, device_type
 from ..ops.projections import Weights, projected_feed_forward
 from ..ops.reference import middle
 from .direct import DirectActivation, direct_mlp
@@ -161,7 +161,7 @@ class HFFeedForward(nn.Module):
             # of a 200 us call (idle 2-core Xeon, 2026-12-07)
             return True
         return choose("auto", _rows(x), self.hidden_dim, grad=grad,
-                      device_type=x.device.type) == "reference"
+                      device_type=device_type(x)) == "reference"
 
     def fused_runs(self) -> bool:
         """Whether the fused op can run this activation with this backend (Triton runs only

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from ..activations import compute_dtype, get_activation
 from ..experts import Experts, run_experts
-from ..ops.dispatch import choose
+from ..ops.dispatch import choose, device_type
 from ..ops.expert_norm import OutputNorm
 from ..ops.routes_loop import loop_routes, routes_loop_runs
 from ..routers import get_router
@@ -158,7 +158,8 @@ class HFMoE(HFFeedForward):
         sel = None if s.selection_bias is None else self._router_param(s.selection_bias)
         scores = logits.float() if s.float32 == "routing" else logits
         router = self.__dict__["moe_router"]
-        router.training = self.training  # sparsemixer samples in training mode
+        if router.training != self.training:  # sparsemixer samples in training mode
+            router.training = self.training
         return router.route(scores, sel), logits
 
     def original_is_current(self) -> bool:
@@ -225,7 +226,7 @@ class HFMoE(HFFeedForward):
             y = y + sh
         if s.output_bias is not None:
             y = y + self._router_param(s.output_bias)
-        y = y.to(x.dtype) if not torch.is_autocast_enabled(x.device.type) else y
+        y = y.to(x.dtype) if not torch.is_autocast_enabled(device_type(x)) else y
         if s.out_norm is not None:
             y = self._modules[s.out_norm](y)
         y = y if s.flat else y.reshape(*x.shape[:-1], dim)
