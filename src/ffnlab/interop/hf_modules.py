@@ -376,7 +376,8 @@ class HFMLP(HFFeedForward):
             if (not grad and x.is_cpu) or self.plain_size(x):
                 if not grad:
                     mods = self._modules
-                    act = mods.get(s.act_attr) or self.own_activation()
+                    act = mods.get(s.act_attr)
+                    act = self.own_activation() if act is None else act
                     up = None if s.up is None else mods[s.up]
                     y = direct_mlp(x, mods[s.gate], up, mods[s.down], act, d["_direct_act"])
                     if y is not None:
