@@ -28,7 +28,7 @@ which runs ``name`` on ffnlab's routing (the same top-k ids and weights the bloc
 op to pay off (:func:`ffnlab.ops.dispatch.choose` on ``tokens x top_k`` rows of the experts'
 hidden width: every decoding step, and small training batches) runs, without gradients on a
 CPU for one token or a few routes, ffnlab's router and one ``F.linear`` per route
-(:mod:`ffnlab.ops.routes_loop`: a Qwen3-MoE block's one-token call took 0.83x the block's own
+(:mod:`ffnlab.ops.routes_loop`: a Qwen3-MoE block's one-token call took 0.78x the block's own
 time with ``grouped_mm``); otherwise it calls the original block, whose children, parameters and
 buffers are this wrapper's (:meth:`HFMoE.original_is_current`), so a patched model runs exactly
 what transformers runs there, with the experts implementation the model is set to. Larger calls (prefill, training on longer batches) run ffnlab's router and

@@ -7,7 +7,8 @@ and run grouped products over every expert: a dozen operations of fixed cost for
 Running each route as ``F.linear`` on its expert's weight (a view) costs two products per route
 and a few operations in all. Measured (idle 2-core Xeon, 2 threads, float32, torch 2.13,
 transformers 5.25, 2026-12-07), one Qwen3-MoE block (dim 256, 16 experts of 256, top-4) on one
-token: the block with ``grouped_mm`` 347 us, its router and this loop 215 us (0.62x).
+token: the block with ``grouped_mm`` 347 us; its own router's code followed by this loop
+215 us (0.62x); the patched block (ffnlab's router, then this loop) 0.78x the block's time.
 
 The loop reads the expert ids on the host (``tolist()``), which on a GPU would wait for the
 device, so callers run it on CPU tensors only, and only for one token or a few routes
