@@ -31,7 +31,8 @@ CPU for one token or a few routes, ffnlab's router and one ``F.linear`` per rout
 (:mod:`ffnlab.ops.routes_loop`: a Qwen3-MoE block's one-token call took 0.78x the block's own
 time with ``grouped_mm``); otherwise it calls the original block, whose children, parameters and
 buffers are this wrapper's (:meth:`HFMoE.original_is_current`), so a patched model runs exactly
-what transformers runs there, with the experts implementation the model is set to. Larger calls (prefill, training on longer batches) run ffnlab's router and
+what transformers runs there, with the experts implementation the model is set to. Larger
+calls (prefill, training on longer batches) run ffnlab's router and
 grouped experts. Measured under load (one thread, Qwen3-MoE, 16 experts of 256, top-4, dim
 256): a training step on 4 x 128 tokens (2048 routes x 256 = 2^19 hidden elements) took 1.14x
 transformers' time through ffnlab's grouped op, which is why gradients do not change the rule.
