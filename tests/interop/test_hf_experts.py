@@ -260,13 +260,23 @@ def test_post_expert_norm_runs_on_each_route():
     assert (experts(x, idx, w) - plain(x, idx, w)).abs().max() > 1e-3  # the norm mattered
 
 
-def test_expert_parallel_sentinels_are_dropped_as_batched_mm_drops_them():
+@pytest.mark.parametrize("flagged", [True, False])
+@pytest.mark.parametrize("tokens", [6, 1])  # the grouped op; one token's routes loop
+def test_expert_parallel_sentinels_are_dropped_as_batched_mm_drops_them(flagged, tokens):
+    """ids >= num_experts belong to other ranks (weight 0), whether or not the experts carry
+    transformers' ``_is_expert_parallel`` flag (its releases before the flag send them too)."""
     experts = _experts()
-    experts._is_expert_parallel = True  # ids >= num_experts belong to other ranks, weight 0
-    x, idx, w = _routes(6)
-    idx[0, 1], idx[3, 0] = 3, 3
+    experts._is_expert_parallel = flagged
+    x, idx, w = _routes(tokens)
+    idx[0, 1] = 3
+    if tokens > 3:
+        idx[3, 0] = 3
     w = w.masked_fill(idx >= 3, 0.0)
-    _close(moe_api.batched_mm_experts_forward(experts, x, idx, w), experts_forward(experts, x, idx, w))
+    experts._is_expert_parallel = True  # what batched_mm needs to drop them
+    want = moe_api.batched_mm_experts_forward(experts, x, idx, w)
+    experts._is_expert_parallel = flagged
+    with torch.no_grad():
+        _close(want, experts_forward(experts, x, idx, w))
 
 
 def test_layouts_ffnlab_cannot_run_are_usage_errors_naming_them():

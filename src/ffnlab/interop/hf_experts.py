@@ -253,11 +253,13 @@ def experts_forward(experts: nn.Module, hidden_states: Tensor, top_k_index: Tens
     if torch.is_autocast_enabled(device_type(x)):  # what F.linear does to its operands there
         weights = tuple(None if w is None else w.to(x.dtype) for w in weights)
     n_experts = weights[0].shape[0]
-    if getattr(experts, "_is_expert_parallel", False):
-        # Other ranks' experts come as ids >= n_experts with weight 0: computed on expert 0 and
-        # dropped, as transformers' batched_mm does (the mask keeps them out of the gradient).
-        other = idx >= n_experts
-        idx, gates = idx.clamp(max=n_experts - 1), gates.masked_fill(other, 0.0)
+    # Under expert parallelism other ranks' experts come as ids >= n_experts (transformers'
+    # router hook writes the sentinel n_experts, weight 0): computed on expert 0 and dropped, as
+    # transformers' batched_mm does (the mask keeps them out of the gradient). Done whether or
+    # not the experts say so (``_is_expert_parallel``, which transformers before 5.2x does not
+    # set: there the sentinel ids ran out of range, on some ranks and not others).
+    other = idx >= n_experts
+    idx, gates = idx.clamp(max=n_experts - 1), gates.masked_fill(other, 0.0)
     top_k = idx.shape[-1]
     order, _, offsets = sort_by_expert(idx.reshape(-1, top_k), n_experts)
     xs = permute_tokens(x.reshape(-1, x.shape[-1]), order, top_k).to(weights[0].dtype)
