@@ -277,6 +277,8 @@ def test_expert_parallel_sentinels_are_dropped_as_batched_mm_drops_them(flagged,
     experts._is_expert_parallel = flagged
     with torch.no_grad():
         _close(want, experts_forward(experts, x, idx, w))
+        negative = idx.masked_fill(idx >= 3, -1)  # dropped too, never an error on one rank
+        _close(want, experts_forward(experts, x, negative, w))
 
 
 def test_layouts_ffnlab_cannot_run_are_usage_errors_naming_them():

@@ -258,8 +258,10 @@ def experts_forward(experts: nn.Module, hidden_states: Tensor, top_k_index: Tens
     # transformers' batched_mm does (the mask keeps them out of the gradient). Done whether or
     # not the experts say so (``_is_expert_parallel``, which transformers before 5.2x does not
     # set: there the sentinel ids ran out of range, on some ranks and not others).
-    other = idx >= n_experts
-    idx, gates = idx.clamp(max=n_experts - 1), gates.masked_fill(other, 0.0)
+    # Negative ids (none known) count as other ranks' too, so that no id raises on one rank
+    # only: a rank that raised while another went on into a collective would hang or abort it.
+    other = (idx >= n_experts) | (idx < 0)
+    idx, gates = idx.clamp(0, n_experts - 1), gates.masked_fill(other, 0.0)
     top_k = idx.shape[-1]
     order, _, offsets = sort_by_expert(idx.reshape(-1, top_k), n_experts)
     xs = permute_tokens(x.reshape(-1, x.shape[-1]), order, top_k).to(weights[0].dtype)
