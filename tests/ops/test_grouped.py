@@ -11,6 +11,7 @@ from ffnlab.ops.grouped import (
     grouped_mm,
     grouped_mm_unsupported_reasons,
     grouped_mm_weight,
+    packed_halves,
     permute_tokens,
     sort_by_expert,
     unpermute_tokens,
@@ -164,3 +165,21 @@ def test_recompute_modes_save_what_they_say():
     assert saved["full"] == offsets_bytes
     assert saved["activation"] == offsets_bytes + 2 * row
     assert saved["none"] == offsets_bytes + 4 * row
+
+
+@pytest.mark.parametrize("dim", [1, -1])
+def test_packed_halves_are_views_of_either_layout_gate_first(dim):
+    t = torch.arange(2 * 6 * 3, dtype=torch.float64).reshape(2, 6, 3)
+    t = t if dim == 1 else t.transpose(1, 2)  # halves along the last dim
+    rows = torch.arange(6)
+    gate_rows, up_rows = rows[:3], rows[3:]
+    for interleaved, gate_first in ((False, True), (False, False), (True, True), (True, False)):
+        if interleaved:
+            first, second = rows[0::2], rows[1::2]
+        else:
+            first, second = gate_rows, up_rows
+        want_gate, want_up = (first, second) if gate_first else (second, first)
+        gate, up = packed_halves(t, interleaved, gate_first, dim=dim)
+        assert torch.equal(gate, t.index_select(dim, want_gate))
+        assert torch.equal(up, t.index_select(dim, want_up))
+        assert gate.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()  # a view

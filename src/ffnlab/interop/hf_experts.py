@@ -54,12 +54,12 @@ from torch import Tensor, nn
 from ..errors import UsageError
 from ..experts import Experts
 from ..ops.dispatch import device_type
-from ..ops.grouped import permute_tokens, sort_by_expert, unpermute_tokens
+from ..ops.grouped import packed_halves, permute_tokens, sort_by_expert, unpermute_tokens
 from ..ops.grouped_function import grouped_feed_forward
 from ..ops.reference import hidden_activation
 from ..ops.routes_loop import loop_routes, routes_loop_runs
 from .hf_activations import describe, hf_activation, hf_activation_options
-from .hf_moe import HFMoE, _halves, experts_choice
+from .hf_moe import HFMoE, experts_choice
 from .verify import TOLERANCE, relative_difference
 
 __all__ = [
@@ -146,7 +146,7 @@ def _gate_matches(experts: nn.Module, act: str, options: tuple[float, ...], inte
             want = experts._apply_gate(z)
     except Exception:  # noqa: BLE001 - a gate that does not run on the probe matches nothing
         return False
-    gate, up = _halves(z, interleaved, gate_first, dim=1)
+    gate, up = packed_halves(z, interleaved, gate_first, dim=1)
     got = hidden_activation(act, gate, up, options=options)
     return want.shape == got.shape and relative_difference(want, got) <= TOLERANCE
 
@@ -227,8 +227,8 @@ def _weights(experts: nn.Module, plan: ExpertsPlan) -> tuple[Tensor | None, ...]
     up, down, b_up, b_down = _packed_weights(experts)
     if not experts.has_gate:
         return up, down, None, b_up, b_down, None
-    w1, w3 = _halves(up, plan.interleaved, plan.gate_first, dim=1)
-    b1, b3 = (None, None) if b_up is None else _halves(b_up, plan.interleaved, plan.gate_first, dim=1)
+    w1, w3 = packed_halves(up, plan.interleaved, plan.gate_first, dim=1)
+    b1, b3 = (None, None) if b_up is None else packed_halves(b_up, plan.interleaved, plan.gate_first, dim=1)
     return w1, down, w3, b1, b_down, b3
 
 

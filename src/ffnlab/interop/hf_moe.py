@@ -55,6 +55,7 @@ from ..activations import compute_dtype, get_activation
 from ..experts import Experts, run_experts
 from ..ops.dispatch import choose, device_type
 from ..ops.expert_norm import OutputNorm
+from ..ops.grouped import packed_halves
 from ..ops.routes_loop import loop_routes, routes_loop_runs
 from ..routers import get_router
 from .hf_modules import HFFeedForward
@@ -135,8 +136,8 @@ class HFMoE(HFFeedForward):
         gu, down, bu, b2 = self.packed_expert_weights()
         if not s.gated:
             return gu, down, None, bu, b2, None
-        w1, w3 = _halves(gu, s.interleaved, s.gate_first, dim=1)
-        b1, b3 = _halves(bu, s.interleaved, s.gate_first, dim=1) if s.biases else (None, None)
+        w1, w3 = packed_halves(gu, s.interleaved, s.gate_first, dim=1)
+        b1, b3 = packed_halves(bu, s.interleaved, s.gate_first, dim=1) if s.biases else (None, None)
         return w1, down, w3, b1, b2, b3
 
     def out_norm(self) -> OutputNorm | None:
@@ -328,17 +329,3 @@ def _same_tensors_and_children(wrapper: nn.Module, original: nn.Module) -> bool:
 def _default_options(spec: MoESpec) -> bool:
     act = get_activation(spec.activation)
     return tuple(float(v) for _, v in act.options) == tuple(spec.options)
-
-
-def _halves(t: Tensor, interleaved: bool, gate_first: bool, dim: int) -> tuple[Tensor, Tensor]:
-    """The gate and up halves of ``t`` along ``dim`` (views: slices, or every other row)."""
-    n = t.shape[dim]
-    if interleaved:
-        idx = [slice(None)] * t.dim()
-        idx[dim] = slice(0, None, 2)
-        first = t[tuple(idx)]
-        idx[dim] = slice(1, None, 2)
-        second = t[tuple(idx)]
-    else:
-        first, second = t.narrow(dim, 0, n // 2), t.narrow(dim, n // 2, n - n // 2)
-    return (first, second) if gate_first else (second, first)

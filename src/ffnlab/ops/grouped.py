@@ -28,6 +28,7 @@ __all__ = [
     "grouped_mm",
     "grouped_mm_unsupported_reasons",
     "grouped_mm_weight",
+    "packed_halves",
     "permute_tokens",
     "row_experts",
     "segment_rows",
@@ -191,3 +192,19 @@ def unpermute_tokens(
         ys = ys * weights.reshape(-1).index_select(0, order).unsqueeze(1).to(ys.dtype)
     token = torch.div(order, top_k, rounding_mode="floor")
     return ys.new_zeros(n_tokens, ys.shape[1]).index_add(0, token, ys)
+
+
+def packed_halves(t: Tensor, interleaved: bool, gate_first: bool, dim: int) -> tuple[Tensor, Tensor]:
+    """The gate and up halves of packed experts' ``t`` along ``dim`` (``gate_up_proj``, its
+    bias, or a product's output): views, the two halves concatenated or every other row
+    (``interleaved``), returned gate first whichever comes first in ``t``."""
+    n = t.shape[dim]
+    if interleaved:
+        idx = [slice(None)] * t.dim()
+        idx[dim] = slice(0, None, 2)
+        first = t[tuple(idx)]
+        idx[dim] = slice(1, None, 2)
+        second = t[tuple(idx)]
+    else:
+        first, second = t.narrow(dim, 0, n // 2), t.narrow(dim, n // 2, n - n // 2)
+    return (first, second) if gate_first else (second, first)

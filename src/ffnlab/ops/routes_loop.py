@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .grouped import packed_halves
 from .reference import middle
 
 __all__ = ["ROUTES_LOOP_MAX", "loop_routes", "routes_loop_runs"]
@@ -46,15 +47,6 @@ def routes_loop_runs(x: Tensor, tokens: int, top_k: int) -> bool:
         and x.is_cpu
         and not torch.compiler.is_compiling()
     )
-
-
-def _halves(h: Tensor, interleaved: bool, gate_first: bool) -> tuple[Tensor, Tensor]:
-    n = h.shape[-1]
-    if interleaved:
-        first, second = h[..., 0::2], h[..., 1::2]
-    else:
-        first, second = h[..., : n // 2], h[..., n // 2 :]
-    return (first, second) if gate_first else (second, first)
 
 
 def loop_routes(
@@ -104,7 +96,7 @@ def loop_routes(
     if not rows:
         return x.new_zeros(x.shape[0], out_dim)
     h = torch.stack(rows)  # [R, U]
-    h1, h3 = _halves(h, interleaved, gate_first) if gated else (h, None)
+    h1, h3 = packed_halves(h, interleaved, gate_first, dim=-1) if gated else (h, None)
     m = middle(activation, h1, h3, options)
     ys = torch.stack([F.linear(m[r], down[e], None if b_down is None else b_down[e])
                       for r, (_, _, e) in enumerate(keep)])  # fmt: skip
